@@ -1,0 +1,31 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'edge_lam'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages('src'),
+    package_dir={'': 'src'},
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='edge_lam developers',
+    maintainer_email='edge-lam@example.org',
+    description='Robots and edge PCs running large AI models together over ROS 2.',
+    license='Apache-2.0',
+    extras_require={'test': ['pytest']},
+    entry_points={
+        'console_scripts': [
+            'edge-lam = edge_lam.cli:main',
+            'tensor_echo = edge_lam.link.tensor_echo_node:main',
+        ],
+    },
+)

@@ -1,0 +1,1 @@
+"""Checks of the DDS link between hosts: an echo of Tensor traffic."""

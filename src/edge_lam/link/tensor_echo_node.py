@@ -1,0 +1,55 @@
+"""Echoes TensorList messages back, so a peer can check a link end to end: bytes, latency and the DDS profile.
+
+Run it on one host and send TensorList messages to ``ping`` from another; each comes back on ``pong`` with its
+header untouched. With ``validate`` on, every tensor is decoded first and a malformed one is reported and dropped
+instead of echoed.
+"""
+
+from __future__ import annotations
+
+import rclpy
+from edge_lam_msgs.msg import TensorList
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from edge_lam.qos import TENSORS
+from edge_lam.tensor_codec import TensorError, check
+
+
+class TensorEchoNode(Node):
+    """Republishes every TensorList received on ``ping`` to ``pong``."""
+
+    def __init__(self) -> None:
+        super().__init__("tensor_echo")
+        self.declare_parameter(
+            "validate",
+            True,
+            ParameterDescriptor(description="Decode every tensor before echoing it; drop and log malformed ones."),
+        )
+        self._validate = self.get_parameter("validate").value
+        self._rejected = 0
+        self._pub = self.create_publisher(TensorList, "pong", TENSORS)
+        self._sub = self.create_subscription(TensorList, "ping", self.echo, TENSORS)
+        self.get_logger().info(
+            f"echoing {self._sub.topic_name} -> {self._pub.topic_name} (validate={self._validate})"
+        )
+
+    def echo(self, msg: TensorList) -> None:
+        if self._validate:
+            try:
+                for tensor in msg.tensors:
+                    check(tensor)
+            except TensorError as err:
+                self._rejected += 1
+                self.get_logger().error(f"dropped a TensorList ({self._rejected} so far): {err}")
+                return
+        self._pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        with rclpy.init(args=args):
+            rclpy.spin(TensorEchoNode())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass

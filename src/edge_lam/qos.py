@@ -1,0 +1,40 @@
+"""The QoS profiles of edge_lam, named once and imported by every node.
+
+- SENSOR_DATA: camera, IMU, odometry and scan input; best effort with a small queue, so a slow encoder sees the
+  newest frame instead of a backlog.
+- TENSORS: hidden states, activations and gradients between modules; every message matters, and a keep-last
+  queue silently dropped most of a fast burst of 512 KB messages here, so keep-all.
+- CONTROL: requests, results and commands; reliable, keep-all, for the same reason.
+- LATCHED: placement plans and vocabularies; reliable and transient-local, so a late joiner gets the last one.
+"""
+
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+
+__all__ = ["CONTROL", "LATCHED", "SENSOR_DATA", "TENSORS"]
+
+SENSOR_DATA = qos_profile_sensor_data
+
+TENSORS = QoSProfile(
+    history=HistoryPolicy.KEEP_ALL,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+CONTROL = QoSProfile(
+    history=HistoryPolicy.KEEP_ALL,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+LATCHED = QoSProfile(
+    depth=1,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
