@@ -1,0 +1,58 @@
+"""Where prepared models and data live, and a clear error when they are not there yet.
+
+The cache folder is ``$EDGE_LAM_CACHE`` (the Makefile points it at ``.cache/`` in the repository) or
+``~/.cache/edge_lam``. Each prepared asset is a folder that holds a ``.complete`` marker once it is whole, so a
+preparation that was cut off is redone rather than half used.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+COMPLETE_MARKER = ".complete"
+
+
+class AssetMissingError(FileNotFoundError):
+    """A model or data set was asked for before setup prepared it."""
+
+
+def cache_dir() -> pathlib.Path:
+    """The root of the cache folder (not created here)."""
+    configured = os.environ.get("EDGE_LAM_CACHE")
+    if configured:
+        return pathlib.Path(configured).expanduser().resolve()
+    return pathlib.Path.home() / ".cache" / "edge_lam"
+
+
+def asset_dir(*parts: str) -> pathlib.Path:
+    """The folder of one asset inside the cache."""
+    return cache_dir().joinpath(*parts)
+
+
+def is_complete(folder: pathlib.Path) -> bool:
+    return (folder / COMPLETE_MARKER).is_file()
+
+
+def require(folder: pathlib.Path, what: str) -> pathlib.Path:
+    """Return ``folder`` if it holds a complete asset, else raise AssetMissingError saying how to make it."""
+    if not is_complete(folder):
+        raise AssetMissingError(
+            f"{what} is not prepared in {folder}; run `make setup` (or `edge-lam prepare`) first"
+        )
+    return folder
+
+
+def smollm2_dir() -> pathlib.Path:
+    """SmolLM2-135M-Instruct as a transformers folder (safetensors, config, tokenizer, chat template)."""
+    return require(asset_dir("models", "smollm2-135m-instruct"), "SmolLM2-135M-Instruct")
+
+
+def efficientnet_lite0_onnx() -> pathlib.Path:
+    """EfficientNet-Lite0 (ImageNet weights) exported to ONNX: input ``image`` [N, 3, 224, 224], output ``logits``."""
+    return require(asset_dir("models", "efficientnet-lite0"), "EfficientNet-Lite0") / "model.onnx"
+
+
+def evo_bags_dir() -> pathlib.Path:
+    """The real bags from evo's test data: nav2_turtlebot.mcap, tf_example/ (sqlite3) and two ROS 1 bags."""
+    return require(asset_dir("data", "evo"), "evo's bags")
