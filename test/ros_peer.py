@@ -1,0 +1,98 @@
+"""One side of an interface round trip, run as its own process by test_interfaces.py.
+
+    ros_peer.py publish  pkg/msg/Type  TOPIC    publish the sample once a subscriber matches, wait for its ack
+    ros_peer.py receive  pkg/msg/Type  TOPIC    take one message and check every field against the sample
+    ros_peer.py serve    pkg/srv/Type  SERVICE  answer one call: check the request, reply with the sample response
+    ros_peer.py call     pkg/srv/Type  SERVICE  call once with the sample request and check every field of the reply
+
+Exit status: 0 when every field agreed, 1 when some differed (listed on stderr), 2 on a time-out.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import sys
+import time
+
+import rclpy
+from rclpy.duration import Duration
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from message_samples import differences, interface_class, make_sample
+
+TIMEOUT_S = 30.0
+QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def spin_until(node: Node, done, timeout_s: float = TIMEOUT_S) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        rclpy.spin_once(node, timeout_sec=0.05)
+    return True
+
+
+def report(what: str, found: list[str]) -> int:
+    print(f"{what}: checked, {len(found)} mismatches", flush=True)
+    for line in found:
+        print(f"{what}: mismatch at {line}", file=sys.stderr)
+    return 1 if found else 0
+
+
+def publish(node: Node, cls, topic: str) -> int:
+    publisher = node.create_publisher(cls, topic, QOS)
+    if not spin_until(node, lambda: publisher.get_subscription_count() > 0):
+        return 2
+    publisher.publish(make_sample(cls))
+    return 0 if publisher.wait_for_all_acked(Duration(seconds=TIMEOUT_S)) else 2
+
+
+def receive(node: Node, cls, topic: str) -> int:
+    received = []
+    node.create_subscription(cls, topic, received.append, QOS)
+    if not spin_until(node, lambda: received):
+        return 2
+    return report("message", differences(make_sample(cls), received[0]))
+
+
+def serve(node: Node, cls, name: str) -> int:
+    found: list[str] = []
+    served = []
+
+    def answer(request, response):
+        found.extend(differences(make_sample(cls.Request), request))
+        served.append(True)
+        return make_sample(cls.Response)
+
+    node.create_service(cls, name, answer)
+    if not spin_until(node, lambda: served):
+        return 2
+    spin_until(node, lambda: False, timeout_s=1.0)  # let the reply leave before the process ends
+    return report("request", found)
+
+
+def call(node: Node, cls, name: str) -> int:
+    client = node.create_client(cls, name)
+    if not client.wait_for_service(timeout_sec=TIMEOUT_S):
+        return 2
+    future = client.call_async(make_sample(cls.Request))
+    if not spin_until(node, future.done):
+        return 2
+    return report("response", differences(make_sample(cls.Response), future.result()))
+
+
+def main() -> int:
+    # A peer that is still alive well after its own time-outs is stuck in native code: say where, and end.
+    faulthandler.dump_traceback_later(TIMEOUT_S + 15, exit=True)
+    mode, type_name, name = sys.argv[1:4]
+    cls = interface_class(type_name)
+    with rclpy.init():
+        node = rclpy.create_node(f"peer_{mode}")
+        print(f"{mode} {type_name} on {name}: started", flush=True)
+        return {"publish": publish, "receive": receive, "serve": serve, "call": call}[mode](node, cls, name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The tensor_echo executable, started the `ros2 run` way, returns tensors byte for byte and refuses bad ones."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import pytest
+import rclpy
+import torch
+from ament_index_python.packages import get_package_prefix
+from edge_lam_msgs.msg import TensorList
+
+from conftest import finish
+from edge_lam.qos import TENSORS
+from edge_lam.tensor_codec import to_msg, to_torch
+
+EXECUTABLE = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam" / "tensor_echo"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8]
+
+
+@pytest.fixture
+def node():
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("test_tensor_echo", context=context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    node.spin_until = lambda done, timeout_s=30.0: _spin_until(executor, done, timeout_s)
+    yield node
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+def _spin_until(executor, done, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        executor.spin_once(timeout_sec=0.05)
+    return True
+
+
+def tensor_list(*tensors: torch.Tensor, seq: int) -> TensorList:
+    msg = TensorList()
+    msg.header.frame_id = f"seq-{seq}"
+    msg.tensors = [to_msg(t, f"t{i}") for i, t in enumerate(tensors)]
+    return msg
+
+
+def test_echo_round_trip_is_exact_and_malformed_input_is_dropped_with_a_log(node, processes):
+    echo = processes.start(EXECUTABLE, "--ros-args", "-r", "ping:=/test_echo/ping", "-r", "pong:=/test_echo/pong")
+    received: list[TensorList] = []
+    subscription = node.create_subscription(TensorList, "/test_echo/pong", received.append, TENSORS)
+    publisher = node.create_publisher(TensorList, "/test_echo/ping", TENSORS)
+    assert node.spin_until(
+        lambda: publisher.get_subscription_count() > 0 and subscription.get_publisher_count() > 0
+    ), "tensor_echo did not come up"
+
+
+    generator = torch.Generator().manual_seed(0)
+    sent = [(torch.randn(3, 7, 576, generator=generator) * 10).to(dtype) for dtype in DTYPES]
+    sent.append(torch.randn(1024, 1024, generator=generator))  # 4 MB: larger than one shared-memory default segment
+    publisher.publish(tensor_list(*sent, seq=0))
+
+    bad = tensor_list(torch.zeros(4), seq=1)
+    bad.tensors[0].data = bytes(15)  # 15 bytes for a float32 [4]
+    publisher.publish(bad)
+    publisher.publish(tensor_list(torch.ones(2, dtype=torch.bfloat16), seq=2))
+
+    assert node.spin_until(lambda: len(received) >= 2), f"echo returned {len(received)} of 2 messages"
+    assert [m.header.frame_id for m in received] == ["seq-0", "seq-2"]
+    for original, echoed in zip(sent, received[0].tensors, strict=True):
+        back = to_torch(echoed)
+        assert back.dtype == original.dtype and back.shape == original.shape
+        assert torch.equal(back.view(torch.uint8), original.contiguous().view(torch.uint8))
+
+    processes.stop_all()
+    _, log = finish(echo, timeout_s=10)
+    assert "15 bytes for shape [4] of float32, expected 16" in log
