@@ -1,0 +1,66 @@
+"""Per-session KV caches of one block-range module: created on a session's first packet, checked against the
+position each packet claims, expired when idle, and dropped so the gateway can rebuild them by replaying."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Session", "SessionLost", "SessionStore"]
+
+
+class SessionLost(LookupError):
+    """The module has no cache for the session at the packet's position; the session must be replayed."""
+
+
+@dataclass
+class Session:
+    cache: Any
+    length: int = 0                 # tokens the cache holds
+    last_used: float = field(default=0.0)
+
+
+class SessionStore:
+    """KV caches by session id. ``clock`` is injectable so expiry can be tested without waiting."""
+
+    def __init__(self, new_cache: Callable[[], Any], idle_timeout_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._new_cache = new_cache
+        self._idle_timeout_s = idle_timeout_s
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._sessions
+
+    def checkout(self, session_id: str, position: int, reset: bool) -> Session:
+        """The session to extend at ``position``: new when reset (or unknown at position 0), else the cached one."""
+        if reset:
+            self._sessions.pop(session_id, None)
+        session = self._sessions.get(session_id)
+        if session is None:
+            if position != 0:
+                raise SessionLost(f"session '{session_id}' is not cached here (asked for position {position})")
+            session = self._sessions[session_id] = Session(self._new_cache())
+        elif position != session.length:
+            raise SessionLost(
+                f"session '{session_id}' holds {session.length} tokens here, the packet starts at {position}"
+            )
+        session.last_used = self._clock()
+        return session
+
+    def drop(self, session_id: str) -> bool:
+        return self._sessions.pop(session_id, None) is not None
+
+    def expire(self) -> list[str]:
+        """Drop the sessions idle for longer than the timeout; return their ids."""
+        now = self._clock()
+        idle = [sid for sid, s in self._sessions.items() if now - s.last_used > self._idle_timeout_s]
+        for sid in idle:
+            del self._sessions[sid]
+        return idle
