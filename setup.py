@@ -26,6 +26,9 @@ setup(
         'console_scripts': [
             'edge-lam = edge_lam.cli:main',
             'tensor_echo = edge_lam.link.tensor_echo_node:main',
+            'shard = edge_lam.chain.shard_node:main',
+            'gateway = edge_lam.chain.gateway_node:main',
+            'compose = edge_lam.compose:main',
         ],
     },
 )

@@ -20,8 +20,8 @@ from edge_lam.tensor_codec import TensorError, check
 class TensorEchoNode(Node):
     """Republishes every TensorList received on ``ping`` to ``pong``."""
 
-    def __init__(self) -> None:
-        super().__init__("tensor_echo")
+    def __init__(self, node_name: str = "tensor_echo", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
         self.declare_parameter(
             "validate",
             True,

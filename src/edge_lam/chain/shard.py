@@ -1,0 +1,134 @@
+"""The pure core of a shard: a contiguous run of modules (embedding, block ranges, head) and their sessions.
+
+One call of :meth:`ShardCore.step` takes the tensors of one packet and returns the tensors to send on, so the
+node around it only converts messages. Sessions are checked out of every block range before anything is computed,
+and a step that fails drops the session in all of them: the gateway then replays it from its tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+import torch
+
+from edge_lam.model.decompose import BlockRange, Embedding, Head, ModuleSpec, build_module, describe
+from edge_lam.model.sampling import choose_token
+from edge_lam.model.sessions import SessionStore
+
+__all__ = ["BadInput", "Sampling", "ShardCore"]
+
+
+class BadInput(ValueError):
+    """The packet's tensors do not fit the shard's first module."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the head chooses the next token (GenerationOptions, as plain values)."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+class ShardCore:
+    """Runs modules ``specs`` (contiguous, in chain order) of ``model`` on one packet at a time."""
+
+    def __init__(self, model: torch.nn.Module, specs: list[ModuleSpec], idle_timeout_s: float = 600.0) -> None:
+        _check_contiguous(specs)
+        arch = describe(model)
+        if specs[-1].kind == "blocks" and specs[-1].layer_end > arch.num_layers:
+            raise ValueError(f"the model has {arch.num_layers} layers, the shard asks for {specs[-1].module_id}")
+        self.specs = specs
+        self.hidden_size = arch.hidden_size
+        self.vocab_size = model.get_input_embeddings().num_embeddings
+        self.dtype = arch.dtype
+        self.modules = [build_module(arch, spec) for spec in specs]
+        self.sessions = [
+            SessionStore(m.new_cache, idle_timeout_s) if isinstance(m, BlockRange) else None for m in self.modules
+        ]
+
+    @property
+    def module_ids(self) -> list[str]:
+        return [s.module_id for s in self.specs]
+
+    @property
+    def input_name(self) -> str:
+        return "input_ids" if isinstance(self.modules[0], Embedding) else "hidden_states"
+
+    @property
+    def output_name(self) -> str:
+        return "next_token" if isinstance(self.modules[-1], Head) else "hidden_states"
+
+    @torch.inference_mode()
+    def step(self, tensors: dict[str, torch.Tensor], session_id: str, position: int, reset: bool,
+             sampling: Sampling, step: int) -> tuple[dict[str, torch.Tensor], list[tuple[str, float]]]:
+        """Run the modules on one packet; return the output tensors and the seconds each module took."""
+        x = self._input(tensors)
+        length = x.shape[1]
+        position_ids = torch.arange(position, position + length).unsqueeze(0)
+        timings = []
+        try:
+            checked_out = [store.checkout(session_id, position, reset) if store is not None else None
+                           for store in self.sessions]
+            for spec, module, session in zip(self.specs, self.modules, checked_out, strict=True):
+                start = time.perf_counter()
+                if isinstance(module, Embedding):
+                    x = module(x, position_ids)
+                elif isinstance(module, BlockRange):
+                    x = module(x, position_ids, session.cache)
+                    session.length += length
+                else:
+                    logits = module(x[:, -1:])[0, -1]
+                    x = torch.tensor([choose_token(logits, sampling.do_sample, sampling.temperature,
+                                                   sampling.top_p, sampling.seed, step)], dtype=torch.int64)
+                timings.append((spec.module_id, time.perf_counter() - start))
+        except Exception:
+            self.release(session_id)  # lost or half extended somewhere: the session must be replayed in full
+            raise
+        return {self.output_name: x}, timings
+
+    def release(self, session_id: str) -> None:
+        for store in self.sessions:
+            if store is not None:
+                store.drop(session_id)
+
+    def expire(self) -> list[str]:
+        """Drop idle sessions in every block range; return the ids dropped."""
+        return sorted({sid for store in self.sessions if store is not None for sid in store.expire()})
+
+    def _input(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        name = self.input_name
+        x = tensors.get(name)
+        if x is None:
+            raise BadInput(f"expected a tensor named '{name}', got {sorted(tensors)}")
+        if name == "input_ids":
+            if x.dtype != torch.int64 or x.dim() != 2 or x.shape[0] != 1 or x.shape[1] == 0:
+                raise BadInput(f"input_ids must be int64 [1, T>0], got {str(x.dtype)[6:]} {list(x.shape)}")
+            if int(x.min()) < 0 or int(x.max()) >= self.vocab_size:
+                raise BadInput(f"input_ids must lie in [0, {self.vocab_size}), got [{int(x.min())}, {int(x.max())}]")
+            return x
+        if not x.is_floating_point() or x.dim() != 3 or x.shape[0] != 1 or x.shape[1] == 0 \
+                or x.shape[2] != self.hidden_size:
+            raise BadInput(
+                f"hidden_states must be floating [1, T>0, {self.hidden_size}], got {str(x.dtype)[6:]} {list(x.shape)}"
+            )
+        return x.to(self.dtype)
+
+
+def _check_contiguous(specs: list[ModuleSpec]) -> None:
+    if not specs:
+        raise ValueError("a shard needs at least one module")
+    for before, after in itertools.pairwise(specs):
+        joined = (
+            (before.kind == "embedding" and after.kind == "blocks" and after.layer_start == 0)
+            or (before.kind == "blocks" and after.kind == "blocks" and after.layer_start == before.layer_end)
+            or (before.kind == "blocks" and after.kind == "head")
+        )
+        if not joined:
+            raise ValueError(f"modules {before.module_id} and {after.module_id} do not follow each other")
+    if any(s.kind == "projector" for s in specs):
+        raise ValueError("the projector feeds a chain from sensor tokens; it is not a chain module of its own")

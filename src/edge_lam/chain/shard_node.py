@@ -1,0 +1,97 @@
+"""A shard: one or more consecutive modules of a model chain, fed from one topic and publishing to the next.
+
+Parameters are read once at start; see the README's table. A malformed packet or a lost session is answered
+with an error packet downstream (the gateway turns it into an error result or a replay), never a crash.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import rclpy
+import torch
+from edge_lam_msgs.msg import ChainPacket
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from edge_lam.chain.packets import fail, packet_tensors, put_tensors, sampling, stage_timing
+from edge_lam.chain.shard import BadInput, ShardCore
+from edge_lam.model.decompose import ModuleSpec
+from edge_lam.model.loading import load_model
+from edge_lam.model.sessions import SessionLost
+from edge_lam.qos import TENSORS
+
+WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ShardNode(Node):
+    """Hosts ``modules`` of ``model``; ``input_topic`` -> ``output_topic``."""
+
+    def __init__(self, node_name: str = "shard", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        model = self._param("model", "smollm2-135m-instruct", "Model id from the cache, or a transformers folder.")
+        modules = self._param("modules", ["embedding", "blocks:0:30", "head"],
+                              "Consecutive modules to host: embedding, blocks:START:END (END exclusive), head.")
+        input_topic = self._param("input_topic", "chain/input", "Topic the first module reads packets from.")
+        output_topic = self._param("output_topic", "chain/output", "Topic the last module publishes packets to.")
+        wire_dtype = self._param("wire_dtype", "float16", "Dtype of hidden states on the wire: "
+                                 "float16, bfloat16 or float32 (exact).")
+        idle = self._param("session_idle_timeout_s", 600.0, "Drop a session's KV cache after this long unused.")
+        threads = self._param("num_threads", 1, "Torch threads (decode is memory-bound: more rarely help).")
+        self._host_id = self._param("host_id", "", "Host name reported in timings; empty for the machine's.") \
+            or socket.gethostname()
+        if wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype '{wire_dtype}' is not one of {sorted(WIRE_DTYPES)}")
+        self._wire_dtype = WIRE_DTYPES[wire_dtype]
+        torch.set_num_threads(threads)
+        self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle)
+        self._pub = self.create_publisher(ChainPacket, output_topic, TENSORS)
+        self._sub = self.create_subscription(ChainPacket, input_topic, self.on_packet, TENSORS)
+        self._expiry = self.create_timer(min(idle, 10.0), self.expire_sessions)
+        self.get_logger().info(
+            f"modules {self._core.module_ids} of {model} on {self._host_id}: "
+            f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
+        )
+
+    def _param(self, name: str, default, description: str):
+        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+
+    def on_packet(self, packet: ChainPacket) -> None:
+        if packet.release:
+            self._core.release(packet.session_id)
+        elif packet.error_code == ChainPacket.ERROR_NONE:
+            self._run(packet)
+        self._pub.publish(packet)  # releases and errors pass on untouched, so every module and the gateway see them
+
+    def _run(self, packet: ChainPacket) -> None:
+        where = f"{self.get_name()} ({', '.join(self._core.module_ids)})"
+        try:
+            outputs, timings = self._core.step(
+                packet_tensors(packet), packet.session_id, packet.position, packet.reset, sampling(packet.options),
+                packet.step,
+            )
+        except BadInput as err:
+            self.get_logger().error(f"request {packet.request_id}: bad input: {err}")
+            fail(packet, ChainPacket.ERROR_BAD_INPUT, f"{where}: {err}")
+        except SessionLost as err:
+            self.get_logger().warning(f"request {packet.request_id}: {err}")
+            fail(packet, ChainPacket.ERROR_SESSION_LOST, f"{where}: {err}")
+        except Exception as err:  # a bug or resource error must not take the shard down with it
+            self.get_logger().error(f"request {packet.request_id}: {type(err).__name__}: {err}")
+            fail(packet, ChainPacket.ERROR_INTERNAL, f"{where}: {type(err).__name__}: {err}")
+        else:
+            put_tensors(packet, outputs, self._wire_dtype)
+            packet.timings.extend(stage_timing(f"module:{m}", self._host_id, s) for m, s in timings)
+
+    def expire_sessions(self) -> None:
+        for session_id in self._core.expire():
+            self.get_logger().info(f"session {session_id} expired (idle)")
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        with rclpy.init(args=args):
+            rclpy.spin(ShardNode())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
