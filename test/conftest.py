@@ -54,6 +54,17 @@ def processes():
     started.stop_all()
 
 
+# Figures a test measures and reports rather than asserts (e.g. greedy agreement with fp16 on the wire).
+REPORTED: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORTED:
+        terminalreporter.section("reported figures")
+        for line in REPORTED:
+            terminalreporter.write_line(line)
+
+
 def finish(process: subprocess.Popen, timeout_s: float = 60.0) -> tuple[int, str]:
     """Wait for a process to end by itself; kill it after the time-out (rc -9). Return its rc and output."""
     try:

@@ -1,0 +1,223 @@
+"""SmolLM2 cut into three shard processes and a gateway process, driven over real DDS: the same greedy answers as
+the whole model, streaming, sessions, and errors that leave the chain serving."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+import uuid
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from ament_index_python.packages import get_package_prefix
+from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
+from edge_lam_msgs.srv import Generate
+
+from conftest import REPO, REPORTED, Processes
+from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.qos import CONTROL, TENSORS
+from edge_lam.tensor_codec import to_msg
+
+LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
+PARAMS = REPO / "config" / "smollm2_chain.yaml"
+PROMPTS = ["What is a robot?", "Name three colors.", "Write one sentence about the sea."]
+MAX_NEW = 20
+
+
+class Client:
+    """A node in the test process that talks to the gateway and to the chain's topics."""
+
+    def __init__(self, namespace: str) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("chain_test_client", namespace=namespace, context=self.context)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.generate_client = self.node.create_client(Generate, "generate")
+        self.results: list[InferenceResult] = []
+        self.chain_output: list[ChainPacket] = []
+        self.node.create_subscription(InferenceResult, "results", self.results.append, CONTROL)
+        self.node.create_subscription(ChainPacket, "chain/output", self.chain_output.append, TENSORS)
+        self.requests = self.node.create_publisher(InferenceRequest, "requests", CONTROL)
+        self.publishers = {}
+
+    def spin_until(self, done, timeout_s: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            self.executor.spin_once(timeout_sec=0.05)
+        return True
+
+    def generate(self, prompt: str = "", max_new_tokens: int = MAX_NEW, **fields) -> InferenceResult:
+        call = Generate.Request()
+        call.request.prompt = prompt
+        call.request.options.max_new_tokens = max_new_tokens
+        for name, value in fields.items():
+            setattr(call.request, name, value)
+        future = self.generate_client.call_async(call)
+        assert self.spin_until(future.done, 120), "the gateway did not answer"
+        return future.result().result
+
+    def publish_packet(self, topic: str, packet: ChainPacket) -> None:
+        if topic not in self.publishers:
+            self.publishers[topic] = self.node.create_publisher(ChainPacket, topic, TENSORS)
+            assert self.spin_until(lambda: self.publishers[topic].get_subscription_count() > 0, 30)
+        self.publishers[topic].publish(packet)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def start_chain(processes: Processes, namespace: str, wire_dtype: str) -> None:
+    args = ["--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", PARAMS, "-p", f"wire_dtype:={wire_dtype}"]
+    processes.start(LIB / "compose", "shard:embed_shard", "shard:blocks_shard", *args)  # two components, one process
+    processes.start(LIB / "shard", *args, "-r", "__node:=middle_shard")
+    processes.start(LIB / "shard", *args, "-r", "__node:=head_shard")
+    processes.start(LIB / "gateway", *args)
+
+
+def wait_until_serving(client: Client) -> None:
+    assert client.generate_client.wait_for_service(timeout_sec=60), "no gateway"
+    deadline = time.monotonic() + 90
+    while True:  # the shards load the model after the gateway is up; it refuses until they are connected
+        result = client.generate("Hi", max_new_tokens=1)
+        if result.error_code != InferenceResult.ERROR_MODULE_UNAVAILABLE:
+            assert result.error_code == InferenceResult.ERROR_NONE, result.error_message
+            return
+        assert time.monotonic() < deadline, result.error_message
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module", params=["float32", "float16"])
+def chain(request):
+    wire_dtype = request.param
+    namespace = f"chain_{wire_dtype}_{uuid.uuid4().hex[:6]}"
+    processes = Processes()
+    client = Client(namespace)
+    try:
+        start_chain(processes, namespace, wire_dtype)
+        wait_until_serving(client)
+        yield wire_dtype, client
+    finally:
+        client.close()
+        processes.stop_all()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Greedy answers of the whole model in this process, as the gateway would build the prompt."""
+    model, tokenizer = load_model("smollm2-135m-instruct"), load_tokenizer("smollm2-135m-instruct")
+    answers = {}
+    for prompt in PROMPTS:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=MAX_NEW, do_sample=False)
+        answers[prompt] = out[0, ids.shape[1]:].tolist()
+    return answers
+
+
+def test_split_chain_gives_the_whole_models_greedy_tokens(chain, reference):
+    wire_dtype, client = chain
+    agree = total = 0
+    for prompt in PROMPTS:
+        result = client.generate(prompt)
+        assert result.error_code == InferenceResult.ERROR_NONE, result.error_message
+        assert result.final and result.finish_reason in ("stop", "length")
+        tokens, expected = list(result.token_ids), reference[prompt]
+        if wire_dtype == "float32":
+            assert tokens == expected, f"{prompt!r}: {tokens} != {expected}"
+        agree += next((i for i, (a, b) in enumerate(zip(tokens, expected, strict=False)) if a != b),
+                      min(len(tokens), len(expected)))
+        total += len(expected)
+        assert result.text and result.time_to_first_token_s > 0
+        stages = {t.stage for t in result.timings}
+        assert {"module:embedding", "module:blocks_0_10", "module:blocks_10_20", "module:blocks_20_30",
+                "module:head", "total"} <= stages
+    REPORTED.append(f"greedy tokens equal to the whole model's before the first difference, hidden states as "
+                    f"{wire_dtype}: {agree}/{total}")
+
+
+def test_results_stream_chunk_by_chunk_on_the_topic(chain, reference):
+    _, client = chain
+    assert client.spin_until(lambda: client.requests.get_subscription_count() > 0, 30)
+    request = InferenceRequest(request_id=f"stream-{uuid.uuid4().hex[:6]}", prompt=PROMPTS[0])
+    request.options.max_new_tokens = MAX_NEW
+    client.results.clear()
+    client.requests.publish(request)
+    assert client.spin_until(lambda: any(r.final for r in client.results), 120)
+    chunks = [r for r in client.results if r.request_id == request.request_id]
+    assert [c.chunk_index for c in chunks] == list(range(len(chunks)))
+    assert [c.final for c in chunks].count(True) == 1 and chunks[-1].final
+    assert all(len(c.token_ids) == 1 for c in chunks[:-1])
+    whole = client.generate(PROMPTS[0])
+    assert [t for c in chunks for t in c.token_ids] == list(whole.token_ids)
+    assert "".join(c.text for c in chunks) == whole.text
+
+
+def test_a_kept_session_continues_and_a_lost_cache_is_rebuilt_by_replay(chain):
+    _, client = chain
+    first = client.generate("My robot is called Rolf. Say hello to it.", keep_session=True)
+    assert first.error_code == InferenceResult.ERROR_NONE and first.session_id
+    reference = client.generate("What is my robot called?", session_id=first.session_id, keep_session=True)
+    assert reference.error_code == InferenceResult.ERROR_NONE, reference.error_message
+
+    # The same conversation again, but the last two shards lose the session's caches before the second turn:
+    # a release sent into the middle of the chain drops it there and downstream only.
+    again = client.generate("My robot is called Rolf. Say hello to it.", keep_session=True)
+    client.publish_packet("chain/hidden_10", ChainPacket(session_id=again.session_id, release=True))
+    time.sleep(0.5)
+    replayed = client.generate("What is my robot called?", session_id=again.session_id)
+    assert replayed.error_code == InferenceResult.ERROR_NONE, replayed.error_message
+    assert list(replayed.token_ids) == list(reference.token_ids)
+    assert replayed.session_id == ""  # not kept: the session ended with this request
+
+    unknown = client.generate("Hello", session_id=again.session_id)
+    assert unknown.error_code == InferenceResult.ERROR_UNKNOWN_SESSION
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "message"),
+    [
+        ({"prompt": ""}, InferenceResult.ERROR_BAD_REQUEST, "empty request"),
+        ({"prompt": "Hi", "max_new_tokens": 10**6}, InferenceResult.ERROR_BAD_REQUEST, "max_new_tokens"),
+        ({"prompt": "", "input_token_ids": [1, 49152]}, InferenceResult.ERROR_BAD_REQUEST, "vocabulary"),
+        ({"prompt": "Hi", "session_id": "no-such-session"}, InferenceResult.ERROR_UNKNOWN_SESSION, "no session"),
+        ({"prompt": "Hi", "model_id": "gpt-17"}, InferenceResult.ERROR_BAD_REQUEST, "serves"),
+        ({"prompt": "x " * 2100}, InferenceResult.ERROR_BAD_REQUEST, "exceed the context"),
+    ],
+)
+def test_bad_requests_get_an_error_result(chain, fields, code, message):
+    _, client = chain
+    result = client.generate(**fields)
+    assert result.final and result.error_code == code and message in result.error_message
+    assert result.finish_reason == "error"
+
+
+def malformed(kind: str) -> ChainPacket:
+    tensor = to_msg(np.zeros((1, 2, 576), np.float16), "hidden_states")
+    if kind == "shape":
+        tensor = to_msg(np.zeros((1, 2, 100), np.float16), "hidden_states")
+    elif kind == "dtype":
+        tensor.dtype = "complex64"
+    elif kind == "bytes":
+        tensor.data = bytes(len(tensor.data) - 3)
+    return ChainPacket(request_id=f"bad-{kind}", session_id=f"bad-{kind}", tensors=[tensor])
+
+
+@pytest.mark.parametrize("kind", ["shape", "dtype", "bytes"])
+def test_a_malformed_tensor_gets_an_error_and_the_chain_keeps_serving(chain, reference, kind):
+    _, client = chain
+    client.chain_output.clear()
+    client.publish_packet("chain/hidden_10", malformed(kind))
+    assert client.spin_until(lambda: any(p.request_id == f"bad-{kind}" for p in client.chain_output), 30)
+    error = next(p for p in client.chain_output if p.request_id == f"bad-{kind}")
+    assert error.error_code == ChainPacket.ERROR_BAD_INPUT and "middle_shard" in error.error_message
+    result = client.generate(PROMPTS[1])
+    assert result.error_code == InferenceResult.ERROR_NONE
+    assert list(result.token_ids)[:3] == reference[PROMPTS[1]][:3]
