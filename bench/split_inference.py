@@ -1,0 +1,236 @@
+"""SmolLM2 split across processes over DDS vs. the whole model in one process: time to first token, decode speed
+and bytes on the wire.
+
+The baseline runs the model in this process with a KV cache, one token at a time, as a gateway would. Each split
+layout starts its shard processes and a gateway (real rclpy over Fast DDS, edge_lam's profile), and this process
+sends requests on the gateway's topic and times the streamed chunks as they arrive. Bytes are those of the
+serialized ChainPackets seen on every chain topic during the measured requests. Greedy decoding throughout, torch
+at one thread in every process (decode is memory-bound: a second thread does not help here).
+
+    python bench/split_inference.py [--max-new-tokens 32] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import pathlib
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import rclpy
+import torch
+import yaml
+from ament_index_python.packages import get_package_prefix
+from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
+from transformers import DynamicCache
+
+from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.qos import CONTROL, TENSORS
+
+MODEL = "smollm2-135m-instruct"
+PROMPTS = [
+    "Describe what a warehouse robot does during one shift.",
+    "Explain how a robot vacuum finds its way around a room.",
+    "Write a short story about a rover on Mars.",
+    "List the steps to charge a delivery robot's battery.",
+]
+# name -> the modules of each shard process, in chain order
+LAYOUTS = {
+    "2proc": [["embedding", "blocks:0:15"], ["blocks:15:30", "head"]],
+    "3proc": [["embedding", "blocks:0:10"], ["blocks:10:20"], ["blocks:20:30", "head"]],
+}
+LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) > 1 else values[0]
+
+
+def whole_model(max_new: int) -> dict:
+    """The baseline: the whole model in this process, prefill then one token at a time with the KV cache."""
+    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
+    ttft, decode = [], []
+    with torch.inference_mode():
+        for prompt in [PROMPTS[0], *PROMPTS]:  # the first pass warms up and is not counted
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True)["input_ids"]
+            cache = DynamicCache(config=model.config)
+            start = time.perf_counter()
+            token = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            first = time.perf_counter()
+            steps = []
+            for _ in range(max_new - 1):
+                t0 = time.perf_counter()
+                token = model(token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                steps.append(time.perf_counter() - t0)
+            if prompt is not PROMPTS[0] or ttft:
+                ttft.append(first - start)
+                decode.extend(steps)
+    return {"ttft": ttft, "decode": decode, "bytes_per_token": 0.0}
+
+
+class Driver:
+    """This process's node: sends requests to a gateway, times the chunks, counts the bytes on chain topics."""
+
+    def __init__(self, namespace: str, chain_topics: list[str]) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("split_inference_bench", namespace=namespace, context=self.context)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.chunks: list[tuple[float, InferenceResult]] = []
+        self.bytes = 0
+        self.results = self.node.create_subscription(InferenceResult, "results",
+                                                     lambda r: self.chunks.append((time.perf_counter(), r)), CONTROL)
+        for topic in chain_topics:
+            self.node.create_subscription(ChainPacket, topic, self.count, TENSORS, raw=True)
+        self.requests = self.node.create_publisher(InferenceRequest, "requests", CONTROL)
+
+    def count(self, raw: bytes) -> None:
+        self.bytes += len(raw)
+
+    def spin_until(self, done, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError("no answer from the chain")
+            self.executor.spin_once(timeout_sec=0.01)
+
+    def wait_for_gateway(self, timeout_s: float) -> None:
+        self.spin_until(lambda: self.requests.get_subscription_count() > 0 and self.results.get_publisher_count() > 0,
+                        timeout_s)
+
+    def ask(self, prompt: str, max_new: int, timeout_s: float = 300) -> tuple[float, list[InferenceResult]]:
+        request = InferenceRequest(request_id=uuid.uuid4().hex, prompt=prompt)
+        request.options.max_new_tokens = max_new
+        self.chunks.clear()
+        sent = time.perf_counter()
+        self.requests.publish(request)
+        self.spin_until(lambda: any(r.final and r.request_id == request.request_id for _, r in self.chunks), timeout_s)
+        return sent, [(t, r) for t, r in self.chunks if r.request_id == request.request_id]
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def split(layout: list[list[str]], wire_dtype: str, max_new: int) -> dict:
+    namespace = f"bench_{uuid.uuid4().hex[:8]}"
+    topics = ["chain/input", *(f"chain/hop_{i}" for i in range(1, len(layout))), "chain/output"]
+    params = {f"/**/shard_{i}": {"ros__parameters": {
+        "model": MODEL, "modules": modules, "wire_dtype": wire_dtype, "input_topic": topics[i],
+        "output_topic": topics[i + 1]}} for i, modules in enumerate(layout)}
+    params["/**/gateway"] = {"ros__parameters": {"model": MODEL, "chain_input_topic": topics[0],
+                                                 "chain_output_topic": topics[-1]}}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
+        yaml.safe_dump(params, file)
+    args = ["--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", file.name]
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- the processes' logs, shown if the run fails
+    commands = [[LIB / "shard", *args, "-r", f"__node:=shard_{i}"] for i in range(len(layout))]
+    commands.append([LIB / "gateway", *args])
+    processes = [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT) for command in commands]
+    driver = Driver(namespace, topics)
+    try:
+        driver.wait_for_gateway(60)
+        deadline = time.monotonic() + 120
+        # The gateway refuses until the shards have loaded and connected, and an answer sent before its writer has
+        # matched our reader is lost: ask again until one comes back that is not a refusal.
+        while True:
+            try:
+                _, chunks = driver.ask("Hi", 1, timeout_s=5)
+                if chunks[-1][1].error_code != InferenceResult.ERROR_MODULE_UNAVAILABLE:
+                    break
+            except TimeoutError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the chain did not come up")
+            time.sleep(0.5)
+        driver.ask(PROMPTS[0], max_new)  # warm-up, not counted
+        ttft, decode, tokens, driver.bytes = [], [], 0, 0
+        for prompt in PROMPTS:
+            sent, chunks = driver.ask(prompt, max_new)
+            if chunks[-1][1].error_code:
+                raise RuntimeError(chunks[-1][1].error_message)
+            arrivals = [t for t, r in chunks if r.token_ids]
+            ttft.append(arrivals[0] - sent)
+            decode.extend(b - a for a, b in itertools.pairwise(arrivals))
+            tokens += len(arrivals)
+        return {"ttft": ttft, "decode": decode, "bytes_per_token": driver.bytes / tokens}
+    except Exception:
+        log.seek(0)
+        print(log.read()[-5000:], file=sys.stderr)
+        raise
+    finally:
+        driver.close()
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        os.unlink(file.name)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per request (default 32)")
+    parser.add_argument("--json", type=pathlib.Path, help="write the figures to this file")
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # one run, in a fresh process: whole or LAYOUT:DTYPE
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.run:
+        if args.run == "whole":
+            run = whole_model(args.max_new_tokens)
+        else:
+            layout, wire_dtype = args.run.split(":")
+            run = split(LAYOUTS[layout], wire_dtype, args.max_new_tokens)
+        print(json.dumps(run))
+        return 0
+
+    env = dict(os.environ, ROS_DOMAIN_ID=str(100 + os.getpid() % 100), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    runs = {}
+    for name in ["whole", *(f"{layout}:{dtype}" for layout in LAYOUTS for dtype in ("float32", "float16"))]:
+        done = subprocess.run([sys.executable, __file__, "--run", name, "--max-new-tokens", str(args.max_new_tokens)],
+                              env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode:
+            raise RuntimeError(f"run {name} failed:\n{done.stderr[-5000:]}")
+        runs[name.replace(":float", "_fp")] = json.loads(done.stdout.splitlines()[-1])
+
+    whole_rate = 1 / statistics.median(runs["whole"]["decode"])
+    figures = {}
+    print(f"SmolLM2-135M-Instruct, greedy, {len(PROMPTS)} prompts x {args.max_new_tokens} new tokens, "
+          "1 torch thread per process; milliseconds")
+    print(f"{'run':>13} | {'TTFT p50':>8} {'p99':>7} | {'decode/token p50':>16} {'p99':>7} | {'tokens/s':>8} | "
+          f"{'ratio':>5} | {'bytes/token':>11}")
+    for name, run in runs.items():
+        rate = 1 / statistics.median(run["decode"])
+        row = {
+            "ttft_p50_ms": 1e3 * statistics.median(run["ttft"]), "ttft_p99_ms": 1e3 * p99(run["ttft"]),
+            "decode_p50_ms": 1e3 * statistics.median(run["decode"]), "decode_p99_ms": 1e3 * p99(run["decode"]),
+            "decode_tokens_per_s": rate, "decode_ratio_vs_whole": rate / whole_rate,
+            "bytes_per_token": run["bytes_per_token"],
+        }
+        figures[name] = row
+        print(f"{name:>13} | {row['ttft_p50_ms']:8.1f} {row['ttft_p99_ms']:7.1f} | {row['decode_p50_ms']:16.1f} "
+              f"{row['decode_p99_ms']:7.1f} | {rate:8.1f} | {row['decode_ratio_vs_whole']:5.2f} | "
+              f"{row['bytes_per_token']:11.0f}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "max_new_tokens": args.max_new_tokens, "prompts": len(PROMPTS), "runs": figures,
+            "decode_ratio_3proc_fp16": figures["3proc_fp16"]["decode_ratio_vs_whole"],
+        }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
