@@ -108,6 +108,28 @@ def chain(request):
         processes.stop_all()
 
 
+def test_the_gateway_serves_only_once_every_hop_is_connected(processes):
+    namespace = f"partial_{uuid.uuid4().hex[:6]}"
+    args = ["--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", PARAMS]
+    processes.start(LIB / "compose", "shard:embed_shard", "shard:blocks_shard", *args)
+    processes.start(LIB / "shard", *args, "-r", "__node:=head_shard")
+    processes.start(LIB / "gateway", *args)
+    client = Client(namespace)
+    try:
+        assert client.generate_client.wait_for_service(timeout_sec=60)
+        # Both ends of the chain are up, the middle shard is not: every request is refused at once, none hangs.
+        for _ in range(3):
+            started = time.monotonic()
+            result = client.generate("Hi", max_new_tokens=1)
+            assert result.error_code == InferenceResult.ERROR_MODULE_UNAVAILABLE, result.error_message
+            assert time.monotonic() - started < 10
+            time.sleep(2)
+        processes.start(LIB / "shard", *args, "-r", "__node:=middle_shard")
+        wait_until_serving(client)
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="module")
 def reference():
     """Greedy answers of the whole model in this process, as the gateway would build the prompt."""

@@ -4,6 +4,10 @@ and streams InferenceResult chunks back.
 Requests come on a topic (results stream on another) or through the ``generate`` service for callers that wait.
 Each request gets exactly one final result: the answer, or an error with its reason. A session whose caches a
 shard lost is replayed once from its tokens; a session after any other failure is replayed on its next request.
+
+The gateway serves only once a probe (a release packet for a throwaway session, which every module passes on) has
+come back through the whole chain: a packet sent before every hop's writer has matched its reader would be lost.
+It probes again after a step times out, since a module may have gone.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from edge_lam.qos import CONTROL, TENSORS
 from edge_lam.tensor_codec import to_msg, to_numpy
 
 Deliver = Callable[[InferenceResult], None]
+PROBE_INTERVAL_S = 1.0  # how often to send a probe through the chain while it is not known to be connected
 
 
 @dataclass
@@ -86,6 +91,9 @@ class GatewayNode(Node):
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._sessions: dict[str, SessionState] = {}
+        self._chain_ready = False
+        self._probe_prefix = f"probe-{uuid.uuid4().hex[:8]}-"  # session ids of this gateway's probes
+        self._probe_sent_at: float | None = None
         self._chain_in = self.create_publisher(ChainPacket, chain_in, TENSORS)
         self._chain_out = self.create_subscription(ChainPacket, chain_out, self.on_chain_output, TENSORS)
         self._results = self.create_publisher(InferenceResult, results, CONTROL)
@@ -162,8 +170,8 @@ class GatewayNode(Node):
             return bad, f"request_id '{request.request_id}' is already being answered"
         if request.session_id and request.session_id not in self._sessions:
             return InferenceResult.ERROR_UNKNOWN_SESSION, f"no session '{request.session_id}' (never made, or expired)"
-        if self._chain_in.get_subscription_count() == 0 or self._chain_out.get_publisher_count() == 0:
-            return InferenceResult.ERROR_MODULE_UNAVAILABLE, "the chain's first or last module is not connected"
+        if not self._chain_ready:
+            return InferenceResult.ERROR_MODULE_UNAVAILABLE, "the chain is not connected end to end (yet)"
         return None
 
     def _start(self, job: Job) -> None:
@@ -200,6 +208,10 @@ class GatewayNode(Node):
 
     def on_chain_output(self, packet: ChainPacket) -> None:
         if packet.release:
+            with self._lock:
+                if packet.session_id.startswith(self._probe_prefix) and not self._chain_ready:
+                    self._chain_ready = True
+                    self.get_logger().info("the chain is connected end to end: serving")
             return
         with self._lock:
             job = self._jobs.get(packet.request_id)
@@ -285,6 +297,9 @@ class GatewayNode(Node):
 
     def _release(self, session_id: str) -> None:
         del self._sessions[session_id]
+        self._send_release(session_id)
+
+    def _send_release(self, session_id: str) -> None:
         packet = ChainPacket(session_id=session_id, release=True)
         packet.header.stamp = self.get_clock().now().to_msg()
         self._chain_in.publish(packet)
@@ -295,6 +310,10 @@ class GatewayNode(Node):
             for job in [j for j in self._jobs.values() if j.sent_at and now - j.sent_at > self._step_timeout_s]:
                 reason = f"step {job.step} got no answer from the chain in {self._step_timeout_s} s"
                 self._finish(job, "error", (InferenceResult.ERROR_TIMEOUT, reason))
+                self._chain_ready = False  # a module may be gone: probe before serving again
+            if not self._chain_ready and (self._probe_sent_at is None or now - self._probe_sent_at > PROBE_INTERVAL_S):
+                self._probe_sent_at = now
+                self._send_release(self._probe_prefix + uuid.uuid4().hex)
             for session_id in [sid for sid, s in self._sessions.items()
                                if not s.busy and not s.pending and now - s.last_used > self._idle_s]:
                 self.get_logger().info(f"session {session_id} expired (idle)")
