@@ -15,7 +15,7 @@ from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
 from edge_lam_msgs.srv import Generate
 
-from conftest import REPO, REPORTED, Processes
+from conftest import REPO, REPORTED, Processes, finish
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.qos import CONTROL, TENSORS
 from edge_lam.tensor_codec import to_msg
@@ -243,3 +243,13 @@ def test_a_malformed_tensor_gets_an_error_and_the_chain_keeps_serving(chain, ref
     result = client.generate(PROMPTS[1])
     assert result.error_code == InferenceResult.ERROR_NONE
     assert list(result.token_ids)[:3] == reference[PROMPTS[1]][:3]
+
+
+@pytest.mark.parametrize(("parameter", "message"), [
+    ("wire_dtype:=float8", "wire_dtype 'float8' is not one of"),
+    ("session_idle_timeout_s:=0.0", "session_idle_timeout_s must be > 0"),
+])
+def test_a_shard_with_a_bad_parameter_stops_with_a_clear_error(processes, parameter, message):
+    shard = processes.start(LIB / "shard", "--ros-args", "-p", parameter)
+    rc, output = finish(shard, timeout_s=60)
+    assert rc not in (0, -9) and message in output

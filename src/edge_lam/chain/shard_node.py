@@ -43,6 +43,8 @@ class ShardNode(Node):
             or socket.gethostname()
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype '{wire_dtype}' is not one of {sorted(WIRE_DTYPES)}")
+        if idle <= 0 or threads < 1:
+            raise ValueError(f"session_idle_timeout_s must be > 0 and num_threads >= 1, got {idle} and {threads}")
         self._wire_dtype = WIRE_DTYPES[wire_dtype]
         torch.set_num_threads(threads)
         self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle)
