@@ -23,7 +23,6 @@ import numpy as np
 import rclpy
 from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult, StageTiming
 from edge_lam_msgs.srv import Generate
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -32,6 +31,7 @@ from transformers import AutoConfig, GenerationConfig
 
 from edge_lam.chain.generation import Conversation, Limits, TextStream, check_request, prompt_ids
 from edge_lam.model.loading import load_tokenizer, model_path
+from edge_lam.parameters import declare
 from edge_lam.qos import CONTROL, TENSORS
 from edge_lam.tensor_codec import to_msg, to_numpy
 
@@ -71,15 +71,15 @@ class GatewayNode(Node):
 
     def __init__(self, node_name: str = "gateway", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        self._model = self._param("model", "smollm2-135m-instruct", "Model id or folder (tokenizer, chat template).")
-        chain_in = self._param("chain_input_topic", "chain/input", "Topic of the chain's first module.")
-        chain_out = self._param("chain_output_topic", "chain/output", "Topic the chain's last module publishes to.")
-        requests = self._param("requests_topic", "requests", "InferenceRequest topic.")
-        results = self._param("results_topic", "results", "InferenceResult topic (streamed chunks).")
-        max_new = self._param("max_new_tokens_limit", 1024, "Largest max_new_tokens a request may ask for.")
-        max_context = self._param("max_context_tokens", 2048, "Largest session length (prompt and answer), tokens.")
-        self._step_timeout_s = self._param("step_timeout_s", 60.0, "Fail a request when one step takes longer.")
-        self._idle_s = self._param("session_idle_timeout_s", 600.0, "Forget a kept session after this long unused.")
+        self._model = declare(self, "model", "smollm2-135m-instruct", "Model id or folder (tokenizer, chat template).")
+        chain_in = declare(self, "chain_input_topic", "chain/input", "Topic of the chain's first module.")
+        chain_out = declare(self, "chain_output_topic", "chain/output", "Topic the chain's last module publishes to.")
+        requests = declare(self, "requests_topic", "requests", "InferenceRequest topic.")
+        results = declare(self, "results_topic", "results", "InferenceResult topic (streamed chunks).")
+        max_new = declare(self, "max_new_tokens_limit", 1024, "Largest max_new_tokens a request may ask for.")
+        max_context = declare(self, "max_context_tokens", 2048, "Largest session length (prompt and answer), tokens.")
+        self._step_timeout_s = declare(self, "step_timeout_s", 60.0, "Fail a request when one step takes longer.")
+        self._idle_s = declare(self, "session_idle_timeout_s", 600.0, "Forget a kept session after this long unused.")
 
         path = model_path(self._model)
         config = AutoConfig.from_pretrained(path).get_text_config(decoder=True)
@@ -109,8 +109,6 @@ class GatewayNode(Node):
             f"service {self._service.srv_name}"
         )
 
-    def _param(self, name: str, default, description: str):
-        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
 
     # -- requests in --------------------------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import socket
 import rclpy
 import torch
 from edge_lam_msgs.msg import ChainPacket
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
@@ -20,6 +19,7 @@ from edge_lam.chain.shard import BadInput, ShardCore
 from edge_lam.model.decompose import ModuleSpec
 from edge_lam.model.loading import load_model
 from edge_lam.model.sessions import SessionLost
+from edge_lam.parameters import declare
 from edge_lam.qos import TENSORS
 
 WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -30,17 +30,17 @@ class ShardNode(Node):
 
     def __init__(self, node_name: str = "shard", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        model = self._param("model", "smollm2-135m-instruct", "Model id from the cache, or a transformers folder.")
-        modules = self._param("modules", ["embedding", "blocks:0:30", "head"],
+        model = declare(self, "model", "smollm2-135m-instruct", "Model id from the cache, or a transformers folder.")
+        modules = declare(self, "modules", ["embedding", "blocks:0:30", "head"],
                               "Consecutive modules to host: embedding, blocks:START:END (END exclusive), head.")
-        input_topic = self._param("input_topic", "chain/input", "Topic the first module reads packets from.")
-        output_topic = self._param("output_topic", "chain/output", "Topic the last module publishes packets to.")
-        wire_dtype = self._param("wire_dtype", "float16", "Dtype of hidden states on the wire: "
-                                 "float16, bfloat16 or float32 (exact).")
-        idle = self._param("session_idle_timeout_s", 600.0, "Drop a session's KV cache after this long unused.")
-        threads = self._param("num_threads", 1, "Torch threads (decode is memory-bound: more rarely help).")
-        self._host_id = self._param("host_id", "", "Host name reported in timings; empty for the machine's.") \
-            or socket.gethostname()
+        input_topic = declare(self, "input_topic", "chain/input", "Topic the first module reads packets from.")
+        output_topic = declare(self, "output_topic", "chain/output", "Topic the last module publishes packets to.")
+        wire_dtype = declare(self, "wire_dtype", "float16",
+                             "Dtype of hidden states on the wire: float16, bfloat16 or float32 (exact).")
+        idle = declare(self, "session_idle_timeout_s", 600.0, "Drop a session's KV cache after this long unused.")
+        threads = declare(self, "num_threads", 1, "Torch threads (decode is memory-bound: more rarely help).")
+        host_id = declare(self, "host_id", "", "Host name reported in timings; empty for the machine's.")
+        self._host_id = host_id or socket.gethostname()
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype '{wire_dtype}' is not one of {sorted(WIRE_DTYPES)}")
         if idle <= 0 or threads < 1:
@@ -56,8 +56,6 @@ class ShardNode(Node):
             f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
         )
 
-    def _param(self, name: str, default, description: str):
-        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
 
     def on_packet(self, packet: ChainPacket) -> None:
         if packet.release:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import rclpy
 from edge_lam_msgs.msg import TensorList
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from edge_lam.parameters import declare
 from edge_lam.qos import TENSORS
 from edge_lam.tensor_codec import TensorError, check
 
@@ -22,12 +22,9 @@ class TensorEchoNode(Node):
 
     def __init__(self, node_name: str = "tensor_echo", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        self.declare_parameter(
-            "validate",
-            True,
-            ParameterDescriptor(description="Decode every tensor before echoing it; drop and log malformed ones."),
+        self._validate = declare(
+            self, "validate", True, "Decode every tensor before echoing it; drop and log malformed ones."
         )
-        self._validate = self.get_parameter("validate").value
         self._rejected = 0
         self._pub = self.create_publisher(TensorList, "pong", TENSORS)
         self._sub = self.create_subscription(TensorList, "ping", self.echo, TENSORS)
