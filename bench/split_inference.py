@@ -1,7 +1,9 @@
 """SmolLM2 split across processes over DDS vs. the whole model in one process: time to first token, decode speed
 and bytes on the wire.
 
-The baseline runs the model in this process with a KV cache, one token at a time, as a gateway would. Each split
+The baseline runs the model in this process with a KV cache, one token at a time, as a gateway would; the
+``modules_1proc`` run chains the 3-process layout's modules in one process without DDS, to separate what the cut
+costs from what the processes and the transport cost. Each split
 layout starts its shard processes and a gateway (real rclpy over Fast DDS, edge_lam's profile), and this process
 sends requests on the gateway's topic and times the streamed chunks as they arrive. Bytes are those of the
 serialized ChainPackets seen on every chain topic during the measured requests. Greedy decoding throughout, torch
@@ -32,6 +34,8 @@ from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
 from transformers import DynamicCache
 
+from edge_lam.chain.shard import Sampling, ShardCore
+from edge_lam.model.decompose import ModuleSpec
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.qos import CONTROL, TENSORS
 
@@ -54,27 +58,50 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) > 1 else values[0]
 
 
-def whole_model(max_new: int) -> dict:
-    """The baseline: the whole model in this process, prefill then one token at a time with the KV cache."""
-    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
+def timed_decode(max_new: int, new_session, step) -> dict:
+    """Prefill then one token at a time in this process: ``step(session, ids)`` returns the next token [1, 1]."""
+    tokenizer = load_tokenizer(MODEL)
     ttft, decode = [], []
     with torch.inference_mode():
-        for prompt in [PROMPTS[0], *PROMPTS]:  # the first pass warms up and is not counted
+        for index, prompt in enumerate([PROMPTS[0], *PROMPTS]):  # index 0 warms up and is not counted
             ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                                 return_tensors="pt", return_dict=True)["input_ids"]
-            cache = DynamicCache(config=model.config)
+            session = new_session()
             start = time.perf_counter()
-            token = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            token = step(session, ids)
             first = time.perf_counter()
             steps = []
             for _ in range(max_new - 1):
                 t0 = time.perf_counter()
-                token = model(token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                token = step(session, token)
                 steps.append(time.perf_counter() - t0)
-            if prompt is not PROMPTS[0] or ttft:
+            if index:
                 ttft.append(first - start)
                 decode.extend(steps)
     return {"ttft": ttft, "decode": decode, "bytes_per_token": 0.0}
+
+
+def whole_model(max_new: int) -> dict:
+    """The baseline: the whole model with its KV cache."""
+    model = load_model(MODEL)
+    return timed_decode(
+        max_new, lambda: DynamicCache(config=model.config),
+        lambda cache, ids: model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1),
+    )
+
+
+def modules_in_process(layout: list[list[str]], max_new: int) -> dict:
+    """The modules of a split layout chained in this process, no DDS: what the cut itself costs."""
+    cores = [ShardCore(load_model(MODEL), [ModuleSpec.parse(m) for m in modules]) for modules in layout]
+
+    def step(session: dict, ids: torch.Tensor) -> torch.Tensor:
+        x = {"input_ids": ids}
+        for core in cores:
+            x, _ = core.step(x, session["id"], session["position"], False, Sampling(), 0)
+        session["position"] += ids.shape[1]
+        return x["next_token"].view(1, 1)
+
+    return timed_decode(max_new, lambda: {"id": uuid.uuid4().hex, "position": 0}, step)
 
 
 class Driver:
@@ -191,6 +218,8 @@ def main() -> int:
     if args.run:
         if args.run == "whole":
             run = whole_model(args.max_new_tokens)
+        elif args.run == "modules_1proc":
+            run = modules_in_process(LAYOUTS["3proc"], args.max_new_tokens)
         else:
             layout, wire_dtype = args.run.split(":")
             run = split(LAYOUTS[layout], wire_dtype, args.max_new_tokens)
@@ -199,7 +228,8 @@ def main() -> int:
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(100 + os.getpid() % 100), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     runs = {}
-    for name in ["whole", *(f"{layout}:{dtype}" for layout in LAYOUTS for dtype in ("float32", "float16"))]:
+    splits = [f"{layout}:{dtype}" for layout in LAYOUTS for dtype in ("float32", "float16")]
+    for name in ["whole", "modules_1proc", *splits]:
         done = subprocess.run([sys.executable, __file__, "--run", name, "--max-new-tokens", str(args.max_new_tokens)],
                               env=env, capture_output=True, text=True, timeout=900)
         if done.returncode:
