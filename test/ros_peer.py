@@ -5,7 +5,10 @@
     ros_peer.py serve    pkg/srv/Type  SERVICE  answer one call: check the request, reply with the sample response
     ros_peer.py call     pkg/srv/Type  SERVICE  call once with the sample request and check every field of the reply
 
-Exit status: 0 when every field agreed, 1 when some differed (listed on stderr), 2 on a time-out.
+Each peer prints one `verdict: ok|mismatch|timeout` line as soon as it knows, before tearing down: Fast DDS can
+deadlock while a participant is deleted (eProsima/Fast-DDS#6502, open), so the teardown is bounded and its outcome
+is told apart from the verdict. Exit status: 0 ok, 1 mismatch (listed on stderr), 2 time-out; a hung teardown ends
+the process through faulthandler (status 1, a `Timeout` traceback after the verdict line).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from message_samples import differences, interface_class, make_sample
 
 TIMEOUT_S = 30.0
+TEARDOWN_S = 10.0
+VERDICTS = {0: "ok", 1: "mismatch", 2: "timeout"}
 QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -91,7 +96,11 @@ def main() -> int:
     with rclpy.init():
         node = rclpy.create_node(f"peer_{mode}")
         print(f"{mode} {type_name} on {name}: started", flush=True)
-        return {"publish": publish, "receive": receive, "serve": serve, "call": call}[mode](node, cls, name)
+        rc = {"publish": publish, "receive": receive, "serve": serve, "call": call}[mode](node, cls, name)
+        print(f"verdict: {VERDICTS[rc]}", flush=True)
+        faulthandler.cancel_dump_traceback_later()
+        faulthandler.dump_traceback_later(TEARDOWN_S, exit=True)
+    return rc
 
 
 if __name__ == "__main__":
