@@ -9,6 +9,7 @@ setup(
     version='0.1.0',
     packages=find_packages('src'),
     package_dir={'': 'src'},
+    package_data={'edge_lam': ['encoders/data/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),

@@ -4,6 +4,8 @@
   newest frame instead of a backlog.
 - TENSORS: hidden states, activations and gradients between modules; every message matters, and a keep-last
   queue silently dropped most of a fast burst of 512 KB messages here, so keep-all.
+- TOKENS: semantic tokens from the encoders; reliable, keep-last 100: small messages that a slow subscriber
+  should still get, but a subscriber a hundred messages behind loses the oldest rather than growing the queue.
 - CONTROL: requests, results and commands; reliable, keep-all, for the same reason.
 - LATCHED: placement plans and vocabularies; reliable and transient-local, so a late joiner gets the last one.
 """
@@ -16,9 +18,24 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
-__all__ = ["CONTROL", "LATCHED", "SENSOR_DATA", "TENSORS"]
+__all__ = ["CONTROL", "LATCHED", "RELIABLE_SENSOR_DATA", "SENSOR_DATA", "TENSORS", "TOKENS"]
 
 SENSOR_DATA = qos_profile_sensor_data
+
+# For sensor input that must not be dropped (bag replay in CI); it matches only reliable publishers.
+RELIABLE_SENSOR_DATA = QoSProfile(
+    depth=100,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+TOKENS = QoSProfile(
+    depth=100,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 
 TENSORS = QoSProfile(
     history=HistoryPolicy.KEEP_ALL,

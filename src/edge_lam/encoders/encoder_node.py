@@ -1,0 +1,96 @@
+"""What every encoder node shares: the tokens and vocabulary topics, sequence numbers, timing and rejected input.
+
+A subclass subscribes to its sensor, turns each message into an ``Encoded`` with its pure core and hands it to
+:meth:`EncoderNode.publish_tokens`; input the core refuses goes to :meth:`EncoderNode.reject`, which logs it and
+keeps the node running.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from edge_lam_msgs.msg import SemanticTokens
+from edge_lam_msgs.msg import Vocabulary as VocabularyMsg
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from std_msgs.msg import Header
+
+from edge_lam.encoders.token_messages import to_semantic_tokens, to_vocabulary_msg
+from edge_lam.encoders.tokens import Encoded, Vocabulary
+from edge_lam.parameters import declare
+from edge_lam.qos import LATCHED, RELIABLE_SENSOR_DATA, SENSOR_DATA, TOKENS
+
+LATENCY_WINDOW = 10_000  # per-message latencies kept for the stats line and the benchmark
+
+
+class EncoderNode(Node):
+    """Publishes ``tokens/<modality>`` and, latched, ``tokens/<modality>/vocabulary`` (relative to the namespace)."""
+
+    def __init__(self, node_name: str, modality: str, default_sensor: str, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.modality = modality
+        self.robot_id = declare(self, "robot_id", "robot", "Robot id written into every SemanticTokens message.")
+        self.sensor = declare(self, "sensor", default_sensor, "Sensor name written into every SemanticTokens message.")
+        reliable = declare(
+            self, "reliable_input", False,
+            "Subscribe to the sensor reliably (keep-last 100), e.g. for bag replay in CI; the default, best effort "
+            "(sensor data QoS), matches every publisher and keeps only the newest messages when the encoder lags.",
+        )
+        stats_period_s = declare(
+            self, "stats_period_s", 10.0, "Seconds between log lines with message counts and latency; 0 turns them off."
+        )
+        self.input_qos: QoSProfile = RELIABLE_SENSOR_DATA if reliable else SENSOR_DATA
+        self.latencies_s: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.published = 0
+        self.rejected = 0
+        self._vocabulary: Vocabulary | None = None
+        self._tokens_pub = self.create_publisher(SemanticTokens, f"tokens/{modality}", TOKENS)
+        self._vocabulary_pub = self.create_publisher(VocabularyMsg, f"tokens/{modality}/vocabulary", LATCHED)
+        if stats_period_s > 0:
+            self.create_timer(stats_period_s, self.log_stats)
+
+    def publish_vocabulary(self, vocabulary: Vocabulary) -> None:
+        self._vocabulary = vocabulary
+        self._vocabulary_pub.publish(to_vocabulary_msg(vocabulary, self.modality))
+        self.get_logger().info(
+            f"{vocabulary.encoder} {vocabulary.version}: {len(vocabulary.words)} words on "
+            f"{self._vocabulary_pub.topic_name}, tokens on {self._tokens_pub.topic_name}"
+        )
+
+    def publish_tokens(
+        self, encoded: Encoded, header: Header | None, started: float, embedding_dtype: str = "float32"
+    ) -> None:
+        """Publish ``encoded`` with the sensor's header (now, when it has none); ``started`` is the callback's
+        ``time.perf_counter()``, so the recorded latency runs from the input callback to the publish."""
+        assert self._vocabulary is not None, "publish_vocabulary() first"
+        msg = to_semantic_tokens(
+            encoded, robot_id=self.robot_id, sensor=self.sensor, modality=self.modality,
+            vocabulary=self._vocabulary, seq=self.published, embedding_dtype=embedding_dtype,
+        )
+        if header is not None:
+            msg.header = header
+        else:
+            msg.header.stamp = self.get_clock().now().to_msg()
+        self._tokens_pub.publish(msg)
+        self.published += 1
+        self.latencies_s.append(time.perf_counter() - started)
+
+    def reject(self, what: str, error: Exception, stamp: Time | None = None) -> None:
+        """Log input the core refused; the node keeps running and the sequence numbers have no gap."""
+        self.rejected += 1
+        when = f" stamped {stamp.sec}.{stamp.nanosec:09d}" if stamp is not None else ""
+        self.get_logger().error(f"rejected {what}{when} ({self.rejected} so far): {error}")
+
+    def log_stats(self) -> None:
+        if not self.latencies_s:
+            self.get_logger().info(f"no {self.modality} tokens yet ({self.rejected} inputs rejected)")
+            return
+        latencies_ms = np.asarray(self.latencies_s) * 1e3
+        self.get_logger().info(
+            f"{self.published} {self.modality} token messages, {self.rejected} inputs rejected; latency over the "
+            f"last {latencies_ms.size}: p50 {np.percentile(latencies_ms, 50):.2f} ms, "
+            f"p99 {np.percentile(latencies_ms, 99):.2f} ms"
+        )

@@ -1,0 +1,42 @@
+"""Text encoder node: ``std_msgs/String`` on ``text`` to SemanticTokens on ``tokens/text``."""
+
+from __future__ import annotations
+
+import time
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from std_msgs.msg import String
+
+from edge_lam.encoders.encoder_node import EncoderNode
+from edge_lam.encoders.text import TextEncoder
+from edge_lam.encoders.tokens import EncoderInputError
+from edge_lam.model.loading import load_tokenizer
+from edge_lam.parameters import declare
+
+
+class TextEncoderNode(EncoderNode):
+    def __init__(self, node_name: str = "text_encoder", **kwargs) -> None:
+        super().__init__(node_name, modality="text", default_sensor="text", **kwargs)
+        model = declare(self, "model", "smollm2-135m-instruct", "Model whose tokenizer gives the token ids.")
+        max_tokens = declare(self, "max_tokens", 512, "Longest text accepted, in tokens; longer text is rejected.")
+        self._core = TextEncoder(load_tokenizer(model), name=f"{model}-tokenizer", max_tokens=max_tokens)
+        self.publish_vocabulary(self._core.vocabulary)
+        self.create_subscription(String, "text", self.encode, self.input_qos)
+
+    def encode(self, msg: String) -> None:
+        started = time.perf_counter()
+        try:
+            encoded = self._core.encode(msg.data)
+        except EncoderInputError as err:
+            self.reject("text", err)
+            return
+        self.publish_tokens(encoded, None, started)
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        with rclpy.init(args=args):
+            rclpy.spin(TextEncoderNode())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
