@@ -1,0 +1,138 @@
+"""Motion encoder nodes: ``nav_msgs/Odometry`` on ``odom`` or ``sensor_msgs/Imu`` on ``imu`` to one motion token per
+window on ``tokens/odometry`` or ``tokens/imu``.
+
+The bins are parameters (see ``MotionBins``); a token carries the header of the last sample of its window. When the
+stamps go back in time (a bag replayed again, a simulation restarted) the windows start over, with a warning.
+"""
+
+from __future__ import annotations
+
+import time
+
+import rclpy
+from builtin_interfaces.msg import Time
+from nav_msgs.msg import Odometry
+from rclpy.executors import ExternalShutdownException
+from sensor_msgs.msg import Imu
+from std_msgs.msg import Header
+
+from edge_lam.encoders.encoder_node import EncoderNode
+from edge_lam.encoders.motion import (
+    ImuMotionEncoder,
+    ImuSample,
+    MotionBins,
+    OdometryMotionEncoder,
+    OdometrySample,
+    yaw_from_quaternion,
+)
+from edge_lam.encoders.tokens import EncoderInputError
+from edge_lam.parameters import declare
+
+DEFAULTS = MotionBins()
+
+
+def declare_bins(node: EncoderNode) -> MotionBins:
+    """The window and bucket parameters, with MotionBins' defaults and descriptions."""
+    return MotionBins(
+        window_s=declare(node, "window_s", DEFAULTS.window_s, "Seconds of samples per motion token."),
+        still_speed=declare(node, "still_speed", DEFAULTS.still_speed, "Below this speed (m/s) the robot is still."),
+        speed_edges=tuple(declare(node, "speed_edges", list(DEFAULTS.speed_edges),
+                                  "Speed bucket edges above still_speed, m/s, ascending.")),
+        speed_names=tuple(declare(node, "speed_names", list(DEFAULTS.speed_names),
+                                  "Speed bucket names, one more than speed_edges.")),
+        still_yaw_rate=declare(node, "still_yaw_rate", DEFAULTS.still_yaw_rate,
+                               "Below this yaw rate (rad/s) the robot is not turning."),
+        yaw_rate_edges=tuple(declare(node, "yaw_rate_edges", list(DEFAULTS.yaw_rate_edges),
+                                     "Yaw-rate bucket edges above still_yaw_rate, rad/s, ascending.")),
+        yaw_rate_names=tuple(declare(node, "yaw_rate_names", list(DEFAULTS.yaw_rate_names),
+                                     "Yaw-rate bucket names, one more than yaw_rate_edges.")),
+        accel_threshold=declare(node, "accel_threshold", DEFAULTS.accel_threshold,
+                                "IMU: mean forward acceleration (m/s^2) that makes accel-forward/backward."),
+        vibration_std=declare(node, "vibration_std", DEFAULTS.vibration_std,
+                              "IMU: spread of the specific force (m/s^2) that makes vibrating."),
+    )
+
+
+def seconds(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+class MotionEncoderNode(EncoderNode):
+    """Shared by the odometry and IMU nodes: windows, restarts after a clock jump, stamping."""
+
+    def __init__(self, node_name: str, modality: str, core_type, **kwargs) -> None:
+        super().__init__(node_name, modality=modality, default_sensor=modality, **kwargs)
+        self._core = core_type(declare_bins(self))
+        self._last_stamp: float | None = None
+        self._last_header: Header | None = None  # of the last accepted sample: the end of the window a token closes
+        self.publish_vocabulary(self._core.vocabulary)
+
+    def take(self, sample, header: Header, started: float) -> None:
+        if self._last_stamp is not None and sample.stamp < self._last_stamp:
+            self.get_logger().warning(
+                f"{self.modality} stamps went back from {self._last_stamp:.3f} s to {sample.stamp:.3f} s: "
+                "starting the windows over"
+            )
+            self._core.reset()
+        try:
+            encoded = self._core.add(sample)
+        except EncoderInputError as err:
+            self.reject(f"{self.modality} sample", err, header.stamp)
+            return
+        window_end, self._last_header, self._last_stamp = self._last_header, header, sample.stamp
+        if encoded is not None:
+            self.publish_tokens(encoded, window_end, started)
+
+
+class OdometryEncoderNode(MotionEncoderNode):
+    def __init__(self, node_name: str = "odometry_encoder", **kwargs) -> None:
+        super().__init__(node_name, "odometry", OdometryMotionEncoder, **kwargs)
+        self.create_subscription(Odometry, "odom", self.encode, self.input_qos)
+
+    def encode(self, msg: Odometry) -> None:
+        started = time.perf_counter()
+        pose, twist = msg.pose.pose, msg.twist.twist
+        q = pose.orientation
+        try:
+            yaw = yaw_from_quaternion(q.x, q.y, q.z, q.w)
+        except EncoderInputError as err:
+            self.reject("odometry sample", err, msg.header.stamp)
+            return
+        sample = OdometrySample(
+            stamp=seconds(msg.header.stamp), x=pose.position.x, y=pose.position.y, yaw=yaw,
+            linear_x=twist.linear.x, angular_z=twist.angular.z,
+        )
+        self.take(sample, msg.header, started)
+
+
+class ImuEncoderNode(MotionEncoderNode):
+    def __init__(self, node_name: str = "imu_encoder", **kwargs) -> None:
+        super().__init__(node_name, "imu", ImuMotionEncoder, **kwargs)
+        self.create_subscription(Imu, "imu", self.encode, self.input_qos)
+
+    def encode(self, msg: Imu) -> None:
+        started = time.perf_counter()
+        w, a, q = msg.angular_velocity, msg.linear_acceleration, msg.orientation
+        sample = ImuSample(
+            stamp=seconds(msg.header.stamp), angular_velocity=(w.x, w.y, w.z), linear_acceleration=(a.x, a.y, a.z),
+            orientation=(q.x, q.y, q.z, q.w), orientation_covariance=msg.orientation_covariance,
+            angular_velocity_covariance=msg.angular_velocity_covariance,
+            linear_acceleration_covariance=msg.linear_acceleration_covariance,
+        )
+        self.take(sample, msg.header, started)
+
+
+def odometry_main(args: list[str] | None = None) -> None:
+    try:
+        with rclpy.init(args=args):
+            rclpy.spin(OdometryEncoderNode())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+def imu_main(args: list[str] | None = None) -> None:
+    try:
+        with rclpy.init(args=args):
+            rclpy.spin(ImuEncoderNode())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
