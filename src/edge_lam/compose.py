@@ -20,6 +20,12 @@ COMPONENTS = {
     "shard": "edge_lam.chain.shard_node:ShardNode",
     "gateway": "edge_lam.chain.gateway_node:GatewayNode",
     "tensor_echo": "edge_lam.link.tensor_echo_node:TensorEchoNode",
+    "camera_encoder": "edge_lam.encoders.camera_node:CameraEncoderNode",
+    "odometry_encoder": "edge_lam.encoders.motion_node:OdometryEncoderNode",
+    "imu_encoder": "edge_lam.encoders.motion_node:ImuEncoderNode",
+    "scan_encoder": "edge_lam.encoders.scan_node:ScanEncoderNode",
+    "text_encoder": "edge_lam.encoders.text_node:TextEncoderNode",
+    "reporter": "edge_lam.encoders.reporter_node:ReporterNode",
 }
 
 

@@ -1,0 +1,46 @@
+"""A node in the test process that publishes inputs to the nodes under test and collects what they publish."""
+
+from __future__ import annotations
+
+import time
+
+import rclpy
+import rclpy.executors
+from rclpy.qos import QoSProfile
+
+
+class RosClient:
+    def __init__(self, name: str, namespace: str = "") -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def collect(self, msg_type, topic: str, qos: QoSProfile) -> list:
+        """Everything published on ``topic`` from now on, appended as it arrives while this client spins."""
+        received: list = []
+        self.node.create_subscription(msg_type, topic, received.append, qos)
+        return received
+
+    def publisher(self, msg_type, topic: str, qos: QoSProfile, timeout_s: float = 30.0):
+        """A publisher that already has a subscriber, so the first message is not lost."""
+        publisher = self.node.create_publisher(msg_type, topic, qos)
+        assert self.spin_until(lambda: publisher.get_subscription_count() > 0, timeout_s), f"nobody subscribes {topic}"
+        return publisher
+
+    def spin_until(self, done, timeout_s: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            self.executor.spin_once(timeout_sec=0.05)
+        return True
+
+    def spin_for(self, seconds: float) -> None:
+        self.spin_until(lambda: False, seconds)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
