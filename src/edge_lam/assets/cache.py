@@ -49,8 +49,28 @@ def smollm2_dir() -> pathlib.Path:
 
 
 def efficientnet_lite0_onnx() -> pathlib.Path:
-    """EfficientNet-Lite0 (ImageNet weights) exported to ONNX: input ``image`` [N, 3, 224, 224], output ``logits``."""
-    return require(asset_dir("models", "efficientnet-lite0"), "EfficientNet-Lite0") / "model.onnx"
+    """EfficientNet-Lite0 (ImageNet weights) as ONNX: input ``image`` [N, 3, 224, 224], outputs ``logits`` [N, 1000]
+    and ``embedding`` [N, 1280] (the pooled features the classifier head reads).
+
+    The folder is versioned (``-v2`` added the embedding output) so a cache made by an older setup is rebuilt.
+    """
+    return require(asset_dir("models", "efficientnet-lite0-v2"), "EfficientNet-Lite0") / "model.onnx"
+
+
+def skimage_photos_dir() -> pathlib.Path:
+    """Real photos from scikit-image's wheel (astronaut, chelsea, coffee, rocket, ...): its PNG/JPEG files, pixels
+    untouched (a malformed colour profile is dropped so libpng stays quiet)."""
+    return require(asset_dir("data", "skimage-photos"), "scikit-image's photos")
+
+
+def patch_codebook_npz() -> pathlib.Path:
+    """The patch tokenizer's k-means codebook, trained on the scikit-image photos (see encoders/codebook.py)."""
+    return require(asset_dir("models", "patch-vq"), "the patch codebook") / "codebook.npz"
+
+
+def camera_bag_dir() -> pathlib.Path:
+    """A rosbag2 (MCAP) camera recording made from the photos: 640x480 JPEG frames at 10 Hz (CompressedImage)."""
+    return require(asset_dir("data", "camera-bag"), "the camera bag")
 
 
 def evo_bags_dir() -> pathlib.Path:
