@@ -30,6 +30,12 @@ setup(
             'shard = edge_lam.chain.shard_node:main',
             'gateway = edge_lam.chain.gateway_node:main',
             'compose = edge_lam.compose:main',
+            'camera_encoder = edge_lam.encoders.camera_node:main',
+            'odometry_encoder = edge_lam.encoders.motion_node:odometry_main',
+            'imu_encoder = edge_lam.encoders.motion_node:imu_main',
+            'scan_encoder = edge_lam.encoders.scan_node:main',
+            'text_encoder = edge_lam.encoders.text_node:main',
+            'reporter = edge_lam.encoders.reporter_node:main',
         ],
     },
 )

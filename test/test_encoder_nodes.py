@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import SemanticTokens, Vocabulary
+from ros_client import RosClient
 from sensor_msgs.msg import Imu, LaserScan
 from std_msgs.msg import String
 
 from conftest import finish
 from edge_lam.model.loading import load_tokenizer
-from edge_lam.qos import LATCHED, TOKENS
-from ros_client import RosClient
+from edge_lam.qos import TOKENS, VOCABULARIES
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 MODALITIES = ("imu", "odometry", "scan", "text")
@@ -36,7 +36,7 @@ def encoders():
         "-p", "robot_id:=tb3_0",
     )
     client = RosClient("encoder_test_client", namespace)
-    vocabularies = {m: client.collect(Vocabulary, f"tokens/{m}/vocabulary", LATCHED) for m in MODALITIES}
+    vocabularies = {m: client.collect(Vocabulary, f"tokens/{m}/vocabulary", VOCABULARIES) for m in MODALITIES}
     tokens = {m: client.collect(SemanticTokens, f"tokens/{m}", TOKENS) for m in MODALITIES}
     try:
         assert client.spin_until(lambda: all(vocabularies.values()), 60), "the encoders published no vocabularies"
@@ -69,7 +69,7 @@ def test_every_encoder_publishes_its_vocabulary_latched(encoders):
 
 
 def test_scan_tokens_name_the_obstacle_and_a_bad_scan_is_logged_and_skipped(encoders):
-    client, tokens, vocabularies, process = encoders
+    client, tokens, vocabularies, _ = encoders
     ranges = np.full(360, np.inf)
     ranges[175:185] = 0.5  # rays around angle 0: straight ahead
     publisher = client.publisher(LaserScan, "scan", TOKENS)
@@ -92,7 +92,7 @@ def test_scan_tokens_name_the_obstacle_and_a_bad_scan_is_logged_and_skipped(enco
 
 def imu(stamp_s: float, yaw_rate: float) -> Imu:
     msg = Imu()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp_s), int(round((stamp_s % 1) * 1e9))
+    msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp_s), round((stamp_s % 1) * 1e9)
     msg.header.frame_id = "base_link"
     msg.orientation_covariance[0] = -1.0  # no orientation given
     msg.angular_velocity.z = yaw_rate
@@ -101,7 +101,7 @@ def imu(stamp_s: float, yaw_rate: float) -> Imu:
 
 
 def test_imu_windows_give_turn_tokens_and_a_nan_sample_is_rejected(encoders):
-    client, tokens, vocabularies, process = encoders
+    client, tokens, vocabularies, _ = encoders
     publisher = client.publisher(Imu, "imu", TOKENS)
     for i in range(160):  # 1.6 s at the sensor's 100 Hz: three 0.5 s windows close
         msg = imu(100.0 + i / 100, 0.8)
@@ -115,7 +115,7 @@ def test_imu_windows_give_turn_tokens_and_a_nan_sample_is_rejected(encoders):
 
 
 def test_text_becomes_the_models_token_ids_and_empty_text_is_rejected(encoders):
-    client, tokens, vocabularies, process = encoders
+    client, tokens, vocabularies, _ = encoders
     publisher = client.publisher(String, "text", TOKENS)
     publisher.publish(String(data=""))
     publisher.publish(String(data="Turn left at the charging dock."))

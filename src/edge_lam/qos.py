@@ -7,7 +7,9 @@
 - TOKENS: semantic tokens from the encoders; reliable, keep-last 100: small messages that a slow subscriber
   should still get, but a subscriber a hundred messages behind loses the oldest rather than growing the queue.
 - CONTROL: requests, results and commands; reliable, keep-all, for the same reason.
-- LATCHED: placement plans and vocabularies; reliable and transient-local, so a late joiner gets the last one.
+- LATCHED: placement plans; reliable and transient-local, so a late joiner gets the last one.
+- VOCABULARIES: the same, with room for one vocabulary from each of several encoders on one topic (a depth-1
+  reader keeps only the last of two that arrive together).
 """
 
 from rclpy.qos import (
@@ -18,7 +20,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
-__all__ = ["CONTROL", "LATCHED", "RELIABLE_SENSOR_DATA", "SENSOR_DATA", "TENSORS", "TOKENS"]
+__all__ = ["CONTROL", "LATCHED", "RELIABLE_SENSOR_DATA", "SENSOR_DATA", "TENSORS", "TOKENS", "VOCABULARIES"]
 
 SENSOR_DATA = qos_profile_sensor_data
 
@@ -51,6 +53,13 @@ CONTROL = QoSProfile(
 
 LATCHED = QoSProfile(
     depth=1,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+
+VOCABULARIES = QoSProfile(
+    depth=16,
     history=HistoryPolicy.KEEP_LAST,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,

@@ -21,7 +21,7 @@ from std_msgs.msg import Header
 from edge_lam.encoders.token_messages import to_semantic_tokens, to_vocabulary_msg
 from edge_lam.encoders.tokens import Encoded, Vocabulary
 from edge_lam.parameters import declare
-from edge_lam.qos import LATCHED, RELIABLE_SENSOR_DATA, SENSOR_DATA, TOKENS
+from edge_lam.qos import RELIABLE_SENSOR_DATA, SENSOR_DATA, TOKENS, VOCABULARIES
 
 LATENCY_WINDOW = 10_000  # per-message latencies kept for the stats line and the benchmark
 
@@ -48,7 +48,7 @@ class EncoderNode(Node):
         self.rejected = 0
         self._vocabulary: Vocabulary | None = None
         self._tokens_pub = self.create_publisher(SemanticTokens, f"tokens/{modality}", TOKENS)
-        self._vocabulary_pub = self.create_publisher(VocabularyMsg, f"tokens/{modality}/vocabulary", LATCHED)
+        self._vocabulary_pub = self.create_publisher(VocabularyMsg, f"tokens/{modality}/vocabulary", VOCABULARIES)
         if stats_period_s > 0:
             self.create_timer(stats_period_s, self.log_stats)
 

@@ -23,7 +23,7 @@ from edge_lam.encoders.token_messages import from_semantic_tokens, from_vocabula
 from edge_lam.encoders.tokens import Vocabulary
 from edge_lam.encoders.verbalize import DEFAULT_INSTRUCTION, Observation, report_prompt
 from edge_lam.parameters import declare
-from edge_lam.qos import CONTROL, LATCHED, TOKENS
+from edge_lam.qos import CONTROL, TOKENS, VOCABULARIES
 
 
 class ReporterNode(Node):
@@ -50,7 +50,7 @@ class ReporterNode(Node):
         self.reports: list[str] = []
         for modality in modalities:
             self.create_subscription(SemanticTokens, f"tokens/{modality}", self.remember, TOKENS)
-            self.create_subscription(VocabularyMsg, f"tokens/{modality}/vocabulary", self.learn, LATCHED)
+            self.create_subscription(VocabularyMsg, f"tokens/{modality}/vocabulary", self.learn, VOCABULARIES)
         self._requests = self.create_publisher(InferenceRequest, requests, CONTROL)
         self._reports = self.create_publisher(String, "reports", CONTROL)
         self.create_subscription(InferenceResult, results, self.collect, CONTROL)

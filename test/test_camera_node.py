@@ -1,0 +1,118 @@
+"""The camera encoder through ROS: both encoders in one process, fed raw and compressed frames of real photos."""
+
+from __future__ import annotations
+
+import pathlib
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from ament_index_python.packages import get_package_prefix
+from edge_lam_msgs.msg import SemanticTokens, Vocabulary
+from ros_client import RosClient
+from sensor_msgs.msg import CompressedImage, Image
+
+from conftest import Processes, finish
+from edge_lam.assets.cache import skimage_photos_dir
+from edge_lam.qos import TOKENS, VOCABULARIES
+
+LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
+CATS = {"tabby", "tiger cat", "Egyptian cat"}
+
+
+def photo(name: str) -> np.ndarray:
+    """An RGB photo resized to a VGA camera frame."""
+    (path,) = skimage_photos_dir().glob(f"{name}.*")
+    return cv2.resize(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), (640, 480))
+
+
+def raw(frame: np.ndarray, encoding: str = "rgb8", stamp_s: int = 0) -> Image:
+    data = np.ascontiguousarray(frame[:, :, ::-1] if encoding == "bgr8" else frame)
+    msg = Image(height=frame.shape[0], width=frame.shape[1], encoding=encoding, step=frame.shape[1] * 3)
+    msg.header.stamp.sec = stamp_s
+    msg.data = data.tobytes()
+    return msg
+
+
+@pytest.fixture(scope="module")
+def camera(tmp_path_factory):
+    processes = Processes()
+    namespace = f"cam_{uuid.uuid4().hex[:8]}"
+    params = tmp_path_factory.mktemp("camera") / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "/**/camera_classes": {"ros__parameters": {"encoder": "efficientnet_lite0", "reliable_input": True,
+                                                   "embedding_dtype": "float16"}},
+        "/**/camera_patches": {"ros__parameters": {"encoder": "patch_vq", "reliable_input": True}},
+    }))
+    process = processes.start(LIB / "compose", "camera_encoder:camera_classes", "camera_encoder:camera_patches",
+                              "--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", str(params))
+    client = RosClient("camera_test_client", namespace)
+    vocabularies = client.collect(Vocabulary, "tokens/image/vocabulary", VOCABULARIES)
+    tokens = client.collect(SemanticTokens, "tokens/image", TOKENS)
+    try:
+        assert client.spin_until(lambda: len(vocabularies) == 2, 60), "the camera encoders published no vocabularies"
+        yield client, tokens, {v.encoder: v for v in vocabularies}, process
+    finally:
+        client.close()
+        processes.stop_all()
+
+
+def by_encoder(tokens: list[SemanticTokens], encoder: str) -> list[SemanticTokens]:
+    return [t for t in tokens if t.encoder == encoder]
+
+
+def test_a_photo_gives_its_class_and_a_patch_grid_from_raw_and_compressed_frames(camera):
+    client, tokens, vocabularies, _ = camera
+    cat = photo("chelsea")
+    raw_pub = client.publisher(Image, "image_raw", TOKENS)
+    compressed_pub = client.publisher(CompressedImage, "image_raw/compressed", TOKENS)
+    raw_pub.publish(raw(cat, "bgr8", stamp_s=1))
+    jpeg = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", cat[:, :, ::-1])[1].tobytes())
+    jpeg.header.stamp.sec = 2
+    compressed_pub.publish(jpeg)
+    assert client.spin_until(lambda: len(tokens) >= 4, 60)
+    classes = by_encoder(tokens, "efficientnet-lite0")
+    patches = by_encoder(tokens, "patch-vq")
+    assert [m.header.stamp.sec for m in classes] == [1, 2] and [m.seq for m in classes] == [0, 1]
+    for msg in classes:
+        names = [vocabularies["efficientnet-lite0"].words[i] for i in msg.token_ids]
+        assert len(names) == 5 and CATS & set(names), names
+        assert list(msg.embedding.shape) == [1, 1280] and msg.embedding.dtype == "float16"
+        assert list(msg.scores) == sorted(msg.scores, reverse=True)
+    assert [list(m.token_shape) for m in patches] == [[12, 16]] * 2
+    assert max(patches[0].token_ids) < len(vocabularies["patch-vq"].words)
+
+
+@pytest.mark.parametrize("case", ["unknown encoding", "truncated", "zero size", "bad jpeg"])
+def test_bad_frames_are_logged_and_the_next_frame_still_encodes(camera, case):
+    client, tokens, _, process = camera
+    frame = photo("coffee")
+    bad = raw(frame)
+    if case == "unknown encoding":
+        bad.encoding = "yuv422"
+    elif case == "truncated":
+        bad.data = bytes(bad.data[: len(bad.data) // 2])
+    elif case == "zero size":
+        bad.height, bad.width, bad.step, bad.data = 0, 0, 0, b""
+    if case == "bad jpeg":
+        publisher = client.publisher(CompressedImage, "image_raw/compressed", TOKENS)
+        publisher.publish(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"))
+    else:
+        client.publisher(Image, "image_raw", TOKENS).publish(bad)
+    before = len(tokens)
+    good = raw(frame, stamp_s=77)
+    client.publisher(Image, "image_raw", TOKENS).publish(good)
+    assert client.spin_until(lambda: len(tokens) >= before + 2, 60)
+    client.spin_for(0.3)
+    assert [m.header.stamp.sec for m in tokens[before:]] == [77, 77], "a bad frame produced tokens"
+    assert process.poll() is None
+
+
+def test_rejections_are_in_the_log(camera):
+    _, _, _, process = camera
+    process.send_signal(2)
+    _, output = finish(process, timeout_s=15)
+    for reason in ("yuv422", "truncated", "no pixels", "cannot decode"):
+        assert reason in output.lower(), f"no log line about {reason}:\n{output[-3000:]}"
