@@ -46,6 +46,7 @@ class EncoderNode(Node):
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.published = 0
         self.rejected = 0
+        self.handled = 0  # inputs taken, whatever came of them
         self._vocabulary: Vocabulary | None = None
         self._tokens_pub = self.create_publisher(SemanticTokens, f"tokens/{modality}", TOKENS)
         self._vocabulary_pub = self.create_publisher(VocabularyMsg, f"tokens/{modality}/vocabulary", VOCABULARIES)
@@ -76,11 +77,17 @@ class EncoderNode(Node):
             msg.header.stamp = self.get_clock().now().to_msg()
         self._tokens_pub.publish(msg)
         self.published += 1
+        self.record(started)
+
+    def record(self, started: float) -> None:
+        """Count an input as handled; also called directly for input that only joins a window (no publish)."""
+        self.handled += 1
         self.latencies_s.append(time.perf_counter() - started)
 
     def reject(self, what: str, error: Exception, stamp: Time | None = None) -> None:
         """Log input the core refused; the node keeps running and the sequence numbers have no gap."""
         self.rejected += 1
+        self.handled += 1
         when = f" stamped {stamp.sec}.{stamp.nanosec:09d}" if stamp is not None else ""
         self.get_logger().error(f"rejected {what}{when} ({self.rejected} so far): {error}")
 
@@ -90,7 +97,7 @@ class EncoderNode(Node):
             return
         latencies_ms = np.asarray(self.latencies_s) * 1e3
         self.get_logger().info(
-            f"{self.published} {self.modality} token messages, {self.rejected} inputs rejected; latency over the "
-            f"last {latencies_ms.size}: p50 {np.percentile(latencies_ms, 50):.2f} ms, "
+            f"{self.handled} {self.modality} inputs, {self.published} token messages, {self.rejected} rejected; "
+            f"latency over the last {latencies_ms.size}: p50 {np.percentile(latencies_ms, 50):.2f} ms, "
             f"p99 {np.percentile(latencies_ms, 99):.2f} ms"
         )

@@ -82,6 +82,8 @@ class MotionEncoderNode(EncoderNode):
         window_end, self._last_header, self._last_stamp = self._last_header, header, sample.stamp
         if encoded is not None:
             self.publish_tokens(encoded, window_end, started)
+        else:
+            self.record(started)
 
 
 class OdometryEncoderNode(MotionEncoderNode):
