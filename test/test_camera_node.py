@@ -11,12 +11,12 @@ import pytest
 import yaml
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import SemanticTokens, Vocabulary
-from ros_client import RosClient
 from sensor_msgs.msg import CompressedImage, Image
 
 from conftest import Processes, finish
 from edge_lam.assets.cache import skimage_photos_dir
 from edge_lam.qos import TOKENS, VOCABULARIES
+from ros_client import RosClient
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 CATS = {"tabby", "tiger cat", "Egyptian cat"}

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import SemanticTokens, Vocabulary
-from ros_client import RosClient
 from sensor_msgs.msg import Imu, LaserScan
 from std_msgs.msg import String
 
 from conftest import finish
 from edge_lam.model.loading import load_tokenizer
 from edge_lam.qos import TOKENS, VOCABULARIES
+from ros_client import RosClient
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 MODALITIES = ("imu", "odometry", "scan", "text")

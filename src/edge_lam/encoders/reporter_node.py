@@ -79,7 +79,7 @@ class ReporterNode(Node):
             return
         if self._pending is not None and time.monotonic() - self._pending[1] > self._answer_timeout_s:
             self.get_logger().error(f"{self._pending[0]} got no answer in {self._answer_timeout_s:g} s; giving up")
-            self._pending = None
+            self._pending, self._reported_up_to = None, 0.0
         if self._pending is not None:
             self.get_logger().warning(f"skipped a report: {self._pending[0]} is still being answered")
             return
@@ -105,6 +105,7 @@ class ReporterNode(Node):
         self._pending = None
         if msg.error_code:
             self.get_logger().error(f"{request_id} failed ({msg.error_code}): {msg.error_message}")
+            self._reported_up_to = 0.0  # ask again at the next tick, with whatever is newest then
             return
         report = "".join(chunks).strip()
         self.reports.append(report)

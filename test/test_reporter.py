@@ -1,0 +1,106 @@
+"""The bridge from sensors to the LAM through ROS: encoder tokens, verbalised by the reporter, answered by the model
+(one shard holding the whole of SmolLM2, and the gateway), with the reply the whole model gives to that prompt."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ament_index_python.packages import get_package_prefix
+from edge_lam_msgs.msg import InferenceRequest, InferenceResult
+from nav_msgs.msg import Odometry
+from sensor_msgs.msg import LaserScan
+from std_msgs.msg import String
+
+from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.qos import CONTROL, TOKENS
+from ros_client import RosClient
+
+LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
+MODEL = "smollm2-135m-instruct"
+MAX_NEW = 24
+
+
+@pytest.fixture
+def graph(processes, tmp_path):
+    namespace = f"rep_{uuid.uuid4().hex[:8]}"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "/**/whole_model": {"ros__parameters": {"model": MODEL, "modules": ["embedding", "blocks:0:30", "head"],
+                                                "input_topic": "chain/input", "output_topic": "chain/output"}},
+        "/**/reporter": {"ros__parameters": {"modalities": ["odometry", "scan"], "period_s": 1.0,
+                                             "max_new_tokens": MAX_NEW}},
+        "/**": {"ros__parameters": {"reliable_input": True}},
+    }))
+    args = ["--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", str(params)]
+    processes.start(LIB / "compose", "shard:whole_model", "gateway:gateway", *args)
+    processes.start(LIB / "compose", "odometry_encoder:odometry_encoder", "scan_encoder:scan_encoder",
+                    "reporter:reporter", *args)
+    client = RosClient("reporter_test_client", namespace)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def driving_forward(step: int) -> Odometry:
+    msg = Odometry()
+    t = 50.0 + step * 0.05  # 20 Hz
+    msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), round((t % 1) * 1e9)
+    msg.pose.pose.position.x = 0.3 * (t - 50.0)
+    msg.pose.pose.orientation.w = 1.0
+    msg.twist.twist.linear.x = 0.3
+    return msg
+
+
+def wall_ahead() -> LaserScan:
+    ranges = np.full(360, np.inf, dtype=np.float32)
+    ranges[170:190] = 0.4
+    step = 2 * math.pi / 360
+    return LaserScan(angle_min=-math.pi, angle_increment=step, angle_max=-math.pi + 359 * step,
+                     range_min=0.1, range_max=10.0, ranges=ranges.tolist())
+
+
+def greedy(prompt: str) -> str:
+    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=MAX_NEW, do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_sensor_tokens_become_a_prompt_and_the_model_reports_on_them(graph):
+    client = graph
+    requests = client.collect(InferenceRequest, "requests", CONTROL)
+    results = client.collect(InferenceResult, "results", CONTROL)
+    reports = client.collect(String, "reports", CONTROL)
+    odometry = client.publisher(Odometry, "odom", TOKENS, timeout_s=60)
+    scans = client.publisher(LaserScan, "scan", TOKENS, timeout_s=60)
+    step = 0
+
+    def sensors_until(done, timeout_s: float) -> bool:
+        nonlocal step
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            odometry.publish(driving_forward(step))
+            if step % 4 == 0:
+                scans.publish(wall_ahead())
+            step += 1
+            client.spin_for(0.05)
+        return True
+
+    assert sensors_until(lambda: reports, 180), "no report came back"
+    answered = next(r.request_id for r in results if r.final and not r.error_code)
+    prompt = next(r.prompt for r in requests if r.request_id == answered)
+    assert "- odometry (odometry): forward-fast none" in prompt, prompt
+    assert "- scan (scan): front 0.3-0.6m" in prompt, prompt
+    assert reports[0].data and reports[0].data == greedy(prompt), (reports[0].data, prompt)
