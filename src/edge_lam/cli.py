@@ -12,12 +12,110 @@ def prepare(_: argparse.Namespace) -> int:
     return prepare_all()
 
 
+def replay(args: argparse.Namespace) -> int:
+    from edge_lam.bags.schedule import BagError
+
+    try:
+        from edge_lam.bags.replay import replay_bag
+
+        return replay_bag(
+            args.bag,
+            topics=args.topics,
+            remap=args.remap,
+            start_offset_s=args.start_offset,
+            rate=args.rate,
+            loop=args.loop,
+            qos_depth=args.qos_depth,
+            wait_subscribers=args.wait_subscribers,
+            wait_timeout_s=args.wait_timeout,
+        )
+    except BagError as err:
+        print(f"edge-lam replay: error: {err}", file=sys.stderr)
+        return 2
+
+
+def record(args: argparse.Namespace) -> int:
+    from edge_lam.bags.schedule import BagError
+
+    try:
+        from edge_lam.bags.record import record_bag
+
+        return record_bag(
+            args.output,
+            topics=args.topic,
+            types=args.type,
+            storage=args.storage,
+            duration_s=args.duration,
+            count=args.count,
+            wait_timeout_s=args.wait_timeout,
+        )
+    except BagError as err:
+        print(f"edge-lam record: error: {err}", file=sys.stderr)
+        return 2
+
+
+def add_replay(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "replay",
+        help="publish a rosbag2 bag (MCAP or sqlite3) into the graph with its timing",
+        description="Publish the messages of a rosbag2 bag (a .mcap or .db3 file, or a bag folder) on their topics, "
+        "byte for byte as recorded, each when it is due by the bag's timing. Ends with one summary line: messages "
+        "per topic, duration and how late messages went out (lag). Ctrl-C stops cleanly. Publisher QoS follows the "
+        "reliability and durability the bag recorded (reliable and volatile when it recorded none); topics whose "
+        "message type is not installed here are skipped with a warning.",
+    )
+    parser.add_argument("bag", help="the bag: a .mcap or .db3 file, or a rosbag2 folder with metadata.yaml")
+    parser.add_argument("--rate", type=float, default=1.0, help="speed factor: 2 plays twice as fast (default 1)")
+    parser.add_argument("--loop", action="store_true", help="start again at the end, until stopped")
+    parser.add_argument("--start-offset", type=float, default=0.0, metavar="S",
+                        help="start S seconds into the bag (default 0)")
+    parser.add_argument("--topics", nargs="+", action="extend", default=[], metavar="TOPIC",
+                        help="replay only these bag topics (default: all)")
+    parser.add_argument("--remap", action="append", default=[], metavar="OLD:=NEW",
+                        help="publish bag topic OLD on NEW instead; repeatable")
+    parser.add_argument("--qos-depth", type=int, default=100, metavar="N",
+                        help="keep-last depth of each publisher, unless the bag recorded a larger one or the topic is "
+                        "transient-local (then the recorded depth) (default 100)")
+    parser.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+                        help="before starting, wait until every topic has N subscribers (then 0.5 s more, for their "
+                        "side of the match), so the first messages are not lost (default 0: start at once)")
+    parser.add_argument("--wait-timeout", type=float, default=10.0, metavar="S",
+                        help="bound of the wait for subscribers, and of the wait at the end until reliable "
+                        "subscribers have acknowledged every message (default 10)")
+    parser.set_defaults(run=replay)
+
+
+def add_record(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "record",
+        help="record topics of the graph to a new rosbag2 bag (MCAP or sqlite3)",
+        description="Record topics to a new rosbag2 bag, messages as raw bytes stamped with their receive time, "
+        "with their message definitions stored so rosbags and ROS tools can read it. Stops after --duration, "
+        "after --count messages, or on Ctrl-C (or SIGTERM); the bag is closed properly in every case, and "
+        "messages already received are written first.",
+    )
+    parser.add_argument("--output", "-o", required=True, metavar="DIR",
+                        help="the bag folder to create (must not exist)")
+    parser.add_argument("--topic", nargs="+", action="extend", required=True, metavar="TOPIC",
+                        help="topics to record; repeatable")
+    parser.add_argument("--type", action="append", default=[], metavar="TOPIC=pkg/msg/Type",
+                        help="a topic's message type, instead of waiting for a publisher to show it; repeatable")
+    parser.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap", help="storage format (default mcap)")
+    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of recording")
+    parser.add_argument("--count", type=int, metavar="N", help="stop after N messages (all topics together)")
+    parser.add_argument("--wait-timeout", type=float, default=10.0, metavar="S",
+                        help="how long to wait for a publisher to show a topic's type (default 10)")
+    parser.set_defaults(run=record)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-lam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "prepare", help="prepare models and data in the cache folder ($EDGE_LAM_CACHE); skips what is there"
     ).set_defaults(run=prepare)
+    add_replay(commands)
+    add_record(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 
