@@ -96,6 +96,19 @@ def test_start_offset_skips_the_beginning_and_rate_scales_due_times():
     assert real_time[-1].due_s > 37 and fast[-1].due_s < 10
 
 
+def test_duration_plays_only_that_slice_and_loops_over_it():
+    start_ns = bag_start_ns(NAV2) + int(30e9)
+    expected = [data for _, t, data in recorded(NAV2, {"/odom"}) if start_ns <= t < start_ns + int(5e9)]
+    with ReplayPlan(NAV2, topics=["/odom"], start_offset_s=30.0, duration_s=5.0) as plan:
+        played = list(plan)
+    with ReplayPlan(NAV2, topics=["/odom"], start_offset_s=30.0, duration_s=5.0, loop=True) as plan:
+        looped = list(itertools.islice(plan, 2 * len(expected)))
+        pass_s = plan.pass_s
+    assert 100 < len(played) < 200 and [m.data for m in played] == expected
+    assert played[-1].due_s < 5.0 and pass_s == 5.0
+    assert [m.data for m in looped] == expected * 2 and looped[len(expected)].due_s >= 5.0
+
+
 def test_loop_yields_the_bag_again_one_pass_later():
     with ReplayPlan(TF_EXAMPLE, topics=["/tf"], rate=2.0, loop=True) as plan:
         two_passes = list(itertools.islice(plan, 2 * 517 + 1))
@@ -116,6 +129,7 @@ def test_loop_yields_the_bag_again_one_pass_later():
         ({"rate": math.nan}, "rate must be a number > 0"),
         ({"start_offset_s": 98.0}, r"start offset 98.0 s is beyond the end of .* \(97.355 s\)"),
         ({"start_offset_s": -1.0}, "start offset must be >= 0"),
+        ({"duration_s": 0.0}, "duration must be > 0"),
         ({"topics": ["/tf_static"], "start_offset_s": 1.0}, "no message of /tf_static at or after 1.0 s"),
         ({"topics": ["/odom"], "remap": {"/tf": "/x"}}, "remap of /tf: not a replayed topic"),
         ({"remap": {"/odom": "/tf"}}, "several bag topics would be published on /tf"),

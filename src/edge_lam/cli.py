@@ -23,6 +23,7 @@ def replay(args: argparse.Namespace) -> int:
             topics=args.topics,
             remap=args.remap,
             start_offset_s=args.start_offset,
+            duration_s=args.duration,
             rate=args.rate,
             loop=args.loop,
             qos_depth=args.qos_depth,
@@ -69,6 +70,8 @@ def add_replay(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--loop", action="store_true", help="start again at the end, until stopped")
     parser.add_argument("--start-offset", type=float, default=0.0, metavar="S",
                         help="start S seconds into the bag (default 0)")
+    parser.add_argument("--duration", type=float, metavar="S",
+                        help="play only S seconds of the bag from the start offset (default: to its end)")
     parser.add_argument("--topics", nargs="+", action="extend", default=[], metavar="TOPIC",
                         help="replay only these bag topics (default: all)")
     parser.add_argument("--remap", action="append", default=[], metavar="OLD:=NEW",

@@ -152,6 +152,7 @@ def replay_bag(
     topics: Sequence[str] = (),
     remap: Sequence[str] = (),
     start_offset_s: float = 0.0,
+    duration_s: float | None = None,
     rate: float = 1.0,
     loop: bool = False,
     qos_depth: int = 100,
@@ -165,7 +166,8 @@ def replay_bag(
             f"(got {qos_depth}, {wait_subscribers}, {wait_timeout_s})"
         )
     plan = ReplayPlan(
-        bag, topics=topics, remap=parse_remaps(remap), start_offset_s=start_offset_s, rate=rate, loop=loop
+        bag, topics=topics, remap=parse_remaps(remap), start_offset_s=start_offset_s, duration_s=duration_s,
+        rate=rate, loop=loop,
     )
     # args=[]: rcl would read the --remap OLD:=NEW left in sys.argv as a (deprecated) remapping of its own.
     with plan, stop_requested() as stop, rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO):

@@ -63,7 +63,8 @@ def parse_remaps(remaps: Iterable[str]) -> dict[str, str]:
 class ReplayPlan:
     """An open bag and the rules to replay it; iterate it (or call ``messages``) for the Scheduled messages.
 
-    Due times are ``(recorded time - (bag start + start_offset_s)) / rate``: the bag's own spacing, scaled. With
+    Due times are ``(recorded time - (bag start + start_offset_s)) / rate``: the bag's own spacing, scaled; with
+    ``duration_s`` only that many seconds of the bag from the start offset are played. With
     ``loop`` every further pass is due one pass period later, the period being the span from the replay start to
     the end of the bag (scaled), so topics that end early keep their silence at the end of each pass.
     """
@@ -75,11 +76,14 @@ class ReplayPlan:
         topics: Iterable[str] | None = None,
         remap: dict[str, str] | None = None,
         start_offset_s: float = 0.0,
+        duration_s: float | None = None,
         rate: float = 1.0,
         loop: bool = False,
     ) -> None:
         if not math.isfinite(rate) or rate <= 0:
             raise BagError(f"rate must be a number > 0, got {rate}")
+        if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+            raise BagError(f"duration must be > 0 s, got {duration_s}")
         if not math.isfinite(start_offset_s) or start_offset_s < 0:
             raise BagError(f"start offset must be >= 0 s, got {start_offset_s}")
         self.path = pathlib.Path(bag)
@@ -87,12 +91,12 @@ class ReplayPlan:
         self.loop = loop
         self._reader = _open_reader(self.path)
         try:
-            self._plan(list(topics) if topics else [], remap or {}, start_offset_s)
+            self._plan(list(topics) if topics else [], remap or {}, start_offset_s, duration_s)
         except BaseException:
             self._reader.close()
             raise
 
-    def _plan(self, topics: list[str], remap: dict[str, str], start_offset_s: float) -> None:
+    def _plan(self, topics: list[str], remap: dict[str, str], start_offset_s: float, duration_s: float | None) -> None:
         if not self._reader.message_count:
             raise BagError(f"{self.path} holds no messages")
         by_topic: dict[str, list[Connection]] = {}
@@ -125,19 +129,26 @@ class ReplayPlan:
         if start_offset_s > bag_span_s:
             raise BagError(f"start offset {start_offset_s} s is beyond the end of {self.path} ({bag_span_s:.3f} s)")
         self._start_ns = self._reader.start_time + round(start_offset_s * 1e9)
-        with contextlib.closing(self._reader.messages(self._connections, start=self._start_ns)) as first:
+        # rosbags' end_time is the last message's time + 1 ns: a pass never ends at the instant the next begins.
+        self._stop_ns = self._reader.end_time
+        if duration_s is not None:
+            self._stop_ns = min(self._stop_ns, self._start_ns + round(duration_s * 1e9))
+        with contextlib.closing(
+            self._reader.messages(self._connections, start=self._start_ns, stop=self._stop_ns)
+        ) as first:
             if next(first, None) is None:
                 raise BagError(f"no message of {', '.join(selected)} at or after {start_offset_s} s into {self.path}")
-        # rosbags' end_time is the last message's time + 1 ns: a pass never ends at the instant the next begins.
-        self.pass_s = (self._reader.end_time - self._start_ns) / 1e9 / self.rate
-        if self.loop and self._reader.end_time - 1 == self._start_ns:
+        self.pass_s = (self._stop_ns - self._start_ns) / 1e9 / self.rate
+        if self.loop and self._stop_ns - 1 == self._start_ns:
             raise BagError("loop needs messages spread over time; from this start offset the bag is a single instant")
 
     def messages(self) -> Iterator[Scheduled]:
         """The plan's messages in due order, read from the bag as they are asked for (forever with ``loop``)."""
         for n in itertools.count() if self.loop else range(1):
             shift_s = n * self.pass_s
-            for connection, timestamp, data in self._reader.messages(self._connections, start=self._start_ns):
+            for connection, timestamp, data in self._reader.messages(
+                self._connections, start=self._start_ns, stop=self._stop_ns
+            ):
                 topic, msgtype = self._outputs[connection.topic]
                 yield Scheduled(shift_s + (timestamp - self._start_ns) / 1e9 / self.rate, topic, msgtype, data)
 
