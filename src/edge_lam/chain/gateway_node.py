@@ -255,16 +255,20 @@ class GatewayNode(Node):
             job.first_token_at = time.monotonic()
         text = job.stream.push(token)
         job.step += 1
-        job.deliver(self._result(job.request, text, token_ids=[token], chunk=self._next_chunk(job),
-                                 session_id=job.session_id))
+        chunk = self._result(job.request, text, token_ids=[token], chunk=self._next_chunk(job),
+                             session_id=job.session_id)
         if token in self._eos:
-            self._finish(job, "stop")
+            reason = "stop"
         elif job.stream.stopped:
-            self._finish(job, "stop_string")
+            reason = "stop_string"
         elif len(job.stream.ids) >= job.request.options.max_new_tokens:
-            self._finish(job, "length")
+            reason = "length"
         else:
+            reason = None  # the chain starts on the next token before this one's chunk goes out
             self._send(job, [token], position=len(session.conversation.tokens), reset=False)
+        job.deliver(chunk)
+        if reason is not None:
+            self._finish(job, reason)
 
     def _finish(self, job: Job, reason: str, error: tuple[int, str] | None = None) -> None:
         now = time.monotonic()
