@@ -1,13 +1,14 @@
-"""SmolLM2 split across processes over DDS vs. the whole model in one process: time to first token, decode speed
-and bytes on the wire.
+"""SmolLM2 split across processes over DDS vs. the whole model in one process: time to first token, decode speed and
+bytes on the wire.
 
 The baseline runs the model in this process with a KV cache, one token at a time, as a gateway would; the
 ``modules_1proc`` run chains the 3-process layout's modules in one process without DDS, to separate what the cut
-costs from what the processes and the transport cost. Each split
-layout starts its shard processes and a gateway (real rclpy over Fast DDS, edge_lam's profile), and this process
-sends requests on the gateway's topic and times the streamed chunks as they arrive. Bytes are those of the
-serialized ChainPackets seen on every chain topic during the measured requests. Greedy decoding throughout, torch
-at one thread in every process (decode is memory-bound: a second thread does not help here).
+costs from what the processes and the transport cost. Each split layout starts its shard processes and a gateway
+(real rclpy over Fast DDS, edge_lam's profile), and this process sends requests on the gateway's topic and times the
+streamed chunks as they arrive. Bytes are those of the serialized ChainPackets seen on every chain topic during one
+more request after the timed ones: a subscriber counting them during the timed requests would add a process waking
+up at every hop to what is measured. Greedy decoding throughout, torch at one thread in every process (decode is
+memory-bound: a second thread does not help here).
 
     python bench/split_inference.py [--max-new-tokens 32] [--json PATH]
 """
@@ -78,7 +79,7 @@ def timed_decode(max_new: int, new_session, step) -> dict:
             if index:
                 ttft.append(first - start)
                 decode.extend(steps)
-    return {"ttft": ttft, "decode": decode, "bytes_per_token": 0.0}
+    return {"ttft": ttft, "decode": decode, "bytes_per_token": 0.0, "outside_modules": 0.0}
 
 
 def whole_model(max_new: int) -> dict:
@@ -107,7 +108,7 @@ def modules_in_process(layout: list[list[str]], max_new: int) -> dict:
 class Driver:
     """This process's node: sends requests to a gateway, times the chunks, counts the bytes on chain topics."""
 
-    def __init__(self, namespace: str, chain_topics: list[str]) -> None:
+    def __init__(self, namespace: str) -> None:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("split_inference_bench", namespace=namespace, context=self.context)
@@ -117,9 +118,15 @@ class Driver:
         self.bytes = 0
         self.results = self.node.create_subscription(InferenceResult, "results",
                                                      lambda r: self.chunks.append((time.perf_counter(), r)), CONTROL)
-        for topic in chain_topics:
-            self.node.create_subscription(ChainPacket, topic, self.count, TENSORS, raw=True)
         self.requests = self.node.create_publisher(InferenceRequest, "requests", CONTROL)
+
+    def count_bytes(self, chain_topics: list[str], timeout_s: float = 30) -> None:
+        """From now on, count the serialized bytes of every packet on the chain's topics."""
+        counters = [self.node.create_subscription(ChainPacket, topic, self.count, TENSORS, raw=True)
+                    for topic in chain_topics]
+        self.spin_until(lambda: all(c.get_publisher_count() > 0 for c in counters), timeout_s)
+        settled = time.monotonic() + 0.5  # a writer may match a reader a little after the reader saw the writer
+        self.spin_until(lambda: time.monotonic() > settled, timeout_s)
 
     def count(self, raw: bytes) -> None:
         self.bytes += len(raw)
@@ -165,7 +172,7 @@ def split(layout: list[list[str]], wire_dtype: str, max_new: int) -> dict:
     commands = [[LIB / "shard", *args, "-r", f"__node:=shard_{i}"] for i in range(len(layout))]
     commands.append([LIB / "gateway", *args])
     processes = [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT) for command in commands]
-    driver = Driver(namespace, topics)
+    driver = Driver(namespace)
     try:
         driver.wait_for_gateway(60)
         deadline = time.monotonic() + 120
@@ -182,7 +189,7 @@ def split(layout: list[list[str]], wire_dtype: str, max_new: int) -> dict:
                 raise TimeoutError("the chain did not come up")
             time.sleep(0.5)
         driver.ask(PROMPTS[0], max_new)  # warm-up, not counted
-        ttft, decode, tokens, driver.bytes = [], [], 0, 0
+        ttft, decode, outside, total = [], [], 0.0, 0.0
         for prompt in PROMPTS:
             sent, chunks = driver.ask(prompt, max_new)
             if chunks[-1][1].error_code:
@@ -190,8 +197,13 @@ def split(layout: list[list[str]], wire_dtype: str, max_new: int) -> dict:
             arrivals = [t for t, r in chunks if r.token_ids]
             ttft.append(arrivals[0] - sent)
             decode.extend(b - a for a, b in itertools.pairwise(arrivals))
-            tokens += len(arrivals)
-        return {"ttft": ttft, "decode": decode, "bytes_per_token": driver.bytes / tokens}
+            stages = {t.stage: t.seconds for t in chunks[-1][1].timings}
+            outside, total = outside + stages["transfer_and_queueing"], total + stages["total"]
+        driver.count_bytes(topics)
+        _, chunks = driver.ask(PROMPTS[0], max_new)
+        tokens = sum(1 for _, r in chunks if r.token_ids)
+        return {"ttft": ttft, "decode": decode, "bytes_per_token": driver.bytes / tokens,
+                "outside_modules": outside / total}
     except Exception:
         log.seek(0)
         print(log.read()[-5000:], file=sys.stderr)
@@ -241,19 +253,19 @@ def main() -> int:
     print(f"SmolLM2-135M-Instruct, greedy, {len(PROMPTS)} prompts x {args.max_new_tokens} new tokens, "
           "1 torch thread per process; milliseconds")
     print(f"{'run':>13} | {'TTFT p50':>8} {'p99':>7} | {'decode/token p50':>16} {'p99':>7} | {'tokens/s':>8} | "
-          f"{'ratio':>5} | {'bytes/token':>11}")
+          f"{'ratio':>5} | {'bytes/token':>11} | {'outside modules':>15}")
     for name, run in runs.items():
         rate = 1 / statistics.median(run["decode"])
         row = {
             "ttft_p50_ms": 1e3 * statistics.median(run["ttft"]), "ttft_p99_ms": 1e3 * p99(run["ttft"]),
             "decode_p50_ms": 1e3 * statistics.median(run["decode"]), "decode_p99_ms": 1e3 * p99(run["decode"]),
             "decode_tokens_per_s": rate, "decode_ratio_vs_whole": rate / whole_rate,
-            "bytes_per_token": run["bytes_per_token"],
+            "bytes_per_token": run["bytes_per_token"], "share_outside_modules": run["outside_modules"],
         }
         figures[name] = row
         print(f"{name:>13} | {row['ttft_p50_ms']:8.1f} {row['ttft_p99_ms']:7.1f} | {row['decode_p50_ms']:16.1f} "
               f"{row['decode_p99_ms']:7.1f} | {rate:8.1f} | {row['decode_ratio_vs_whole']:5.2f} | "
-              f"{row['bytes_per_token']:11.0f}")
+              f"{row['bytes_per_token']:11.0f} | {100 * row['share_outside_modules']:14.1f}%")
     if args.json:
         args.json.write_text(json.dumps({
             "max_new_tokens": args.max_new_tokens, "prompts": len(PROMPTS), "runs": figures,
