@@ -1,0 +1,521 @@
+"""Place a chain of model units on hosts: contiguous ranges, one per host, minimising the expected latency per step.
+
+A model is a chain of units (embedding, each decoder block, head; optionally an encoder or projector in front).
+A plan cuts the chain into segments and gives each to a different host. The latency of one step (``tokens_in_flight``
+tokens going through the chain together: 1 while decoding, the prompt length for prefill) is the compute time of
+every segment plus the transfer time of every hop: source -> first segment, between segments, last segment -> sink.
+A segment must fit its host's free memory with its weights and the KV cache of ``context_tokens`` tokens.
+
+``solve`` is exact: dynamic programming over (units placed, last host, set of hosts used). The set is what keeps
+each host to one range, so that a host's memory is checked against everything it holds. It is exponential in the
+number of hosts only (2^12 sets stay well under a second); above ``max_exact_hosts`` it solves exactly over the
+fastest hosts and says so in ``Plan.solver``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+__all__ = [
+    "MAX_EXACT_HOSTS",
+    "TOKEN_ID_BYTES",
+    "Host",
+    "Link",
+    "PlacedModule",
+    "PlacementError",
+    "Plan",
+    "Segment",
+    "Unit",
+    "chain_units",
+    "evaluate",
+    "llama_units",
+    "placed_modules",
+    "proportional_to_memory",
+    "segment_modules",
+    "should_move",
+    "solve",
+]
+
+TOKEN_ID_BYTES = 8  # token ids travel as int64 ("input_ids" into the embedding, "next_token" out of the head)
+MAX_EXACT_HOSTS = 12  # 2^12 host sets x 12 hosts x a few numpy calls each: well under a second for 32 units
+_BLOCK = re.compile(r"blocks:(\d+):(\d+)")
+
+
+class PlacementError(ValueError):
+    """No placement fits the hosts' memory and links, or a placement given to evaluate is malformed."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the solver knows of a host: effective compute (already scaled by emulation and load) and free memory."""
+
+    host_id: str
+    gflops: float
+    memory_free_bytes: int
+    role: str = "edge"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A measured link. One measured direction stands for both unless the other is measured too."""
+
+    src: str
+    dst: str
+    latency_s: float
+    bandwidth_bytes_per_s: float
+
+    def transfer_s(self, nbytes: float) -> float:
+        return self.latency_s + nbytes / self.bandwidth_bytes_per_s
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The smallest piece the solver moves: its costs, and what it sends to the next unit.
+
+    ``name`` is the module spec of the unit alone ("embedding", "blocks:3:4", "head", "projector"; anything else,
+    e.g. "encoder:camera", passes through to the plan's module lists unchanged).
+    """
+
+    name: str
+    flops_per_token: float
+    weight_bytes: int
+    kv_bytes_per_token: int = 0
+    out_bytes_per_token: int = 0  # hidden states: hidden size x wire dtype bytes
+    out_bytes_per_step: int = 0  # the head's one token id, whatever the number of tokens in flight
+    attention_flops_per_context_token: float = 0.0
+    flops_per_step: float = 0.0  # the head's logits: for the last token of a step only
+
+    def flops(self, tokens: int, context_tokens: int) -> float:
+        per_token = self.flops_per_token + self.attention_flops_per_context_token * context_tokens
+        return tokens * per_token + self.flops_per_step
+
+    def memory_bytes(self, context_tokens: int) -> int:
+        return self.weight_bytes + self.kv_bytes_per_token * context_tokens
+
+    def out_bytes(self, tokens: int) -> int:
+        return self.out_bytes_per_token * tokens + self.out_bytes_per_step
+
+
+class Segment(NamedTuple):
+    """Units [start, end) of the chain on one host. A tuple, so plans compare equal to plain tuples in tests."""
+
+    host_id: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A placement and what it is expected to cost per step, with the parts that make up the total.
+
+    ``transfer_s`` has one entry per hop: source -> first segment, between consecutive segments, last -> sink.
+    ``problems`` is empty for a feasible plan; ``evaluate`` fills it (and makes the latency infinite) when a
+    placement no longer fits the hosts, so that hysteresis sees a broken plan as infinitely slow.
+    """
+
+    segments: tuple[Segment, ...]
+    expected_latency_s: float
+    compute_s: tuple[float, ...]
+    transfer_s: tuple[float, ...]
+    memory_bytes: tuple[int, ...]
+    tokens_in_flight: int
+    context_tokens: int
+    solver: str = "given"
+    problems: tuple[str, ...] = ()
+
+    @property
+    def feasible(self) -> bool:
+        return not self.problems
+
+    def module_specs(self, units: Sequence[Unit]) -> list[list[str]]:
+        """Per segment, the specs its host loads, e.g. [["embedding", "blocks:0:12"], ["blocks:12:30", "head"]]."""
+        if self.segments[-1].end != len(units):
+            raise PlacementError(f"the plan covers {self.segments[-1].end} units, the chain has {len(units)}")
+        return [segment_modules(units, s.start, s.end) for s in self.segments]
+
+
+@dataclass(frozen=True)
+class PlacedModule:
+    """One module of a plan, with what a ModuleAssignment carries: its host, memory and compute time per step."""
+
+    spec: str
+    host_id: str
+    memory_bytes: int
+    compute_s: float
+
+
+def _merged(units: Sequence[Unit], start: int, end: int) -> list[tuple[str, list[Unit]]]:
+    """Units [start, end) grouped into modules: consecutive single blocks become one block range."""
+    modules: list[tuple[str, list[Unit]]] = []
+    for unit in units[start:end]:
+        this = _BLOCK.fullmatch(unit.name)
+        last = _BLOCK.fullmatch(modules[-1][0]) if modules else None
+        if this and last and last[2] == this[1]:
+            modules[-1] = (f"blocks:{last[1]}:{this[2]}", [*modules[-1][1], unit])
+        else:
+            modules.append((unit.name, [unit]))
+    return modules
+
+
+def segment_modules(units: Sequence[Unit], start: int, end: int) -> list[str]:
+    """The module specs (ModuleSpec text) of units [start, end), consecutive blocks merged into one range."""
+    return [spec for spec, _ in _merged(units, start, end)]
+
+
+def placed_modules(plan: Plan, units: Sequence[Unit], hosts: Iterable[Host]) -> list[PlacedModule]:
+    """The plan's modules in chain order, priced on their hosts, ready to become ModuleAssignment messages."""
+    gflops = {h.host_id: h.gflops for h in hosts}
+    placed = []
+    for segment in plan.segments:
+        for spec, members in _merged(units, segment.start, segment.end):
+            flops = sum(u.flops(plan.tokens_in_flight, plan.context_tokens) for u in members)
+            placed.append(PlacedModule(
+                spec, segment.host_id, sum(u.memory_bytes(plan.context_tokens) for u in members),
+                _compute_s(flops, gflops.get(segment.host_id, 0.0)),
+            ))
+    return placed
+
+
+def _compute_s(flops: float, gflops: float) -> float:
+    if flops == 0:
+        return 0.0
+    return flops / (gflops * 1e9) if gflops > 0 else math.inf
+
+
+def _link_table(links: Iterable[Link]) -> dict[tuple[str, str], Link]:
+    table = {(link.src, link.dst): link for link in links}
+    for (src, dst), link in list(table.items()):
+        table.setdefault((dst, src), link)
+    return table
+
+
+def _hop_s(table: dict[tuple[str, str], Link], src: str, dst: str, nbytes: float) -> float:
+    if src == dst:
+        return 0.0
+    link = table.get((src, dst))
+    return math.inf if link is None else link.transfer_s(nbytes)
+
+
+def _boundary_bytes(units: Sequence[Unit], index: int, tokens: int, input_bytes_per_token: float) -> float:
+    """Bytes crossing the boundary before unit ``index`` (the source's input at 0, the head's output at the end)."""
+    return input_bytes_per_token * tokens if index == 0 else units[index - 1].out_bytes(tokens)
+
+
+def evaluate(
+    units: Sequence[Unit],
+    segments: Iterable[tuple[str, int, int]],
+    hosts: Iterable[Host],
+    links: Iterable[Link],
+    *,
+    source_host: str,
+    sink_host: str,
+    tokens_in_flight: int = 1,
+    context_tokens: int = 2048,
+    input_bytes_per_token: float = TOKEN_ID_BYTES,
+    solver: str = "given",
+) -> Plan:
+    """Price a given placement (a baseline, or the plan in force on a changed fleet).
+
+    A malformed placement (gaps, overlaps, a host used twice) raises PlacementError. One that the fleet cannot
+    run (a host gone, memory short, a link missing) comes back with ``problems`` and an infinite latency.
+    """
+    segs = tuple(Segment(*s) for s in segments)
+    _check_segments(segs, len(units))
+    by_id = {h.host_id: h for h in hosts}
+    table = _link_table(links)
+    problems: list[str] = []
+    compute, memory, transfer = [], [], []
+    previous = source_host
+    for seg in segs:
+        members = units[seg.start:seg.end]
+        need = sum(u.memory_bytes(context_tokens) for u in members)
+        host = by_id.get(seg.host_id)
+        if host is None:
+            problems.append(f"host '{seg.host_id}' is not among the hosts")
+            compute.append(math.inf)
+        elif host.gflops <= 0:
+            problems.append(f"host '{seg.host_id}' advertises no compute")
+            compute.append(math.inf)
+        else:
+            compute.append(_compute_s(sum(u.flops(tokens_in_flight, context_tokens) for u in members), host.gflops))
+        if host is not None and need > host.memory_free_bytes:
+            problems.append(f"units {seg.start}..{seg.end - 1} need {need} bytes on '{seg.host_id}', "
+                            f"which has {host.memory_free_bytes} free")
+        memory.append(need)
+        transfer.append(_hop_s(table, previous, seg.host_id,
+                               _boundary_bytes(units, seg.start, tokens_in_flight, input_bytes_per_token)))
+        if not math.isfinite(transfer[-1]):
+            problems.append(f"no link between '{previous}' and '{seg.host_id}'")
+        previous = seg.host_id
+    transfer.append(_hop_s(table, previous, sink_host, units[-1].out_bytes(tokens_in_flight)))
+    if not math.isfinite(transfer[-1]):
+        problems.append(f"no link between '{previous}' and '{sink_host}'")
+    total = math.inf if problems else math.fsum(compute) + math.fsum(transfer)
+    return Plan(segs, total, tuple(compute), tuple(transfer), tuple(memory), tokens_in_flight, context_tokens,
+                solver, tuple(problems))
+
+
+def _check_segments(segments: tuple[Segment, ...], num_units: int) -> None:
+    if not segments:
+        raise PlacementError("a placement needs at least one segment")
+    hosts = [s.host_id for s in segments]
+    if len(set(hosts)) != len(hosts):
+        raise PlacementError(f"a host may hold one range only, got {hosts}")
+    end = 0
+    for s in segments:
+        if s.start != end or s.end <= s.start:
+            raise PlacementError(f"segments must cover units 0..{num_units - 1} in order, got {list(segments)}")
+        end = s.end
+    if end != num_units:
+        raise PlacementError(f"segments cover {end} units, the chain has {num_units}")
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one step of the chain carries, and between which ends."""
+
+    source_host: str
+    sink_host: str
+    tokens_in_flight: int
+    context_tokens: int
+    input_bytes_per_token: float
+
+
+def solve(
+    units: Sequence[Unit],
+    hosts: Sequence[Host],
+    links: Iterable[Link],
+    *,
+    source_host: str,
+    sink_host: str,
+    tokens_in_flight: int = 1,
+    context_tokens: int = 2048,
+    input_bytes_per_token: float = TOKEN_ID_BYTES,
+    max_exact_hosts: int = MAX_EXACT_HOSTS,
+) -> Plan:
+    """The placement of least expected latency per step, or PlacementError saying what does not fit.
+
+    ``source_host`` sends the chain its input (``input_bytes_per_token`` per token: token ids, or a raw frame when
+    the first unit is an encoder); ``sink_host`` receives the head's output. Neither has to be among ``hosts``.
+    ``context_tokens`` sizes each segment's KV cache and the attention work per token.
+    """
+    if not units:
+        raise PlacementError("the chain has no units")
+    if tokens_in_flight < 1 or context_tokens < 0:
+        raise PlacementError(f"tokens_in_flight {tokens_in_flight} must be >= 1, context_tokens {context_tokens} >= 0")
+    if not hosts:
+        raise PlacementError("no hosts to place the chain on")
+    ids = [h.host_id for h in hosts]
+    if len(set(ids)) != len(ids):
+        raise PlacementError(f"host ids must be unique, got {ids}")
+    links = list(links)
+    pool, label = list(hosts), "exact_dp"
+    if len(pool) > max_exact_hosts:
+        # Keep the fastest hosts; the ones the data enters and leaves by are kept too, as hops to them are free.
+        ends = [h for h in pool if h.host_id in (source_host, sink_host)]
+        rest = sorted((h for h in pool if h not in ends), key=lambda h: (-h.gflops, -h.memory_free_bytes, h.host_id))
+        pool = [*ends, *rest][:max_exact_hosts]
+        label = f"heuristic:exact_dp_over_{len(pool)}_fastest_of_{len(hosts)}_hosts"
+    step = _Step(source_host, sink_host, tokens_in_flight, context_tokens, input_bytes_per_token)
+    segments = _best_segments(units, pool, _link_table(links), step)
+    if segments is None:
+        raise PlacementError(_why_infeasible(units, pool, links, step))
+    plan = evaluate(units, segments, pool, links, source_host=source_host, sink_host=sink_host,
+                    tokens_in_flight=tokens_in_flight, context_tokens=context_tokens,
+                    input_bytes_per_token=input_bytes_per_token, solver=label)
+    assert plan.feasible, plan.problems  # the DP only builds plans that evaluate accepts
+    return plan
+
+
+def _best_segments(
+    units: Sequence[Unit],
+    hosts: Sequence[Host],
+    table: dict[tuple[str, str], Link] | None,
+    step: _Step,
+) -> list[Segment] | None:
+    """The DP. State (set of hosts used, last host, units placed) -> least latency so far; ``table`` None means
+    every pair of hosts is linked for free (used to tell a memory problem from a link problem)."""
+    n, k = len(units), len(hosts)
+    tokens_in_flight, context_tokens = step.tokens_in_flight, step.context_tokens
+    cum_flops = np.concatenate([[0.0], np.cumsum([u.flops(tokens_in_flight, context_tokens) for u in units])])
+    cum_mem = np.concatenate([[0.0], np.cumsum([float(u.memory_bytes(context_tokens)) for u in units])])
+    upper = np.triu(np.ones((n + 1, n + 1), dtype=bool), 1)  # [i, j] with i < j: units i..j-1
+    span_flops = cum_flops[None, :] - cum_flops[:, None]
+    span_mem = cum_mem[None, :] - cum_mem[:, None]
+    # compute[b][i, j]: units i..j-1 on host b, infinite where they do not fit or the range is empty
+    compute = np.full((k, n + 1, n + 1), np.inf)
+    for b, host in enumerate(hosts):
+        ok = upper & (span_mem <= host.memory_free_bytes)
+        if host.gflops > 0:
+            compute[b][ok] = span_flops[ok] / (host.gflops * 1e9)
+    boundary = [_boundary_bytes(units, i, tokens_in_flight, step.input_bytes_per_token) for i in range(n + 1)]
+    def price(src: str, dst: str, nbytes: float) -> float:
+        return 0.0 if table is None else _hop_s(table, src, dst, nbytes)
+
+    senders = [h.host_id for h in hosts] + [step.source_host]  # row k: the source, before any segment
+    # hop[i, a, b]: sender a to host b at the boundary before unit i
+    hop = np.array([[[price(a, h.host_id, boundary[i]) for h in hosts] for a in senders] for i in range(n)])
+    to_sink = np.array([price(h.host_id, step.sink_host, boundary[n]) for h in hosts])
+
+    best = np.full((1 << k, k + 1, n + 1), np.inf)
+    back_host = np.zeros((1 << k, k, n + 1), dtype=np.int64)
+    back_unit = np.zeros((1 << k, k, n + 1), dtype=np.int64)
+    best[0, k, 0] = 0.0
+    columns = np.arange(n + 1)
+    for used in range(1 << k):  # a superset is always a larger number, so it comes after its subsets
+        here = best[used, :, :n]
+        if not np.isfinite(here).any():
+            continue
+        for b in range(k):
+            if used >> b & 1:
+                continue
+            arrive = here + hop[:, :, b].T  # [a, i]: at unit i with last host a, then hop to b
+            sender = np.argmin(arrive, axis=0)
+            start_cost = arrive[sender, np.arange(n)]
+            total = start_cost[:, None] + compute[b][:n, :]  # [i, j]: b takes units i..j-1
+            start = np.argmin(total, axis=0)
+            cost = total[start, columns]
+            target = best[used | 1 << b, b]
+            better = cost < target
+            target[better] = cost[better]
+            back_host[used | 1 << b, b][better] = sender[start[better]]
+            back_unit[used | 1 << b, b][better] = start[better]
+
+    finish = best[:, :k, n] + to_sink[None, :]
+    low = finish.min()
+    if not np.isfinite(low):
+        return None
+    # Among plans equal up to rounding, the one with fewer segments: fewer modules to move, fewer hops to fail.
+    near = np.argwhere(finish <= low + 1e-12 * max(1.0, abs(low)))
+    used, b = min(near.tolist(), key=lambda ub: (bin(ub[0]).count("1"), ub[0], ub[1]))
+    segments, end = [], n
+    while used:
+        start, previous = int(back_unit[used, b, end]), int(back_host[used, b, end])
+        segments.append(Segment(hosts[b].host_id, start, end))
+        used, b, end = used & ~(1 << b), previous, start
+    return segments[::-1]
+
+
+def _why_infeasible(units: Sequence[Unit], hosts: Sequence[Host], links: list[Link], step: _Step) -> str:
+    """Name the first reason a placement is impossible: a unit too big for any host, too little memory in all,
+    no split into one range per host, or missing links."""
+    context_tokens = step.context_tokens
+    able = [h for h in hosts if h.gflops > 0]
+    if not able:
+        return f"none of the hosts {[h.host_id for h in hosts]} advertises any compute"
+    largest = max(able, key=lambda h: h.memory_free_bytes)
+    for index, unit in enumerate(units):
+        need = unit.memory_bytes(context_tokens)
+        if need > largest.memory_free_bytes:
+            return (f"unit {index} '{unit.name}' fits on no host: it needs {need} bytes ({unit.weight_bytes} of "
+                    f"weights + {need - unit.weight_bytes} of KV cache for {context_tokens} tokens), the largest "
+                    f"free memory is {largest.memory_free_bytes} on '{largest.host_id}' "
+                    f"(short by {need - largest.memory_free_bytes})")
+    need = sum(u.memory_bytes(context_tokens) for u in units)
+    have = sum(h.memory_free_bytes for h in able)
+    if need > have:
+        return (f"the chain needs {need} bytes ({context_tokens} tokens of KV cache included), the hosts have "
+                f"{have} free in all (short by {need - have})")
+    if _best_segments(units, able, None, step) is None:
+        return (f"the chain's {len(units)} units ({need} bytes) do not split into one contiguous range per host "
+                f"within the free memory of {', '.join(f'{h.host_id}={h.memory_free_bytes}' for h in able)}")
+    known = sorted({f"{link.src}-{link.dst}" for link in links})
+    return (f"every placement that fits in memory needs a link that is missing between '{step.source_host}', "
+            f"the hosts and '{step.sink_host}' (links known: {', '.join(known) or 'none'})")
+
+
+def proportional_to_memory(units: Sequence[Unit], hosts: Sequence[Host], *, context_tokens: int = 0) -> list[Segment]:
+    """The baseline a user would try: units split over ``hosts`` in the given order in proportion to free memory.
+
+    A unit goes to the host whose share of the total memory covers the middle of the unit's share of the chain.
+    """
+    weights = np.array([float(u.memory_bytes(context_tokens)) for u in units])
+    shares = np.array([max(0.0, float(h.memory_free_bytes)) for h in hosts])
+    if not units or shares.sum() <= 0 or weights.sum() <= 0:
+        raise PlacementError("proportional split needs units with memory and hosts with free memory")
+    middles = (np.cumsum(weights) - weights / 2) / weights.sum()
+    bounds = np.cumsum(shares) / shares.sum()
+    owner = np.minimum(np.searchsorted(bounds, middles, side="left"), len(hosts) - 1)
+    segments: list[Segment] = []
+    for index, h in enumerate(owner.tolist()):
+        if segments and segments[-1].host_id == hosts[h].host_id:
+            segments[-1] = segments[-1]._replace(end=index + 1)
+        else:
+            segments.append(Segment(hosts[h].host_id, index, index + 1))
+    return segments
+
+
+def should_move(current_latency_s: float, best_latency_s: float, *, min_gain: float = 0.1,
+                min_gain_s: float = 0.0) -> bool:
+    """Hysteresis: leave the plan in force unless the best plan is faster by more than ``min_gain`` of the current
+    latency (and by more than ``min_gain_s``). Moving modules costs reloads and KV replays, and measurements
+    jitter; without a margin two near-equal plans would swap back and forth. A broken plan (infinite) always moves.
+    """
+    if not math.isfinite(current_latency_s):
+        return math.isfinite(best_latency_s)
+    gain = current_latency_s - best_latency_s
+    return gain > 0 and gain > max(min_gain * current_latency_s, min_gain_s)
+
+
+def llama_units(
+    *,
+    hidden_size: int,
+    num_layers: int,
+    vocab_size: int,
+    intermediate_size: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int | None = None,
+    dtype_bytes: int = 4,
+    wire_dtype_bytes: int = 2,
+) -> list[Unit]:
+    """Units of a Llama-style decoder (gated MLP, no biases, RMSNorm) from its sizes alone, counted as
+    ``decompose.module_cost`` counts them, for tests and benchmarks that should not build a model."""
+    head_dim = head_dim or hidden_size // num_heads
+    attention = hidden_size * head_dim * (2 * num_heads + 2 * num_kv_heads)  # q, o; k, v
+    matrices = attention + 3 * hidden_size * intermediate_size
+    hidden = hidden_size * wire_dtype_bytes
+    blocks = [
+        Unit(f"blocks:{i}:{i + 1}", flops_per_token=2 * matrices,
+             weight_bytes=(matrices + 2 * hidden_size) * dtype_bytes,  # and two norms
+             kv_bytes_per_token=2 * num_kv_heads * head_dim * dtype_bytes, out_bytes_per_token=hidden,
+             attention_flops_per_context_token=4 * num_heads * head_dim)
+        for i in range(num_layers)
+    ]
+    head_params = vocab_size * hidden_size + hidden_size  # LM head and final norm
+    return [
+        Unit("embedding", 0, vocab_size * hidden_size * dtype_bytes, out_bytes_per_token=hidden),
+        *blocks,
+        Unit("head", 0, head_params * dtype_bytes, out_bytes_per_step=TOKEN_ID_BYTES, flops_per_step=2 * head_params),
+    ]
+
+
+def chain_units(model: PreTrainedModel, wire_dtype_bytes: int = 2) -> list[Unit]:
+    """Units of any causal LM that ``decompose`` can cut, priced by ``module_cost``: embedding, each block, head.
+
+    A model built on the meta device (``with torch.device("meta")``) is enough: only parameter counts are read.
+    """
+    from edge_lam.model.decompose import ModuleSpec, describe, module_cost  # torch and transformers, on demand
+
+    arch = describe(model)
+    hidden = arch.hidden_size * wire_dtype_bytes
+    units = []
+    specs = [ModuleSpec("embedding"), *(ModuleSpec("blocks", i, i + 1) for i in range(arch.num_layers))]
+    for spec in specs:
+        cost = module_cost(arch, spec)
+        name = spec.module_id if spec.kind != "blocks" else f"blocks:{spec.layer_start}:{spec.layer_end}"
+        units.append(Unit(name, cost.flops_per_token, cost.weight_bytes, cost.kv_bytes_per_token, hidden, 0,
+                          cost.attention_flops_per_context_token))
+    cost = module_cost(arch, ModuleSpec("head"))
+    units.append(Unit("head", 0, cost.weight_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
+                      flops_per_step=cost.flops_per_token))  # logits for the last token of a step only
+    return units
