@@ -10,7 +10,11 @@ more request after the timed ones: a subscriber counting them during the timed r
 up at every hop to what is measured. Greedy decoding throughout, torch at one thread in every process (decode is
 memory-bound: a second thread does not help here).
 
-    python bench/split_inference.py [--max-new-tokens 32] [--json PATH]
+The machine this runs on changes speed by tens of percent from one minute to the next (a shared VM), so every run
+also times the whole model in its own process right before each of its requests, and its ratio is against that
+paired baseline rather than against a run made minutes earlier.
+
+    python bench/split_inference.py [--max-new-tokens 32] [--rounds 2] [--json PATH]
 """
 
 from __future__ import annotations
@@ -59,40 +63,68 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) > 1 else values[0]
 
 
-def timed_decode(max_new: int, new_session, step) -> dict:
+def chat_ids(tokenizer, prompt: str) -> torch.Tensor:
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)["input_ids"]
+
+
+def decode_prompt(step, session, ids: torch.Tensor, max_new: int) -> tuple[float, list[float]]:
     """Prefill then one token at a time in this process: ``step(session, ids)`` returns the next token [1, 1]."""
-    tokenizer = load_tokenizer(MODEL)
-    ttft, decode = [], []
     with torch.inference_mode():
-        for index, prompt in enumerate([PROMPTS[0], *PROMPTS]):  # index 0 warms up and is not counted
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                return_tensors="pt", return_dict=True)["input_ids"]
-            session = new_session()
-            start = time.perf_counter()
-            token = step(session, ids)
-            first = time.perf_counter()
-            steps = []
-            for _ in range(max_new - 1):
-                t0 = time.perf_counter()
-                token = step(session, token)
-                steps.append(time.perf_counter() - t0)
-            if index:
-                ttft.append(first - start)
-                decode.extend(steps)
-    return {"ttft": ttft, "decode": decode, "bytes_per_token": 0.0, "outside_modules": 0.0}
+        start = time.perf_counter()
+        token = step(session, ids)
+        ttft, steps = time.perf_counter() - start, []
+        for _ in range(max_new - 1):
+            t0 = time.perf_counter()
+            token = step(session, token)
+            steps.append(time.perf_counter() - t0)
+    return ttft, steps
 
 
-def whole_model(max_new: int) -> dict:
-    """The baseline: the whole model with its KV cache."""
-    model = load_model(MODEL)
-    return timed_decode(
-        max_new, lambda: DynamicCache(config=model.config),
-        lambda cache, ids: model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1),
-    )
+class WholeModel:
+    """The baseline: the whole model with its KV cache, one token at a time in this process, as a gateway would."""
+
+    def __init__(self) -> None:
+        self.model, self.tokenizer = load_model(MODEL), load_tokenizer(MODEL)
+
+    def step(self, cache: DynamicCache, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+
+    def run(self, prompt: str, max_new: int) -> tuple[float, list[float]]:
+        return decode_prompt(self.step, DynamicCache(config=self.model.config), chat_ids(self.tokenizer, prompt),
+                             max_new)
 
 
-def modules_in_process(layout: list[list[str]], max_new: int) -> dict:
+class Figures:
+    """Per-prompt times of a run and of the whole model measured right before it (the paired baseline)."""
+
+    def __init__(self) -> None:
+        self.ttft, self.decode, self.baseline_ttft, self.baseline_decode = [], [], [], []
+
+    def add(self, ttft: float, decode: list[float], baseline: tuple[float, list[float]]) -> None:
+        self.ttft.append(ttft)
+        self.decode.extend(decode)
+        self.baseline_ttft.append(baseline[0])
+        self.baseline_decode.extend(baseline[1])
+
+    def result(self, **extra: float) -> dict:
+        return {"ttft": self.ttft, "decode": self.decode, "baseline_ttft": self.baseline_ttft,
+                "baseline_decode": self.baseline_decode, "bytes_per_token": 0.0, "outside_modules": 0.0, **extra}
+
+
+def whole_model(max_new: int, rounds: int) -> dict:
+    """The whole model alone (its own baseline)."""
+    whole, figures = WholeModel(), Figures()
+    whole.run(PROMPTS[0], max_new)  # warm-up, not counted
+    for prompt in PROMPTS * rounds:
+        ttft, decode = whole.run(prompt, max_new)
+        figures.add(ttft, decode, (ttft, decode))
+    return figures.result()
+
+
+def modules_in_process(layout: list[list[str]], max_new: int, rounds: int) -> dict:
     """The modules of a split layout chained in this process, no DDS: what the cut itself costs."""
+    whole, figures = WholeModel(), Figures()
     cores = [ShardCore(load_model(MODEL), [ModuleSpec.parse(m) for m in modules]) for modules in layout]
 
     def step(session: dict, ids: torch.Tensor) -> torch.Tensor:
@@ -102,7 +134,14 @@ def modules_in_process(layout: list[list[str]], max_new: int) -> dict:
         session["position"] += ids.shape[1]
         return x["next_token"].view(1, 1)
 
-    return timed_decode(max_new, lambda: {"id": uuid.uuid4().hex, "position": 0}, step)
+    def run(prompt: str) -> tuple[float, list[float]]:
+        return decode_prompt(step, {"id": uuid.uuid4().hex, "position": 0}, chat_ids(whole.tokenizer, prompt), max_new)
+
+    run(PROMPTS[0])  # warm-up, not counted
+    for prompt in PROMPTS * rounds:
+        baseline = whole.run(prompt, max_new)
+        figures.add(*run(prompt), baseline)
+    return figures.result()
 
 
 class Driver:
@@ -157,7 +196,7 @@ class Driver:
         rclpy.shutdown(context=self.context)
 
 
-def split(layout: list[list[str]], wire_dtype: str, max_new: int) -> dict:
+def split(layout: list[list[str]], wire_dtype: str, max_new: int, rounds: int) -> dict:
     namespace = f"bench_{uuid.uuid4().hex[:8]}"
     topics = ["chain/input", *(f"chain/hop_{i}" for i in range(1, len(layout))), "chain/output"]
     params = {f"/**/shard_{i}": {"ros__parameters": {
@@ -188,22 +227,22 @@ def split(layout: list[list[str]], wire_dtype: str, max_new: int) -> dict:
             if time.monotonic() > deadline:
                 raise TimeoutError("the chain did not come up")
             time.sleep(0.5)
+        whole, figures, outside, total = WholeModel(), Figures(), 0.0, 0.0
         driver.ask(PROMPTS[0], max_new)  # warm-up, not counted
-        ttft, decode, outside, total = [], [], 0.0, 0.0
-        for prompt in PROMPTS:
+        whole.run(PROMPTS[0], max_new)
+        for prompt in PROMPTS * rounds:
+            baseline = whole.run(prompt, max_new)  # the shard processes idle meanwhile
             sent, chunks = driver.ask(prompt, max_new)
             if chunks[-1][1].error_code:
                 raise RuntimeError(chunks[-1][1].error_message)
             arrivals = [t for t, r in chunks if r.token_ids]
-            ttft.append(arrivals[0] - sent)
-            decode.extend(b - a for a, b in itertools.pairwise(arrivals))
+            figures.add(arrivals[0] - sent, [b - a for a, b in itertools.pairwise(arrivals)], baseline)
             stages = {t.stage: t.seconds for t in chunks[-1][1].timings}
             outside, total = outside + stages["transfer_and_queueing"], total + stages["total"]
         driver.count_bytes(topics)
         _, chunks = driver.ask(PROMPTS[0], max_new)
         tokens = sum(1 for _, r in chunks if r.token_ids)
-        return {"ttft": ttft, "decode": decode, "bytes_per_token": driver.bytes / tokens,
-                "outside_modules": outside / total}
+        return figures.result(bytes_per_token=driver.bytes / tokens, outside_modules=outside / total)
     except Exception:
         log.seek(0)
         print(log.read()[-5000:], file=sys.stderr)
@@ -223,18 +262,19 @@ def split(layout: list[list[str]], wire_dtype: str, max_new: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per request (default 32)")
+    parser.add_argument("--rounds", type=int, default=2, help="times each prompt is asked (default 2)")
     parser.add_argument("--json", type=pathlib.Path, help="write the figures to this file")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # one run, in a fresh process: whole or LAYOUT:DTYPE
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.run:
         if args.run == "whole":
-            run = whole_model(args.max_new_tokens)
+            run = whole_model(args.max_new_tokens, args.rounds)
         elif args.run == "modules_1proc":
-            run = modules_in_process(LAYOUTS["3proc"], args.max_new_tokens)
+            run = modules_in_process(LAYOUTS["3proc"], args.max_new_tokens, args.rounds)
         else:
             layout, wire_dtype = args.run.split(":")
-            run = split(LAYOUTS[layout], wire_dtype, args.max_new_tokens)
+            run = split(LAYOUTS[layout], wire_dtype, args.max_new_tokens, args.rounds)
         print(json.dumps(run))
         return 0
 
@@ -242,33 +282,36 @@ def main() -> int:
     runs = {}
     splits = [f"{layout}:{dtype}" for layout in LAYOUTS for dtype in ("float32", "float16")]
     for name in ["whole", "modules_1proc", *splits]:
-        done = subprocess.run([sys.executable, __file__, "--run", name, "--max-new-tokens", str(args.max_new_tokens)],
-                              env=env, capture_output=True, text=True, timeout=900)
+        done = subprocess.run([sys.executable, __file__, "--run", name, "--max-new-tokens", str(args.max_new_tokens),
+                               "--rounds", str(args.rounds)], env=env, capture_output=True, text=True, timeout=900)
         if done.returncode:
             raise RuntimeError(f"run {name} failed:\n{done.stderr[-5000:]}")
         runs[name.replace(":float", "_fp")] = json.loads(done.stdout.splitlines()[-1])
 
-    whole_rate = 1 / statistics.median(runs["whole"]["decode"])
     figures = {}
-    print(f"SmolLM2-135M-Instruct, greedy, {len(PROMPTS)} prompts x {args.max_new_tokens} new tokens, "
-          "1 torch thread per process; milliseconds")
+    print(f"SmolLM2-135M-Instruct, greedy, {len(PROMPTS)} prompts x {args.rounds} rounds x {args.max_new_tokens} new "
+          "tokens, 1 torch thread per process; milliseconds; ratio against the whole model timed right before each "
+          "request (paired)")
     print(f"{'run':>13} | {'TTFT p50':>8} {'p99':>7} | {'decode/token p50':>16} {'p99':>7} | {'tokens/s':>8} | "
-          f"{'ratio':>5} | {'bytes/token':>11} | {'outside modules':>15}")
+          f"{'whole p50':>9} | {'ratio':>5} | {'bytes/token':>11} | {'outside modules':>15}")
     for name, run in runs.items():
         rate = 1 / statistics.median(run["decode"])
+        baseline_rate = 1 / statistics.median(run["baseline_decode"])
         row = {
             "ttft_p50_ms": 1e3 * statistics.median(run["ttft"]), "ttft_p99_ms": 1e3 * p99(run["ttft"]),
             "decode_p50_ms": 1e3 * statistics.median(run["decode"]), "decode_p99_ms": 1e3 * p99(run["decode"]),
-            "decode_tokens_per_s": rate, "decode_ratio_vs_whole": rate / whole_rate,
+            "decode_tokens_per_s": rate, "paired_whole_decode_p50_ms": 1e3 / baseline_rate,
+            "decode_ratio_vs_whole": rate / baseline_rate,
             "bytes_per_token": run["bytes_per_token"], "share_outside_modules": run["outside_modules"],
         }
         figures[name] = row
         print(f"{name:>13} | {row['ttft_p50_ms']:8.1f} {row['ttft_p99_ms']:7.1f} | {row['decode_p50_ms']:16.1f} "
-              f"{row['decode_p99_ms']:7.1f} | {rate:8.1f} | {row['decode_ratio_vs_whole']:5.2f} | "
-              f"{row['bytes_per_token']:11.0f} | {100 * row['share_outside_modules']:14.1f}%")
+              f"{row['decode_p99_ms']:7.1f} | {rate:8.1f} | {row['paired_whole_decode_p50_ms']:9.1f} | "
+              f"{row['decode_ratio_vs_whole']:5.2f} | {row['bytes_per_token']:11.0f} | "
+              f"{100 * row['share_outside_modules']:14.1f}%")
     if args.json:
         args.json.write_text(json.dumps({
-            "max_new_tokens": args.max_new_tokens, "prompts": len(PROMPTS), "runs": figures,
+            "max_new_tokens": args.max_new_tokens, "prompts": len(PROMPTS), "rounds": args.rounds, "runs": figures,
             "decode_ratio_3proc_fp16": figures["3proc_fp16"]["decode_ratio_vs_whole"],
         }, indent=2))
     return 0
