@@ -7,7 +7,12 @@ shard lost is replayed once from its tokens; a session after any other failure i
 
 The gateway serves only once a probe (a release packet for a throwaway session, which every module passes on) has
 come back through the whole chain: a packet sent before every hop's writer has matched its reader would be lost.
-It probes again after a step times out, since a module may have gone.
+
+Failover: when a step gets no answer in ``step_timeout_s`` (a module's host died) or a new placement plan arrives,
+the gateway probes the chain again and, once a probe comes back, replays each request in flight from its tokens on
+a fresh chain session (late packets of the old one are recognised and dropped), up to ``max_retries`` timeouts per
+request. Requests that arrive meanwhile wait for the chain; any that waits longer than ``failover_timeout_s`` gets
+an error. Every request still gets exactly one final result.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
-from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult, StageTiming
+from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult, PlacementPlan, StageTiming
 from edge_lam_msgs.srv import Generate
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException
@@ -32,7 +37,7 @@ from transformers import AutoConfig, GenerationConfig
 from edge_lam.chain.generation import Conversation, Limits, TextStream, check_request, prompt_ids
 from edge_lam.model.loading import load_tokenizer, model_path
 from edge_lam.parameters import declare
-from edge_lam.qos import CONTROL, TENSORS
+from edge_lam.qos import CONTROL, LATCHED, TENSORS
 from edge_lam.tensor_codec import to_msg, to_numpy
 
 Deliver = Callable[[InferenceResult], None]
@@ -45,8 +50,12 @@ class SessionState:
     keep: bool = False
     busy: bool = False
     needs_reset: bool = False
+    attempt: int = 0  # chain sessions used so far; the chain knows this session as chain_session_id()
     last_used: float = field(default_factory=time.monotonic)
     pending: deque = field(default_factory=deque)
+
+    def chain_session_id(self, session_id: str) -> str:
+        return session_id if self.attempt == 0 else f"{session_id}~{self.attempt}"
 
 
 @dataclass
@@ -63,6 +72,8 @@ class Job:
     sent_at: float = 0.0
     first_token_at: float | None = None
     replayed: bool = False
+    retries: int = 0           # step timeouts survived by replaying
+    waiting_since: float = 0.0  # waiting for the chain to be connected again before (re)sending; 0 when not
     module_seconds: dict = field(default_factory=lambda: defaultdict(float))
 
 
@@ -78,7 +89,16 @@ class GatewayNode(Node):
         results = declare(self, "results_topic", "results", "InferenceResult topic (streamed chunks).")
         max_new = declare(self, "max_new_tokens_limit", 1024, "Largest max_new_tokens a request may ask for.")
         max_context = declare(self, "max_context_tokens", 2048, "Largest session length (prompt and answer), tokens.")
-        self._step_timeout_s = declare(self, "step_timeout_s", 60.0, "Fail a request when one step takes longer.")
+        self._step_timeout_s = declare(
+            self, "step_timeout_s", 60.0,
+            "A step with no answer after this long is retried on the chain as it is then (or fails, after "
+            "max_retries).")
+        self._failover_timeout_s = declare(
+            self, "failover_timeout_s", 60.0,
+            "How long a request waits for a chain that lost a module to be connected again before it fails.")
+        self._max_retries = declare(self, "max_retries", 3, "Step timeouts a request survives by replaying.")
+        plan_topic = declare(self, "plan_topic", "/edge_lam/plan",
+                             "PlacementPlan topic: a new plan replays the requests in flight; empty to ignore plans.")
         self._idle_s = declare(self, "session_idle_timeout_s", 600.0, "Forget a kept session after this long unused.")
 
         path = model_path(self._model)
@@ -92,6 +112,8 @@ class GatewayNode(Node):
         self._jobs: dict[str, Job] = {}
         self._sessions: dict[str, SessionState] = {}
         self._chain_ready = False
+        self._ever_ready = False
+        self._plan: tuple[str, int] | None = None
         self._probe_prefix = f"probe-{uuid.uuid4().hex[:8]}-"  # session ids of this gateway's probes
         self._probe_sent_at: float | None = None
         self._chain_in = self.create_publisher(ChainPacket, chain_in, TENSORS)
@@ -103,6 +125,8 @@ class GatewayNode(Node):
         self._service = self.create_service(Generate, "generate", self.on_generate,
                                             callback_group=ReentrantCallbackGroup())
         self._watchdog = self.create_timer(0.5, self.check_deadlines)
+        if plan_topic:
+            self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED)
         self.get_logger().info(
             f"serving {self._model} through {self._chain_in.topic_name} -> {self._chain_out.topic_name}; "
             f"requests on {self._requests.topic_name}, results on {self._results.topic_name}, "
@@ -168,13 +192,16 @@ class GatewayNode(Node):
             return bad, f"request_id '{request.request_id}' is already being answered"
         if request.session_id and request.session_id not in self._sessions:
             return InferenceResult.ERROR_UNKNOWN_SESSION, f"no session '{request.session_id}' (never made, or expired)"
-        if not self._chain_ready:
+        if not self._chain_ready and not self._ever_ready:
             return InferenceResult.ERROR_MODULE_UNAVAILABLE, "the chain is not connected end to end (yet)"
         return None
 
     def _start(self, job: Job) -> None:
         session = self._sessions[job.session_id]
         session.busy = True
+        if not self._chain_ready:  # failing over: start once the chain is back
+            job.waiting_since = time.monotonic()
+            return
         request, conversation = job.request, session.conversation
         ids, job.messages = prompt_ids(self._tokenizer, conversation, request.prompt, list(request.input_token_ids),
                                        request.options.apply_chat_template)
@@ -195,7 +222,8 @@ class GatewayNode(Node):
 
     def _send(self, job: Job, ids: list[int], position: int, reset: bool) -> None:
         job.in_flight = list(ids)
-        packet = ChainPacket(request_id=job.request.request_id, session_id=job.session_id, step=job.step,
+        chain_session = self._sessions[job.session_id].chain_session_id(job.session_id)
+        packet = ChainPacket(request_id=job.request.request_id, session_id=chain_session, step=job.step,
                              position=position, reset=reset, options=job.request.options)
         packet.header.stamp = self.get_clock().now().to_msg()
         packet.tensors = [to_msg(np.asarray([ids], dtype=np.int64), "input_ids")]
@@ -208,12 +236,15 @@ class GatewayNode(Node):
         if packet.release:
             with self._lock:
                 if packet.session_id.startswith(self._probe_prefix) and not self._chain_ready:
-                    self._chain_ready = True
+                    self._chain_ready = self._ever_ready = True
                     self.get_logger().info("the chain is connected end to end: serving")
+                    self._resume()
             return
         with self._lock:
             job = self._jobs.get(packet.request_id)
-            if job is None or packet.step != job.step:
+            session = self._sessions.get(job.session_id) if job is not None else None
+            if job is None or job.waiting_since or packet.step != job.step \
+                    or packet.session_id != session.chain_session_id(job.session_id):
                 self.get_logger().warning(
                     f"chain output for request '{packet.request_id}' step {packet.step} that is not awaited"
                     + (f": {packet.error_message}" if packet.error_code else "")
@@ -232,20 +263,53 @@ class GatewayNode(Node):
             self._advance(job, int(to_numpy(tokens["next_token"])[0]))
 
     def _chain_failed(self, job: Job, packet: ChainPacket) -> None:
-        session = self._sessions[job.session_id]
         if packet.error_code == ChainPacket.ERROR_SESSION_LOST and not job.replayed:
             job.replayed = True
-            everything = session.conversation.tokens + job.in_flight
-            session.conversation.tokens = []
-            self.get_logger().warning(
-                f"request {job.request.request_id}: {packet.error_message}; replaying {len(everything)} tokens"
-            )
-            self._send(job, everything, position=0, reset=True)
+            self._replay(job, packet.error_message)
             return
         code = {ChainPacket.ERROR_BAD_INPUT: InferenceResult.ERROR_BAD_REQUEST,
                 ChainPacket.ERROR_SESSION_LOST: InferenceResult.ERROR_MODULE_UNAVAILABLE}.get(
                     packet.error_code, InferenceResult.ERROR_INTERNAL)
         self._finish(job, "error", (code, packet.error_message))
+
+    def _replay(self, job: Job, why: str) -> None:
+        """Send everything the session holds and the step in flight again, on a fresh chain session."""
+        session = self._sessions[job.session_id]
+        if not job.in_flight:  # waited before its first step: start it the ordinary way, caches rebuilt
+            session.needs_reset = True
+            self._start(job)
+            return
+        everything = session.conversation.tokens + job.in_flight
+        self._send_release(session.chain_session_id(job.session_id))  # what the old chain session left behind
+        session.attempt += 1
+        session.conversation.tokens = []
+        self.get_logger().warning(f"request {job.request.request_id}: {why}; replaying {len(everything)} tokens")
+        self._send(job, everything, position=0, reset=True)
+
+    def _resume(self) -> None:
+        """The chain is back: (re)start every request that waited for it."""
+        for job in [j for j in self._jobs.values() if j.waiting_since]:
+            job.waiting_since = 0.0
+            self._replay(job, "the chain is back")
+
+    def _hold(self, job: Job) -> None:
+        """Keep a request in flight until the chain is connected again; _resume replays it."""
+        job.sent_at, job.waiting_since = 0.0, time.monotonic()
+
+    def on_plan(self, plan: PlacementPlan) -> None:
+        """A new placement moves modules: probe the chain, and replay what was in flight once it is back."""
+        with self._lock:
+            key = (plan.plan_id, plan.version)
+            if key == self._plan:
+                return
+            first, self._plan = self._plan is None, key
+            if first:  # the plan in force when this gateway started: the first probe covers it
+                return
+            self.get_logger().info(f"placement plan {plan.plan_id[:8]} v{plan.version}: probing the chain again")
+            self._chain_ready, self._probe_sent_at = False, None
+            for job in self._jobs.values():
+                if job.sent_at:
+                    self._hold(job)
 
     def _advance(self, job: Job, token: int) -> None:
         session = self._sessions[job.session_id]
@@ -298,8 +362,8 @@ class GatewayNode(Node):
             self._release(job.session_id)
 
     def _release(self, session_id: str) -> None:
-        del self._sessions[session_id]
-        self._send_release(session_id)
+        session = self._sessions.pop(session_id)
+        self._send_release(session.chain_session_id(session_id))
 
     def _send_release(self, session_id: str) -> None:
         packet = ChainPacket(session_id=session_id, release=True)
@@ -311,8 +375,18 @@ class GatewayNode(Node):
         with self._lock:
             for job in [j for j in self._jobs.values() if j.sent_at and now - j.sent_at > self._step_timeout_s]:
                 reason = f"step {job.step} got no answer from the chain in {self._step_timeout_s} s"
-                self._finish(job, "error", (InferenceResult.ERROR_TIMEOUT, reason))
                 self._chain_ready = False  # a module may be gone: probe before serving again
+                if job.retries < self._max_retries:
+                    job.retries += 1
+                    self.get_logger().warning(f"request {job.request.request_id}: {reason}; retrying once the "
+                                              f"chain is connected (retry {job.retries} of {self._max_retries})")
+                    self._hold(job)
+                else:
+                    self._finish(job, "error", (InferenceResult.ERROR_TIMEOUT, reason))
+            for job in [j for j in self._jobs.values()
+                        if j.waiting_since and now - j.waiting_since > self._failover_timeout_s]:
+                self._finish(job, "error", (InferenceResult.ERROR_MODULE_UNAVAILABLE,
+                                            f"the chain was not connected again within {self._failover_timeout_s} s"))
             if not self._chain_ready and (self._probe_sent_at is None or now - self._probe_sent_at > PROBE_INTERVAL_S):
                 self._probe_sent_at = now
                 self._send_release(self._probe_prefix + uuid.uuid4().hex)
