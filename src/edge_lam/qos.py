@@ -8,19 +8,35 @@
   should still get, but a subscriber a hundred messages behind loses the oldest rather than growing the queue.
 - CONTROL: requests, results and commands; reliable, keep-all, for the same reason.
 - LATCHED: placement plans; reliable and transient-local, so a late joiner gets the last one.
+- ADVERTS: host agents' ComputeAdverts; reliable, keep-last 1 (only the newest advert of a host matters), volatile
+  (an advert is stale by the next period anyway), liveliness AUTOMATIC with a lease of ``ADVERT_LEASE_S`` = 2 s:
+  a reader (the coordinator) learns that a host's process is gone within the lease, even when it died by kill -9.
+  AUTOMATIC is asserted by the DDS participant itself, so an agent busy loading a model does not look dead.
 - VOCABULARIES: the same, with room for one vocabulary from each of several encoders on one topic (a depth-1
   reader keeps only the last of two that arrive together).
 """
 
+from rclpy.duration import Duration
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
+    LivelinessPolicy,
     QoSProfile,
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
 
-__all__ = ["CONTROL", "LATCHED", "RELIABLE_SENSOR_DATA", "SENSOR_DATA", "TENSORS", "TOKENS", "VOCABULARIES"]
+__all__ = [
+    "ADVERTS",
+    "ADVERT_LEASE_S",
+    "CONTROL",
+    "LATCHED",
+    "RELIABLE_SENSOR_DATA",
+    "SENSOR_DATA",
+    "TENSORS",
+    "TOKENS",
+    "VOCABULARIES",
+]
 
 SENSOR_DATA = qos_profile_sensor_data
 
@@ -63,4 +79,15 @@ VOCABULARIES = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+
+ADVERT_LEASE_S = 2.0
+
+ADVERTS = QoSProfile(
+    depth=1,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+    liveliness=LivelinessPolicy.AUTOMATIC,
+    liveliness_lease_duration=Duration(seconds=ADVERT_LEASE_S),
 )
