@@ -1,0 +1,222 @@
+"""What the coordinator knows of the fleet and when it moves modules: adverts in, plans (or reasons to stay) out.
+
+No ROS here: the coordinator node hands this core every advert, every loss of liveliness of an advert writer and a
+clock tick, and publishes what it decides. Hosts join with their first advert and leave when their advert is older
+than ``host_timeout_s``, or sooner after a liveliness loss (the event does not say whose writer it was, so a host
+that stays silent for two of its advert intervals after the event is taken for the lost one). A look at the fleet
+solves the placement (exactly up to MAX_EXACT_HOSTS hosts) and moves only when the plan in force, re-priced on
+today's fleet, is slower by more than the hysteresis margin; a plan that lost a host is infinitely slow, so its
+modules always move if they can.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import TYPE_CHECKING
+
+from edge_lam.placement.solver import Host, Link, PlacementError, Plan, Unit, evaluate, should_move, solve
+
+if TYPE_CHECKING:
+    from edge_lam.placement.assignments import Assignment  # imports torch, which the core itself does not need
+
+__all__ = ["Advert", "Chain", "Coordinator", "Decision", "Policy", "placement_table", "solver_memory"]
+
+MIN_COMPUTE_SHARE = 0.05  # a host at full load is slow, not gone: it keeps this share of its compute
+FREE_GATEWAY = "(gateway)"  # the chain's ends when no gateway host is named: every host reaches it for free
+MISSED_ADVERTS = 2.0  # after a liveliness loss, a host silent for this many of its advert intervals is the lost one
+
+
+@dataclass(frozen=True)
+class Advert:
+    """What the coordinator keeps of one ComputeAdvert: the host as measured, and its measured links."""
+
+    host_id: str
+    role: str
+    compute_gflops: float
+    load: float
+    memory_free_bytes: int
+    memory_total_bytes: int
+    links: tuple[Link, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.host_id:
+            raise ValueError("an advert needs a host_id")
+        if not (math.isfinite(self.compute_gflops) and self.compute_gflops >= 0):
+            raise ValueError(f"host '{self.host_id}' advertises compute {self.compute_gflops} GFLOP/s")
+        if not math.isfinite(self.load):
+            raise ValueError(f"host '{self.host_id}' advertises load {self.load}")
+
+    @property
+    def effective_gflops(self) -> float:
+        """The compute a new module would get: the measured figure scaled by the share the load leaves."""
+        return self.compute_gflops * min(1.0, max(MIN_COMPUTE_SHARE, 1.0 - self.load))
+
+
+def solver_memory(advert: Advert, held_bytes: int) -> int:
+    """Memory the solver may give a host: what it has free plus what the plan in force holds there.
+
+    Without the credit, the plan in force would look infeasible on its own hosts once they load it. Capped at the
+    host's total: before a host has loaded its modules its free memory still includes them, and counting them twice
+    would let the solver overfill it.
+    """
+    return min(advert.memory_free_bytes + held_bytes, max(advert.memory_total_bytes, advert.memory_free_bytes))
+
+
+@dataclass(frozen=True)
+class Chain:
+    """What is placed and between which ends. ``gateway_host`` "" means the gateway's hops cost nothing."""
+
+    units: tuple[Unit, ...]
+    num_layers: int
+    gateway_host: str = ""
+    context_tokens: int = 2048
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When hosts count as gone and when a better plan is worth moving modules for."""
+
+    host_timeout_s: float = 2.0
+    min_gain: float = 0.1
+    min_gain_s: float = 0.0
+    replan_period_s: float = 1.0
+    settle_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one look at the fleet.
+
+    ``plan`` is the new plan to publish, None to keep the plan in force; ``current`` is the plan in force priced on
+    the fleet as it is now (None before the first plan); ``best`` is the solver's plan (None when none fits);
+    ``error`` says why no plan fits, "" when one does; ``hosts`` is the fleet the plans were priced on.
+    ``routine`` marks a periodic look (load or links changed) rather than a join, a leave or the first plan.
+    """
+
+    reason: str
+    hosts: tuple[Host, ...]
+    plan: Plan | None = None
+    current: Plan | None = None
+    best: Plan | None = None
+    error: str = ""
+    routine: bool = False
+
+
+@dataclass(frozen=True)
+class _Heard:
+    """The last advert of a host, when it came, and how long after the one before."""
+
+    advert: Advert
+    at: float
+    interval_s: float | None = None  # time between this host's last two adverts
+
+
+class Coordinator:
+    """The fleet as heard, the plan in force, and the decisions to replace it. Times are seconds on one clock."""
+
+    def __init__(self, chain: Chain, policy: Policy | None = None) -> None:
+        self.chain = chain
+        self.policy = policy or Policy()
+        self.plan: Plan | None = None  # the plan in force: the last one decided
+        self._heard: dict[str, _Heard] = {}
+        self._first_advert_at: float | None = None
+        self._liveliness_lost_at: float | None = None
+        self._changed = False  # an advert changed since the last look
+        self._looked_at: float | None = None
+
+    @property
+    def host_ids(self) -> list[str]:
+        return sorted(self._heard)
+
+    def settled(self, now: float) -> bool:
+        """Whether the first plan may be made: hosts starting together get ``settle_s`` to be heard."""
+        return self._first_advert_at is not None and now - self._first_advert_at >= self.policy.settle_s
+
+    def advert(self, advert: Advert, now: float) -> Decision | None:
+        """Record an advert; a host heard for the first time after the settling gets a look at once."""
+        heard = self._heard.get(advert.host_id)
+        self._heard[advert.host_id] = _Heard(advert, now, None if heard is None else now - heard.at)
+        if self._first_advert_at is None:
+            self._first_advert_at = now
+        if heard is None and self.settled(now):
+            return self._look(f"host '{advert.host_id}' joined", now)
+        self._changed = self._changed or heard is None or heard.advert != advert
+        return None
+
+    def liveliness_lost(self, now: float) -> None:
+        """An advert writer lost liveliness (its process died or it was destroyed); whose, the next ticks tell."""
+        self._liveliness_lost_at = now
+
+    def tick(self, now: float) -> Decision | None:
+        """Drop the hosts that are gone and look at the fleet when that, the settling or a change calls for it."""
+        gone = self._expire(now)
+        if not self.settled(now):
+            return None
+        if gone:
+            return self._look(f"host{'s' if len(gone) > 1 else ''} {', '.join(map(repr, gone))} left", now)
+        if self._looked_at is None:
+            return self._look(f"first plan, {len(self._heard)} hosts heard", now)
+        if self._changed and now - self._looked_at >= self.policy.replan_period_s:
+            return self._look("load, memory or links changed", now, routine=True)
+        return None
+
+    def hosts(self) -> list[Host]:
+        """The fleet as the solver sees it, in host id order so that ties between plans break the same way."""
+        held = {} if self.plan is None else dict(zip((s.host_id for s in self.plan.segments),
+                                                     self.plan.memory_bytes, strict=True))
+        return [Host(host_id, h.advert.effective_gflops, solver_memory(h.advert, held.get(host_id, 0)),
+                     h.advert.role)
+                for host_id, h in sorted(self._heard.items())]
+
+    def links(self) -> list[Link]:
+        """Links the hosts measured between themselves, and free hops to and from a gateway left unnamed."""
+        links = [link for h in self._heard.values() for link in h.advert.links if link.dst in self._heard]
+        if not self.chain.gateway_host:
+            links += [Link(FREE_GATEWAY, host_id, 0.0, math.inf) for host_id in sorted(self._heard)]
+        return links
+
+    def _expire(self, now: float) -> list[str]:
+        lost_at, timeout = self._liveliness_lost_at, self.policy.host_timeout_s
+        gone = []
+        for host_id, h in sorted(self._heard.items()):
+            missed = lost_at is not None and h.at < lost_at and \
+                now - lost_at > min(timeout, MISSED_ADVERTS * (h.interval_s or timeout))
+            if now - h.at > timeout or missed:
+                gone.append(host_id)
+        for host_id in gone:
+            del self._heard[host_id]
+        if lost_at is not None and all(h.at >= lost_at for h in self._heard.values()):
+            self._liveliness_lost_at = None  # every host left has spoken since: the lost writer is accounted for
+        return gone
+
+    def _look(self, reason: str, now: float, routine: bool = False) -> Decision:
+        self._changed, self._looked_at = False, now
+        hosts, links = self.hosts(), self.links()
+        gateway = self.chain.gateway_host or FREE_GATEWAY
+        ends = dict(source_host=gateway, sink_host=gateway, context_tokens=self.chain.context_tokens)
+        current = None if self.plan is None else evaluate(self.chain.units, self.plan.segments, hosts, links, **ends)
+        try:
+            best = solve(self.chain.units, hosts, links, **ends)
+        except PlacementError as error:
+            # Above MAX_EXACT_HOSTS the solver searches the fastest hosts only and may miss the plan in force.
+            why = "" if current is not None and current.feasible else str(error)
+            return Decision(reason, tuple(hosts), current=current, error=why, routine=routine)
+        if current is None or should_move(current.expected_latency_s, best.expected_latency_s,
+                                          min_gain=self.policy.min_gain, min_gain_s=self.policy.min_gain_s):
+            self.plan = best
+            return Decision(reason, tuple(hosts), plan=best, current=current, best=best, routine=routine)
+        return Decision(reason, tuple(hosts), current=current, best=best, routine=routine)
+
+
+def placement_table(plan: Plan, assigned: Sequence[Assignment]) -> str:
+    """The plan as a log reader wants it: one row per module, then the hops between hosts."""
+    rows = [f"  {'module':<14} {'host':<16} {'compute ms':>10} {'memory MB':>10}"]
+    rows += [f"  {a.spec:<14} {a.host_id:<16} {a.expected_latency_s * 1e3:>10.2f} {a.memory_bytes / 1e6:>10.1f}"
+             for a in assigned]
+    stops = ["gateway", *(s.host_id for s in plan.segments), "gateway"]
+    hops = ", ".join(f"{a}->{b} {t * 1e3:.2f}" for (a, b), t in zip(pairwise(stops), plan.transfer_s, strict=True))
+    rows.append(f"  hops ms: {hops}")
+    return "\n".join(rows)

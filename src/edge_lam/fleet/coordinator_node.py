@@ -1,0 +1,173 @@
+"""The coordinator: hears the host agents' ComputeAdverts, places the model's modules and publishes the plan.
+
+The decisions are ``coordination.Coordinator``'s; this node translates adverts, liveliness events and a clock to it
+and its plans to a transient-local PlacementPlan, so that an agent that starts late still gets the plan in force.
+No deadline QoS on the adverts: a reader that requests one does not match writers that offer none, and the advert
+timeout does the same job for writers of any QoS.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import rclpy
+import torch
+from edge_lam_msgs.msg import ComputeAdvert, PlacementPlan
+from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from edge_lam.fleet.coordination import Advert, Chain, Coordinator, Decision, Policy, placement_table
+from edge_lam.model.loading import model_path
+from edge_lam.parameters import declare
+from edge_lam.placement.assignments import assignments
+from edge_lam.placement.plan_messages import to_assignment_msg
+from edge_lam.placement.solver import Link, Unit, chain_units
+from edge_lam.qos import ADVERTS, LATCHED
+
+TICK_S = 0.1  # how often timeouts and the settling are checked; a look at the fleet costs far more than this check
+ROLES = {ComputeAdvert.ROLE_ROBOT: "robot", ComputeAdvert.ROLE_EDGE: "edge", ComputeAdvert.ROLE_CLOUD: "cloud"}
+# Keep-last counts per topic, not per writer: in a depth-1 reader the adverts of hosts that arrive together would
+# overwrite each other, so the coordinator reads with room for a whole fleet's burst. Depth does not affect matching.
+ADVERTS_READER = QoSProfile(depth=64, history=ADVERTS.history, reliability=ADVERTS.reliability,
+                            durability=ADVERTS.durability, liveliness=ADVERTS.liveliness,
+                            liveliness_lease_duration=ADVERTS.liveliness_lease_duration)
+
+
+def model_chain(model: str, wire_dtype_bytes: int) -> tuple[list[Unit], int]:
+    """The model's units and number of layers, from its config: a meta-device model has shapes but no weights."""
+    config = AutoConfig.from_pretrained(model_path(model))
+    with torch.device("meta"):
+        shapes = AutoModelForCausalLM.from_config(config)
+    return chain_units(shapes, wire_dtype_bytes), config.get_text_config(decoder=True).num_hidden_layers
+
+
+def from_advert_msg(msg: ComputeAdvert) -> Advert:
+    """The advert as the core keeps it; link estimates not measured yet (no bandwidth) are left out."""
+    links = tuple(Link(msg.host_id, e.peer_host_id, e.latency_s, e.bandwidth_bps / 8)
+                  for e in msg.links
+                  if e.bandwidth_bps > 0 and math.isfinite(e.bandwidth_bps) and 0 <= e.latency_s < math.inf)
+    return Advert(msg.host_id, ROLES.get(msg.role, "edge"), msg.compute_gflops, msg.load, msg.memory_free_bytes,
+                  msg.memory_total_bytes, links)
+
+
+def in_force(decision: Decision) -> str:
+    """How the plan in force fares on the fleet of a decision, for the log."""
+    current = decision.current
+    if current is None:
+        return "no plan in force"
+    if not current.feasible:
+        return f"the plan in force broke: {'; '.join(current.problems)}"
+    return f"the plan in force: {current.expected_latency_s * 1e3:.2f} ms"
+
+
+class CoordinatorNode(Node):
+    """Places ``model`` on the hosts advertising on ``adverts_topic`` and publishes plans on ``plan_topic``."""
+
+    def __init__(self, node_name: str = "coordinator", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self._model = declare(self, "model", "smollm2-135m-instruct", "Model id or folder whose modules are placed.")
+        adverts = declare(self, "adverts_topic", "/edge_lam/adverts", "ComputeAdvert topic of the host agents.")
+        plans = declare(self, "plan_topic", "/edge_lam/plan", "PlacementPlan topic (transient-local).")
+        gateway = declare(self, "gateway_host", "", "Host where requests enter and answers leave (the chain's source "
+                          "and sink); empty: the gateway's hops cost nothing.")
+        context = declare(self, "context_tokens", 2048, "Tokens of KV cache each module must have room for.")
+        wire = declare(self, "wire_dtype_bytes", 2, "Bytes per element of the hidden states between modules.")
+        policy = Policy(
+            host_timeout_s=declare(self, "host_timeout_s", 2.0, "A host whose last advert is older is gone."),
+            min_gain=declare(self, "min_gain", 0.1, "Move modules only for a plan faster by more than this fraction "
+                             "of the expected latency of the plan in force (hysteresis)."),
+            min_gain_s=declare(self, "min_gain_s", 0.0, "Move modules only for a plan faster by more than this many "
+                               "seconds per token, too."),
+            replan_period_s=declare(self, "replan_period_s", 1.0, "How often changes of load, memory or links are "
+                                    "re-evaluated (joins and leaves are at once)."),
+            settle_s=declare(self, "settle_s", 1.0, "After the first advert, wait this long for other hosts before "
+                             "the first plan."),
+        )
+        units, num_layers = model_chain(self._model, wire)
+        self._core = Coordinator(Chain(tuple(units), num_layers, gateway, context), policy)
+        self._version = 0
+        self._last_error = ""
+
+        self._plans = self.create_publisher(PlacementPlan, plans, LATCHED)
+        self._adverts = self.create_subscription(
+            ComputeAdvert, adverts, self.on_advert, ADVERTS_READER,
+            event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_liveliness_changed))
+        self._ticker = self.create_timer(TICK_S, self.on_tick)
+        self.get_logger().info(
+            f"placing {self._model} ({len(units)} units, {num_layers} layers) on hosts advertising on "
+            f"{self._adverts.topic_name}; plans on {self._plans.topic_name}; gateway "
+            f"{gateway or '(free hops)'}; hysteresis {policy.min_gain:.0%} / {policy.min_gain_s} s"
+        )
+
+    def on_advert(self, msg: ComputeAdvert) -> None:
+        try:
+            advert = from_advert_msg(msg)
+        except ValueError as error:
+            self.get_logger().warning(f"rejected advert: {error}", throttle_duration_sec=10.0)
+            return
+        self.act(self._core.advert(advert, time.monotonic()))
+
+    def on_liveliness_changed(self, info: QoSLivelinessChangedInfo) -> None:
+        if info.alive_count_change < 0 or info.not_alive_count_change > 0:
+            self.get_logger().info(f"an advert writer lost liveliness ({info.alive_count} alive); "
+                                   "the host that stops advertising is taken as gone")
+            self._core.liveliness_lost(time.monotonic())
+
+    def on_tick(self) -> None:
+        self.act(self._core.tick(time.monotonic()))
+
+    def act(self, decision: Decision | None) -> None:
+        """Publish a new plan, or say why the plan in force stays."""
+        if decision is None:
+            return
+        log = self.get_logger()
+        if decision.error:
+            if decision.error != self._last_error:
+                kept = f"keeping plan v{self._version}" if self._version else "no plan yet"
+                log.error(f"{decision.reason}: no feasible placement ({decision.error}); {kept}")
+            self._last_error = decision.error
+            return
+        self._last_error = ""
+        if decision.plan is None:
+            best = decision.best.expected_latency_s * 1e3 if decision.best else math.inf
+            message = f"{decision.reason}: keeping plan v{self._version} ({in_force(decision)}; best {best:.2f} ms)"
+            if decision.routine:  # a look every replan_period_s: kept plans are the rule, not news
+                log.debug(message)
+            else:
+                log.info(message)
+            return
+        self.publish(decision)
+
+    def publish(self, decision: Decision) -> None:
+        plan = decision.plan
+        assert plan is not None
+        core = self._core
+        assigned = assignments(plan, core.chain.units, decision.hosts, core.chain.num_layers)
+        self._version += 1
+        msg = PlacementPlan(plan_id=str(uuid.uuid4()), version=self._version, model_id=self._model,
+                            modules=[to_assignment_msg(a) for a in assigned],
+                            expected_latency_s=plan.expected_latency_s, solver=plan.solver)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._plans.publish(msg)
+        was = "" if decision.current is None else f"; {in_force(decision)}"
+        self.get_logger().info(
+            f"plan v{self._version} ({decision.reason}): {plan.expected_latency_s * 1e3:.2f} ms per token expected"
+            f"{was}; solver {plan.solver}; hosts {', '.join(core.host_ids)}\n{placement_table(plan, assigned)}"
+        )
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        with rclpy.init(args=args):
+            rclpy.spin(CoordinatorNode())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+if __name__ == "__main__":
+    main()
