@@ -36,6 +36,7 @@ setup(
             'scan_encoder = edge_lam.encoders.scan_node:main',
             'text_encoder = edge_lam.encoders.text_node:main',
             'reporter = edge_lam.encoders.reporter_node:main',
+            'coordinator = edge_lam.fleet.coordinator_node:main',
         ],
     },
 )
