@@ -37,6 +37,7 @@ setup(
             'text_encoder = edge_lam.encoders.text_node:main',
             'reporter = edge_lam.encoders.reporter_node:main',
             'coordinator = edge_lam.fleet.coordinator_node:main',
+            'host_agent = edge_lam.fleet.host_agent_node:main',
         ],
     },
 )

@@ -26,6 +26,8 @@ COMPONENTS = {
     "scan_encoder": "edge_lam.encoders.scan_node:ScanEncoderNode",
     "text_encoder": "edge_lam.encoders.text_node:TextEncoderNode",
     "reporter": "edge_lam.encoders.reporter_node:ReporterNode",
+    "host_agent": "edge_lam.fleet.host_agent_node:HostAgentNode",
+    "coordinator": "edge_lam.fleet.coordinator_node:CoordinatorNode",
 }
 
 

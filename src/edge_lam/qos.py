@@ -28,6 +28,7 @@ from rclpy.qos import (
 
 __all__ = [
     "ADVERTS",
+    "ADVERTS_READER",
     "ADVERT_LEASE_S",
     "CONTROL",
     "LATCHED",
@@ -90,4 +91,15 @@ ADVERTS = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
     liveliness=LivelinessPolicy.AUTOMATIC,
     liveliness_lease_duration=Duration(seconds=ADVERT_LEASE_S),
+)
+
+# Keep-last counts per topic, not per writer: in a depth-1 reader the adverts of hosts that arrive together would
+# overwrite each other, so readers keep room for a whole fleet's burst. Depth does not affect matching.
+ADVERTS_READER = QoSProfile(
+    depth=64,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+    liveliness=ADVERTS.liveliness,
+    liveliness_lease_duration=ADVERTS.liveliness_lease_duration,
 )

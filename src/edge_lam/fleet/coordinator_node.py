@@ -18,7 +18,6 @@ from edge_lam_msgs.msg import ComputeAdvert, PlacementPlan
 from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from edge_lam.fleet.coordination import Advert, Chain, Coordinator, Decision, Policy, placement_table
@@ -27,15 +26,10 @@ from edge_lam.parameters import declare
 from edge_lam.placement.assignments import assignments
 from edge_lam.placement.plan_messages import to_assignment_msg
 from edge_lam.placement.solver import Link, Unit, chain_units
-from edge_lam.qos import ADVERTS, LATCHED
+from edge_lam.qos import ADVERTS_READER, LATCHED
 
 TICK_S = 0.1  # how often timeouts and the settling are checked; a look at the fleet costs far more than this check
 ROLES = {ComputeAdvert.ROLE_ROBOT: "robot", ComputeAdvert.ROLE_EDGE: "edge", ComputeAdvert.ROLE_CLOUD: "cloud"}
-# Keep-last counts per topic, not per writer: in a depth-1 reader the adverts of hosts that arrive together would
-# overwrite each other, so the coordinator reads with room for a whole fleet's burst. Depth does not affect matching.
-ADVERTS_READER = QoSProfile(depth=64, history=ADVERTS.history, reliability=ADVERTS.reliability,
-                            durability=ADVERTS.durability, liveliness=ADVERTS.liveliness,
-                            liveliness_lease_duration=ADVERTS.liveliness_lease_duration)
 
 
 def model_chain(model: str, wire_dtype_bytes: int) -> tuple[list[Unit], int]:

@@ -1,0 +1,348 @@
+"""Host agents: the pure cores (load, memory, plan bookkeeping, link probes), then real agent processes driven over
+DDS: adverts with scaled compute and links, a plan that loads a shard which serves packets and a newer plan that
+unloads it, and the load_module / unload_module services, which refuse bad requests."""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import uuid
+
+import pytest
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from edge_lam_msgs.msg import ChainPacket, ComputeAdvert, ModuleAssignment, PlacementPlan, Vocabulary
+from edge_lam_msgs.srv import LoadModule, UnloadModule
+from rclpy.qos import QoSProfile
+
+import edge_lam
+from conftest import Processes, finish
+from edge_lam.fleet.host_agent_node import yaml_parameters
+from edge_lam.fleet.host_state import (
+    PlanOrder,
+    ShardLoad,
+    cpu_sample,
+    load_between,
+    mem_available_bytes,
+    plan_changes,
+)
+from edge_lam.fleet.link_probe import BULK_PROBE_BYTES, SMALL_PROBE_BYTES, LinkProber, parse_emulated_links
+from edge_lam.placement.assignments import ShardGroup, assignments
+from edge_lam.placement.plan_messages import to_assignment_msg
+from edge_lam.placement.solver import Host, llama_units, solve
+from edge_lam.qos import ADVERTS, LATCHED, TENSORS, VOCABULARIES
+from edge_lam.tensor_codec import to_msg, to_torch
+from ros_client import RosClient
+
+SMOLLM2 = {"hidden_size": 576, "num_layers": 30, "vocab_size": 49152, "intermediate_size": 1536, "num_heads": 9,
+           "num_kv_heads": 3}
+WHOLE_MODEL = ("embedding", "blocks_0_30", "head")
+
+# -- pure cores --------------------------------------------------------------------------------------------------
+
+
+def stat(user: int, system: int, idle: int, iowait: int = 0) -> str:
+    return f"cpu  {user} 0 {system} {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\nintr 1 2\n"
+
+
+def test_load_is_the_busy_share_of_all_cores_less_the_agents_own():
+    earlier = cpu_sample(stat(100, 100, 800, 50), own_s=1.0, ticks_per_s=100)
+    # 200 ticks pass on all cores (2 s of CPU): 120 busy, of which 0.4 s are the agent's own
+    later = cpu_sample(stat(200, 120, 860, 70), own_s=1.4, ticks_per_s=100)
+    assert later.total_s - earlier.total_s == pytest.approx(2.0)
+    assert load_between(earlier, later) == pytest.approx((1.2 - 0.4) / 2.0)
+    assert load_between(earlier, cpu_sample(stat(200, 120, 860, 70), own_s=9.0, ticks_per_s=100)) == 0.0
+    assert load_between(earlier, earlier) == 0.0
+    with pytest.raises(ValueError, match="cpu"):
+        cpu_sample("intr 1 2\n", 0.0, 100)
+
+
+def test_memory_available_comes_from_meminfo():
+    text = "MemTotal:       24000000 kB\nMemFree:         1000 kB\nMemAvailable:   20000000 kB\n"
+    assert mem_available_bytes(text) == 20_000_000 * 1024
+    with pytest.raises(ValueError, match="MemAvailable"):
+        mem_available_bytes("MemTotal: 1 kB\n")
+
+
+def test_plans_older_than_the_newest_seen_are_ignored():
+    order = PlanOrder()
+    assert order.accept("coord_a", 3, stamp_ns=100)
+    assert not order.accept("coord_a", 3, stamp_ns=200)  # the same version again (a latched replay)
+    assert not order.accept("coord_a", 2, stamp_ns=300)
+    assert order.accept("coord_a", 4, stamp_ns=150)
+    assert not order.accept("coord_b", 9, stamp_ns=120)  # another coordinator's plan, made earlier
+    assert order.accept("coord_b", 0, stamp_ns=400)  # a standby taking over, with its own count
+    assert not order.accept("coord_a", 5, stamp_ns=390)
+
+
+def shard(modules: tuple[str, ...], start: str, end: str, memory: int = 10, model: str = "m") -> ShardLoad:
+    return ShardLoad(ShardGroup(modules, start, end, memory), model)
+
+
+def test_a_new_plan_touches_only_the_shards_that_change():
+    head = shard(("blocks:20:30", "head"), "chain/hidden_20", "chain/output")
+    embed = shard(("embedding", "blocks:0:10"), "chain/input", "chain/hidden_10")
+    running = {head.name: head, embed.name: embed}
+    # head stays (only its memory estimate changed), embed goes, a middle range comes
+    middle = shard(("blocks:10:20",), "chain/hidden_10", "chain/hidden_20")
+    head_again = shard(("blocks:20:30", "head"), "chain/hidden_20", "chain/output", memory=99)
+    changes = plan_changes(running, [middle, head_again])
+    assert changes.unload == (embed.name,)
+    assert changes.load == (middle,)
+    assert changes.keep == (head_again,)
+    assert head.module_ids == ("blocks_20_30", "head")
+    # the same modules from another model, or to other topics, are a different shard
+    other = shard(("blocks:20:30", "head"), "chain/hidden_20", "chain/output", model="other")
+    assert plan_changes(running, [other]).load == (other,)
+    assert set(plan_changes(running, [other]).unload) == {head.name, embed.name}
+    assert plan_changes(running, []).unload == (head.name, embed.name)
+
+
+def test_emulated_links_parse_and_bad_ones_are_refused():
+    assert parse_emulated_links(["edge_0:0.02:100e6", "tb3:1:2"]) == {"edge_0": (0.02, 1e8), "tb3": (1.0, 2.0)}
+    for bad in (["edge_0:0.02"], ["edge_0:x:1e6"], [":0.1:1e6"], ["a:-1:1e6"], ["a:0.1:0"], ["a:1:1", "a:2:2"]):
+        with pytest.raises(ValueError, match="emulated link"):
+            parse_emulated_links(bad)
+
+
+def test_a_probe_round_gives_latency_from_the_small_trip_and_bandwidth_from_the_bulk_one():
+    prober = LinkProber(timeout_s=1.0)
+    assert prober.due("b", 0.0)
+    prober.sent("b", seq=1, now_s=10.0)
+    assert not prober.due("b", 10.5)
+    assert not prober.answered("b", seq=99, now_s=10.01, measured_at_ns=0)  # not the probe in flight
+    assert prober.answered("b", seq=1, now_s=10.002, measured_at_ns=0)  # small answered: bulk next
+    prober.sent("b", seq=2, now_s=10.002, bulk=True)
+    assert not prober.answered("b", seq=2, now_s=10.012, measured_at_ns=7)
+    measure = prober.measures["b"]
+    assert measure.latency_s == pytest.approx(0.001)
+    assert measure.bandwidth_bps == pytest.approx((BULK_PROBE_BYTES - SMALL_PROBE_BYTES) * 8 / 0.008)
+    assert measure.measured_at_ns == 7
+    prober.sent("b", seq=3, now_s=20.0)
+    assert prober.due("b", 21.5)  # unanswered past the time-out: a new round may start
+    for seq, small_rtt_s, bulk_rtt_s in ((4, 0.005, 0.011), (6, 0.003, 0.009)):  # noise, then a faster bulk
+        prober.sent("b", seq=seq, now_s=30.0)
+        prober.answered("b", seq=seq, now_s=30.0 + small_rtt_s, measured_at_ns=0)
+        prober.sent("b", seq=seq + 1, now_s=31.0, bulk=True)
+        prober.answered("b", seq=seq + 1, now_s=31.0 + bulk_rtt_s, measured_at_ns=seq)
+    assert prober.measures["b"].latency_s == pytest.approx(0.001)  # the least round trips of the last rounds
+    assert prober.measures["b"].bandwidth_bps == pytest.approx(measure.bandwidth_bps * 0.008 / 0.007)
+    prober.forget("b")
+    assert "b" not in prober.measures
+
+
+def test_yaml_parameters_become_overrides_and_bad_yaml_is_refused():
+    parameters = yaml_parameters("num_threads: 2\nmodel: {name: x}\nwords: [a, b]\n")
+    assert {p.name: p.value for p in parameters} == {"num_threads": 2, "model.name": "x", "words": ["a", "b"]}
+    assert yaml_parameters("") == []
+    for bad, why in (("a: [", "not valid YAML"), ("- 1", "mapping"), ("a: [1, x]", "'a'"), ("a:", "'a'")):
+        with pytest.raises(ValueError, match=why):
+            yaml_parameters(bad)
+
+
+# -- agents over DDS ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def agent_imports_this_checkout(monkeypatch):
+    """Agent processes import the same edge_lam as the tests (host_agent is not an installed executable yet)."""
+    source = str(pathlib.Path(edge_lam.__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])))
+
+
+def start_agent(processes: Processes, namespace: str, host_id: str, *params: str) -> subprocess.Popen:
+    args = ["-r", f"__ns:=/{namespace}", "-r", f"__node:=agent_{host_id}", "-p", f"host_id:={host_id}",
+            "-p", f"adverts_topic:=/{namespace}/adverts", "-p", f"plan_topic:=/{namespace}/plan"]
+    for param in params:
+        args += ["-p", param]
+    return processes.start(sys.executable, "-m", "edge_lam.fleet.host_agent_node", "--ros-args", *args)
+
+
+def wait(client: RosClient, done, timeout_s: float, *agents: subprocess.Popen) -> None:
+    """Spin until ``done()``; fail with the output of an agent that ended, or on the time-out."""
+    def settled() -> bool:
+        return done() or any(a.poll() is not None for a in agents)
+
+    finished = client.spin_until(settled, timeout_s)
+    for agent in agents:
+        if agent.poll() is not None:
+            pytest.fail(f"an agent ended (rc {agent.returncode}):\n{finish(agent, 5)[1]}")
+    assert finished, f"timed out after {timeout_s} s"
+
+
+def latest(adverts: list[ComputeAdvert], host_id: str) -> ComputeAdvert | None:
+    return next((a for a in reversed(adverts) if a.host_id == host_id), None)
+
+
+def status(arrays: list[DiagnosticArray], name: str) -> DiagnosticStatus | None:
+    """The newest status of that name among the arrays received."""
+    return next((s for a in reversed(arrays) for s in a.status if s.name == name), None)
+
+
+@pytest.fixture
+def client():
+    namespace = f"agent_{uuid.uuid4().hex[:8]}"
+    ros = RosClient("host_agent_test", namespace)
+    yield ros, namespace
+    ros.close()
+
+
+def test_agents_advertise_scaled_compute_memory_and_links(processes, client):
+    ros, ns = client
+    adverts = ros.collect(ComputeAdvert, f"/{ns}/adverts", ADVERTS)
+    fast = start_agent(processes, ns, "fast", "role:=edge", "link_probe_period_s:=1.0")
+    # one after the other: on two cores, an agent measuring while the other starts up would measure the contention
+    wait(ros, lambda: latest(adverts, "fast") is not None, 60, fast)
+    slow = start_agent(processes, ns, "slow", "role:=robot", "compute_scale:=0.25", "battery_fraction:=0.8",
+                       "memory_limit_bytes:=3000000000", "emulated_links:=['fast:0.02:100e6']")
+
+    def measured() -> bool:
+        advert = latest(adverts, "fast")
+        return advert is not None and latest(adverts, "slow") is not None and \
+            any(link.peer_host_id == "slow" for link in advert.links)
+
+    wait(ros, measured, 60, fast, slow)
+    ros.spin_for(1.0)  # a few more rounds: the slow agent hears the fast one and still keeps its emulated link
+    f, s = latest(adverts, "fast"), latest(adverts, "slow")
+    assert 2.0 < f.compute_gflops / s.compute_gflops < 8.0, (f.compute_gflops, s.compute_gflops)
+    assert f.role == ComputeAdvert.ROLE_EDGE and s.role == ComputeAdvert.ROLE_ROBOT
+    assert math.isnan(f.battery_fraction) and s.battery_fraction == pytest.approx(0.8)
+    assert s.memory_total_bytes == s.memory_free_bytes == 3_000_000_000
+    assert 0 < f.memory_total_bytes == f.memory_free_bytes
+    assert 0.0 <= f.load <= 1.0 and list(f.modules_hosted) == list(s.modules_hosted) == []
+    assert [(k.peer_host_id, k.latency_s, k.bandwidth_bps) for k in s.links] == [("fast", 0.02, 100e6)]
+    (link,) = f.links
+    assert 0.0 < link.latency_s < 0.5 and link.bandwidth_bps > 1e6, (link.latency_s, link.bandwidth_bps)
+    assert link.measured_at.sec > 0
+
+
+def whole_model_plan(host_id: str, version: int, plan_id: str, ros: RosClient, model_id: str = "") -> PlacementPlan:
+    """All of SmolLM2 on one host, through the solver and assignments like the coordinator's plans."""
+    units = llama_units(**SMOLLM2)
+    hosts = [Host(host_id, gflops=10.0, memory_free_bytes=4 * 2**30)]
+    solved = solve(units, hosts, [], source_host=host_id, sink_host=host_id, context_tokens=256)
+    plan = PlacementPlan(plan_id=plan_id, version=version, model_id=model_id, solver=solved.solver,
+                         expected_latency_s=solved.expected_latency_s,
+                         modules=[to_assignment_msg(a) for a in assignments(solved, units, hosts, 30)])
+    plan.header.stamp = ros.node.get_clock().now().to_msg()
+    return plan
+
+
+def test_a_plan_loads_a_shard_that_serves_and_a_newer_plan_unloads_it(processes, client):
+    ros, ns = client
+    adverts = ros.collect(ComputeAdvert, f"/{ns}/adverts", ADVERTS)
+    diagnostics = ros.collect(DiagnosticArray, "/diagnostics", QoSProfile(depth=50))
+    output = ros.collect(ChainPacket, "chain/output", TENSORS)
+    agent = start_agent(processes, ns, "solo", "memory_limit_bytes:=4000000000")
+    plans = ros.publisher(PlacementPlan, f"/{ns}/plan", LATCHED)
+    plan_id = uuid.uuid4().hex
+    plan = whole_model_plan("solo", 1, plan_id, ros)
+    assert [m.module_id for m in plan.modules] == list(WHOLE_MODEL)
+    plans.publish(plan)
+
+    def hosting(modules: tuple[str, ...]):
+        return lambda: (a := latest(adverts, "solo")) is not None and tuple(a.modules_hosted) == modules
+
+    wait(ros, hosting(WHOLE_MODEL), 60, agent)
+    advert = latest(adverts, "solo")
+    assert advert.memory_free_bytes == 4_000_000_000 - sum(m.memory_bytes for m in plan.modules)
+    shard_name = f"/{ns}/shard_embedding_blocks_0_30_head"
+    wait(ros, lambda: (s := status(diagnostics, shard_name)) is not None and s.level == DiagnosticStatus.OK, 10)
+    assert status(diagnostics, f"/{ns}/agent_solo").level == DiagnosticStatus.OK
+
+    chain = ros.publisher(ChainPacket, "chain/input", TENSORS)
+    chain.publish(ChainPacket(session_id="probe-1", release=True))
+    step = ChainPacket(request_id="r1", session_id="s1", reset=True,
+                       tensors=[to_msg(torch.tensor([[1, 504, 3953]]), "input_ids")])
+    chain.publish(step)
+    wait(ros, lambda: len(output) >= 2, 30, agent)
+    released, answered = output[:2]
+    assert released.release and released.session_id == "probe-1"
+    assert answered.error_code == ChainPacket.ERROR_NONE, answered.error_message
+    (next_token,) = answered.tensors
+    assert next_token.name == "next_token" and 0 <= int(to_torch(next_token).item()) < SMOLLM2["vocab_size"]
+    assert {t.host_id for t in answered.timings} == {"solo"}
+
+    elsewhere = whole_model_plan("other_host", 2, plan_id, ros)
+    plans.publish(elsewhere)
+    wait(ros, hosting(()), 30, agent)
+    assert latest(adverts, "solo").memory_free_bytes == 4_000_000_000
+    diagnostics.clear()
+    wait(ros, lambda: status(diagnostics, f"/{ns}/agent_solo") is not None, 5, agent)
+    assert status(diagnostics, shard_name) is None
+
+    # a model that cannot load: the failure is on /diagnostics and the agent carries on
+    plans.publish(whole_model_plan("solo", 3, plan_id, ros, model_id="no-such-model"))
+    wait(ros, lambda: (s := status(diagnostics, shard_name)) is not None and s.level == DiagnosticStatus.ERROR,
+         30, agent)
+    assert "no-such-model" in status(diagnostics, shard_name).message
+    adverts.clear()
+    wait(ros, lambda: latest(adverts, "solo") is not None, 5, agent)
+    assert list(latest(adverts, "solo").modules_hosted) == []
+
+
+def call(ros: RosClient, service, request, agent: subprocess.Popen):
+    future = service.call_async(request)
+    wait(ros, future.done, 60, agent)
+    return future.result()
+
+
+def load_request(kind: int, module_id: str = "", layers: tuple[int, int] = (0, 0), topics: tuple[str, str] = ("", ""),
+                 yaml: str = "", memory_bytes: int = 0) -> LoadModule.Request:
+    module = ModuleAssignment(module_id=module_id, kind=kind, layer_start=layers[0], layer_end=layers[1],
+                              input_topic=topics[0], output_topic=topics[1], memory_bytes=memory_bytes)
+    return LoadModule.Request(module=module, parameters_yaml=yaml)
+
+
+def test_load_module_and_unload_module_serve_good_requests_and_refuse_bad_ones(processes, client):
+    ros, ns = client
+    adverts = ros.collect(ComputeAdvert, f"/{ns}/adverts", ADVERTS)
+    vocabularies = ros.collect(Vocabulary, "tokens/odometry/vocabulary", VOCABULARIES)
+    agent = start_agent(processes, ns, "svc", "memory_limit_bytes:=2000000000")
+    load = ros.node.create_client(LoadModule, f"/{ns}/agent_svc/load_module")
+    unload = ros.node.create_client(UnloadModule, f"/{ns}/agent_svc/unload_module")
+    wait(ros, lambda: load.service_is_ready() and unload.service_is_ready(), 60, agent)
+    blocks = {"module_id": "blocks_0_2", "layers": (0, 2), "topics": ("chain/hidden_0", "chain/hidden_2")}
+
+    refused = {
+        "kind 9": load_request(9, "x"),
+        "valid YAML": load_request(ModuleAssignment.KIND_BLOCKS, **blocks, yaml="a: ["),
+        "mapping": load_request(ModuleAssignment.KIND_BLOCKS, **blocks, yaml="- 1"),
+        "names no component": load_request(ModuleAssignment.KIND_ENCODER, "warp_drive"),
+        "does not match": load_request(ModuleAssignment.KIND_BLOCKS, "blocks_0_3", (0, 2), blocks["topics"]),
+        "bad layer range": load_request(ModuleAssignment.KIND_BLOCKS, "", (4, 2), blocks["topics"]),
+        "needs an input_topic": load_request(ModuleAssignment.KIND_BLOCKS, "blocks_0_2", (0, 2)),
+    }
+    for why, request in refused.items():
+        answer = call(ros, load, request, agent)
+        assert not answer.success and why in answer.message, (why, answer.message)
+    answer = call(ros, unload, UnloadModule.Request(module_id="blocks_0_2"), agent)
+    assert not answer.success and "not hosted" in answer.message
+
+    good = load_request(ModuleAssignment.KIND_BLOCKS, **blocks, yaml="num_threads: 1", memory_bytes=1000)
+    answer = call(ros, load, good, agent)
+    assert answer.success, answer.message
+    answer = call(ros, load, good, agent)
+    assert not answer.success and "already hosted" in answer.message
+    encoder = load_request(ModuleAssignment.KIND_ENCODER, "odometry_encoder:odom_enc",
+                           yaml="speed_names: [crawl, dash]")
+    answer = call(ros, load, encoder, agent)
+    assert answer.success, answer.message
+    wait(ros, lambda: bool(vocabularies), 10, agent)
+    assert "forward-crawl" in " ".join(vocabularies[-1].words)  # the YAML reached the encoder
+    adverts.clear()
+    wait(ros, lambda: latest(adverts, "svc") is not None, 5, agent)
+    advert = latest(adverts, "svc")
+    assert set(advert.modules_hosted) == {"blocks_0_2", "odometry_encoder:odom_enc"}
+    assert advert.memory_free_bytes == 2_000_000_000 - 1000
+
+    for module_id in ("blocks_0_2", "odometry_encoder:odom_enc"):
+        answer = call(ros, unload, UnloadModule.Request(module_id=module_id), agent)
+        assert answer.success, answer.message
+    adverts.clear()
+    wait(ros, lambda: latest(adverts, "svc") is not None, 5, agent)
+    assert list(latest(adverts, "svc").modules_hosted) == []
+    assert latest(adverts, "svc").memory_free_bytes == 2_000_000_000
