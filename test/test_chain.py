@@ -9,16 +9,15 @@ import uuid
 
 import numpy as np
 import pytest
-import rclpy
-import torch
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
 from edge_lam_msgs.srv import Generate
 
 from conftest import REPO, REPORTED, Processes, finish
-from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.qos import CONTROL, TENSORS
 from edge_lam.tensor_codec import to_msg
+from model_reference import greedy_tokens
+from ros_client import RosClient
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 PARAMS = REPO / "config" / "smollm2_chain.yaml"
@@ -26,15 +25,11 @@ PROMPTS = ["What is a robot?", "Name three colors.", "Write one sentence about t
 MAX_NEW = 20
 
 
-class Client:
+class Client(RosClient):
     """A node in the test process that talks to the gateway and to the chain's topics."""
 
     def __init__(self, namespace: str) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("chain_test_client", namespace=namespace, context=self.context)
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("chain_test_client", namespace)
         self.generate_client = self.node.create_client(Generate, "generate")
         self.results: list[InferenceResult] = []
         self.chain_output: list[ChainPacket] = []
@@ -42,14 +37,6 @@ class Client:
         self.node.create_subscription(ChainPacket, "chain/output", self.chain_output.append, TENSORS)
         self.requests = self.node.create_publisher(InferenceRequest, "requests", CONTROL)
         self.publishers = {}
-
-    def spin_until(self, done, timeout_s: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                return False
-            self.executor.spin_once(timeout_sec=0.05)
-        return True
 
     def generate(self, prompt: str = "", max_new_tokens: int = MAX_NEW, **fields) -> InferenceResult:
         call = Generate.Request()
@@ -66,11 +53,6 @@ class Client:
             self.publishers[topic] = self.node.create_publisher(ChainPacket, topic, TENSORS)
             assert self.spin_until(lambda: self.publishers[topic].get_subscription_count() > 0, 30)
         self.publishers[topic].publish(packet)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
 
 def start_chain(processes: Processes, namespace: str, wire_dtype: str) -> None:
@@ -133,15 +115,7 @@ def test_the_gateway_serves_only_once_every_hop_is_connected(processes):
 @pytest.fixture(scope="module")
 def reference():
     """Greedy answers of the whole model in this process, as the gateway would build the prompt."""
-    model, tokenizer = load_model("smollm2-135m-instruct"), load_tokenizer("smollm2-135m-instruct")
-    answers = {}
-    for prompt in PROMPTS:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.inference_mode():
-            out = model.generate(ids, max_new_tokens=MAX_NEW, do_sample=False)
-        answers[prompt] = out[0, ids.shape[1]:].tolist()
-    return answers
+    return greedy_tokens(PROMPTS, MAX_NEW)
 
 
 def test_split_chain_gives_the_whole_models_greedy_tokens(chain, reference):

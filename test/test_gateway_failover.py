@@ -8,13 +8,12 @@ import signal
 import uuid
 
 import pytest
-import torch
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import InferenceRequest, InferenceResult
 
 from conftest import REPORTED
-from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.qos import CONTROL
+from model_reference import greedy_tokens
 from ros_client import RosClient
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
@@ -26,14 +25,7 @@ PROMPTS = ["Name three things a delivery robot checks before leaving.", "Why do 
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, list[int]]:
-    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
-    answers = {}
-    for prompt in PROMPTS:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.inference_mode():
-            answers[prompt] = model.generate(ids, max_new_tokens=MAX_NEW, do_sample=False)[0, ids.shape[1]:].tolist()
-    return answers
+    return greedy_tokens(PROMPTS, MAX_NEW)
 
 
 def test_requests_in_flight_survive_a_killed_shard(processes, reference):
