@@ -64,6 +64,8 @@ def inputs(count: int) -> dict[str, list]:
                             data=rgb.tobytes(), header=jpeg.header))
     odometry = bag_messages(evo_bags_dir() / "nav2_turtlebot.mcap", "/odom", Odometry, count)
     imu, scans = [], []
+    angles = np.linspace(-math.pi, math.pi, 360, endpoint=False)
+    room = np.minimum(3.0 / np.maximum(np.abs(np.cos(angles)), np.abs(np.sin(angles))), 8.0)  # a 6 m square room
     for i, odom in enumerate(odometry):
         msg = Imu(header=odom.header)
         msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + i // 100, (i % 100) * 10_000_000  # 100 Hz
@@ -72,9 +74,8 @@ def inputs(count: int) -> dict[str, list]:
         msg.linear_acceleration.z = 9.80665
         imu.append(msg)
         odom.header.stamp = msg.header.stamp  # the bag loops for long runs: keep stamps increasing
-        angles = np.linspace(-math.pi, math.pi, 360, endpoint=False)
-        ranges = np.minimum(3.0 / np.maximum(np.abs(np.cos(angles)), np.abs(np.sin(angles))), 8.0)  # a 6 m room
-        ranges[(i % 360):(i % 360) + 8] = 0.45
+        ranges = room.copy()
+        ranges[(i % 360):(i % 360) + 8] = 0.45  # an obstacle that moves round the robot
         scans.append(LaserScan(header=msg.header, angle_min=-math.pi, angle_increment=2 * math.pi / 360,
                                angle_max=-math.pi + 359 * 2 * math.pi / 360, range_min=0.1, range_max=10.0,
                                ranges=ranges.astype(np.float32).tolist()))

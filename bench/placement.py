@@ -44,9 +44,8 @@ PROMPT_TOKENS, NEW_TOKENS = 64, 32
 TOKEN_ID_BYTES = 8
 
 
-def measure_modules(repeats: int = 20) -> tuple[list[float], list[float]]:
+def measure_modules(model, repeats: int = 20) -> tuple[list[float], list[float]]:
     """Seconds per unit (embedding, each block, head) for one decode step and for a 64-token prefill, at 1x."""
-    model = load_model(MODEL)
     layers = model.config.num_hidden_layers
     specs = ["embedding", *(f"blocks:{i}:{i + 1}" for i in range(layers)), "head"]
     core = ShardCore(model, [ModuleSpec.parse(s) for s in specs])
@@ -136,12 +135,12 @@ def main() -> int:
     parser.add_argument("--json", type=pathlib.Path, help="write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    decode_s, prefill_s = measure_modules()
-    encode_s = measure_encoder()
     model = load_model(MODEL)
     base = chain_units(model, wire_dtype_bytes=2)
     num_layers = model.config.num_hidden_layers
+    decode_s, prefill_s = measure_modules(model)
     del model
+    encode_s = measure_encoder()
     decode_units = calibrated(base, decode_s, 1)
     prefill_units = calibrated(base, prefill_s, PROMPT_TOKENS)
     n = len(base)
