@@ -13,10 +13,9 @@ import pytest
 import torch
 import yaml
 from ament_index_python.packages import get_package_prefix
-from edge_lam_msgs.msg import InferenceRequest, InferenceResult
+from edge_lam_msgs.msg import InferenceRequest, InferenceResult, Report
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import LaserScan
-from std_msgs.msg import String
 
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.qos import CONTROL, TOKENS
@@ -80,7 +79,7 @@ def test_sensor_tokens_become_a_prompt_and_the_model_reports_on_them(graph):
     client = graph
     requests = client.collect(InferenceRequest, "requests", CONTROL)
     results = client.collect(InferenceResult, "results", CONTROL)
-    reports = client.collect(String, "reports", CONTROL)
+    reports = client.collect(Report, "reports", CONTROL)
     odometry = client.publisher(Odometry, "odom", TOKENS, timeout_s=60)
     scans = client.publisher(LaserScan, "scan", TOKENS, timeout_s=60)
     step = 0
@@ -103,4 +102,16 @@ def test_sensor_tokens_become_a_prompt_and_the_model_reports_on_them(graph):
     prompt = next(r.prompt for r in requests if r.request_id == answered)
     assert "- odometry (odometry): forward-fast none" in prompt, prompt
     assert "- scan (scan): front 0.3-0.6m" in prompt, prompt
-    assert reports[0].data and reports[0].data == greedy(prompt), (reports[0].data, prompt)
+    report = reports[0]
+    assert report.request_id == answered and report.prompt == prompt and not report.error_code
+    assert report.text and report.text == greedy(prompt), (report.text, prompt)
+    assert report.sources == ["odometry/odometry", "scan/scan"] and report.robot_id == "robot"
+
+    # Where the time went: the encoders' own time, every module of the chain, and stages that add up to the total.
+    stages = {t.stage: t for t in report.timings}
+    assert 0 < stages["encode"].seconds < 1.0
+    assert {"module:embedding", "module:blocks_0_30", "module:head"} <= set(stages)
+    parts = sum(t.seconds for t in report.timings if t.stage != "total")
+    assert stages["total"].seconds == pytest.approx(parts, rel=1e-6)
+    assert stages["total"].seconds == pytest.approx(stages["encode"].seconds + report.latency_s, rel=1e-6)
+    assert stages["module:blocks_0_30"].seconds > stages["module:embedding"].seconds  # 30 blocks vs. a lookup

@@ -75,6 +75,7 @@ class EncoderNode(Node):
             msg.header = header
         else:
             msg.header.stamp = self.get_clock().now().to_msg()
+        msg.encode_seconds = time.perf_counter() - started
         self._tokens_pub.publish(msg)
         self.published += 1
         self.record(started)

@@ -2,7 +2,7 @@
 
 Subscribes ``tokens/<modality>`` and the latched ``tokens/<modality>/vocabulary`` for each configured modality,
 sends an InferenceRequest to the gateway every ``period_s`` when there is something new, and publishes each
-finished answer on ``reports`` (and logs it with its latency). One request is in flight at a time: a tick that
+answer as a ``Report`` on ``reports``, with where its time went (encoding, each module, transfer), and logs it. One request is in flight at a time: a tick that
 finds the previous one unanswered is skipped and logged, so a slow model does not build a backlog; a request
 unanswered after ``answer_timeout_s`` is given up (logged) so that a lost gateway does not stop reports for good.
 """
@@ -11,19 +11,32 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import rclpy
-from edge_lam_msgs.msg import InferenceRequest, InferenceResult, SemanticTokens
+from edge_lam_msgs.msg import InferenceRequest, InferenceResult, Report, SemanticTokens, StageTiming
 from edge_lam_msgs.msg import Vocabulary as VocabularyMsg
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from std_msgs.msg import String
 
+from edge_lam.encoders.report_timings import Stage, report_timings
 from edge_lam.encoders.token_messages import from_semantic_tokens, from_vocabulary_msg
 from edge_lam.encoders.tokens import Vocabulary
 from edge_lam.encoders.verbalize import DEFAULT_INSTRUCTION, Observation, report_prompt
 from edge_lam.parameters import declare
 from edge_lam.qos import CONTROL, TOKENS, VOCABULARIES
+
+
+@dataclass
+class Pending:
+    """The request in flight, with what the report will say about where it came from."""
+
+    request: InferenceRequest
+    sent: float
+    robot_id: str
+    sources: list[str]
+    encode_s: dict[str, float]
+    chunks: list[str] = field(default_factory=list)
 
 
 class ReporterNode(Node):
@@ -46,13 +59,12 @@ class ReporterNode(Node):
         self._vocabularies: dict[tuple[str, str], Vocabulary] = {}
         self._newest: dict[tuple[str, str], tuple[float, SemanticTokens]] = {}
         self._reported_up_to = 0.0
-        self._pending: tuple[str, float, list[str]] | None = None
-        self.reports: list[str] = []
+        self._pending: Pending | None = None
         for modality in modalities:
             self.create_subscription(SemanticTokens, f"tokens/{modality}", self.remember, TOKENS)
             self.create_subscription(VocabularyMsg, f"tokens/{modality}/vocabulary", self.learn, VOCABULARIES)
         self._requests = self.create_publisher(InferenceRequest, requests, CONTROL)
-        self._reports = self.create_publisher(String, "reports", CONTROL)
+        self._reports = self.create_publisher(Report, "reports", CONTROL)
         self.create_subscription(InferenceResult, results, self.collect, CONTROL)
         self.create_timer(period_s, self.ask)
         self.get_logger().info(f"reporting on {', '.join(modalities)} every {period_s:g} s via {requests}")
@@ -63,54 +75,66 @@ class ReporterNode(Node):
     def remember(self, msg: SemanticTokens) -> None:
         self._newest[(msg.modality, msg.sensor)] = (time.monotonic(), msg)
 
-    def observations(self) -> list[Observation]:
+    def observations(self) -> list[tuple[Observation, SemanticTokens]]:
         """The newest tokens of each sensor that are recent enough and whose vocabulary is known."""
         now, found = time.monotonic(), []
         for (modality, sensor), (received, msg) in self._newest.items():
             vocabulary = self._vocabularies.get((msg.encoder, msg.encoder_version))
             if now - received > self._max_age_s or vocabulary is None:
                 continue
-            found.append(Observation(modality, sensor, from_semantic_tokens(msg), vocabulary))
+            found.append((Observation(modality, sensor, from_semantic_tokens(msg), vocabulary), msg))
         return found
 
     def ask(self) -> None:
         newest = max((received for received, _ in self._newest.values()), default=0.0)
         if newest <= self._reported_up_to:
             return
-        if self._pending is not None and time.monotonic() - self._pending[1] > self._answer_timeout_s:
-            self.get_logger().error(f"{self._pending[0]} got no answer in {self._answer_timeout_s:g} s; giving up")
+        if self._pending is not None and time.monotonic() - self._pending.sent > self._answer_timeout_s:
+            request_id = self._pending.request.request_id
+            self.get_logger().error(f"{request_id} got no answer in {self._answer_timeout_s:g} s; giving up")
             self._pending, self._reported_up_to = None, 0.0
         if self._pending is not None:
-            self.get_logger().warning(f"skipped a report: {self._pending[0]} is still being answered")
+            self.get_logger().warning(f"skipped a report: {self._pending.request.request_id} is still being answered")
             return
-        observations = self.observations()
-        if not observations:
+        found = self.observations()
+        if not found:
             return
         request = InferenceRequest()
         request.header.stamp = self.get_clock().now().to_msg()
         request.request_id = f"report-{uuid.uuid4().hex[:8]}"
-        request.prompt = report_prompt(observations, self._instruction)
+        request.prompt = report_prompt([observation for observation, _ in found], self._instruction)
         request.options.max_new_tokens = self._max_new_tokens
-        self._pending = (request.request_id, time.monotonic(), [])
+        encode_s: dict[str, float] = {}
+        for _, msg in found:
+            encode_s[msg.modality] = max(encode_s.get(msg.modality, 0.0), msg.encode_seconds)
+        self._pending = Pending(request, time.monotonic(), found[0][1].robot_id,
+                                sorted(f"{o.modality}/{o.sensor}" for o, _ in found), encode_s)
         self._reported_up_to = newest
         self._requests.publish(request)
 
     def collect(self, msg: InferenceResult) -> None:
-        if self._pending is None or msg.request_id != self._pending[0]:
+        pending = self._pending
+        if pending is None or msg.request_id != pending.request.request_id:
             return
-        request_id, sent, chunks = self._pending
-        chunks.append(msg.text)
+        pending.chunks.append(msg.text)
         if not msg.final:
             return
         self._pending = None
+        latency_s = time.monotonic() - pending.sent
+        report = Report(robot_id=pending.robot_id, request_id=msg.request_id, prompt=pending.request.prompt,
+                        sources=pending.sources, error_code=msg.error_code, error_message=msg.error_message,
+                        latency_s=latency_s)
+        report.header.stamp = self.get_clock().now().to_msg()
+        gateway = [Stage(t.stage, t.host_id, t.seconds) for t in msg.timings]
+        report.timings = [StageTiming(stage=t.stage, host_id=t.host_id, seconds=t.seconds)
+                          for t in report_timings(pending.encode_s, gateway, latency_s)]
         if msg.error_code:
-            self.get_logger().error(f"{request_id} failed ({msg.error_code}): {msg.error_message}")
+            self.get_logger().error(f"{msg.request_id} failed ({msg.error_code}): {msg.error_message}")
             self._reported_up_to = 0.0  # ask again at the next tick, with whatever is newest then
-            return
-        report = "".join(chunks).strip()
-        self.reports.append(report)
-        self._reports.publish(String(data=report))
-        self.get_logger().info(f"report after {time.monotonic() - sent:.2f} s: {report}")
+        else:
+            report.text = "".join(pending.chunks).strip()
+            self.get_logger().info(f"report after {latency_s:.2f} s: {report.text}")
+        self._reports.publish(report)
 
 
 def main(args: list[str] | None = None) -> None:
