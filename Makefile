@@ -1,4 +1,5 @@
-# edge_lam: `make test` runs the tests, after `make setup` has built everything that is missing.
+# edge_lam: `make demo` runs the main job and `make test` the tests, after `make setup` has built everything that
+# is missing.
 # Every step is skipped when its inputs have not changed, so a second `make setup` takes seconds.
 
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ MSG_SOURCES := $(wildcard msg/package.xml msg/CMakeLists.txt msg/msg/*.msg msg/s
 PKG_SOURCES := package.xml setup.py setup.cfg resource/edge_lam \
 	$(shell find src launch config -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: setup prepare test lint clean
+.PHONY: setup prepare demo test lint clean
 
 setup: $(BUILD_STAMP) prepare
 
@@ -38,11 +39,15 @@ $(DEPS_STAMP): $(VENV)/bin/python requirements.txt requirements-nodeps.txt const
 $(BUILD_STAMP): $(DEPS_STAMP) $(MSG_SOURCES) $(PKG_SOURCES)
 	@echo "[setup 3/4] colcon build: edge_lam_msgs (rosidl interfaces) and edge_lam"
 	$(ENV) && colcon --log-base log build --base-paths . msg --build-base build --install-base install
+	ln -sf ../../install/edge_lam/lib/edge_lam/edge-lam $(VENV)/bin/edge-lam  # `edge-lam` on the venv's PATH
 	touch $@
 
 prepare: $(BUILD_STAMP)
 	@echo "[setup 4/4] models and data in $${EDGE_LAM_CACHE:-.cache}"
 	$(ENV) && python -m edge_lam.cli prepare
+
+demo: setup
+	$(ENV) && edge-lam demo $(DEMO_ARGS)
 
 test: setup
 	$(ENV) && python -m pytest test

@@ -55,6 +55,56 @@ def record(args: argparse.Namespace) -> int:
         return 2
 
 
+def demo(args: argparse.Namespace) -> int:
+    from edge_lam.demo.run import DemoError, run_demo
+
+    try:
+        return run_demo(args)
+    except (DemoError, ValueError) as err:
+        print(f"edge-lam demo: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edge-lam demo: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+
+
+def add_demo(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="the whole graph on one machine: bags -> encoders -> tokens -> the LAM split over two hosts -> reports",
+        description="Run a robot host and an edge host as separate processes (a host agent each), the coordinator "
+        "that places the LAM's modules on them, the gateway, the encoders the bags need and the reporter; replay "
+        "the bags under the robot's namespace; every PERIOD seconds the model turns the newest semantic tokens into "
+        "a short report of what the robot sees and does. The console shows the placement, progress and each report "
+        "with its latency breakdown; at the end OUTPUT holds summary.json, latency_per_stage.png, placement.png and "
+        "every process's log. Exits 0 when every tick got its report, 1 otherwise.",
+    )
+    parser.add_argument("--bag", action="append", metavar="BAG",
+                        help="a rosbag2 bag (.mcap, .db3 or folder) to replay; repeatable (default: the bundled "
+                        "camera bag and the TurtleBot's Nav2 run with its odometry)")
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="model id from the cache, or a transformers folder (default smollm2-135m-instruct)")
+    parser.add_argument("--hosts", nargs="+", default=["robot:robot:0.5:320", "edge:edge:1.0:480"],
+                        metavar="NAME:ROLE:SCALE:MIB",
+                        help="emulated hosts: name, role (robot, edge or cloud), compute scale and memory offered "
+                        "to modules in MiB (default: robot:robot:0.5:320 edge:edge:1.0:480, so neither holds the "
+                        "whole model and the coordinator splits it); the gateway runs on the first non-robot host")
+    parser.add_argument("--robot-id", default="tb3", help="the robot's id and namespace (default tb3)")
+    parser.add_argument("--duration", type=float, default=40.0, metavar="S",
+                        help="seconds of bag to play; shorter bags loop (default 40)")
+    parser.add_argument("--start-offset", type=float, default=25.0, metavar="S",
+                        help="start the bags longer than S seconds S seconds in (default 25: where the TurtleBot "
+                        "starts turning)")
+    parser.add_argument("--period", type=float, default=5.0, metavar="S", help="seconds between reports (default 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=40, metavar="N",
+                        help="longest report, in tokens (default 40)")
+    parser.add_argument("--output", "-o", default="demo_output", metavar="DIR",
+                        help="folder for the summary, plots and logs (default demo_output)")
+    parser.add_argument("--params-file", metavar="YAML",
+                        help="node parameters (default: config/demo.yaml from the package's share folder)")
+    parser.set_defaults(run=demo)
+
+
 def add_replay(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "replay",
@@ -117,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "prepare", help="prepare models and data in the cache folder ($EDGE_LAM_CACHE); skips what is there"
     ).set_defaults(run=prepare)
+    add_demo(commands)
     add_replay(commands)
     add_record(commands)
     args = parser.parse_args(argv)

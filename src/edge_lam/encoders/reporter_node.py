@@ -1,10 +1,11 @@
 """Reporter node: the newest semantic tokens of each modality, verbalised, sent to the LAM every few seconds.
 
 Subscribes ``tokens/<modality>`` and the latched ``tokens/<modality>/vocabulary`` for each configured modality,
-sends an InferenceRequest to the gateway every ``period_s`` when there is something new, and publishes each
-answer as a ``Report`` on ``reports``, with where its time went (encoding, each module, transfer), and logs it. One request is in flight at a time: a tick that
-finds the previous one unanswered is skipped and logged, so a slow model does not build a backlog; a request
-unanswered after ``answer_timeout_s`` is given up (logged) so that a lost gateway does not stop reports for good.
+sends an InferenceRequest to the gateway every ``period_s`` when there is something new, and publishes each answer
+as a ``Report`` on ``reports``, with where its time went (encoding, each module, transfer), and logs it. One request
+is in flight at a time: a tick that finds the previous one unanswered is skipped and logged, so a slow model does
+not build a backlog; a request unanswered after ``answer_timeout_s`` is given up (logged) so that a lost gateway
+does not stop reports for good.
 """
 
 from __future__ import annotations

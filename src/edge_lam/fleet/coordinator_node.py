@@ -40,12 +40,14 @@ def model_chain(model: str, wire_dtype_bytes: int) -> tuple[list[Unit], int]:
     return chain_units(shapes, wire_dtype_bytes), config.get_text_config(decoder=True).num_hidden_layers
 
 
-def from_advert_msg(msg: ComputeAdvert) -> Advert:
-    """The advert as the core keeps it; link estimates not measured yet (no bandwidth) are left out."""
+def from_advert_msg(msg: ComputeAdvert, use_load: bool = True) -> Advert:
+    """The advert as the core keeps it; link estimates not measured yet (no bandwidth) are left out, and the load
+    too unless ``use_load``."""
     links = tuple(Link(msg.host_id, e.peer_host_id, e.latency_s, e.bandwidth_bps / 8)
                   for e in msg.links
                   if e.bandwidth_bps > 0 and math.isfinite(e.bandwidth_bps) and 0 <= e.latency_s < math.inf)
-    return Advert(msg.host_id, ROLES.get(msg.role, "edge"), msg.compute_gflops, msg.load, msg.memory_free_bytes,
+    return Advert(msg.host_id, ROLES.get(msg.role, "edge"), msg.compute_gflops, msg.load if use_load else 0.0,
+                  msg.memory_free_bytes,
                   msg.memory_total_bytes, links)
 
 
@@ -71,6 +73,8 @@ class CoordinatorNode(Node):
                           "and sink); empty: the gateway's hops cost nothing.")
         context = declare(self, "context_tokens", 2048, "Tokens of KV cache each module must have room for.")
         wire = declare(self, "wire_dtype_bytes", 2, "Bytes per element of the hidden states between modules.")
+        self._use_load = declare(self, "use_load", True, "Count each host's advertised load against its compute; "
+                                 "false when the hosts share one machine, where each one's load is the others' work.")
         policy = Policy(
             host_timeout_s=declare(self, "host_timeout_s", 2.0, "A host whose last advert is older is gone."),
             min_gain=declare(self, "min_gain", 0.1, "Move modules only for a plan faster by more than this fraction "
@@ -100,7 +104,7 @@ class CoordinatorNode(Node):
 
     def on_advert(self, msg: ComputeAdvert) -> None:
         try:
-            advert = from_advert_msg(msg)
+            advert = from_advert_msg(msg, self._use_load)
         except ValueError as error:
             self.get_logger().warning(f"rejected advert: {error}", throttle_duration_sec=10.0)
             return

@@ -11,7 +11,8 @@ the model) and happens in one loader thread; the built node comes back to the ex
 adds it to the executor (``Executor.add_node`` is thread-safe, but this way only one thread touches the agent's
 state). Unloading (``remove_node``, then ``destroy_node``) runs in the executor's thread, so that none of the
 component's callbacks can be running: spin the agent with a SingleThreadedExecutor, as ``main`` does. Components
-are built in the agent's namespace and, like rclcpp's container, ignore the process's command-line arguments, so
+are built in ``components_namespace`` (the agent's own by default: the chain's topics must meet there, so every
+agent of a fleet names the same one) and, like rclcpp's container, ignore the process's command-line arguments, so
 ``-r __node:=`` and ``-p`` given to the agent stay the agent's.
 
 The standard container services (composition_interfaces, for ``ros2 component load``) are not answered: that
@@ -125,6 +126,10 @@ class HostAgentNode(Node):
         adverts_topic = declare(self, "adverts_topic", "/edge_lam/adverts",
                                 "ComputeAdverts of every agent; link probes go on link_probe(_reply) beside it.")
         plan_topic = declare(self, "plan_topic", "/edge_lam/plan", "The coordinator's PlacementPlan (latched).")
+        namespace = declare(self, "components_namespace", "",
+                            "Namespace of the shards and components it runs, where the chain's topics meet (the "
+                            "same for every agent of a fleet, e.g. /edge_lam); empty for the agent's own.")
+        self._components_namespace = namespace or self.get_namespace()
         advert_period_s = declare(self, "advert_period_s", 0.5,
                                   "Period of adverts and /diagnostics; load is measured over it.")
         probe_period_s = declare(self, "link_probe_period_s", 5.0,
@@ -231,7 +236,7 @@ class HostAgentNode(Node):
             else:
                 level, message = DiagnosticStatus.WARN, "loading"
             array.status.append(DiagnosticStatus(
-                level=level, name=posixpath.join(self.get_namespace(), entry.name), hardware_id=self._host_id,
+                level=level, name=posixpath.join(self._components_namespace, entry.name), hardware_id=self._host_id,
                 message=message, values=[
                     KeyValue(key="modules", value=" ".join(entry.module_ids)),
                     KeyValue(key="memory_bytes", value=str(entry.memory_bytes)),
@@ -382,7 +387,7 @@ class HostAgentNode(Node):
             self.get_logger().info(f"{name} unloaded ({', '.join(entry.module_ids)})")
 
     def _build_component(self, kind: str, name: str, extra: list[Parameter]) -> Node:
-        return component_class(kind)(name, namespace=self.get_namespace(), use_global_arguments=False,
+        return component_class(kind)(name, namespace=self._components_namespace, use_global_arguments=False,
                                      parameter_overrides=extra)
 
     def _build_shard(self, shard: ShardLoad, extra: list[Parameter]) -> Node:
@@ -393,7 +398,7 @@ class HostAgentNode(Node):
             Parameter("modules", value=list(group.modules)), Parameter("input_topic", value=group.input_topic),
             Parameter("output_topic", value=group.output_topic),
         ]
-        return ShardNode(group.name, namespace=self.get_namespace(), use_global_arguments=False,
+        return ShardNode(group.name, namespace=self._components_namespace, use_global_arguments=False,
                          parameter_overrides=overrides)
 
     # -- services ------------------------------------------------------------------------------------------------

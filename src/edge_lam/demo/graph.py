@@ -1,0 +1,182 @@
+"""The demo's graph as plain values: which hosts, which bags, and the command line of every process it starts.
+
+The commands are what ``launch/demo.launch.py`` starts on a ROS install: installed executables (the ``ros2 run``
+way), parameters from ``config/demo.yaml``, and ``-p`` overrides for what differs per host. Robot nodes live in the
+robot's namespace (``/<robot_id>/tokens/<modality>``, ``/<robot_id>/reports``), each host agent in its host's, and
+the model's chain, the coordinator and the gateway in the fleet's (``/edge_lam``).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+
+__all__ = [
+    "SENSOR_TYPES",
+    "DemoConfig",
+    "HostSpec",
+    "ProcessSpec",
+    "SensorTopic",
+    "bag_sensors",
+    "demo_processes",
+    "replay_processes",
+]
+
+FLEET_NAMESPACE = "/edge_lam"
+EMPTY = "''"  # an empty string parameter on the command line (`-p name:=` alone does not parse)
+# Bag message types an encoder of the demo turns into tokens: type -> (modality, encoder executable).
+SENSOR_TYPES = {
+    "sensor_msgs/msg/CompressedImage": ("image", "camera_encoder"),
+    "sensor_msgs/msg/Image": ("image", "camera_encoder"),
+    "nav_msgs/msg/Odometry": ("odometry", "odometry_encoder"),
+    "sensor_msgs/msg/LaserScan": ("scan", "scan_encoder"),
+    "sensor_msgs/msg/Imu": ("imu", "imu_encoder"),
+}
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One emulated host: ``NAME:ROLE:COMPUTE_SCALE:MEMORY_MIB`` on the command line."""
+
+    host_id: str
+    role: str
+    compute_scale: float
+    memory_mib: int
+
+    @staticmethod
+    def parse(text: str) -> HostSpec:
+        parts = text.split(":")
+        if len(parts) != 4 or not parts[0] or parts[1] not in ("robot", "edge", "cloud"):
+            raise ValueError(f"host '{text}': expected NAME:ROLE:COMPUTE_SCALE:MEMORY_MIB with ROLE robot, edge or "
+                             "cloud, e.g. robot:robot:0.5:320")
+        try:
+            scale, memory = float(parts[2]), int(parts[3])
+        except ValueError:
+            raise ValueError(f"host '{text}': COMPUTE_SCALE must be a number and MEMORY_MIB an integer") from None
+        if scale <= 0 or memory <= 0:
+            raise ValueError(f"host '{text}': COMPUTE_SCALE and MEMORY_MIB must be positive")
+        return HostSpec(parts[0], parts[1], scale, memory)
+
+
+@dataclass(frozen=True)
+class SensorTopic:
+    """A sensor topic of a bag that an encoder of the demo reads."""
+
+    bag: pathlib.Path
+    topic: str
+    msgtype: str
+    bag_duration_s: float
+
+    @property
+    def modality(self) -> str:
+        return SENSOR_TYPES[self.msgtype][0]
+
+    @property
+    def encoder(self) -> str:
+        return SENSOR_TYPES[self.msgtype][1]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    robot_id: str
+    hosts: tuple[HostSpec, ...]
+    model: str
+    sensors: tuple[SensorTopic, ...]
+    period_s: float
+    max_new_tokens: int
+    start_offset_s: float
+    params_file: pathlib.Path
+
+    def __post_init__(self) -> None:
+        ids = [h.host_id for h in self.hosts]
+        if len(self.hosts) < 1 or len(set(ids)) != len(ids):
+            raise ValueError(f"hosts need distinct names, got {ids}")
+        if not any(h.role != "robot" for h in self.hosts):
+            raise ValueError("the gateway and the coordinator need a host that is not a robot (role edge or cloud)")
+        if not self.sensors:
+            raise ValueError("the bags hold no sensor topic an encoder reads (" + ", ".join(SENSOR_TYPES) + ")")
+
+    @property
+    def gateway_host(self) -> str:
+        return next(h.host_id for h in self.hosts if h.role != "robot")
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted({s.modality for s in self.sensors})
+
+    def robot_topic(self, topic: str) -> str:
+        """Where a bag topic is replayed: under the robot's namespace, as a robot's driver would publish it."""
+        return f"/{self.robot_id}/{topic.lstrip('/')}"
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    name: str
+    argv: tuple[str, ...]
+
+
+def bag_sensors(bag: pathlib.Path) -> list[SensorTopic]:
+    """The topics of ``bag`` whose type an encoder of the demo reads."""
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([bag]) as reader:
+        duration_s = (reader.end_time - reader.start_time) / 1e9
+        return [SensorTopic(bag, c.topic, c.msgtype, duration_s)
+                for c in reader.connections if c.msgtype in SENSOR_TYPES]
+
+
+def _ros_args(name: str, namespace: str, params_file: pathlib.Path, *params: str) -> list[str]:
+    args = ["--ros-args", "-r", f"__node:={name}", "-r", f"__ns:={namespace}", "--params-file", str(params_file)]
+    for param in params:
+        args += ["-p", param]
+    return args
+
+
+def demo_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
+    """Host agents, coordinator, gateway, the encoders the bags need, and the reporter (bag replays start later)."""
+    ns, robot_ns = FLEET_NAMESPACE, f"/{config.robot_id}"
+    specs = []
+    for host in config.hosts:
+        specs.append(ProcessSpec(f"host_agent[{host.host_id}]", (str(lib / "host_agent"), *_ros_args(
+            "host_agent", f"/{host.host_id}", config.params_file, f"host_id:={host.host_id}", f"role:={host.role}",
+            f"compute_scale:={host.compute_scale}", f"memory_limit_bytes:={host.memory_mib * 2**20}",
+            f"model:={config.model}", f"components_namespace:={ns}"))))
+    specs.append(ProcessSpec("coordinator", (str(lib / "coordinator"), *_ros_args(
+        "coordinator", ns, config.params_file, f"model:={config.model}", f"gateway_host:={config.gateway_host}"))))
+    specs.append(ProcessSpec("gateway", (str(lib / "gateway"), *_ros_args(
+        "gateway", ns, config.params_file, f"model:={config.model}"))))
+    for sensor in config.sensors:
+        params = [f"robot_id:={config.robot_id}", f"sensor:={sensor.topic.strip('/').split('/')[0]}"]
+        argv = [str(lib / sensor.encoder)]
+        relative = sensor.topic.lstrip("/")
+        if sensor.encoder == "camera_encoder":
+            compressed = sensor.msgtype.endswith("CompressedImage")
+            params += [f"compressed_topic:={relative if compressed else EMPTY}",
+                       f"image_topic:={EMPTY if compressed else relative}"]
+            argv += _ros_args("camera_encoder", robot_ns, config.params_file, *params)
+        else:  # motion and scan encoders read a fixed relative name: remap it to the bag's topic
+            default = {"odometry": "odom", "scan": "scan", "imu": "imu"}[sensor.modality]
+            argv += [*_ros_args(sensor.encoder, robot_ns, config.params_file, *params), "-r", f"{default}:={relative}"]
+        specs.append(ProcessSpec(f"{sensor.encoder}[{sensor.topic}]", tuple(argv)))
+    specs.append(ProcessSpec("reporter", (str(lib / "reporter"), *_ros_args(
+        "reporter", robot_ns, config.params_file, f"modalities:=[{','.join(config.modalities)}]",
+        f"period_s:={config.period_s}", f"max_new_tokens:={config.max_new_tokens}",
+        f"requests_topic:={ns}/requests", f"results_topic:={ns}/results"))))
+    return specs
+
+
+def replay_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
+    """One looping replay per bag, of its sensor topics, remapped under the robot's namespace. The start offset
+    applies to the bags longer than it; shorter ones (a few seconds of camera) play from their start."""
+    by_bag: dict[pathlib.Path, list[SensorTopic]] = {}
+    for sensor in config.sensors:
+        by_bag.setdefault(sensor.bag, []).append(sensor)
+    specs = []
+    for bag, sensors in by_bag.items():
+        offset = config.start_offset_s if config.start_offset_s < sensors[0].bag_duration_s else 0.0
+        argv = [str(lib / "edge-lam"), "replay", str(bag), "--loop", "--start-offset", str(offset),
+                "--wait-subscribers", "1", "--topics", *(s.topic for s in sensors)]
+        for sensor in sensors:
+            argv += ["--remap", f"{sensor.topic}:={config.robot_topic(sensor.topic)}"]
+        specs.append(ProcessSpec(f"replay[{bag.name}]", tuple(argv)))
+    return specs

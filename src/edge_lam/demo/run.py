@@ -1,0 +1,197 @@
+"""``edge-lam demo``: the whole graph on one machine, from bags to reports, then a summary and plots.
+
+It starts a host agent per emulated host, the coordinator, the gateway, the encoders the bags need and the reporter,
+each as its own process (the installed executables, as ``ros2 run`` starts them; their logs go to
+``<output>/logs``), waits until the coordinator has placed the model and the chain answers, replays the bags under
+the robot's namespace for ``duration`` seconds, waits for the last report, stops everything and writes
+``summary.json``, ``latency_per_stage.png`` and ``placement.png``. It exits 0 when every tick got its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pathlib
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+from edge_lam.demo.graph import DemoConfig, ProcessSpec
+
+__all__ = ["DemoError", "ProcessGroup", "run_demo"]
+
+STARTUP_TIMEOUT_S = 300.0  # import torch, measure, load the model in two agents, place, probe: ~1 min on 2 cores
+PROGRESS_PERIOD_S = 5.0
+
+
+class DemoError(RuntimeError):
+    """The demo could not run to its end: what failed and where to look."""
+
+
+class ProcessGroup:
+    """The demo's processes, each logging to its own file; stopped together (SIGINT, then SIGTERM, then SIGKILL)."""
+
+    def __init__(self, log_dir: pathlib.Path) -> None:
+        self.log_dir = log_dir
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def start(self, spec: ProcessSpec) -> None:
+        log = self.log_dir / (spec.name.replace("/", "_").replace("[", "_").rstrip("]") + ".log")
+        with log.open("w") as out:
+            self.running[spec.name] = subprocess.Popen(spec.argv, stdout=out, stderr=subprocess.STDOUT,
+                                                       stdin=subprocess.DEVNULL)
+
+    def log_of(self, name: str) -> pathlib.Path:
+        return self.log_dir / (name.replace("/", "_").replace("[", "_").rstrip("]") + ".log")
+
+    def check(self) -> None:
+        """Raise DemoError naming the first process that ended by itself, with the end of its log."""
+        for name, process in self.running.items():
+            if process.poll() is not None:
+                tail = "\n".join(self.log_of(name).read_text(errors="replace").splitlines()[-15:])
+                raise DemoError(f"{name} exited with {process.returncode}; the end of its log "
+                                f"({self.log_of(name)}):\n{tail}")
+
+    def stop(self, names: list[str] | None = None, timeout_s: float = 10.0) -> None:
+        chosen = {n: p for n, p in self.running.items() if names is None or n in names}
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            alive = [p for p in chosen.values() if p.poll() is None]
+            for process in alive:
+                process.send_signal(signum)
+            deadline = time.monotonic() + timeout_s
+            for process in alive:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        for name in chosen:
+            del self.running[name]
+
+
+def spin_until(monitor, done: Callable[[], bool], timeout_s: float, processes: ProcessGroup,
+               every: Callable[[], None] | None = None) -> bool:
+    """Spin the monitor until ``done()``; check the processes (and call ``every``) about once a second."""
+    import rclpy
+
+    deadline = time.monotonic() + timeout_s
+    last = 0.0
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        rclpy.spin_once(monitor, timeout_sec=0.1)
+        if time.monotonic() - last > 1.0:
+            last = time.monotonic()
+            processes.check()
+            if every is not None:
+                every()
+    return True
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import rclpy
+    from ament_index_python.packages import get_package_prefix, get_package_share_directory
+
+    from edge_lam.demo.graph import HostSpec, bag_sensors, demo_processes, replay_processes
+    from edge_lam.demo.monitor_node import DemoMonitor
+    from edge_lam.demo.plots import plot_latency, plot_placement
+    from edge_lam.demo.summary import summarise, write_summary
+
+    output = pathlib.Path(args.output)
+    (output / "logs").mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # one machine: keep the LAN out of it
+    lib = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
+    params = pathlib.Path(args.params_file or
+                          pathlib.Path(get_package_share_directory("edge_lam")) / "config" / "demo.yaml")
+    bags = [pathlib.Path(b) for b in (args.bag or default_bags())]
+    for bag in bags:
+        if not bag.exists():
+            raise DemoError(f"bag {bag} does not exist (run `make setup` for the bundled ones)")
+    config = DemoConfig(
+        robot_id=args.robot_id, hosts=tuple(HostSpec.parse(h) for h in args.hosts), model=args.model,
+        sensors=tuple(s for bag in bags for s in bag_sensors(bag)), period_s=args.period,
+        max_new_tokens=args.max_new_tokens, start_offset_s=args.start_offset, params_file=params,
+    )
+    print(f"edge_lam demo: {config.model} on {', '.join(h.host_id for h in config.hosts)}; bags "
+          f"{', '.join(b.name for b in bags)} ({', '.join(s.topic for s in config.sensors)}) for {args.duration:g} s; "
+          f"a report every {config.period_s:g} s; output in {output}/")
+    processes = ProcessGroup(output / "logs")
+    rclpy.init()
+    monitor = DemoMonitor(config)
+    try:
+        for spec in demo_processes(config, lib):
+            processes.start(spec)
+        begun = time.monotonic()
+        print(f"started {len(processes.running)} processes; waiting for the placement and the chain to answer")
+        if not spin_until(monitor, monitor.chain_serves, STARTUP_TIMEOUT_S, processes):
+            raise DemoError(f"the chain did not answer within {STARTUP_TIMEOUT_S:g} s; see {output}/logs")
+        print(f"the chain answers ({time.monotonic() - begun:.1f} s after start); playing the bags")
+
+        replays = replay_processes(config, lib)
+        for spec in replays:
+            processes.start(spec)
+        monitor.bags_started_s = end_s = monitor.now_s()
+        end_s += args.duration
+        spin_until(monitor, lambda: monitor.now_s() >= end_s, args.duration + 1.0, processes, Progress(monitor))
+        processes.stop([spec.name for spec in replays])
+        print(f"[{monitor.now_s():7.1f} s] the bags ended; waiting for the last report")
+        # A tick may still come for tokens that arrived after the last request: give it one period, then its answer.
+        quiet_since = time.monotonic()
+        spin_until(monitor, lambda: not monitor.records.unanswered() and
+                   time.monotonic() - quiet_since > config.period_s + 1.0, 120.0, processes)
+    finally:
+        processes.stop()
+        monitor.destroy_node()
+        rclpy.try_shutdown()
+
+    records = monitor.records
+    summary = summarise(records, model=config.model, robot_id=config.robot_id, duration_s=args.duration,
+                        period_s=config.period_s, bags_started_s=monitor.bags_started_s)
+    write_summary(summary, output / "summary.json")
+    plot_latency(records.reports, output / "latency_per_stage.png")
+    plot_placement(records.plans, output / "placement.png")
+    print_summary(summary, output)
+    ok = (summary["ticks"] > 0 and summary["reports_ok"] == summary["ticks"] and not summary["unanswered"]
+          and summary["consistency"]["stages_add_up"])
+    return 0 if ok else 1
+
+
+class Progress:
+    """A line every few seconds: tokens per modality with their encode latency, reports so far, the plan."""
+
+    def __init__(self, monitor) -> None:
+        self.monitor = monitor
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last < PROGRESS_PERIOD_S:
+            return
+        self.last = time.monotonic()
+        records = self.monitor.records
+        tokens = ", ".join(f"{m} {len(v)}" for m, v in sorted(records.encode_s.items()))
+        plan = f"plan v{records.plans[-1].version}" if records.plans else "no plan"
+        print(f"[{self.monitor.now_s():7.1f} s] tokens: {tokens or 'none yet'}; reports {len(records.reports)}"
+              f"/{len(records.requests)} asked; {plan}")
+
+
+def print_summary(summary: dict, output: pathlib.Path) -> None:
+    latency = summary["latency_s"] or {"median": float("nan"), "p99": float("nan")}
+    print(f"\n{summary['reports_ok']} of {summary['ticks']} reports; latency median {latency['median']:.2f} s, "
+          f"p99 {latency['p99']:.2f} s")
+    print(f"{'stage':<36} {'median ms':>10} {'p99 ms':>10}")
+    for label, figures in summary["stages_s"].items():
+        print(f"{label:<36} {figures['median'] * 1e3:>10.1f} {figures['p99'] * 1e3:>10.1f}")
+    for modality, figures in summary["encoders"].items():
+        print(f"encoder {modality:<28} {figures['encode_ms']['median']:>10.1f} {figures['encode_ms']['p99']:>10.1f}"
+              f"   ({figures['messages']} messages)")
+    check = summary["consistency"]
+    print(f"stages add up to the total: {'yes' if check['stages_add_up'] else 'NO'} (largest gap "
+          f"{check['max_gap_s'] * 1e3:.1f} ms; tolerance {check['tolerance']['relative']:.0%} + "
+          f"{check['tolerance']['absolute_s'] * 1e3:.0f} ms)")
+    print(f"wrote {output}/summary.json, latency_per_stage.png, placement.png; process logs in {output}/logs")
+
+
+def default_bags() -> list[pathlib.Path]:
+    """The bundled bags: the camera bag made at setup and the TurtleBot's Nav2 run (odometry) from evo."""
+    from edge_lam.assets.cache import camera_bag_dir, evo_bags_dir
+
+    return [camera_bag_dir() / "bag.mcap", evo_bags_dir() / "nav2_turtlebot.mcap"]
