@@ -3,13 +3,16 @@ where `ros2 run` looks, interfaces importable."""
 
 from __future__ import annotations
 
+import ast
 import configparser
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import yaml
 from ament_index_python.packages import get_package_prefix, get_package_share_directory, get_packages_with_prefixes
 
 from conftest import REPO
@@ -68,19 +71,114 @@ def test_package_xml_declares_what_the_code_imports():
     assert imported_ros_packages <= declared
 
 
-def test_launch_files_name_only_executables_and_config_files_that_exist():
-    # `launch` is not installable here, so the files are read, not run: every Node(executable=...) must be a
-    # console script of this package and every config file they name must be installed.
-    import ast
+def _declared_in(path: pathlib.Path) -> dict[str, ast.expr]:
+    """``declare(node, "name", default, description)`` calls in a source file: name -> description expression."""
+    return {call.args[1].value: call.args[3] for call in ast.walk(ast.parse(path.read_text()))
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "declare"
+            and isinstance(call.args[1], ast.Constant)}
 
+
+def declared_parameters() -> dict[str, dict[str, ast.expr]]:
+    """Per executable, the parameters its node declares, read from the source (every encoder also declares the
+    encoder base's)."""
+    prefix = pathlib.Path(get_package_prefix("edge_lam"))
+    (entry_points,) = prefix.glob("lib/python3*/site-packages/edge_lam-*info/entry_points.txt")
+    parser = configparser.ConfigParser()
+    parser.read(entry_points)
+    source = REPO / "src"
+    base = _declared_in(source / "edge_lam" / "encoders" / "encoder_node.py")
+    found = {}
+    for executable, target in parser["console_scripts"].items():
+        path = source / (target.split(":")[0].replace(".", "/") + ".py")
+        found[executable] = _declared_in(path)
+        if "(EncoderNode)" in path.read_text():
+            found[executable] |= base
+    return found
+
+
+NODE_EXECUTABLES = {"embed_shard": "shard", "blocks_shard": "shard", "middle_shard": "shard", "head_shard": "shard",
+                    "whole_model": "shard", "tensor_echo": "tensor_echo"}
+
+
+def test_every_parameter_is_declared_with_a_description():
+    for executable, parameters in declared_parameters().items():
+        for name, description in parameters.items():
+            if isinstance(description, ast.Constant):  # an f-string or a sum of strings says something too
+                text = description.value
+                assert isinstance(text, str) and len(text) > 10, f"{executable}: '{name}' has no description"
+
+
+def test_config_files_set_only_parameters_their_nodes_declare():
+    declared = declared_parameters()
+    everything = set().union(*declared.values())
+    for config in sorted((REPO / "config").glob("*.yaml")):
+        for key, section in yaml.safe_load(config.read_text()).items():
+            node = key.rsplit("/", 1)[-1]
+            names = set(section["ros__parameters"])
+            if node == "**":  # every node: each parameter must mean something to some node
+                assert names <= everything, f"{config.name}: {sorted(names - everything)} declared by no node"
+                continue
+            executable = NODE_EXECUTABLES.get(node, node)
+            assert executable in declared, f"{config.name}: '{key}' matches no node of this package"
+            unknown = names - set(declared[executable])
+            assert not unknown, f"{config.name}: {executable} declares no {sorted(unknown)}"
+
+
+def test_launch_files_name_only_executables_config_files_and_parameters_that_exist():
+    # `launch` is not installable here, so the files are read, not run: every Node(executable=...) must be a
+    # console script of this package, every config file they name must be installed, and every parameter they set
+    # must be declared by that node.
     scripts = set(console_scripts())
+    declared = declared_parameters()
     config = {p.name for p in (pathlib.Path(get_package_share_directory("edge_lam")) / "config").iterdir()}
     for launch_file in sorted((REPO / "launch").glob("*.launch.py")):
         tree = ast.parse(launch_file.read_text())
-        executables = [k.value.value for n in ast.walk(tree) if isinstance(n, ast.Call)
-                       for k in n.keywords if k.arg == "executable" and isinstance(k.value, ast.Constant)]
+        nodes = [call for call in ast.walk(tree) if isinstance(call, ast.Call)
+                 and any(k.arg == "executable" for k in call.keywords)]
         named_files = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                       and n.value.endswith((".yaml", ".xml"))]
-        assert executables, f"{launch_file.name} starts no node"
-        assert set(executables) <= scripts, f"{launch_file.name} names unknown executables"
-        assert set(named_files) <= config, f"{launch_file.name} names config files that are not installed"
+                       and n.value.endswith((".yaml", ".xml", ".launch.py"))]
+        included = {p.name for p in (REPO / "launch").glob("*.launch.py")}
+        assert nodes or "IncludeLaunchDescription" in launch_file.read_text(), f"{launch_file.name} starts nothing"
+        assert set(named_files) <= config | included, f"{launch_file.name} names files that are not installed"
+        for node in nodes:
+            keywords = {k.arg: k.value for k in node.keywords}
+            assert isinstance(keywords["executable"], ast.Constant), f"{launch_file.name}: executable not literal"
+            executable = keywords["executable"].value
+            assert executable in scripts, f"{launch_file.name} names unknown executable {executable}"
+            for entry in getattr(keywords.get("parameters"), "elts", []):
+                if isinstance(entry, ast.Dict):
+                    names = {k.value for k in entry.keys}
+                    unknown = names - set(declared[executable])
+                    assert not unknown, f"{launch_file.name}: {executable} declares no {sorted(unknown)}"
+
+
+def readme_parameter_tables() -> dict[str, set[str]]:
+    """Parameter names per executable from the README's tables, each under a paragraph "Parameters of `x`...:"."""
+    tables: dict[str, set[str]] = {}
+    owners: list[str] = []
+    caption = False
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("Parameters of "):
+            owners, caption = re.findall(r"`([a-z_]+)`", line), True
+        elif caption and line and not line.startswith("|"):
+            owners += re.findall(r"`([a-z_]+)`", line)
+        elif line.startswith("| `") and owners:
+            caption = False
+            for owner in owners:
+                tables.setdefault(owner, set()).add(line.split("`")[1])
+        elif not line.startswith("|") and not caption:
+            owners = []
+        if not line:
+            caption = False
+    return tables
+
+
+def test_the_readme_documents_every_parameter_of_every_node():
+    documented = readme_parameter_tables()
+    for executable, parameters in declared_parameters().items():
+        if not parameters:
+            continue
+        assert executable in documented, f"the README has no parameter table for {executable}"
+        assert set(parameters) == documented[executable], (
+            f"{executable}: undocumented {sorted(set(parameters) - documented[executable])}, "
+            f"documented but not declared {sorted(documented[executable] - set(parameters))}")

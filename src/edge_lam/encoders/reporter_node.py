@@ -100,6 +100,10 @@ class ReporterNode(Node):
         found = self.observations()
         if not found:
             return
+        if self._requests.get_subscription_count() == 0:  # a request now would be lost: nobody reads it yet
+            self.get_logger().warning(f"no gateway on {self._requests.topic_name} yet; waiting",
+                                      throttle_duration_sec=30.0)
+            return
         request = InferenceRequest()
         request.header.stamp = self.get_clock().now().to_msg()
         request.request_id = f"report-{uuid.uuid4().hex[:8]}"

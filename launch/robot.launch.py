@@ -1,0 +1,71 @@
+"""A robot: its encoders (camera, odometry, optionally scan), its host agent and its reporter.
+
+    ros2 launch edge_lam robot.launch.py robot_id:=tb3_0 compute_scale:=0.25
+
+Encoders and the reporter live in the robot's namespace (``/<robot_id>/tokens/<modality>``, ``/<robot_id>/reports``),
+reading the robot's sensor topics there (``image_raw``, ``image_raw/compressed``, ``odom``, ``scan``); the host agent
+lives there too and runs the model modules the coordinator gives it in the fleet's namespace.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def generate_launch_description() -> LaunchDescription:
+    robot_id = LaunchConfiguration('robot_id')
+    namespace = LaunchConfiguration('namespace')
+    fleet = LaunchConfiguration('fleet_namespace')
+    params = LaunchConfiguration('params_file')
+    camera = Node(package='edge_lam', executable='camera_encoder', name='camera_encoder', namespace=namespace,
+                  parameters=[params, {'robot_id': robot_id}], output='screen',
+                  condition=IfCondition(LaunchConfiguration('camera')))
+    odometry = Node(package='edge_lam', executable='odometry_encoder', name='odometry_encoder', namespace=namespace,
+                    parameters=[params, {'robot_id': robot_id}], output='screen',
+                    condition=IfCondition(LaunchConfiguration('odometry')))
+    scan = Node(package='edge_lam', executable='scan_encoder', name='scan_encoder', namespace=namespace,
+                parameters=[params, {'robot_id': robot_id}], output='screen',
+                condition=IfCondition(LaunchConfiguration('scan')))
+    host_agent = Node(
+        package='edge_lam', executable='host_agent', name='host_agent', namespace=namespace, output='screen',
+        parameters=[params, {
+            'host_id': robot_id, 'role': 'robot', 'model': LaunchConfiguration('model'),
+            'compute_scale': ParameterValue(LaunchConfiguration('compute_scale'), value_type=float),
+            'memory_limit_bytes': ParameterValue(LaunchConfiguration('memory_limit_bytes'), value_type=int),
+            'components_namespace': ParameterValue(['/', fleet], value_type=str),
+        }])
+    reporter = Node(
+        package='edge_lam', executable='reporter', name='reporter', namespace=namespace, output='screen',
+        condition=IfCondition(LaunchConfiguration('reporter')),
+        parameters=[params, {'requests_topic': ParameterValue(['/', fleet, '/requests'], value_type=str),
+                             'results_topic': ParameterValue(['/', fleet, '/results'], value_type=str)}])
+    return LaunchDescription([
+        DeclareLaunchArgument('robot_id', default_value='robot', description='Robot id, in tokens and plans.'),
+        DeclareLaunchArgument('namespace', default_value=robot_id,
+                              description='Namespace of the robot nodes (default: the robot id).'),
+        DeclareLaunchArgument('fleet_namespace', default_value='edge_lam',
+                              description='Namespace of the model chain, requests and results (same on every host).'),
+        DeclareLaunchArgument('model', default_value='smollm2-135m-instruct', description='Model id or folder.'),
+        DeclareLaunchArgument('params_file', description='YAML parameters of the nodes.',
+                              default_value=os.path.join(get_package_share_directory('edge_lam'), 'config',
+                                                         'robot.yaml')),
+        DeclareLaunchArgument('compute_scale', default_value='1.0',
+                              description='Factor on the measured compute (0.25 emulates a slow robot).'),
+        DeclareLaunchArgument('memory_limit_bytes', default_value='0',
+                              description='Memory offered to model modules; 0 = what is available at start.'),
+        DeclareLaunchArgument('camera', default_value='true', description='Start the camera encoder.'),
+        DeclareLaunchArgument('odometry', default_value='true', description='Start the odometry encoder.'),
+        DeclareLaunchArgument('scan', default_value='false', description='Start the scan encoder.'),
+        DeclareLaunchArgument('reporter', default_value='true', description='Start the reporter.'),
+        camera,
+        odometry,
+        scan,
+        host_agent,
+        reporter,
+    ])
