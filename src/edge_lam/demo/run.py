@@ -38,8 +38,7 @@ class ProcessGroup:
         self.running: dict[str, subprocess.Popen] = {}
 
     def start(self, spec: ProcessSpec) -> None:
-        log = self.log_dir / (spec.name.replace("/", "_").replace("[", "_").rstrip("]") + ".log")
-        with log.open("w") as out:
+        with self.log_of(spec.name).open("w") as out:
             self.running[spec.name] = subprocess.Popen(spec.argv, stdout=out, stderr=subprocess.STDOUT,
                                                        stdin=subprocess.DEVNULL)
 
@@ -139,7 +138,9 @@ def run_demo(args: argparse.Namespace) -> int:
         spin_until(monitor, lambda: not monitor.records.unanswered() and
                    time.monotonic() - quiet_since > config.period_s + 1.0, 120.0, processes)
     finally:
+        stopping, count = time.monotonic(), len(processes.running)
         processes.stop()
+        print(f"stopped {count} processes in {time.monotonic() - stopping:.1f} s")
         monitor.destroy_node()
         rclpy.try_shutdown()
 
