@@ -71,14 +71,14 @@ def test_package_xml_declares_what_the_code_imports():
     assert imported_ros_packages <= declared
 
 
-def _declared_in(path: pathlib.Path) -> dict[str, ast.expr]:
-    """``declare(node, "name", default, description)`` calls in a source file: name -> description expression."""
-    return {call.args[1].value: call.args[3] for call in ast.walk(ast.parse(path.read_text()))
+def _declared_in(path: pathlib.Path) -> dict[str, ast.Call]:
+    """``declare(node, "name", default, description)`` calls in a source file, by parameter name."""
+    return {call.args[1].value: call for call in ast.walk(ast.parse(path.read_text()))
             if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "declare"
             and isinstance(call.args[1], ast.Constant)}
 
 
-def declared_parameters() -> dict[str, dict[str, ast.expr]]:
+def declared_parameters() -> dict[str, dict[str, ast.Call]]:
     """Per executable, the parameters its node declares, read from the source (every encoder also declares the
     encoder base's)."""
     prefix = pathlib.Path(get_package_prefix("edge_lam"))
@@ -102,7 +102,8 @@ NODE_EXECUTABLES = {"embed_shard": "shard", "blocks_shard": "shard", "middle_sha
 
 def test_every_parameter_is_declared_with_a_description():
     for executable, parameters in declared_parameters().items():
-        for name, description in parameters.items():
+        for name, call in parameters.items():
+            description = call.args[3]
             if isinstance(description, ast.Constant):  # an f-string or a sum of strings says something too
                 text = description.value
                 assert isinstance(text, str) and len(text) > 10, f"{executable}: '{name}' has no description"
@@ -152,9 +153,10 @@ def test_launch_files_name_only_executables_config_files_and_parameters_that_exi
                     assert not unknown, f"{launch_file.name}: {executable} declares no {sorted(unknown)}"
 
 
-def readme_parameter_tables() -> dict[str, set[str]]:
-    """Parameter names per executable from the README's tables, each under a paragraph "Parameters of `x`...:"."""
-    tables: dict[str, set[str]] = {}
+def readme_parameter_tables() -> dict[str, dict[str, str]]:
+    """Per executable, parameter name -> default cell, from the README's tables, each under a paragraph
+    "Parameters of `x`...:"."""
+    tables: dict[str, dict[str, str]] = {}
     owners: list[str] = []
     caption = False
     for line in (REPO / "README.md").read_text().splitlines():
@@ -164,8 +166,9 @@ def readme_parameter_tables() -> dict[str, set[str]]:
             owners += re.findall(r"`([a-z_]+)`", line)
         elif line.startswith("| `") and owners:
             caption = False
+            name, default = (cell.strip() for cell in line.strip("|").split("|")[:2])
             for owner in owners:
-                tables.setdefault(owner, set()).add(line.split("`")[1])
+                tables.setdefault(owner, {})[name.strip("`")] = default
         elif not line.startswith("|") and not caption:
             owners = []
         if not line:
@@ -179,6 +182,14 @@ def test_the_readme_documents_every_parameter_of_every_node():
         if not parameters:
             continue
         assert executable in documented, f"the README has no parameter table for {executable}"
-        assert set(parameters) == documented[executable], (
-            f"{executable}: undocumented {sorted(set(parameters) - documented[executable])}, "
-            f"documented but not declared {sorted(documented[executable] - set(parameters))}")
+        assert set(parameters) == set(documented[executable]), (
+            f"{executable}: undocumented {sorted(set(parameters) - set(documented[executable]))}, "
+            f"documented but not declared {sorted(set(documented[executable]) - set(parameters))}")
+        for name, call in parameters.items():
+            default = call.args[2]
+            if not isinstance(default, ast.Constant) or default.value != default.value:  # an expression, or NaN
+                continue
+            shown = {True: "true", False: "false", "": '""'}.get(default.value, default.value) \
+                if isinstance(default.value, (bool, str)) else repr(default.value)
+            assert documented[executable][name] == f"`{shown}`", (
+                f"{executable}: the README says {name} defaults to {documented[executable][name]}, the code {shown}")
