@@ -9,7 +9,7 @@ setup(
     version='0.1.0',
     packages=find_packages('src'),
     package_dir={'': 'src'},
-    package_data={'edge_lam': ['encoders/data/*']},
+    package_data={'edge_lam': ['encoders/data/*', 'training/data/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -38,6 +38,8 @@ setup(
             'reporter = edge_lam.encoders.reporter_node:main',
             'coordinator = edge_lam.fleet.coordinator_node:main',
             'host_agent = edge_lam.fleet.host_agent_node:main',
+            'robot_trainer = edge_lam.training.robot_trainer_node:main',
+            'edge_trainer = edge_lam.training.edge_trainer_node:main',
         ],
     },
 )

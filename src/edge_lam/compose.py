@@ -28,6 +28,8 @@ COMPONENTS = {
     "reporter": "edge_lam.encoders.reporter_node:ReporterNode",
     "host_agent": "edge_lam.fleet.host_agent_node:HostAgentNode",
     "coordinator": "edge_lam.fleet.coordinator_node:CoordinatorNode",
+    "robot_trainer": "edge_lam.training.robot_trainer_node:RobotTrainerNode",
+    "edge_trainer": "edge_lam.training.edge_trainer_node:EdgeTrainerNode",
 }
 
 

@@ -1,0 +1,287 @@
+"""The edge's side of collaborative fine-tuning: the top of the model, the loss, and federated averaging.
+
+The edge holds decoder layers ``[cut_layer, N)``, the final norm and the head (frozen, with LoRA adapters) and the
+loss. It is one top shared by every robot (SplitFed): each robot's activations train it in the order they arrive,
+so the top learns from the whole fleet's data and never travels; only the robots' bottom adapters are averaged.
+
+Protocol (TensorLists, see :mod:`edge_lam.training.messages`; topics relative to the node's namespace):
+
+- ``training/global_adapter`` (LATCHED, edge to robots): the bottom adapter every robot trains from, fields
+  ``round`` (the round to train with it) and ``rounds`` (the run's length). Published at start (round 0, the
+  initial adapter) and after each round's FedAvg; ``round == rounds`` is the final one. Late joiners get the last.
+- ``training/activations`` (TENSORS, robot to edge): ``round``, ``step``, ``cut``, the ``activation`` stream and
+  ``targets``. The edge trains its top on it and answers on ``training/gradients`` (TENSORS, frame_id = the
+  robot): ``round``, ``step``, the ``gradient`` stream and the ``loss``. A repeated activation (a robot that got no
+  answer in time) is answered again from a cache of each robot's last gradient, without training twice.
+- ``training/adapters`` (TENSORS, robot to edge): ``round``, ``samples`` (the robot's local training pairs, FedAvg's
+  weight), ``cut`` and one stream per adapter weight: the update (trained minus the round's global adapter).
+
+A round closes when every robot heard from since the last one has sent its update and at least ``min_robots``
+have, or ``round_timeout_s`` after its first update with whatever came (logged; a robot that missed it is not
+waited for again until it is heard from). Messages for another round, of a wrong cut or malformed are logged
+and dropped. Every message sent or received goes into the byte ledger; the ledger's JSON is rewritten after
+every round.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections import defaultdict
+
+import numpy as np
+import rclpy
+import torch
+from edge_lam_msgs.msg import TensorList
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from edge_lam.model.decompose import describe
+from edge_lam.model.loading import load_model
+from edge_lam.parameters import declare
+from edge_lam.qos import LATCHED, TENSORS
+from edge_lam.training.adapters import FederatedAdapters, LoraSettings
+from edge_lam.training.compression import codec_from_spec
+from edge_lam.training.ledger import ByteLedger
+from edge_lam.training.messages import BadMessage, Unpacked, decode_state, decode_stream, encode_state, pack, unpack
+from edge_lam.training.split import IGNORE, SplitBottom, SplitTop
+
+ROUND_CHECK_PERIOD_S = 0.5
+
+
+class EdgeTrainerNode(Node):
+    """Trains the shared top on the robots' activations and averages their bottom adapters each round."""
+
+    def __init__(self, node_name: str = "edge_trainer", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        model = declare(self, "model", "smollm2-135m-instruct",
+                        "Model id from the cache, or a transformers folder; the same as the robots'.")
+        self._cut = declare(self, "cut_layer", 4,
+                            "Decoder layers [0, cut_layer) train on the robots, the rest here; the same as theirs.")
+        rank = declare(self, "lora_rank", 8, "LoRA rank of the adapters of both halves.")
+        alpha = declare(self, "lora_alpha", 16.0, "LoRA alpha: the update is scaled by alpha / rank.")
+        targets = declare(self, "lora_target_modules", ["q_proj", "v_proj"],
+                          "Linear layers inside each decoder layer that get adapters (q_proj, v_proj, o_proj ...).")
+        lr = declare(self, "learning_rate", 1e-3, "AdamW learning rate of the top's adapters.")
+        self._gradient_codec = codec_from_spec(declare(
+            self, "gradient_codec", "topk:0.1", "Codec of the gradients sent down: fp32, fp16, int8 or topk:F."))
+        self._adapter_codec = codec_from_spec(declare(
+            self, "adapter_codec", "fp16", "Codec of the global adapter sent down: fp32, fp16, int8 or topk:F."))
+        self._rounds_total = declare(self, "rounds", 3, "Federated rounds of the run.")
+        self._min_robots = declare(self, "min_robots", 1, "Updates a round needs before it closes (or times out).")
+        self._round_timeout_s = declare(self, "round_timeout_s", 120.0,
+                                        "Close a round this long after its first update, with the updates it has.")
+        seed = declare(self, "seed", 0, "Seed of the initial adapters: the robots' (sent to them) and the top's.")
+        self._ledger_path = declare(self, "ledger_path", "",
+                                    "JSON file of the run's byte ledger, rewritten every round; empty: none.")
+        self._adapter_path = declare(self, "adapter_path", "",
+                                     "File (torch.save) for the final adapters of both halves; empty: none.")
+        threads = declare(self, "num_threads", 1, "Torch threads.")
+        activations = declare(self, "activations_topic", "training/activations", "Activations from the robots.")
+        gradients = declare(self, "gradients_topic", "training/gradients", "Gradients to the robots.")
+        adapters = declare(self, "adapters_topic", "training/adapters", "Adapter updates from the robots.")
+        global_adapter = declare(self, "global_adapter_topic", "training/global_adapter",
+                                 "The merged adapter to the robots (latched).")
+        if self._rounds_total < 1 or self._min_robots < 1 or self._round_timeout_s <= 0 or threads < 1:
+            raise ValueError("rounds, min_robots and num_threads must be at least 1, round_timeout_s positive")
+        torch.set_num_threads(threads)
+        self._lora = LoraSettings(rank, alpha, tuple(targets))
+        arch = describe(load_model(model))
+        self._hidden_size, self._vocab_size = arch.hidden_size, arch.model.config.vocab_size
+        initial = SplitBottom(arch, self._cut, self._lora, seed=seed).trainable_state()
+        self._top = SplitTop(arch, self._cut, self._lora, lr=lr, seed=seed + 1)
+        self._fed = FederatedAdapters(initial)
+        self._shapes = {name: tuple(t.shape) for name, t in initial.items()}
+        self._ledger = ByteLedger()
+        self._expected: set[str] = set()  # robots the open round waits for
+        self._served: set[str] = set()  # robots known to hold the current global adapter
+        self._answered: dict[str, tuple[int, int, TensorList, int]] = {}  # robot -> its last gradient
+        self._first_update: float | None = None
+        self._losses: dict[int, list[float]] = defaultdict(list)
+        self._samples: dict[int, dict[str, int]] = defaultdict(dict)
+        self._global_bytes = 0
+
+        self._gradients = self.create_publisher(TensorList, gradients, TENSORS)
+        self._global = self.create_publisher(TensorList, global_adapter, LATCHED)
+        self.create_subscription(TensorList, activations, self.on_activation, TENSORS)
+        self.create_subscription(TensorList, adapters, self.on_adapter, TENSORS)
+        self.create_timer(ROUND_CHECK_PERIOD_S, self.check_round)
+        self._run = {"model": model, "cut_layer": self._cut, "lora_rank": rank, "lora_alpha": alpha,
+                     "lora_target_modules": list(targets), "learning_rate": lr, "rounds": self._rounds_total,
+                     "gradient_codec": self._gradient_codec.spec, "adapter_codec": self._adapter_codec.spec,
+                     "seed": seed}
+        self.publish_global()
+        self.get_logger().info(
+            f"top of {model}: layers [{self._cut}, {arch.num_layers}) with LoRA r={rank} on {','.join(targets)}; "
+            f"{self._rounds_total} rounds, {len(initial)} adapter tensors per robot; activations on "
+            f"{activations}, global adapter on {self._global.topic_name}")
+
+    @property
+    def finished(self) -> bool:
+        return self._fed.round >= self._rounds_total
+
+    # -- split training ------------------------------------------------------------------------------------------
+
+    def on_activation(self, msg: TensorList) -> None:
+        try:
+            got = unpack(msg, ("round", "step", "cut"))
+        except BadMessage as err:
+            self.get_logger().error(f"activation from '{msg.header.frame_id}': {err}")
+            return
+        robot, round_, step = got.robot, got.fields["round"], got.fields["step"]
+        self._ledger.record(round_ if round_ >= 0 else 0, "up", robot, self.get_name(), "activation", got.nbytes)
+        if not self._usable(got, "activation"):
+            return
+        answered = self._answered.get(robot)
+        if answered is not None and answered[:2] == (round_, step):  # the robot missed our answer: send it again
+            self.get_logger().warning(f"'{robot}' repeated round {round_} step {step}: answering it again")
+            self._send_gradient(robot, round_, answered[2], answered[3])
+            return
+        try:
+            activation, targets = self._decode_activation(got)
+            loss, grad = self._top.step(activation, targets)
+        except BadMessage as err:
+            self.get_logger().error(f"activation from '{robot}' (round {round_}, step {step}): {err}")
+            return
+        except Exception as err:  # a bug or resource error must not end the run for every robot
+            self.get_logger().error(f"activation from '{robot}': {type(err).__name__}: {err}")
+            return
+        self._heard(robot)
+        self._losses[round_].append(loss)
+        reply, nbytes = pack(robot, {"round": round_, "step": step},
+                             {**self._gradient_codec.encode(grad).wire("gradient"),
+                              "loss": np.array(loss, dtype=np.float32)}, self.get_clock().now().to_msg())
+        self._answered[robot] = (round_, step, reply, nbytes)
+        self._send_gradient(robot, round_, reply, nbytes)
+
+    def _usable(self, got: Unpacked, what: str) -> bool:
+        """Whether a message names a robot, the open round and our cut; logs why not."""
+        problem = ""
+        if not got.robot:
+            problem = "no robot id in header.frame_id"
+        elif got.fields["cut"] != self._cut:
+            problem = f"cut {got.fields['cut']}, but this edge holds the top from layer {self._cut}"
+        elif self.finished:
+            problem = f"the run's {self._rounds_total} rounds are over"
+        elif got.fields["round"] != self._fed.round:
+            problem = f"round {got.fields['round']} is not the open round {self._fed.round}"
+        if problem:
+            self.get_logger().error(f"{what} from '{got.robot}' dropped: {problem}")
+        return not problem
+
+    def _decode_activation(self, got: Unpacked) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = got.arrays.get("targets")
+        if targets is None or targets.ndim != 2 or targets.dtype.kind not in "iu" or 0 in targets.shape:
+            raise BadMessage("needs integer 'targets' of shape [batch, length]")
+        targets = torch.from_numpy(targets.astype(np.int64))
+        if not (((targets >= 0) & (targets < self._vocab_size)) | (targets == IGNORE)).all():
+            raise BadMessage(f"targets must be token ids below {self._vocab_size} or {IGNORE}")
+        activation = decode_stream(got.arrays, "activation", (*targets.shape, self._hidden_size))
+        return activation, targets
+
+    def _send_gradient(self, robot: str, round_: int, reply: TensorList, nbytes: int) -> None:
+        self._gradients.publish(reply)
+        self._ledger.record(round_, "down", self.get_name(), robot, "gradient", nbytes)
+
+    # -- federated averaging -------------------------------------------------------------------------------------
+
+    def on_adapter(self, msg: TensorList) -> None:
+        try:
+            got = unpack(msg, ("round", "samples", "cut"))
+        except BadMessage as err:
+            self.get_logger().error(f"adapter from '{msg.header.frame_id}': {err}")
+            return
+        robot, round_ = got.robot, got.fields["round"]
+        self._ledger.record(round_ if round_ >= 0 else 0, "up", robot, self.get_name(), "adapter", got.nbytes)
+        if not self._usable(got, "adapter"):
+            return
+        try:
+            update = decode_state(got.arrays, self._shapes)
+            self._fed.contribute(robot, {n: self._fed.state[n] + update[n] for n in self._shapes},
+                                 got.fields["samples"])
+        except ValueError as err:  # BadMessage, or a layout or sample count the core refuses
+            self.get_logger().error(f"adapter from '{robot}' (round {round_}): {err}")
+            return
+        self._heard(robot)
+        self._samples[round_][robot] = got.fields["samples"]
+        if self._first_update is None:
+            self._first_update = time.monotonic()
+        self.get_logger().info(f"round {round_}: update from '{robot}' ({got.fields['samples']} samples, "
+                               f"{got.nbytes} B); have {sorted(self._fed.contributors)} of {sorted(self._expected)}")
+        self.check_round()
+
+    def _heard(self, robot: str) -> None:
+        """A robot takes part in the open round; the first time, it must have got the current global adapter."""
+        self._expected.add(robot)
+        if robot not in self._served:
+            self._served.add(robot)
+            self._ledger.record(max(self._fed.round - 1, 0), "down", self.get_name(), robot, "global_adapter",
+                                self._global_bytes)
+
+    def check_round(self) -> None:
+        """Close the open round when everyone expected has sent an update, or when it has waited long enough."""
+        if self.finished or self._first_update is None:
+            return
+        have = set(self._fed.contributors)
+        if self._expected <= have and len(have) >= self._min_robots:
+            self.close_round()
+        elif time.monotonic() - self._first_update > self._round_timeout_s:
+            missing = sorted(self._expected - have)
+            self.get_logger().warning(f"round {self._fed.round} timed out after {self._round_timeout_s:g} s: "
+                                      f"averaging {sorted(have)} without {missing or 'the minimum'}")
+            self.close_round()
+
+    def close_round(self) -> None:
+        closed, recipients = self._fed.round, set(self._fed.contributors)
+        self._fed.finish_round()
+        self._first_update = None
+        losses = self._losses.get(closed, [])
+        self.get_logger().info(
+            f"round {closed} closed: FedAvg of {sorted(recipients)} ({self._samples[closed]} samples), top loss "
+            f"{np.mean(losses) if losses else float('nan'):.4f} over {len(losses)} steps")
+        self._expected, self._served = set(recipients), set(recipients)
+        self.publish_global()
+        for robot in sorted(recipients):
+            self._ledger.record(closed, "down", self.get_name(), robot, "global_adapter", self._global_bytes)
+        self.write_ledger()
+        if self.finished:
+            self.finish()
+
+    def publish_global(self) -> None:
+        """Send the global adapter as the robots will decode it, and make that the edge's state too, so that every
+        update is taken against what the robots really started from."""
+        arrays = encode_state(self._fed.state, self._adapter_codec)
+        self._fed.state = decode_state(arrays, self._shapes)
+        msg, self._global_bytes = pack("", {"round": self._fed.round, "rounds": self._rounds_total}, arrays,
+                                       self.get_clock().now().to_msg())
+        self._global.publish(msg)
+
+    def finish(self) -> None:
+        summary = self._ledger.summary()
+        self.get_logger().info(f"run finished after {self._rounds_total} rounds: {summary['total_bytes']} B in "
+                               f"{summary['messages']} messages, per round {summary['per_round']}, per kind "
+                               f"{summary['per_kind']}")
+        if self._adapter_path:
+            top = self._top.trainable_state()
+            torch.save({**self._fed.state, **top}, pathlib.Path(self._adapter_path))
+            self.get_logger().info(f"adapters of both halves written to {self._adapter_path}")
+
+    def write_ledger(self) -> None:
+        if not self._ledger_path:
+            return
+        rounds = {str(r): {"samples": self._samples.get(r, {}), "top_loss_mean": float(np.mean(losses)),
+                           "steps": len(losses)} for r, losses in sorted(self._losses.items())}
+        self._ledger.write_json(pathlib.Path(self._ledger_path), **self._run, side="edge", node=self.get_name(),
+                                rounds_done=self._fed.round, finished=self.finished, training=rounds)
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        with rclpy.init(args=args):
+            rclpy.spin(EdgeTrainerNode())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Training messages (``edge_lam_msgs/TensorList``) to and from what the training cores take, with their sizes.
+
+Every message of collaborative fine-tuning is one TensorList. ``header.frame_id`` names the robot it concerns
+(the sender of activations and adapter updates, the addressee of gradients; empty on the global adapter). Integer
+scalars (int64, shape ``[]``) say where it belongs: ``round``, ``step``, ``cut``, ``samples``, ``rounds``. The
+rest are codec parts named as :meth:`~edge_lam.training.compression.Encoded.wire` names them,
+``<stream>/<codec>/<part>``, so a receiver decodes whatever codec the sender chose: ``activation``, ``gradient``
+or, in adapter messages, one stream per weight (``layers.<n>.<path>``); plus plain arrays such as ``targets``
+(int32 ``[B, L]``) and ``loss`` (float32 ``[]``).
+
+Sizes are those of the serialized message (:func:`~edge_lam.training.compression.wire_bytes`), for the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from builtin_interfaces.msg import Time
+from edge_lam_msgs.msg import TensorList
+from std_msgs.msg import Header
+
+from edge_lam.tensor_codec import TensorError, to_msg, to_numpy
+from edge_lam.training.compression import Codec, Encoded, ErrorFeedback, codec_from_spec, wire_bytes
+
+__all__ = ["BadMessage", "Unpacked", "decode_state", "decode_stream", "encode_state", "pack", "unpack"]
+
+_SEPARATOR = "/"
+
+
+class BadMessage(ValueError):
+    """A training message that can't be used: malformed tensors, missing or bad fields, an unknown codec."""
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """A received message: whom it concerns, its integer fields, its other arrays and its size on the wire."""
+
+    robot: str
+    fields: dict[str, int]
+    arrays: dict[str, np.ndarray]
+    nbytes: int
+
+
+def pack(robot: str, fields: Mapping[str, int], arrays: Mapping[str, np.ndarray],
+         stamp: Time | None = None) -> tuple[TensorList, int]:
+    """The message and its serialized size."""
+    named = {name: np.array(value, dtype=np.int64) for name, value in fields.items()} | dict(arrays)
+    header = Header(frame_id=robot, stamp=stamp or Time())
+    msg = TensorList(header=header, tensors=[to_msg(array, name) for name, array in named.items()])
+    return msg, wire_bytes(named, robot)
+
+
+def unpack(msg: TensorList, fields: Iterable[str]) -> Unpacked:
+    """Check and decode a message that must carry the integer ``fields``; BadMessage when it can't be used."""
+    named: dict[str, np.ndarray] = {}
+    for tensor in msg.tensors:
+        if tensor.name in named:
+            raise BadMessage(f"tensor '{tensor.name}' appears twice")
+        try:
+            named[tensor.name] = to_numpy(tensor)
+        except TensorError as err:
+            raise BadMessage(str(err)) from None
+    nbytes = wire_bytes(named, msg.header.frame_id)
+    values = {}
+    for name in fields:
+        array = named.pop(name, None)
+        if array is None or array.shape != () or array.dtype.kind not in "iu":
+            raise BadMessage(f"needs an integer scalar '{name}'")
+        values[name] = int(array)
+    return Unpacked(msg.header.frame_id, values, named, nbytes)
+
+
+def decode_stream(arrays: Mapping[str, np.ndarray], stream: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """One codec-encoded tensor of a message, as float32; BadMessage when it is absent, malformed, not finite or
+    (``shape`` given) of another shape. A sparse tensor's stated shape is checked before it is expanded."""
+    try:
+        encoded = Encoded.from_wire(arrays, stream)
+        stated = encoded.arrays.get("shape")
+        if shape is not None and stated is not None and tuple(int(n) for n in stated.reshape(-1)) != shape:
+            raise ValueError(f"shape {stated.tolist()}, expected {list(shape)}")
+        tensor = codec_from_spec(encoded.codec).decode(encoded)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise BadMessage(f"'{stream}': {type(err).__name__}: {err}") from None
+    if shape is not None and tuple(tensor.shape) != shape:
+        raise BadMessage(f"'{stream}' has shape {list(tensor.shape)}, expected {list(shape)}")
+    if not torch.isfinite(tensor).all():
+        raise BadMessage(f"'{stream}' holds inf or NaN")
+    return tensor
+
+
+def encode_state(state: Mapping[str, torch.Tensor], codec: Codec | ErrorFeedback) -> dict[str, np.ndarray]:
+    """Named weights as message arrays, one stream per weight (with error feedback, one residual per weight)."""
+    arrays = {}
+    for name, tensor in state.items():
+        encoded = codec.encode(name, tensor) if isinstance(codec, ErrorFeedback) else codec.encode(tensor)
+        arrays.update(encoded.wire(name))
+    return arrays
+
+
+def decode_state(arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The weights named in ``shapes`` from a message's arrays, which must hold those streams, of those shapes, and
+    nothing else."""
+    streams: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in arrays.items():
+        stream = key.rsplit(_SEPARATOR, 2)[0] if key.count(_SEPARATOR) >= 2 else key
+        streams.setdefault(stream, {})[key] = array
+    missing, extra = sorted(set(shapes) - set(streams)), sorted(set(streams) - set(shapes))
+    if missing or extra:
+        raise BadMessage(f"weights do not match: missing {missing[:3]}, unexpected {extra[:3]}")
+    return {name: decode_stream(streams[name], name, shape) for name, shape in shapes.items()}

@@ -1,0 +1,244 @@
+"""Collaborative fine-tuning over Fast DDS: an edge trainer and robot trainers in their own processes, on a tiny
+randomly initialised Llama (SmolLM2's tokenizer beside it) so that a round takes well under a second."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import uuid
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+from edge_lam_msgs.msg import Tensor, TensorList
+from rclpy.serialization import serialize_message
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from conftest import finish
+from edge_lam.model.decompose import describe
+from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.qos import LATCHED, TENSORS
+from edge_lam.training.adapters import LoraSettings
+from edge_lam.training.messages import decode_stream, pack, unpack
+from edge_lam.training.split import IGNORE, SplitBottom
+from ros_client import RosClient
+
+HIDDEN, CUT, ROUNDS, STEPS = 64, 2, 2, 2
+ROBOTS = {"robot_a": 0, "robot_b": 2}  # shares 0 and 2 of 3: 33 and 30 training pairs, so FedAvg weights differ
+TIMEOUT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 4-layer, 64-wide Llama with SmolLM2's vocabulary, saved as a transformers folder with the tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, initializer_range=0.1, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def common(tiny_model) -> list[str]:
+    return ["-p", f"model:={tiny_model}", "-p", f"cut_layer:={CUT}", "-p", "lora_rank:=4", "-p", "lora_alpha:=8.0",
+            "-p", "lora_target_modules:=[q_proj,v_proj,o_proj]", "-p", "learning_rate:=0.01",
+            "-p", "adapter_codec:=fp32"]
+
+
+def start_edge(processes, namespace: str, tiny_model, *params: str):
+    return processes.start(sys.executable, "-m", "edge_lam.training.edge_trainer_node", "--ros-args",
+                           "-r", f"__ns:={namespace}", *common(tiny_model), "-p", "gradient_codec:=topk:0.25", *params)
+
+
+def start_robot(processes, namespace: str, tiny_model, robot: str, index: int, ledger):
+    return processes.start(sys.executable, "-m", "edge_lam.training.robot_trainer_node", "--ros-args",
+                           "-r", f"__ns:={namespace}", "-r", f"__node:={robot}", *common(tiny_model),
+                           "-p", "robots:=3", "-p", f"robot_index:={index}", "-p", f"steps_per_round:={STEPS}",
+                           "-p", "batch_size:=4", "-p", "activation_codec:=int8", "-p", f"ledger_path:={ledger}")
+
+
+def weights(msg: TensorList, fields: tuple[str, ...]) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
+    """A message's fields and its codec-encoded tensors (weights, activation, gradient), as float64."""
+    got = unpack(msg, fields)
+    streams = {name.rsplit("/", 2)[0] for name in got.arrays if name.count("/") >= 2}
+    return got.fields, {name: decode_stream(got.arrays, name).double() for name in sorted(streams)}
+
+
+def l1_logged(output: str, round_: int) -> float:
+    (value,) = re.findall(rf"loaded the global adapter of round {round_}: \d+ tensors, L1 (\S+)", output)
+    return float(value)
+
+
+def initial_adapter(tiny_model) -> dict[str, torch.Tensor]:
+    """The robots' adapter before any round, as the edge makes it from its seed (0)."""
+    lora = LoraSettings(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj", "o_proj"))
+    state = SplitBottom(describe(load_model(str(tiny_model))), CUT, lora, seed=0).trainable_state()
+    return {name: tensor.double() for name, tensor in state.items()}
+
+
+def test_two_robots_train_and_the_edge_averages_their_adapters_for_every_robot(processes, tiny_model, tmp_path):
+    namespace = f"/training_{uuid.uuid4().hex[:8]}"
+    client = RosClient("observer", namespace)
+    try:
+        globals_seen = client.collect(TensorList, "training/global_adapter", LATCHED)
+        updates = client.collect(TensorList, "training/adapters", TENSORS)
+        activations = client.collect(TensorList, "training/activations", TENSORS)
+        robots = {name: start_robot(processes, namespace, tiny_model, name, index, tmp_path / f"{name}.json")
+                  for name, index in ROBOTS.items()}
+        # The robots wait for the edge's adapter. Discovery between processes that did not start together can
+        # take a DDS announcement period (3 s), so the observer must know their writers before training begins.
+        assert client.spin_until(lambda: all(client.node.count_publishers(f"{namespace}/training/{topic}") == 2
+                                             for topic in ("activations", "adapters")), TIMEOUT_S)
+        edge_ledger = tmp_path / "edge.json"
+        edge = start_edge(processes, namespace, tiny_model, "-p", f"rounds:={ROUNDS}", "-p", "min_robots:=2",
+                          "-p", f"ledger_path:={edge_ledger}")
+
+        def finished() -> bool:
+            return any(unpack(m, ("round", "rounds")).fields["round"] == ROUNDS for m in globals_seen)
+
+        assert client.spin_until(finished, TIMEOUT_S), "the edge did not finish its rounds"
+        outputs = {}
+        for name, process in robots.items():
+            rc, outputs[name] = finish(process, 30.0)
+            assert rc == 0, outputs[name]
+
+        # A robot that starts after the run gets the final adapter (latched), and has nothing left to train.
+        late = start_robot(processes, namespace, tiny_model, "robot_late", 1, tmp_path / "robot_late.json")
+        rc, late_output = finish(late, TIMEOUT_S)
+        assert rc == 0, late_output
+    finally:
+        client.close()
+    edge.send_signal(signal.SIGINT)
+    rc, edge_output = finish(edge, 10.0)
+    assert "[ERROR]" not in edge_output, edge_output
+
+    # Every merged adapter is the previous one plus the sample-weighted average of the robots' updates (that is,
+    # the weighted average of their trained adapters); the observer saw every update but may have joined the
+    # latched topic late, so the merges are followed from the initial adapter to the final one published.
+    by_round: dict[int, dict[str, tuple[int, dict[str, torch.Tensor]]]] = defaultdict(dict)
+    for msg in updates:
+        fields, update = weights(msg, ("round", "samples", "cut"))
+        assert fields["cut"] == CUT
+        by_round[fields["round"]][msg.header.frame_id] = (fields["samples"], update)
+    merged = [initial_adapter(tiny_model)]
+    for round_ in range(ROUNDS):
+        assert sorted(by_round[round_]) == sorted(ROBOTS)
+        (n_a, d_a), (n_b, d_b) = by_round[round_]["robot_a"], by_round[round_]["robot_b"]
+        assert (n_a, n_b) == (33, 30)
+        assert any(not torch.allclose(d_a[n], d_b[n]) for n in d_a), "both robots sent the same update"
+        merged.append({name: w + (n_a * d_a[name] + n_b * d_b[name]) / (n_a + n_b) for name, w in merged[-1].items()})
+    fields, final = weights(globals_seen[-1], ("round", "rounds"))
+    assert fields == {"round": ROUNDS, "rounds": ROUNDS}
+    assert sorted(final) == sorted(merged[0])
+    for name in final:
+        torch.testing.assert_close(final[name], merged[-1][name], rtol=1e-6, atol=1e-8, msg=name)
+    assert any(not torch.allclose(final[n], merged[0][n]) for n in final), "the rounds changed nothing"
+
+    # Both robots loaded every merged adapter (they log its L1 norm) and trained the next round with it.
+    l1 = [sum(float(t.abs().sum()) for t in state.values()) for state in merged]
+    for name, output in outputs.items():
+        for round_ in range(ROUNDS + 1):
+            assert l1_logged(output, round_) == pytest.approx(l1[round_], rel=1e-6), name
+        rounds_sent = sorted({unpack(m, ("round", "step", "cut")).fields["round"] for m in activations
+                              if m.header.frame_id == name})
+        assert rounds_sent == list(range(ROUNDS)), name
+    assert l1_logged(late_output, ROUNDS) == pytest.approx(l1[ROUNDS], rel=1e-6)
+    assert "rounds are over" in late_output
+
+    # The ledgers: per-round totals are sums of their messages, sizes are what the serializer writes, and the
+    # edge's messages are the two robots' messages.
+    ledger = json.loads(edge_ledger.read_text())
+    messages = ledger["messages"]
+    per_round: dict[str, int] = defaultdict(int)
+    for message in messages:
+        per_round[str(message["round"])] += message["bytes"]
+    assert ledger["summary"]["per_round"] == per_round and sorted(per_round) == [str(r) for r in range(ROUNDS)]
+    assert ledger["summary"]["total_bytes"] == sum(per_round.values())
+    assert ledger["run"]["finished"] is True
+    kinds = defaultdict(int)
+    for message in messages:
+        kinds[message["kind"]] += 1
+    robots_n = len(ROBOTS)
+    assert kinds == {"activation": robots_n * ROUNDS * STEPS, "gradient": robots_n * ROUNDS * STEPS,
+                     "adapter": robots_n * ROUNDS, "global_adapter": robots_n * (ROUNDS + 1)}
+    for msg in updates:
+        (entry,) = [m for m in messages if m["kind"] == "adapter" and m["sender"] == msg.header.frame_id
+                    and m["round"] == unpack(msg, ("round", "samples", "cut")).fields["round"]]
+        assert entry["bytes"] == len(serialize_message(msg))
+    robot_ledgers = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ROBOTS]
+    robot_messages = sorted((m["round"], m["direction"], m["kind"], m["bytes"]) for r in robot_ledgers
+                            for m in r["messages"])
+    assert robot_messages == sorted((m["round"], m["direction"], m["kind"], m["bytes"]) for m in messages)
+    late_ledger = json.loads((tmp_path / "robot_late.json").read_text())
+    assert [m["kind"] for m in late_ledger["messages"]] == ["global_adapter"]
+
+
+def bad_activations() -> list[tuple[str, TensorList]]:
+    """Activations the edge must refuse, each with a word of the error it should log."""
+    good = {"activation/fp32/data": np.zeros((1, 5, HIDDEN), np.float32),
+            "targets": np.array([[IGNORE, IGNORE, 7, 8, 9]], np.int32)}
+    fields = {"round": 0, "step": 0, "cut": CUT}
+    short = Tensor(name="targets", dtype="int32", shape=[1, 5], data=bytes(7))
+    truncated = pack("probe", fields, {})[0]
+    truncated.tensors.append(short)
+    wrong_hidden = {**good, "activation/fp32/data": np.zeros((1, 5, HIDDEN + 1), np.float32)}
+    nan = {**good, "activation/fp32/data": np.full((1, 5, HIDDEN), np.nan, np.float32)}
+    huge_sparse = {**good, "activation/topk:0.1/values": np.zeros(1, np.float16),
+                   "activation/topk:0.1/indices": np.zeros(1, np.int32),
+                   "activation/topk:0.1/scale": np.ones(1, np.float32),
+                   "activation/topk:0.1/shape": np.array([10**6, 10**6, 10**6])}
+    del huge_sparse["activation/fp32/data"]
+    return [
+        ("expected 20", truncated),
+        ("integer scalar 'step'", pack("probe", {"round": 0, "cut": CUT}, good)[0]),
+        ("shape", pack("probe", fields, wrong_hidden)[0]),
+        ("inf or NaN", pack("probe", fields, nan)[0]),
+        ("shape", pack("probe", fields, huge_sparse)[0]),
+        ("not the open round", pack("probe", {**fields, "round": 5}, good)[0]),
+        ("this edge holds the top from layer", pack("probe", {**fields, "cut": CUT + 1}, good)[0]),
+        ("no robot id", pack("", fields, good)[0]),
+        ("token ids", pack("probe", fields, {**good, "targets": np.array([[10**9, 0, 0, 0, 0]], np.int32)})[0]),
+        ("no answer tokens", pack("probe", fields, {**good, "targets": np.full((1, 5), IGNORE, np.int32)})[0]),
+    ]
+
+
+def test_the_edge_logs_malformed_activations_and_keeps_serving(processes, tiny_model):
+    namespace = f"/training_{uuid.uuid4().hex[:8]}"
+    client = RosClient("prober", namespace)
+    try:
+        globals_seen = client.collect(TensorList, "training/global_adapter", LATCHED)
+        gradients = client.collect(TensorList, "training/gradients", TENSORS)
+        edge = start_edge(processes, namespace, tiny_model, "-p", "rounds:=1")
+        assert client.spin_until(lambda: globals_seen, TIMEOUT_S), "the edge published no global adapter"
+        publisher = client.publisher(TensorList, "training/activations", TENSORS)
+        assert client.spin_until(lambda: client.node.count_publishers(f"{namespace}/training/gradients") == 1, 30.0)
+        bad = bad_activations()
+        for _, msg in bad:
+            publisher.publish(msg)
+        activation = np.random.default_rng(0).standard_normal((2, 5, HIDDEN)).astype(np.float32)
+        targets = np.array([[IGNORE, IGNORE, 7, 8, 9], [IGNORE, 3, 4, IGNORE, IGNORE]], np.int32)
+        good, _ = pack("probe", {"round": 0, "step": 0, "cut": CUT},
+                       {"activation/fp32/data": activation, "targets": targets})
+        publisher.publish(good)
+        assert client.spin_until(lambda: gradients, 30.0), "no gradient after the malformed activations"
+        client.spin_for(0.3)
+    finally:
+        client.close()
+    assert edge.poll() is None, "the edge died"
+    edge.send_signal(signal.SIGINT)
+    _, output = finish(edge, 10.0)
+    (reply,) = gradients
+    fields, gradient = weights(reply, ("round", "step"))
+    assert reply.header.frame_id == "probe" and fields == {"round": 0, "step": 0}
+    assert gradient["gradient"].shape == (2, 5, HIDDEN) and gradient["gradient"].abs().sum() > 0
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert len(errors) == len(bad), output
+    for (word, _), line in zip(bad, errors, strict=True):
+        assert word in line, (word, line)
