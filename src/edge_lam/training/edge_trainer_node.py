@@ -60,9 +60,10 @@ class EdgeTrainerNode(Node):
                             "Decoder layers [0, cut_layer) train on the robots, the rest here; the same as theirs.")
         rank = declare(self, "lora_rank", 8, "LoRA rank of the adapters of both halves.")
         alpha = declare(self, "lora_alpha", 16.0, "LoRA alpha: the update is scaled by alpha / rank.")
-        targets = declare(self, "lora_target_modules", ["q_proj", "v_proj"],
+        targets = declare(self, "lora_target_modules",
+                          ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                           "Linear layers inside each decoder layer that get adapters (q_proj, v_proj, o_proj ...).")
-        lr = declare(self, "learning_rate", 1e-3, "AdamW learning rate of the top's adapters.")
+        lr = declare(self, "learning_rate", 2e-3, "AdamW learning rate of the top's adapters.")
         self._gradient_codec = codec_from_spec(declare(
             self, "gradient_codec", "topk:0.1", "Codec of the gradients sent down: fp32, fp16, int8 or topk:F."))
         self._adapter_codec = codec_from_spec(declare(

@@ -60,9 +60,10 @@ class RobotTrainerNode(Node):
         self._cut = declare(self, "cut_layer", 4, "This robot trains decoder layers [0, cut_layer); the edge's.")
         rank = declare(self, "lora_rank", 8, "LoRA rank; the edge's.")
         alpha = declare(self, "lora_alpha", 16.0, "LoRA alpha (the update is scaled by alpha / rank); the edge's.")
-        targets = declare(self, "lora_target_modules", ["q_proj", "v_proj"],
+        targets = declare(self, "lora_target_modules",
+                          ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                           "Linear layers inside each decoder layer that get adapters; the edge's.")
-        lr = declare(self, "learning_rate", 1e-3, "AdamW learning rate of the bottom's adapters.")
+        lr = declare(self, "learning_rate", 2e-3, "AdamW learning rate of the bottom's adapters.")
         self._activation_codec = codec_from_spec(declare(
             self, "activation_codec", "int8", "Codec of the activations sent up: fp32, fp16, int8 or topk:F."))
         adapter_codec = declare(self, "adapter_codec", "fp16",
