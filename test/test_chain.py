@@ -222,6 +222,9 @@ def test_a_malformed_tensor_gets_an_error_and_the_chain_keeps_serving(chain, ref
 @pytest.mark.parametrize(("parameter", "message"), [
     ("wire_dtype:=float8", "wire_dtype 'float8' is not one of"),
     ("session_idle_timeout_s:=0.0", "session_idle_timeout_s must be > 0"),
+    ("compute_slowdown:=0.5", "compute_slowdown must be >= 1"),
+    ("input_link:=[0.02]", "an emulated link is [latency_s, bandwidth_bps]"),
+    ("output_link:=[0.02,0.0]", "an emulated link needs latency_s >= 0 and bandwidth_bps > 0"),
 ])
 def test_a_shard_with_a_bad_parameter_stops_with_a_clear_error(processes, parameter, message):
     shard = processes.start(LIB / "shard", "--ros-args", "-p", parameter)

@@ -8,7 +8,7 @@ from edge_lam_msgs.msg import ChainPacket, GenerationOptions, StageTiming
 from edge_lam.chain.shard import BadInput, Sampling
 from edge_lam.tensor_codec import TensorError, to_msg, to_torch
 
-__all__ = ["fail", "packet_tensors", "put_tensors", "sampling", "stage_timing"]
+__all__ = ["fail", "packet_bytes", "packet_tensors", "put_tensors", "sampling", "stage_timing"]
 
 
 def packet_tensors(packet: ChainPacket) -> dict[str, torch.Tensor]:
@@ -27,6 +27,11 @@ def packet_tensors(packet: ChainPacket) -> dict[str, torch.Tensor]:
 def put_tensors(packet: ChainPacket, tensors: dict[str, torch.Tensor], wire_dtype: torch.dtype) -> None:
     """Replace the packet's tensors; floating ones travel as ``wire_dtype``."""
     packet.tensors = [to_msg(t.to(wire_dtype) if t.is_floating_point() else t, name) for name, t in tensors.items()]
+
+
+def packet_bytes(packet: ChainPacket) -> int:
+    """The tensor payload a packet carries, in bytes (what an emulated link charges for)."""
+    return sum(len(t.data) for t in packet.tensors)
 
 
 def sampling(options: GenerationOptions) -> Sampling:

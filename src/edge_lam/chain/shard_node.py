@@ -7,14 +7,17 @@ with an error packet downstream (the gateway turns it into an error result or a 
 from __future__ import annotations
 
 import socket
+import time
 
 import rclpy
 import torch
 from edge_lam_msgs.msg import ChainPacket
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
-from edge_lam.chain.packets import fail, packet_tensors, put_tensors, sampling, stage_timing
+from edge_lam.chain.emulation import EmulatedLink, compute_delay_s
+from edge_lam.chain.packets import fail, packet_bytes, packet_tensors, put_tensors, sampling, stage_timing
 from edge_lam.chain.shard import BadInput, ShardCore
 from edge_lam.model.decompose import ModuleSpec
 from edge_lam.model.loading import load_model
@@ -40,11 +43,22 @@ class ShardNode(Node):
         idle = declare(self, "session_idle_timeout_s", 600.0, "Drop a session's KV cache after this long unused.")
         threads = declare(self, "num_threads", 1, "Torch threads (decode is memory-bound: more rarely help).")
         host_id = declare(self, "host_id", "", "Host name reported in timings; empty for the machine's.")
+        slowdown = declare(self, "compute_slowdown", 1.0, "Emulation for benchmarks: each step takes this many times "
+                           "its measured compute (4.0 makes this host a 0.25x one); 1.0 for none.")
+        input_link = declare(self, "input_link", Parameter.Type.DOUBLE_ARRAY, "Emulation for benchmarks: "
+                             "[latency_s, bandwidth_bps] of the link packets arrive over; unset for none.")
+        output_link = declare(self, "output_link", Parameter.Type.DOUBLE_ARRAY,
+                              "The same for the link packets leave over (the hop back to the gateway).")
         self._host_id = host_id or socket.gethostname()
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype '{wire_dtype}' is not one of {sorted(WIRE_DTYPES)}")
         if idle <= 0 or threads < 1:
             raise ValueError(f"session_idle_timeout_s must be > 0 and num_threads >= 1, got {idle} and {threads}")
+        if slowdown < 1.0:
+            raise ValueError(f"compute_slowdown must be >= 1 (a host can't be made faster), got {slowdown}")
+        self._slowdown = slowdown
+        self._input_link = EmulatedLink.from_parameter(input_link or [])
+        self._output_link = EmulatedLink.from_parameter(output_link or [])
         self._wire_dtype = WIRE_DTYPES[wire_dtype]
         torch.set_num_threads(threads)
         self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle)
@@ -56,12 +70,15 @@ class ShardNode(Node):
             f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
         )
 
-
     def on_packet(self, packet: ChainPacket) -> None:
+        if self._input_link is not None:
+            time.sleep(self._input_link.delay_s(packet_bytes(packet)))
         if packet.release:
             self._core.release(packet.session_id)
         elif packet.error_code == ChainPacket.ERROR_NONE:
             self._run(packet)
+        if self._output_link is not None:
+            time.sleep(self._output_link.delay_s(packet_bytes(packet)))
         self._pub.publish(packet)  # releases and errors pass on untouched, so every module and the gateway see them
 
     def _run(self, packet: ChainPacket) -> None:
@@ -81,6 +98,9 @@ class ShardNode(Node):
             self.get_logger().error(f"request {packet.request_id}: {type(err).__name__}: {err}")
             fail(packet, ChainPacket.ERROR_INTERNAL, f"{where}: {type(err).__name__}: {err}")
         else:
+            if self._slowdown > 1.0:  # emulated compute counts as the modules' own time
+                time.sleep(compute_delay_s(sum(s for _, s in timings), self._slowdown))
+                timings = [(m, s * self._slowdown) for m, s in timings]
             put_tensors(packet, outputs, self._wire_dtype)
             packet.timings.extend(stage_timing(f"module:{m}", self._host_id, s) for m, s in timings)
 
