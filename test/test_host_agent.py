@@ -14,12 +14,15 @@ import uuid
 import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from edge_lam_msgs.msg import ChainPacket, ComputeAdvert, ModuleAssignment, PlacementPlan, Vocabulary
+from edge_lam_msgs.msg import ChainPacket, ComputeAdvert, ModuleAssignment, PlacementPlan, TensorList, Vocabulary
 from edge_lam_msgs.srv import LoadModule, UnloadModule
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
+from std_msgs.msg import Header
 
 import edge_lam
 from conftest import Processes, finish
+from edge_lam.fleet.container_services import component_kind
 from edge_lam.fleet.host_agent_node import yaml_parameters
 from edge_lam.fleet.host_state import (
     PlanOrder,
@@ -346,3 +349,51 @@ def test_load_module_and_unload_module_serve_good_requests_and_refuse_bad_ones(p
     wait(ros, lambda: latest(adverts, "svc") is not None, 5, agent)
     assert list(latest(adverts, "svc").modules_hosted) == []
     assert latest(adverts, "svc").memory_free_bytes == 2_000_000_000
+
+
+@pytest.mark.parametrize(("plugin", "kind"), [("shard", "shard"), ("ShardNode", "shard"),
+                                              ("edge_lam::TensorEchoNode", "tensor_echo"),
+                                              ("edge_lam.encoders.camera_node:CameraEncoderNode", "camera_encoder")])
+def test_a_container_plugin_name_is_a_kind_a_class_or_its_path(plugin, kind):
+    assert component_kind("edge_lam", plugin) == kind
+
+
+@pytest.mark.parametrize(("package", "plugin", "why"), [("rclcpp_components", "shard", "edge_lam components only"),
+                                                        ("edge_lam", "WarpDrive", "no edge_lam component")])
+def test_a_container_plugin_that_is_not_ours_is_refused(package, plugin, why):
+    with pytest.raises(ValueError, match=why):
+        component_kind(package, plugin)
+
+
+def test_the_standard_container_services_load_list_and_unload_a_component(processes, client):
+    """Runs where composition_interfaces is installed (any ROS 2 install); its wheel is not on PyPI."""
+    pytest.importorskip("composition_interfaces")
+    from composition_interfaces.srv import ListNodes, LoadNode, UnloadNode
+
+    ros, ns = client
+    agent = start_agent(processes, ns, "cont")
+    services = {kind: ros.node.create_client(kind, f"/{ns}/agent_cont/_container/{name}")
+                for kind, name in ((LoadNode, "load_node"), (ListNodes, "list_nodes"), (UnloadNode, "unload_node"))}
+    wait(ros, lambda: all(s.service_is_ready() for s in services.values()), 60, agent)
+    for package, plugin, why in (("other_pkg", "x", "edge_lam components only"), ("edge_lam", "Warp", "no edge")):
+        answer = call(ros, services[LoadNode], LoadNode.Request(package_name=package, plugin_name=plugin), agent)
+        assert not answer.success and why in answer.error_message
+
+    request = LoadNode.Request(package_name="edge_lam", plugin_name="edge_lam::TensorEchoNode", node_name="echo",
+                              remap_rules=["ping:=ping_in"],
+                              parameters=[Parameter("validate", value=False).to_parameter_msg()])
+    loaded = call(ros, services[LoadNode], request, agent)
+    assert loaded.success and loaded.full_node_name == f"/{ns}/echo" and loaded.unique_id > 0, loaded
+
+    # The component runs in the agent's process, with its remap rule and parameter.
+    pongs = ros.collect(TensorList, f"/{ns}/pong", TENSORS)
+    ros.publisher(TensorList, f"/{ns}/ping_in", TENSORS, timeout_s=30).publish(TensorList(header=Header(frame_id="1")))
+    wait(ros, lambda: pongs, 30, agent)
+    listed = call(ros, services[ListNodes], ListNodes.Request(), agent)
+    assert dict(zip(listed.unique_ids, listed.full_node_names, strict=True))[loaded.unique_id] == f"/{ns}/echo"
+
+    assert call(ros, services[UnloadNode], UnloadNode.Request(unique_id=loaded.unique_id), agent).success
+    listed = call(ros, services[ListNodes], ListNodes.Request(), agent)
+    assert f"/{ns}/echo" not in listed.full_node_names
+    again = call(ros, services[UnloadNode], UnloadNode.Request(unique_id=loaded.unique_id), agent)
+    assert not again.success and "no component" in again.error_message

@@ -15,8 +15,9 @@ are built in ``components_namespace`` (the agent's own by default: the chain's t
 agent of a fleet names the same one) and, like rclcpp's container, ignore the process's command-line arguments, so
 ``-r __node:=`` and ``-p`` given to the agent stay the agent's.
 
-The standard container services (composition_interfaces, for ``ros2 component load``) are not answered: that
-package is not installable here.
+Where composition_interfaces is installed, it also answers the standard container services
+(``~/_container/load_node``, ``unload_node``, ``list_nodes``; see ``container_services``), so ``ros2 component``
+and launch_ros's ComposableNodeContainer can drive it.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from rclpy.task import Future
 
 from edge_lam.chain.shard_node import WIRE_DTYPES, ShardNode
 from edge_lam.compose import COMPONENTS, component_class
+from edge_lam.fleet.container_services import add_container_services
 from edge_lam.fleet.host_state import (
     PlanOrder,
     ShardLoad,
@@ -175,12 +177,16 @@ class HostAgentNode(Node):
         services = ReentrantCallbackGroup()  # a load call awaits its component without holding up adverts
         self.create_service(LoadModule, "~/load_module", self.on_load_module, callback_group=services)
         self.create_service(UnloadModule, "~/unload_module", self.on_unload_module, callback_group=services)
+        standard = add_container_services(self, self._container_load, self._container_unload, self._full_names,
+                                          callback_group=services)
         self.create_timer(advert_period_s, self.advertise)
         self.create_timer(probe_period_s, self.probe_peers)
+        container = f"on {self.get_fully_qualified_name()}/_container" if standard else "off (not installed)"
         self.get_logger().info(
             f"host '{self._host_id}' ({role}): {self._gflops:.1f} GFLOP/s (x{compute_scale}), "
             f"{self._memory_total / 2**30:.2f} GiB for modules; adverts on {self._adverts.topic_name}, "
-            f"plans from {plan_topic}, emulated links {sorted(self._emulated) or 'none'}"
+            f"plans from {plan_topic}, emulated links {sorted(self._emulated) or 'none'}; standard container "
+            f"services {container}"
         )
 
     # -- adverts and diagnostics ---------------------------------------------------------------------------------
@@ -386,9 +392,11 @@ class HostAgentNode(Node):
             entry.node.destroy_node()
             self.get_logger().info(f"{name} unloaded ({', '.join(entry.module_ids)})")
 
-    def _build_component(self, kind: str, name: str, extra: list[Parameter]) -> Node:
-        return component_class(kind)(name, namespace=self._components_namespace, use_global_arguments=False,
-                                     parameter_overrides=extra)
+    def _build_component(self, kind: str, name: str, extra: list[Parameter], namespace: str = "",
+                         remap_rules: tuple[str, ...] = ()) -> Node:
+        cli_args = ["--ros-args", *(arg for rule in remap_rules for arg in ("-r", rule))] if remap_rules else None
+        return component_class(kind)(name, namespace=namespace or self._components_namespace,
+                                     use_global_arguments=False, parameter_overrides=extra, cli_args=cli_args)
 
     def _build_shard(self, shard: ShardLoad, extra: list[Parameter]) -> Node:
         group = shard.group
@@ -447,6 +455,27 @@ class HostAgentNode(Node):
         if entry.name in self._hosted and not self._hosted[entry.name].error:
             raise ValueError(f"a component named '{entry.name}' is already hosted here")
         return entry, build
+
+    async def _container_load(self, kind: str, name: str, namespace: str, parameters: list[Parameter],
+                              remap_rules: list[str]) -> tuple[bool, str, str]:
+        """A component asked for through the standard container service (composition_interfaces)."""
+        if name in self._hosted and not self._hosted[name].error:
+            return False, f"a component named '{name}' is already hosted here", ""
+        entry = Hosted(name, (f"{kind}:{name}",), 0, False)
+        entry.waiter = Future()
+        self._start_load(entry, functools.partial(self._build_component, kind, name, parameters, namespace,
+                                                  tuple(remap_rules)))
+        success, message = await entry.waiter
+        return success, message, entry.node.get_fully_qualified_name() if success else ""
+
+    def _container_unload(self, name: str) -> bool:
+        if name not in self._hosted:
+            return False
+        self._unload(name)
+        return True
+
+    def _full_names(self) -> dict[str, str]:
+        return {h.node.get_fully_qualified_name(): name for name, h in self._hosted.items() if h.node is not None}
 
     def on_unload_module(self, request: UnloadModule.Request,
                          response: UnloadModule.Response) -> UnloadModule.Response:
