@@ -29,6 +29,7 @@ from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import InferenceRequest, InferenceResult, PlacementPlan
 from rclpy.executors import SingleThreadedExecutor
 
+from edge_lam.processes import stop_processes
 from edge_lam.qos import CONTROL, LATCHED
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
@@ -64,14 +65,7 @@ class Fleet:
                                           "-r", f"__node:=agent_{host_id}")
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes)
 
 
 def main() -> int:

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from edge_lam.placement.solver import (
     proportional_to_memory,
     segment_modules,
 )
+from edge_lam.processes import stop_processes
 from edge_lam.qos import CONTROL
 
 MODEL = "smollm2-135m-instruct"
@@ -240,14 +240,7 @@ class Placement:
 
     def close(self) -> None:
         self.node.destroy_node()
-        for process in self.processes:
-            process.send_signal(signal.SIGINT)
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_processes(self.processes, grace_s=15.0)
 
 
 def wall_clock(strategies: dict, units: list[Unit], reports: int) -> dict[str, dict]:

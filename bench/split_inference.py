@@ -24,7 +24,6 @@ import itertools
 import json
 import os
 import pathlib
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from transformers import DynamicCache
 from edge_lam.chain.shard import Sampling, ShardCore
 from edge_lam.model.decompose import ModuleSpec
 from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.processes import stop_processes
 from edge_lam.qos import CONTROL, TENSORS
 
 MODEL = "smollm2-135m-instruct"
@@ -249,13 +249,7 @@ def split(layout: list[list[str]], wire_dtype: str, max_new: int, rounds: int) -
         raise
     finally:
         driver.close()
-        for process in processes:
-            process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         os.unlink(file.name)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 
 import pytest
+
+from edge_lam.processes import stop_processes
 
 # Set before anything initialises rclpy, and inherited by every process the tests start.
 os.environ["ROS_DOMAIN_ID"] = os.environ.get("EDGE_LAM_TEST_DOMAIN_ID", str(10 + os.getpid() % 90))
@@ -36,15 +37,7 @@ class Processes:
         return self.start(sys.executable, TEST_DIR / script, *args)
 
     def stop_all(self) -> None:
-        for process in self._started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in self._started:
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_processes(self._started, grace_s=2.5)
 
 
 @pytest.fixture

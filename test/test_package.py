@@ -18,13 +18,18 @@ from ament_index_python.packages import get_package_prefix, get_package_share_di
 from conftest import REPO
 
 
-def console_scripts() -> list[str]:
-    """The console scripts setup.py declares, read from the installed egg-info rather than re-parsed by hand."""
+def entry_points() -> dict[str, str]:
+    """Console script -> ``module:function``, as setup.py declares them, read from the installed egg-info rather
+    than re-parsed by hand."""
     prefix = pathlib.Path(get_package_prefix("edge_lam"))
-    (entry_points,) = prefix.glob("lib/python3*/site-packages/edge_lam-*info/entry_points.txt")
+    (path,) = prefix.glob("lib/python3*/site-packages/edge_lam-*info/entry_points.txt")
     parser = configparser.ConfigParser()
-    parser.read(entry_points)
-    return sorted(parser["console_scripts"])
+    parser.read(path)
+    return dict(parser["console_scripts"])
+
+
+def console_scripts() -> list[str]:
+    return sorted(entry_points())
 
 
 def test_both_packages_are_in_the_ament_index():
@@ -81,14 +86,10 @@ def _declared_in(path: pathlib.Path) -> dict[str, ast.Call]:
 def declared_parameters() -> dict[str, dict[str, ast.Call]]:
     """Per executable, the parameters its node declares, read from the source (every encoder also declares the
     encoder base's)."""
-    prefix = pathlib.Path(get_package_prefix("edge_lam"))
-    (entry_points,) = prefix.glob("lib/python3*/site-packages/edge_lam-*info/entry_points.txt")
-    parser = configparser.ConfigParser()
-    parser.read(entry_points)
     source = REPO / "src"
     base = _declared_in(source / "edge_lam" / "encoders" / "encoder_node.py")
     found = {}
-    for executable, target in parser["console_scripts"].items():
+    for executable, target in entry_points().items():
         path = source / (target.split(":")[0].replace(".", "/") + ".py")
         found[executable] = _declared_in(path)
         if "(EncoderNode)" in path.read_text():

@@ -129,6 +129,3 @@ class DemoMonitor(Node):
             self._last_warmup = time.monotonic()
             self._requests.publish(request)
         return False
-
-    def hosted(self) -> set[str]:
-        return {m for host in self.records.hosts.values() for m in host["modules_hosted"]}

@@ -10,15 +10,14 @@ the robot's namespace for ``duration`` seconds, waits for the last report, stops
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import pathlib
-import signal
 import subprocess
 import time
 from collections.abc import Callable
 
 from edge_lam.demo.graph import DemoConfig, ProcessSpec
+from edge_lam.processes import stop_processes
 
 __all__ = ["DemoError", "ProcessGroup", "run_demo"]
 
@@ -53,18 +52,9 @@ class ProcessGroup:
                 raise DemoError(f"{name} exited with {process.returncode}; the end of its log "
                                 f"({self.log_of(name)}):\n{tail}")
 
-    def stop(self, names: list[str] | None = None, timeout_s: float = 10.0) -> None:
-        chosen = {n: p for n, p in self.running.items() if names is None or n in names}
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            alive = [p for p in chosen.values() if p.poll() is None]
-            for process in alive:
-                process.send_signal(signum)
-            deadline = time.monotonic() + timeout_s
-            for process in alive:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        for name in chosen:
-            del self.running[name]
+    def stop(self, names: list[str] | None = None) -> None:
+        chosen = [n for n in self.running if names is None or n in names]
+        stop_processes(self.running.pop(n) for n in chosen)
 
 
 def spin_until(monitor, done: Callable[[], bool], timeout_s: float, processes: ProcessGroup,
