@@ -3,12 +3,16 @@ bytes on the wire.
 
 The baseline runs the model in this process with a KV cache, one token at a time, as a gateway would; the
 ``modules_1proc`` run chains the 3-process layout's modules in one process without DDS, to separate what the cut
-costs from what the processes and the transport cost. Each split layout starts its shard processes and a gateway
-(real rclpy over Fast DDS, edge_lam's profile), and this process sends requests on the gateway's topic and times the
-streamed chunks as they arrive. Bytes are those of the serialized ChainPackets seen on every chain topic during one
-more request after the timed ones: a subscriber counting them during the timed requests would add a process waking
-up at every hop to what is measured. Greedy decoding throughout, torch at one thread in every process (decode is
-memory-bound: a second thread does not help here).
+costs from what the processes and the transport cost. Each split layout starts its shard processes (real rclpy over
+Fast DDS, edge_lam's profile) with the gateway composed into the first one's process, as a robot that asks and runs
+the first modules would (``compose shard:shard_0 gateway:gateway``): N processes are N hops a token; the
+``3proc_gateway_apart`` run puts the gateway in a process of its own (a fourth hop). ``3proc_pipes`` is a control
+without ROS: the same three modules' processes passing pickled fp16 hidden states over OS pipes, to tell what DDS
+and rclpy cost from what any chain of processes costs on this machine. This process sends requests on
+the gateway's topic and times the streamed chunks as they arrive. Bytes are those of the serialized ChainPackets
+seen on every chain topic during one more request after the timed ones: a subscriber counting them during the timed
+requests would add a process waking up at every hop to what is measured. Greedy decoding throughout, torch at one
+thread in every process (decode is memory-bound: a second thread does not help here).
 
 The machine this runs on changes speed by tens of percent from one minute to the next (a shared VM), so every run
 also times the whole model in its own process right before each of its requests, and its ratio is against that
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import os
 import pathlib
 import statistics
@@ -56,6 +61,7 @@ LAYOUTS = {
     "2proc": [["embedding", "blocks:0:15"], ["blocks:15:30", "head"]],
     "3proc": [["embedding", "blocks:0:10"], ["blocks:10:20"], ["blocks:20:30", "head"]],
 }
+GATEWAY_APART = "_gateway_apart"  # a layout name with this suffix runs the gateway in a process of its own
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 
 
@@ -144,6 +150,65 @@ def modules_in_process(layout: list[list[str]], max_new: int, rounds: int) -> di
     return figures.result()
 
 
+def pipe_shard(modules: list[str], first: bool, inbox, outbox) -> None:
+    """A process of the ``3proc_pipes`` control: one ShardCore, packets in and out over OS pipes, no ROS.
+    "ready" and the final None travel down the chain like packets."""
+    torch.set_num_threads(1)
+    core = ShardCore(load_model(MODEL), [ModuleSpec.parse(m) for m in modules])
+    if not first:
+        inbox.recv()  # the previous process is ready
+    outbox.send("ready")
+    while (packet := inbox.recv()) is not None:
+        tensors, session_id, position, seconds = packet
+        outputs, timings = core.step(tensors, session_id, position, False, Sampling(), 0)
+        outbox.send(({k: v.half() if v.is_floating_point() else v for k, v in outputs.items()}, session_id, position,
+                     seconds + sum(s for _, s in timings)))
+    outbox.send(None)
+
+
+def modules_over_pipes(layout: list[list[str]], max_new: int, rounds: int) -> dict:
+    """A control without ROS: the split layout's modules in as many processes, hidden states pickled (fp16) over
+    OS pipes. What a chain of processes costs here whatever carries the packets."""
+    context = multiprocessing.get_context("spawn")
+    links = [context.Pipe() for _ in range(len(layout) + 1)]  # process i reads links[i][1], writes links[i + 1][0]
+    processes = [context.Process(target=pipe_shard, args=(modules, i == 0, links[i][1], links[i + 1][0]),
+                                 daemon=True) for i, modules in enumerate(layout)]
+    for process in processes:
+        process.start()
+    try:
+        if not links[-1][1].poll(300) or links[-1][1].recv() != "ready":
+            raise TimeoutError("the pipe shards did not start")
+        whole, figures = WholeModel(), Figures()
+
+        def step(session: dict, ids: torch.Tensor) -> torch.Tensor:
+            links[0][0].send(({"input_ids": ids}, session["id"], session["position"], 0.0))
+            if not links[-1][1].poll(60):
+                raise TimeoutError("no answer from the pipe shards")
+            outputs, _, _, seconds = links[-1][1].recv()
+            session["position"] += ids.shape[1]
+            session["modules_s"] += seconds
+            return outputs["next_token"].view(1, 1)
+
+        def run(prompt: str) -> tuple[float, list[float], float]:
+            session = {"id": uuid.uuid4().hex, "position": 0, "modules_s": 0.0}
+            return *decode_prompt(step, session, chat_ids(whole.tokenizer, prompt), max_new), session["modules_s"]
+
+        run(PROMPTS[0])  # warm-up, not counted
+        modules_s = total_s = 0.0
+        for prompt in PROMPTS * rounds:
+            baseline = whole.run(prompt, max_new)
+            ttft, decode, seconds = run(prompt)
+            figures.add(ttft, decode, baseline)
+            modules_s, total_s = modules_s + seconds, total_s + ttft + sum(decode)
+        return figures.result(outside_modules=1 - modules_s / total_s)
+    finally:
+        links[0][0].send(None)
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+
 class Driver:
     """This process's node: sends requests to a gateway, times the chunks, counts the bytes on chain topics."""
 
@@ -173,9 +238,12 @@ class Driver:
     def spin_until(self, done, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while not done():
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError("no answer from the chain")
-            self.executor.spin_once(timeout_sec=0.01)
+            # A callback ends the wait at once; a short timeout would wake this process ~100 times a second
+            # beside the module computing on the other vCPU, and slow it.
+            self.executor.spin_once(timeout_sec=min(left, 1.0))
 
     def wait_for_gateway(self, timeout_s: float) -> None:
         self.spin_until(lambda: self.requests.get_subscription_count() > 0 and self.results.get_publisher_count() > 0,
@@ -196,7 +264,7 @@ class Driver:
         rclpy.shutdown(context=self.context)
 
 
-def split(layout: list[list[str]], wire_dtype: str, max_new: int, rounds: int) -> dict:
+def split(layout: list[list[str]], wire_dtype: str, max_new: int, rounds: int, gateway_apart: bool = False) -> dict:
     namespace = f"bench_{uuid.uuid4().hex[:8]}"
     topics = ["chain/input", *(f"chain/hop_{i}" for i in range(1, len(layout))), "chain/output"]
     params = {f"/**/shard_{i}": {"ros__parameters": {
@@ -209,7 +277,10 @@ def split(layout: list[list[str]], wire_dtype: str, max_new: int, rounds: int) -
     args = ["--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", file.name]
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- the processes' logs, shown if the run fails
     commands = [[LIB / "shard", *args, "-r", f"__node:=shard_{i}"] for i in range(len(layout))]
-    commands.append([LIB / "gateway", *args])
+    if gateway_apart:
+        commands.append([LIB / "gateway", *args])
+    else:
+        commands[0] = [LIB / "compose", "shard:shard_0", "gateway:gateway", *args]
     processes = [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT) for command in commands]
     driver = Driver(namespace)
     try:
@@ -266,16 +337,21 @@ def main() -> int:
             run = whole_model(args.max_new_tokens, args.rounds)
         elif args.run == "modules_1proc":
             run = modules_in_process(LAYOUTS["3proc"], args.max_new_tokens, args.rounds)
+        elif args.run == "3proc_pipes":
+            run = modules_over_pipes(LAYOUTS["3proc"], args.max_new_tokens, args.rounds)
         else:
             layout, wire_dtype = args.run.split(":")
-            run = split(LAYOUTS[layout], wire_dtype, args.max_new_tokens, args.rounds)
+            apart = layout.endswith(GATEWAY_APART)
+            run = split(LAYOUTS[layout.removesuffix(GATEWAY_APART)], wire_dtype, args.max_new_tokens, args.rounds,
+                        gateway_apart=apart)
         print(json.dumps(run))
         return 0
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(100 + os.getpid() % 100), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     runs = {}
     splits = [f"{layout}:{dtype}" for layout in LAYOUTS for dtype in ("float32", "float16")]
-    for name in ["whole", "modules_1proc", *splits]:
+    splits.append(f"3proc{GATEWAY_APART}:float16")
+    for name in ["whole", "modules_1proc", "3proc_pipes", *splits]:
         done = subprocess.run([sys.executable, __file__, "--run", name, "--max-new-tokens", str(args.max_new_tokens),
                                "--rounds", str(args.rounds)], env=env, capture_output=True, text=True, timeout=900)
         if done.returncode:
@@ -286,7 +362,7 @@ def main() -> int:
     print(f"SmolLM2-135M-Instruct, greedy, {len(PROMPTS)} prompts x {args.rounds} rounds x {args.max_new_tokens} new "
           "tokens, 1 torch thread per process; milliseconds; ratio against the whole model timed right before each "
           "request (paired)")
-    print(f"{'run':>13} | {'TTFT p50':>8} {'p99':>7} | {'decode/token p50':>16} {'p99':>7} | {'tokens/s':>8} | "
+    print(f"{'run':>24} | {'TTFT p50':>8} {'p99':>7} | {'decode/token p50':>16} {'p99':>7} | {'tokens/s':>8} | "
           f"{'whole p50':>9} | {'ratio':>5} | {'bytes/token':>11} | {'outside modules':>15}")
     for name, run in runs.items():
         rate = 1 / statistics.median(run["decode"])
@@ -299,7 +375,7 @@ def main() -> int:
             "bytes_per_token": run["bytes_per_token"], "share_outside_modules": run["outside_modules"],
         }
         figures[name] = row
-        print(f"{name:>13} | {row['ttft_p50_ms']:8.1f} {row['ttft_p99_ms']:7.1f} | {row['decode_p50_ms']:16.1f} "
+        print(f"{name:>24} | {row['ttft_p50_ms']:8.1f} {row['ttft_p99_ms']:7.1f} | {row['decode_p50_ms']:16.1f} "
               f"{row['decode_p99_ms']:7.1f} | {rate:8.1f} | {row['paired_whole_decode_p50_ms']:9.1f} | "
               f"{row['decode_ratio_vs_whole']:5.2f} | {row['bytes_per_token']:11.0f} | "
               f"{100 * row['share_outside_modules']:14.1f}%")
