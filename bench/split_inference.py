@@ -241,8 +241,8 @@ class Driver:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("no answer from the chain")
-            # A callback ends the wait at once; a short timeout would wake this process ~100 times a second
-            # beside the module computing on the other vCPU, and slow it.
+            # A callback ends the wait at once; a short timeout would only wake this process ~100 times a second
+            # while the modules compute.
             self.executor.spin_once(timeout_sec=min(left, 1.0))
 
     def wait_for_gateway(self, timeout_s: float) -> None:
