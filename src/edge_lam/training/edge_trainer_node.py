@@ -123,16 +123,22 @@ class EdgeTrainerNode(Node):
 
     # -- split training ------------------------------------------------------------------------------------------
 
-    def on_activation(self, msg: TensorList) -> None:
+    def _received(self, msg: TensorList, kind: str, fields: tuple[str, ...]) -> Unpacked | None:
+        """Unpack an upload and count its bytes in the ledger; None (logged) when it is malformed or unusable."""
         try:
-            got = unpack(msg, ("round", "step", "cut"))
+            got = unpack(msg, fields)
         except BadMessage as err:
-            self.get_logger().error(f"activation from '{msg.header.frame_id}': {err}")
+            self.get_logger().error(f"{kind} from '{msg.header.frame_id}': {err}")
+            return None
+        round_ = got.fields["round"]
+        self._ledger.record(round_ if round_ >= 0 else 0, "up", got.robot, self.get_name(), kind, got.nbytes)
+        return got if self._usable(got, kind) else None
+
+    def on_activation(self, msg: TensorList) -> None:
+        got = self._received(msg, "activation", ("round", "step", "cut"))
+        if got is None:
             return
         robot, round_, step = got.robot, got.fields["round"], got.fields["step"]
-        self._ledger.record(round_ if round_ >= 0 else 0, "up", robot, self.get_name(), "activation", got.nbytes)
-        if not self._usable(got, "activation"):
-            return
         answered = self._answered.get(robot)
         if answered is not None and answered[:2] == (round_, step):  # the robot missed our answer: send it again
             self.get_logger().warning(f"'{robot}' repeated round {round_} step {step}: answering it again")
@@ -187,15 +193,10 @@ class EdgeTrainerNode(Node):
     # -- federated averaging -------------------------------------------------------------------------------------
 
     def on_adapter(self, msg: TensorList) -> None:
-        try:
-            got = unpack(msg, ("round", "samples", "cut"))
-        except BadMessage as err:
-            self.get_logger().error(f"adapter from '{msg.header.frame_id}': {err}")
+        got = self._received(msg, "adapter", ("round", "samples", "cut"))
+        if got is None:
             return
         robot, round_ = got.robot, got.fields["round"]
-        self._ledger.record(round_ if round_ >= 0 else 0, "up", robot, self.get_name(), "adapter", got.nbytes)
-        if not self._usable(got, "adapter"):
-            return
         try:
             update = decode_state(got.arrays, self._shapes)
             self._fed.contribute(robot, {n: self._fed.state[n] + update[n] for n in self._shapes},
