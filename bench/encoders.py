@@ -88,7 +88,7 @@ def drive(node, topic: str, msg_type, messages: list) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from edge_lam.qos import RELIABLE_SENSOR_DATA
+    from edge_lam.ros.qos import RELIABLE_SENSOR_DATA
 
     driver = rclpy.create_node(f"bench_driver_{node.get_name()}")
     executor = SingleThreadedExecutor()

@@ -30,7 +30,7 @@ from edge_lam_msgs.msg import InferenceRequest, InferenceResult, PlacementPlan
 from rclpy.executors import SingleThreadedExecutor
 
 from edge_lam.processes import stop_processes
-from edge_lam.qos import CONTROL, LATCHED
+from edge_lam.ros.qos import CONTROL, LATCHED
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 MODEL = "smollm2-135m-instruct"

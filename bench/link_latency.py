@@ -33,8 +33,8 @@ def ping(iterations: int) -> dict[str, list[float]]:
     import rclpy
     from edge_lam_msgs.msg import TensorList
 
-    from edge_lam.qos import TENSORS
-    from edge_lam.tensor_codec import to_msg
+    from edge_lam.ros.qos import TENSORS
+    from edge_lam.wire.tensors import to_msg
 
     with rclpy.init():
         node = rclpy.create_node("link_latency_pinger")

@@ -41,35 +41,29 @@ import yaml
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import InferenceRequest, InferenceResult
 
-from edge_lam.chain.emulation import compute_delay_s
-from edge_lam.chain.shard import Sampling, ShardCore
-from edge_lam.fleet.coordination import Advert, Chain, Coordinator, Policy
-from edge_lam.model.decompose import ModuleSpec
+from edge_lam.chain.shard import ShardCore
+from edge_lam.descriptors import Advert, Host, Link, ModuleSpec
+from edge_lam.fleet.coordination import Chain, Coordinator, Policy
+from edge_lam.link.emulation import compute_delay_s
+from edge_lam.model.costs import chain_units
 from edge_lam.model.loading import load_model
-from edge_lam.placement.solver import (
-    Host,
-    Link,
-    Segment,
-    Unit,
-    chain_units,
-    evaluate,
-    proportional_to_memory,
-    segment_modules,
-)
+from edge_lam.model.sampling import Sampling
+from edge_lam.placement.solver import evaluate, proportional_to_memory
+from edge_lam.placement.types import Segment, Unit, segment_modules
 from edge_lam.processes import stop_processes
-from edge_lam.qos import CONTROL
+from edge_lam.ros.qos import CONTROL
 
 MODEL = "smollm2-135m-instruct"
 REF_GFLOPS = 100.0  # the 1x host, in the solver's units: measured seconds are turned into FLOPs at this rate
 ROBOT_SCALE = 0.25
-LINK = {"latency_s": 0.020, "bandwidth_bytes_per_s": 100e6 / 8}
+LINK = {"latency_s": 0.020, "bandwidth_bps": 100e6}
 MEMORY = {"robot": 2 * 2**30, "edge": 16 * 2**30}
 FRAME_BYTES = 640 * 480 * 3
 PROMPT_TOKENS, NEW_TOKENS = 64, 32
 TOKEN_ID_BYTES = 8
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 SLOWDOWN = {"robot": 1 / ROBOT_SCALE, "edge": 1.0}
-LINK_PARAMETER = [LINK["latency_s"], LINK["bandwidth_bytes_per_s"] * 8]
+LINK_PARAMETER = [LINK["latency_s"], LINK["bandwidth_bps"]]
 
 
 def measure_modules(model, repeats: int = 20) -> tuple[list[float], list[float]]:
@@ -138,7 +132,7 @@ def coordinators_plan(units: list[Unit], num_layers: int) -> list[Segment]:
 
 
 def hop_s(src: str, dst: str, nbytes: float) -> float:
-    return 0.0 if src == dst else LINK["latency_s"] + nbytes / LINK["bandwidth_bytes_per_s"]
+    return 0.0 if src == dst else Link(src, dst, **LINK).transfer_s(nbytes)
 
 
 def report_latency(segments: list[Segment], decode_units: list[Unit], prefill_units: list[Unit], encode_s: float,
@@ -169,7 +163,8 @@ class Placement:
         topics = ["chain/input", *(f"chain/hop_{i}" for i in range(1, len(segments))), "chain/output"]
         sections, previous = {}, gateway_host
         for i, segment in enumerate(segments):
-            parameters = {"model": MODEL, "modules": segment_modules(units, segment.start, segment.end),
+            modules = segment_modules(units, segment.start, segment.end)
+            parameters = {"model": MODEL, "modules": [str(m) for m in modules],
                           "input_topic": topics[i], "output_topic": topics[i + 1], "host_id": segment.host_id,
                           "compute_slowdown": SLOWDOWN[segment.host_id], "num_threads": 1}
             if previous != segment.host_id:
@@ -285,7 +280,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model(MODEL)
-    base = chain_units(model, wire_dtype_bytes=2)
+    base = chain_units(model, "float16")
     num_layers = model.config.num_hidden_layers
     decode_s, prefill_s = measure_modules(model)
     del model

@@ -43,11 +43,12 @@ from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
 from transformers import DynamicCache
 
-from edge_lam.chain.shard import Sampling, ShardCore
-from edge_lam.model.decompose import ModuleSpec
+from edge_lam.chain.shard import ShardCore
+from edge_lam.descriptors import ModuleSpec
 from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.model.sampling import Sampling
 from edge_lam.processes import stop_processes
-from edge_lam.qos import CONTROL, TENSORS
+from edge_lam.ros.qos import CONTROL, TENSORS
 
 MODEL = "smollm2-135m-instruct"
 PROMPTS = [

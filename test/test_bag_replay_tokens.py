@@ -19,7 +19,7 @@ from sensor_msgs.msg import CompressedImage
 from conftest import REPORTED, finish
 from edge_lam.assets.cache import camera_bag_dir, evo_bags_dir
 from edge_lam.encoders.motion import OdometryMotionEncoder, OdometrySample, yaw_from_quaternion
-from edge_lam.qos import TOKENS, VOCABULARIES
+from edge_lam.ros.qos import TOKENS, VOCABULARIES
 from ros_client import RosClient
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"

@@ -15,7 +15,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from conftest import Processes, finish
 from edge_lam.assets.cache import skimage_photos_dir
-from edge_lam.qos import TOKENS, VOCABULARIES
+from edge_lam.ros.qos import TOKENS, VOCABULARIES
 from ros_client import RosClient
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"

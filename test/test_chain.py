@@ -14,8 +14,8 @@ from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
 from edge_lam_msgs.srv import Generate
 
 from conftest import REPO, REPORTED, Processes, finish
-from edge_lam.qos import CONTROL, TENSORS
-from edge_lam.tensor_codec import to_msg
+from edge_lam.ros.qos import CONTROL, TENSORS
+from edge_lam.wire.tensors import to_msg
 from model_reference import greedy_tokens
 from ros_client import RosClient
 
@@ -224,7 +224,7 @@ def test_a_malformed_tensor_gets_an_error_and_the_chain_keeps_serving(chain, ref
     ("session_idle_timeout_s:=0.0", "session_idle_timeout_s must be > 0"),
     ("compute_slowdown:=0.5", "compute_slowdown must be >= 1"),
     ("input_link:=[0.02]", "an emulated link is [latency_s, bandwidth_bps]"),
-    ("output_link:=[0.02,0.0]", "an emulated link needs latency_s >= 0 and bandwidth_bps > 0"),
+    ("output_link:=[0.02,0.0]", "emulated link [0.02, 0.0]: link ?->? needs a finite latency >= 0 and a bandwidth > 0"),
 ])
 def test_a_shard_with_a_bad_parameter_stops_with_a_clear_error(processes, parameter, message):
     shard = processes.start(LIB / "shard", "--ros-args", "-p", parameter)

@@ -10,12 +10,13 @@ import math
 
 import pytest
 
-from edge_lam.fleet.coordination import Advert, Chain, Coordinator, Policy, placement_table, solver_memory
+from edge_lam.descriptors import Advert, Link, ModuleSpec
+from edge_lam.fleet.coordination import Chain, Coordinator, Policy, placement_table, solver_memory
 from edge_lam.placement.assignments import assignments
-from edge_lam.placement.solver import Link, Segment, Unit
+from edge_lam.placement.types import Segment, Unit
 
-UNITS = (*(Unit(f"blocks:{i}:{i + 1}", 1e9, 100, 0, 1000) for i in range(3)),
-         Unit("head", 1e9, 100, 0, 0, 8))
+UNITS = (*(Unit(ModuleSpec("blocks", i, i + 1), 1e9, 100, 0, 1000) for i in range(3)),
+         Unit(ModuleSpec("head"), 1e9, 100, 0, 0, 8))
 CHAIN = Chain(UNITS, num_layers=3, context_tokens=0)
 
 
@@ -56,7 +57,7 @@ def test_memory_for_the_solver_credits_the_plans_modules_up_to_the_hosts_total()
 
 
 def test_the_first_plan_waits_for_the_settling_and_splits_over_two_hosts():
-    link = Link("a", "b", 0.001, 1e6)  # 1 ms + 1000 bytes of hidden state at 1 MB/s = 2 ms per hop
+    link = Link("a", "b", 0.001, 8e6)  # 1 ms + 1000 bytes of hidden state at 1 MB/s = 2 ms per hop
     coordinator = Coordinator(CHAIN, Policy(settle_s=1.0))
     assert coordinator.advert(advert("a", 10.0, memory=200, links=(link,)), 0.0) is None
     assert coordinator.tick(0.5) is None
@@ -73,7 +74,7 @@ def test_the_first_plan_waits_for_the_settling_and_splits_over_two_hosts():
 
 
 def test_a_faster_host_joining_takes_the_modules_at_once():
-    link = Link("a", "b", 0.001, 1e6)
+    link = Link("a", "b", 0.001, 8e6)
     coordinator = settled(advert("a", 10.0, memory=200, links=(link,)), advert("b", 10.0, memory=200))
     decision = coordinator.advert(advert("c", 40.0), 1.5)
     assert decision is not None and decision.reason == "host 'c' joined"
@@ -186,7 +187,7 @@ def test_the_plan_in_force_stays_feasible_on_the_memory_its_modules_use():
 
 
 def test_a_named_gateway_prices_the_hops_in_and_out():
-    slow = Link("g", "f", 0.05, 1e6)
+    slow = Link("g", "f", 0.05, 8e6)
     for gateway, latency in (("", 4 / 10), ("g", 0.05 + 8e-6 + 4 / 10 + 0.05 + 8e-6)):  # 8-byte token ids
         coordinator = settled(advert("g", 1.0, links=(slow,)), advert("f", 10.0),
                               chain=Chain(UNITS, 3, gateway_host=gateway, context_tokens=0))
@@ -201,7 +202,7 @@ def test_beyond_twelve_hosts_the_plan_says_it_came_from_the_heuristic():
 
 
 def test_the_placement_table_lists_every_module_with_its_host_and_the_hops():
-    link = Link("a", "b", 0.001, 1e6)
+    link = Link("a", "b", 0.001, 8e6)
     coordinator = settled(advert("a", 10.0, memory=200, links=(link,)), advert("b", 10.0, memory=200))
     plan = coordinator.plan
     assert plan is not None

@@ -18,7 +18,7 @@ import pytest
 from edge_lam_msgs.msg import ComputeAdvert, LinkEstimate, ModuleAssignment, PlacementPlan
 
 from conftest import finish
-from edge_lam.qos import ADVERTS, LATCHED
+from edge_lam.ros.qos import ADVERTS, LATCHED
 from ros_client import RosClient
 
 MB = 10**6

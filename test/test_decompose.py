@@ -14,18 +14,12 @@ from transformers import (
     Qwen2Config,
 )
 
-from edge_lam.chain.shard import BadInput, Sampling, ShardCore
-from edge_lam.model.decompose import (
-    BlockRange,
-    ModuleSpec,
-    Projector,
-    UnsupportedModelError,
-    build_module,
-    chain_specs,
-    describe,
-    module_cost,
-)
+from edge_lam.chain.shard import BadInput, ShardCore
+from edge_lam.descriptors import ModuleSpec, chain_specs
+from edge_lam.model.costs import module_cost
+from edge_lam.model.decompose import BlockRange, Projector, UnsupportedModelError, build_module, describe
 from edge_lam.model.loading import load_model
+from edge_lam.model.sampling import Sampling
 from edge_lam.model.sessions import SessionLost, SessionStore
 
 SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,

@@ -8,7 +8,8 @@ import pytest
 
 from edge_lam.demo.graph import DemoConfig, HostSpec, SensorTopic, demo_processes, replay_processes
 from edge_lam.demo.summary import DemoRecords, ReportRecord, summarise
-from edge_lam.encoders.report_timings import Stage, report_timings, stages_sum_s
+from edge_lam.descriptors import Stage
+from edge_lam.reporting.timings import report_timings, stages_sum_s
 
 LIB = pathlib.Path("/opt/lib/edge_lam")
 CAMERA = SensorTopic(pathlib.Path("cam.mcap"), "/camera/image_raw/compressed", "sensor_msgs/msg/CompressedImage", 6.0)

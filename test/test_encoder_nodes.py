@@ -16,7 +16,7 @@ from std_msgs.msg import String
 
 from conftest import finish
 from edge_lam.model.loading import load_tokenizer
-from edge_lam.qos import TOKENS, VOCABULARIES
+from edge_lam.ros.qos import TOKENS, VOCABULARIES
 from ros_client import RosClient
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"

@@ -14,7 +14,7 @@ from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import ComputeAdvert, InferenceRequest, InferenceResult, PlacementPlan
 
 from conftest import REPORTED
-from edge_lam.qos import ADVERTS_READER, CONTROL, LATCHED
+from edge_lam.ros.qos import ADVERTS_READER, CONTROL, LATCHED
 from model_reference import greedy_tokens
 from ros_client import RosClient
 

@@ -12,7 +12,7 @@ from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import InferenceRequest, InferenceResult
 
 from conftest import REPORTED
-from edge_lam.qos import CONTROL
+from edge_lam.ros.qos import CONTROL
 from model_reference import greedy_tokens
 from ros_client import RosClient
 

@@ -22,22 +22,18 @@ from std_msgs.msg import Header
 
 import edge_lam
 from conftest import Processes, finish
-from edge_lam.fleet.container_services import component_kind
+from edge_lam.container.services import component_kind
+from edge_lam.descriptors import Host, Link, ModuleSpec
 from edge_lam.fleet.host_agent_node import yaml_parameters
-from edge_lam.fleet.host_state import (
-    PlanOrder,
-    ShardLoad,
-    cpu_sample,
-    load_between,
-    mem_available_bytes,
-    plan_changes,
-)
-from edge_lam.fleet.link_probe import BULK_PROBE_BYTES, SMALL_PROBE_BYTES, LinkProber, parse_emulated_links
+from edge_lam.fleet.host_measurement import cpu_sample, load_between, mem_available_bytes
+from edge_lam.fleet.plan_following import PlanOrder, ShardLoad, plan_changes
+from edge_lam.link.probing import BULK_PROBE_BYTES, SMALL_PROBE_BYTES, LinkProber, parse_emulated_links
+from edge_lam.model.costs import llama_units
 from edge_lam.placement.assignments import ShardGroup, assignments
-from edge_lam.placement.plan_messages import to_assignment_msg
-from edge_lam.placement.solver import Host, llama_units, solve
-from edge_lam.qos import ADVERTS, LATCHED, TENSORS, VOCABULARIES
-from edge_lam.tensor_codec import to_msg, to_torch
+from edge_lam.placement.solver import solve
+from edge_lam.ros.qos import ADVERTS, LATCHED, TENSORS, VOCABULARIES
+from edge_lam.wire.fleet import to_assignment_msg
+from edge_lam.wire.tensors import to_msg, to_torch
 from ros_client import RosClient
 
 SMOLLM2 = {"hidden_size": 576, "num_layers": 30, "vocab_size": 49152, "intermediate_size": 1536, "num_heads": 9,
@@ -82,7 +78,7 @@ def test_plans_older_than_the_newest_seen_are_ignored():
 
 
 def shard(modules: tuple[str, ...], start: str, end: str, memory: int = 10, model: str = "m") -> ShardLoad:
-    return ShardLoad(ShardGroup(modules, start, end, memory), model)
+    return ShardLoad(ShardGroup(tuple(ModuleSpec.parse(m) for m in modules), start, end, memory), model)
 
 
 def test_a_new_plan_touches_only_the_shards_that_change():
@@ -105,7 +101,8 @@ def test_a_new_plan_touches_only_the_shards_that_change():
 
 
 def test_emulated_links_parse_and_bad_ones_are_refused():
-    assert parse_emulated_links(["edge_0:0.02:100e6", "tb3:1:2"]) == {"edge_0": (0.02, 1e8), "tb3": (1.0, 2.0)}
+    assert parse_emulated_links(["edge_0:0.02:100e6", "tb3:1:2"], "me") == {
+        "edge_0": Link("me", "edge_0", 0.02, 1e8), "tb3": Link("me", "tb3", 1.0, 2.0)}
     for bad in (["edge_0:0.02"], ["edge_0:x:1e6"], [":0.1:1e6"], ["a:-1:1e6"], ["a:0.1:0"], ["a:1:1", "a:2:2"]):
         with pytest.raises(ValueError, match="emulated link"):
             parse_emulated_links(bad)
@@ -123,7 +120,7 @@ def test_a_probe_round_gives_latency_from_the_small_trip_and_bandwidth_from_the_
     measure = prober.measures["b"]
     assert measure.latency_s == pytest.approx(0.001)
     assert measure.bandwidth_bps == pytest.approx((BULK_PROBE_BYTES - SMALL_PROBE_BYTES) * 8 / 0.008)
-    assert measure.measured_at_ns == 7
+    assert prober.measured_at_ns["b"] == 7
     prober.sent("b", seq=3, now_s=20.0)
     assert prober.due("b", 21.5)  # unanswered past the time-out: a new round may start
     for seq, small_rtt_s, bulk_rtt_s in ((4, 0.005, 0.011), (6, 0.003, 0.009)):  # noise, then a faster bulk

@@ -154,13 +154,14 @@ def test_launch_files_name_only_executables_config_files_and_parameters_that_exi
                     assert not unknown, f"{launch_file.name}: {executable} declares no {sorted(unknown)}"
 
 
-def readme_parameter_tables() -> dict[str, dict[str, str]]:
-    """Per executable, parameter name -> default cell, from the README's tables, each under a paragraph
-    "Parameters of `x`...:"."""
+def documented_parameter_tables() -> dict[str, dict[str, str]]:
+    """Per executable, parameter name -> default cell, from the reference pages' tables (doc/*.md), each under a
+    paragraph "Parameters of `x`...:"."""
     tables: dict[str, dict[str, str]] = {}
     owners: list[str] = []
     caption = False
-    for line in (REPO / "README.md").read_text().splitlines():
+    lines = [line for page in sorted((REPO / "doc").glob("*.md")) for line in ["", *page.read_text().splitlines()]]
+    for line in lines:
         if line.startswith("Parameters of "):
             owners, caption = re.findall(r"`([a-z_]+)`", line), True
         elif caption and line and not line.startswith("|"):
@@ -177,12 +178,12 @@ def readme_parameter_tables() -> dict[str, dict[str, str]]:
     return tables
 
 
-def test_the_readme_documents_every_parameter_of_every_node():
-    documented = readme_parameter_tables()
+def test_the_reference_documents_every_parameter_of_every_node():
+    documented = documented_parameter_tables()
     for executable, parameters in declared_parameters().items():
         if not parameters:
             continue
-        assert executable in documented, f"the README has no parameter table for {executable}"
+        assert executable in documented, f"doc/ has no parameter table for {executable}"
         assert set(parameters) == set(documented[executable]), (
             f"{executable}: undocumented {sorted(set(parameters) - set(documented[executable]))}, "
             f"documented but not declared {sorted(set(documented[executable]) - set(parameters))}")
@@ -193,4 +194,4 @@ def test_the_readme_documents_every_parameter_of_every_node():
             shown = {True: "true", False: "false", "": '""'}.get(default.value, default.value) \
                 if isinstance(default.value, (bool, str)) else repr(default.value)
             assert documented[executable][name] == f"`{shown}`", (
-                f"{executable}: the README says {name} defaults to {documented[executable][name]}, the code {shown}")
+                f"{executable}: doc/ says {name} defaults to {documented[executable][name]}, the code {shown}")

@@ -11,40 +11,38 @@ import random
 
 import pytest
 
-from edge_lam.placement.measure import reference_gflops, scaled
-from edge_lam.placement.solver import (
-    Host,
-    Link,
-    PlacementError,
-    Plan,
-    Segment,
-    Unit,
-    chain_units,
-    evaluate,
-    llama_units,
-    placed_modules,
-    proportional_to_memory,
-    should_move,
-    solve,
-)
+from edge_lam.descriptors import Host, Link, ModuleSpec
+from edge_lam.fleet.host_measurement import reference_gflops, scaled
+from edge_lam.model.costs import chain_units, llama_units
+from edge_lam.placement.policy import should_move
+from edge_lam.placement.solver import evaluate, placed_modules, proportional_to_memory, solve
+from edge_lam.placement.types import PlacementError, Plan, Segment, Unit
 
 SMOLLM2 = dict(hidden_size=576, num_layers=30, vocab_size=49152, intermediate_size=1536, num_heads=9, num_kv_heads=3)
 MB = 10**6
 
 
+def unit(module: str, *costs: float) -> Unit:
+    return Unit(ModuleSpec.parse(module), *costs)
+
+
+def texts(modules: list[list[ModuleSpec]]) -> list[list[str]]:
+    return [[str(m) for m in segment] for segment in modules]
+
+
 def chain(gflop: list[float], out_bytes: int = 1000, weight_bytes: int = 100,
           kv_bytes_per_token: int = 0) -> list[Unit]:
     """Blocks of the given GFLOP per token, each sending ``out_bytes``; the last sends one token id per step."""
-    units = [Unit(f"blocks:{i}:{i + 1}", g * 1e9, weight_bytes, kv_bytes_per_token, out_bytes)
+    units = [unit(f"blocks:{i}:{i + 1}", g * 1e9, weight_bytes, kv_bytes_per_token, out_bytes)
              for i, g in enumerate(gflop)]
-    units[-1] = Unit("head", gflop[-1] * 1e9, weight_bytes, kv_bytes_per_token, 0, 8)
+    units[-1] = unit("head", gflop[-1] * 1e9, weight_bytes, kv_bytes_per_token, 0, 8)
     return units
 
 
 def test_equal_compute_and_a_slow_link_keep_everything_on_one_host():
     units = chain([1, 1, 1, 1])
     hosts = [Host("A", 10.0, MB), Host("B", 10.0, MB)]
-    slow = [Link("A", "B", 0.1, 1000.0)]  # 100 ms and 1 kB/s
+    slow = [Link("A", "B", 0.1, 8000.0)]  # 100 ms and 1 kB/s
     plan = solve(units, hosts, slow, source_host="A", sink_host="B", input_bytes_per_token=16)
     # 4 GFLOP at 10 GFLOP/s = 0.4 s; the head's token id (8 B) to B: 0.1 + 8/1000
     assert plan.segments == (("A", 0, 4),)
@@ -61,10 +59,10 @@ def test_equal_compute_and_a_slow_link_keep_everything_on_one_host():
 
 def test_fast_edge_takes_all_but_the_encoder_that_shrinks_the_raw_frame():
     # A 1 MB camera frame in, an encoder that turns it into 1000 bytes, two blocks and a head.
-    units = [Unit("encoder:camera", 2e7, 10, 0, 1000), Unit("blocks:0:1", 8e7, 10, 0, 1000),
-             Unit("blocks:1:2", 8e7, 10, 0, 1000), Unit("head", 4e7, 10, 0, 0, 8)]
+    units = [unit("encoder:camera", 2e7, 10, 0, 1000), unit("blocks:0:1", 8e7, 10, 0, 1000),
+             unit("blocks:1:2", 8e7, 10, 0, 1000), unit("head", 4e7, 10, 0, 0, 8)]
     hosts = [Host("robot", 2.0, MB, "robot"), Host("edge", 8.0, MB)]
-    links = [Link("robot", "edge", 0.002, 1e8)]
+    links = [Link("robot", "edge", 0.002, 8e8)]  # 100 MB/s
     ends = dict(source_host="robot", sink_host="robot", input_bytes_per_token=1e6)
     plan = solve(units, hosts, links, **ends)
     assert plan.segments == (("robot", 0, 1), ("edge", 1, 4))
@@ -73,14 +71,14 @@ def test_fast_edge_takes_all_but_the_encoder_that_shrinks_the_raw_frame():
     assert plan.compute_s == pytest.approx((0.010, 0.025), rel=1e-12)
     assert plan.transfer_s == pytest.approx((0.0, 0.00201, 0.00200008), rel=1e-12)
     assert plan.expected_latency_s == pytest.approx(0.03901008, rel=1e-12)
-    assert plan.module_specs(units) == [["encoder:camera"], ["blocks:0:2", "head"]]
+    assert texts(plan.module_specs(units)) == [["encoder:camera"], ["blocks:0:2", "head"]]
     # The baselines: the raw frame shipped to the edge (0.002 + 0.01 + 0.0275 + 0.00200008); all on the robot.
     edge_only = evaluate(units, [("edge", 0, 4)], hosts, links, **ends)
     robot_only = evaluate(units, [("robot", 0, 4)], hosts, links, **ends)
     assert edge_only.expected_latency_s == pytest.approx(0.04150008, rel=1e-12)
     assert robot_only.expected_latency_s == pytest.approx(0.11, rel=1e-12)
     modules = placed_modules(plan, units, hosts)
-    assert [(m.spec, m.host_id, m.memory_bytes) for m in modules] == [
+    assert [(str(m.module), m.host_id, m.memory_bytes) for m in modules] == [
         ("encoder:camera", "robot", 10), ("blocks:0:2", "edge", 20), ("head", "edge", 10)]
     assert [m.compute_s for m in modules] == pytest.approx([0.010, 0.020, 0.005])
 
@@ -88,7 +86,7 @@ def test_fast_edge_takes_all_but_the_encoder_that_shrinks_the_raw_frame():
 def test_kv_cache_memory_forces_the_split_at_unit_one():
     units = chain([1, 2, 2, 3], kv_bytes_per_token=1)  # each unit: 100 B of weights + 1 B per token of context
     hosts = [Host("robot", 1.0, 1000, "robot"), Host("edge", 10.0, 450)]
-    links = [Link("robot", "edge", 0.001, 1e6)]
+    links = [Link("robot", "edge", 0.001, 8e6)]
     ends = dict(source_host="robot", sink_host="robot")
     # No context: 400 B fit the edge, which runs all 8 GFLOP: 0.001008 + 0.8 + 0.001008
     roomy = solve(units, hosts, links, context_tokens=0, **ends)
@@ -106,9 +104,9 @@ def test_kv_cache_memory_forces_the_split_at_unit_one():
 
 
 def test_infeasible_memory_names_the_unit_or_the_shortfall():
-    links = [Link("a", "b", 0.001, 1e6)]
+    links = [Link("a", "b", 0.001, 8e6)]  # 1 MB/s
     ends = dict(source_host="a", sink_host="a", context_tokens=0)
-    big = [*chain([1, 1])[:1], Unit("blocks:1:2", 1e9, 1000, 0, 10), chain([1])[0]]
+    big = [*chain([1, 1])[:1], unit("blocks:1:2", 1e9, 1000, 0, 10), chain([1])[0]]
     with pytest.raises(PlacementError, match=r"unit 1 'blocks:1:2' fits on no host.*largest free memory is 800 on "
                                              r"'b' \(short by 200\)"):
         solve(big, [Host("a", 1.0, 500), Host("b", 1.0, 800)], links, **ends)
@@ -139,11 +137,11 @@ def test_dynamic_programming_equals_exhaustive_search_on_random_small_instances(
     rng = random.Random(5)
     solved = infeasible = 0
     for _ in range(150):
-        units = [Unit(f"u{i}", rng.uniform(0, 5e9), rng.randint(1, 10), rng.randint(0, 2), rng.randint(0, 5000),
-                      rng.randint(0, 8)) for i in range(rng.randint(1, 6))]
+        units = [unit(f"blocks:{i}:{i + 1}", rng.uniform(0, 5e9), rng.randint(1, 10), rng.randint(0, 2),
+                      rng.randint(0, 5000), rng.randint(0, 8)) for i in range(rng.randint(1, 6))]
         hosts = [Host(f"h{i}", rng.choice([0.5, 1.0, 4.0, 20.0]), rng.randint(5, 40)) for i in range(rng.randint(1, 3))]
         names = [h.host_id for h in hosts] + ["camera"]
-        links = [Link(a, b, rng.uniform(0, 0.05), rng.choice([1e3, 1e5, 1e7]))
+        links = [Link(a, b, rng.uniform(0, 0.05), 8 * rng.choice([1e3, 1e5, 1e7]))
                  for a, b in itertools.combinations(names, 2) if rng.random() < 0.8]
         ends = dict(source_host=rng.choice(names), sink_host=rng.choice(names), context_tokens=rng.randint(0, 3),
                     tokens_in_flight=rng.randint(1, 3), input_bytes_per_token=rng.choice([8, 1e5]))
@@ -167,8 +165,8 @@ def smollm2_split_fleet(units: list[Unit]) -> list[Host]:
 
 
 def test_smollm2_units_match_its_published_size_and_split_into_module_specs():
-    units = llama_units(**SMOLLM2, dtype_bytes=4, wire_dtype_bytes=2)
-    assert len(units) == 32 and units[0].name == "embedding" and units[-1].name == "head"
+    units = llama_units(**SMOLLM2, dtype_bytes=4, wire_dtype="float16")
+    assert len(units) == 32 and str(units[0].module) == "embedding" and str(units[-1].module) == "head"
     block = units[1]
     # q, o: 576x576; k, v: 576x192; MLP: 3 x 576x1536; two norms of 576
     assert block.weight_bytes == (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576) * 4 == 14_160_384
@@ -181,11 +179,11 @@ def test_smollm2_units_match_its_published_size_and_split_into_module_specs():
     assert block.flops(2, 10) == 2 * (7_077_888 + 10 * 4 * 9 * 64)
     # 134,515,008 parameters with the tied embedding counted once (head = final norm + the tied matrix)
     assert sum(u.weight_bytes for u in units[:-1]) // 4 + 576 == 134_515_008
-    plan = solve(units, smollm2_split_fleet(units), [Link("robot", "edge", 0.005, 12.5e6)],
+    plan = solve(units, smollm2_split_fleet(units), [Link("robot", "edge", 0.005, 100e6)],
                  source_host="robot", sink_host="robot", context_tokens=0)
     # Neither host holds the whole model; the robot can hold the embedding and at most 12 blocks, so the edge takes
     # the rest and the head (the other order would leave the 57 MFLOP head on the slow robot).
-    assert plan.module_specs(units) == [["embedding", "blocks:0:12"], ["blocks:12:30", "head"]]
+    assert texts(plan.module_specs(units)) == [["embedding", "blocks:0:12"], ["blocks:12:30", "head"]]
     assert plan.segments == (Segment("robot", 0, 13), Segment("edge", 13, 32))
 
 
@@ -201,7 +199,7 @@ def test_units_read_off_the_real_smollm2_config_agree_with_the_numbers():
     config = transformers.AutoConfig.from_pretrained(folder)
     with torch.device("meta"):  # parameter shapes only: no weights read, no memory taken
         model = transformers.AutoModelForCausalLM.from_config(config)
-    assert chain_units(model, wire_dtype_bytes=2) == llama_units(**SMOLLM2, dtype_bytes=4, wire_dtype_bytes=2)
+    assert chain_units(model, "float16") == llama_units(**SMOLLM2, dtype_bytes=4, wire_dtype="float16")
 
 
 def test_hysteresis_moves_only_for_a_real_gain():
@@ -213,7 +211,7 @@ def test_hysteresis_moves_only_for_a_real_gain():
     assert should_move(math.inf, 2.0) and not should_move(math.inf, math.inf)
 
     units = chain([1, 2, 2, 3])
-    links = [Link("robot", "edge", 0.001, 1e6), Link("robot", "edge2", 0.001, 1e6)]
+    links = [Link("robot", "edge", 0.001, 8e6), Link("robot", "edge2", 0.001, 8e6)]
     ends = dict(source_host="robot", sink_host="robot", context_tokens=0)
     before = [Host("robot", 1.0, 1000, "robot"), Host("edge", 10.0, 1000)]
     plan = solve(units, before, links, **ends)
@@ -239,13 +237,13 @@ def test_baselines_and_malformed_placements():
     hosts = [Host("robot", 1.0, 100), Host("edge", 4.0, 300)]
     assert proportional_to_memory(units, hosts) == [("robot", 0, 1), ("edge", 1, 4)]
     assert proportional_to_memory(units, hosts[::-1]) == [("edge", 0, 3), ("robot", 3, 4)]
-    links = [Link("robot", "edge", 0.0, 1e9)]
+    links = [Link("robot", "edge", 0.0, 8e9)]
     for bad in ([("robot", 0, 2), ("edge", 3, 4)], [("robot", 0, 2), ("robot", 2, 4)], [("edge", 0, 3)]):
         with pytest.raises(PlacementError):
             evaluate(units, bad, hosts, links, source_host="robot", sink_host="robot")
     # More hosts than the exact search takes: it says it fell back, and still gives a feasible plan.
     many = [*hosts, Host("cloud", 50.0, 1000)]
-    plan = solve(units, many, [*links, Link("robot", "cloud", 0.01, 1e9)], source_host="robot", sink_host="robot",
+    plan = solve(units, many, [*links, Link("robot", "cloud", 0.01, 8e9)], source_host="robot", sink_host="robot",
                  max_exact_hosts=2)
     assert plan.solver.startswith("heuristic:") and plan.feasible
     assert {s.host_id for s in plan.segments} <= {"robot", "cloud"}

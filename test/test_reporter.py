@@ -18,7 +18,7 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import LaserScan
 
 from edge_lam.model.loading import load_model, load_tokenizer
-from edge_lam.qos import CONTROL, TOKENS
+from edge_lam.ros.qos import CONTROL, TOKENS
 from ros_client import RosClient
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_lam.tensor_codec import TensorError, check, to_msg, to_numpy, to_torch
+from edge_lam.wire.tensors import TensorError, check, to_msg, to_numpy, to_torch
 
 TORCH_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool, torch.int8]
 

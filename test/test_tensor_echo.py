@@ -12,8 +12,8 @@ from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import TensorList
 
 from conftest import finish
-from edge_lam.qos import TENSORS
-from edge_lam.tensor_codec import to_msg, to_torch
+from edge_lam.ros.qos import TENSORS
+from edge_lam.wire.tensors import to_msg, to_torch
 
 EXECUTABLE = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam" / "tensor_echo"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8]

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from edge_lam.encoders.text import TextEncoder
-from edge_lam.encoders.token_messages import (
+from edge_lam.encoders.tokens import Encoded, EncoderInputError, Vocabulary
+from edge_lam.model.loading import load_tokenizer
+from edge_lam.reporting.verbalize import Observation, describe, report_prompt
+from edge_lam.wire.tokens import (
     from_semantic_tokens,
     from_vocabulary_msg,
     to_semantic_tokens,
     to_vocabulary_msg,
 )
-from edge_lam.encoders.tokens import Encoded, EncoderInputError, Vocabulary
-from edge_lam.encoders.verbalize import Observation, describe, report_prompt
-from edge_lam.model.loading import load_tokenizer
 
 WORDS = Vocabulary("test_encoder", "2", ("sky", "road", "car", "tree"))
 

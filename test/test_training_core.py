@@ -204,7 +204,7 @@ def test_error_feedback_keeps_the_accumulated_error_bounded(spec):
 def test_wire_bytes_count_what_the_serializer_writes():
     serialization = pytest.importorskip("rclpy.serialization")
     msgs = pytest.importorskip("edge_lam_msgs.msg")
-    from edge_lam.tensor_codec import to_msg
+    from edge_lam.wire.tensors import to_msg
 
     x = _tensors()["activation"]
     targets = np.full((2, 7), IGNORE, dtype=np.int32)

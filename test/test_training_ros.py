@@ -20,10 +20,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from conftest import finish
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
-from edge_lam.qos import LATCHED, TENSORS
+from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.training.adapters import LoraSettings
-from edge_lam.training.messages import decode_stream, pack, unpack
 from edge_lam.training.split import IGNORE, SplitBottom
+from edge_lam.wire.training import decode_stream, pack, unpack
 from ros_client import RosClient
 
 HIDDEN, CUT, ROUNDS, STEPS = 64, 2, 2, 2

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from edge_lam.assets.cache import camera_bag_dir, patch_codebook_npz, skimage_photos_dir
-from edge_lam.assets.prepare import CAMERA_BAG_FRAMES_PER_PHOTO, CAMERA_BAG_PHOTOS, CAMERA_BAG_TOPIC
 from edge_lam.encoders.classifier import EfficientNetClassifier, imagenet_vocabulary
-from edge_lam.encoders.codebook import describe_code, hue_turned, kmeans, photo_paths, training_patches
 from edge_lam.encoders.image import compressed_to_rgb, image_to_rgb, shrink
 from edge_lam.encoders.patches import PatchCodebook, PatchTokenizer, load_codebook
 from edge_lam.encoders.tokens import EncoderInputError
+from edge_lam.prepare.codebook import describe_code, hue_turned, kmeans, photo_paths, training_patches
+from edge_lam.prepare.steps import CAMERA_BAG_FRAMES_PER_PHOTO, CAMERA_BAG_PHOTOS, CAMERA_BAG_TOPIC
 
 CATS = {"tabby", "tiger cat", "Egyptian cat"}
 

@@ -7,7 +7,7 @@ import sys
 
 
 def prepare(_: argparse.Namespace) -> int:
-    from edge_lam.assets.prepare import prepare_all
+    from edge_lam.prepare.steps import prepare_all
 
     return prepare_all()
 

@@ -36,9 +36,9 @@ from transformers import AutoConfig, GenerationConfig
 
 from edge_lam.chain.generation import Conversation, Limits, TextStream, check_request, prompt_ids
 from edge_lam.model.loading import load_tokenizer, model_path
-from edge_lam.parameters import declare
-from edge_lam.qos import CONTROL, LATCHED, TENSORS
-from edge_lam.tensor_codec import to_msg, to_numpy
+from edge_lam.ros.parameters import declare
+from edge_lam.ros.qos import CONTROL, LATCHED, TENSORS
+from edge_lam.wire.tensors import to_msg, to_numpy
 
 Deliver = Callable[[InferenceResult], None]
 PROBE_INTERVAL_S = 1.0  # how often to send a probe through the chain while it is not known to be connected

@@ -9,29 +9,19 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
 
 import torch
 
-from edge_lam.model.decompose import BlockRange, Embedding, Head, ModuleSpec, build_module, describe
-from edge_lam.model.sampling import choose_token
+from edge_lam.descriptors import ModuleSpec
+from edge_lam.model.decompose import BlockRange, Embedding, Head, build_module, describe
+from edge_lam.model.sampling import Sampling, choose_token
 from edge_lam.model.sessions import SessionStore
 
-__all__ = ["BadInput", "Sampling", "ShardCore"]
+__all__ = ["BadInput", "ShardCore"]
 
 
 class BadInput(ValueError):
     """The packet's tensors do not fit the shard's first module."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the head chooses the next token (GenerationOptions, as plain values)."""
-
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
 
 
 class ShardCore:
@@ -122,13 +112,9 @@ class ShardCore:
 def _check_contiguous(specs: list[ModuleSpec]) -> None:
     if not specs:
         raise ValueError("a shard needs at least one module")
+    if not all(s.in_text_chain for s in specs):
+        raise ValueError("a shard runs embedding, blocks and head only: the projector feeds a chain from sensor "
+                         "tokens, and encoders are nodes of their own")
     for before, after in itertools.pairwise(specs):
-        joined = (
-            (before.kind == "embedding" and after.kind == "blocks" and after.layer_start == 0)
-            or (before.kind == "blocks" and after.kind == "blocks" and after.layer_start == before.layer_end)
-            or (before.kind == "blocks" and after.kind == "head")
-        )
-        if not joined:
+        if not after.follows(before):
             raise ValueError(f"modules {before.module_id} and {after.module_id} do not follow each other")
-    if any(s.kind == "projector" for s in specs):
-        raise ValueError("the projector feeds a chain from sensor tokens; it is not a chain module of its own")

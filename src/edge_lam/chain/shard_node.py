@@ -16,16 +16,15 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from edge_lam.chain.emulation import EmulatedLink, compute_delay_s
-from edge_lam.chain.packets import fail, packet_bytes, packet_tensors, put_tensors, sampling, stage_timing
 from edge_lam.chain.shard import BadInput, ShardCore
-from edge_lam.model.decompose import ModuleSpec
+from edge_lam.descriptors import ModuleSpec, Stage, wire_dtype_bytes
+from edge_lam.link.emulation import compute_delay_s, link_parameter
 from edge_lam.model.loading import load_model
 from edge_lam.model.sessions import SessionLost
-from edge_lam.parameters import declare
-from edge_lam.qos import TENSORS
-
-WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from edge_lam.ros.parameters import declare
+from edge_lam.ros.qos import TENSORS
+from edge_lam.wire.chain import fail, packet_bytes, packet_tensors, put_tensors, sampling, to_stage_msgs
+from edge_lam.wire.tensors import TensorError
 
 
 class ShardNode(Node):
@@ -50,16 +49,15 @@ class ShardNode(Node):
         output_link = declare(self, "output_link", Parameter.Type.DOUBLE_ARRAY,
                               "The same for the link packets leave over (the hop back to the gateway).")
         self._host_id = host_id or socket.gethostname()
-        if wire_dtype not in WIRE_DTYPES:
-            raise ValueError(f"wire_dtype '{wire_dtype}' is not one of {sorted(WIRE_DTYPES)}")
+        wire_dtype_bytes(wire_dtype)  # ValueError naming the choices
         if idle <= 0 or threads < 1:
             raise ValueError(f"session_idle_timeout_s must be > 0 and num_threads >= 1, got {idle} and {threads}")
         if slowdown < 1.0:
             raise ValueError(f"compute_slowdown must be >= 1 (a host can't be made faster), got {slowdown}")
         self._slowdown = slowdown
-        self._input_link = EmulatedLink.from_parameter(input_link or [])
-        self._output_link = EmulatedLink.from_parameter(output_link or [])
-        self._wire_dtype = WIRE_DTYPES[wire_dtype]
+        self._input_link = link_parameter(input_link or [])
+        self._output_link = link_parameter(output_link or [])
+        self._wire_dtype = getattr(torch, wire_dtype)
         torch.set_num_threads(threads)
         self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle)
         self._pub = self.create_publisher(ChainPacket, output_topic, TENSORS)
@@ -72,13 +70,13 @@ class ShardNode(Node):
 
     def on_packet(self, packet: ChainPacket) -> None:
         if self._input_link is not None:
-            time.sleep(self._input_link.delay_s(packet_bytes(packet)))
+            time.sleep(self._input_link.transfer_s(packet_bytes(packet)))
         if packet.release:
             self._core.release(packet.session_id)
         elif packet.error_code == ChainPacket.ERROR_NONE:
             self._run(packet)
         if self._output_link is not None:
-            time.sleep(self._output_link.delay_s(packet_bytes(packet)))
+            time.sleep(self._output_link.transfer_s(packet_bytes(packet)))
         self._pub.publish(packet)  # releases and errors pass on untouched, so every module and the gateway see them
 
     def _run(self, packet: ChainPacket) -> None:
@@ -88,7 +86,7 @@ class ShardNode(Node):
                 packet_tensors(packet), packet.session_id, packet.position, packet.reset, sampling(packet.options),
                 packet.step,
             )
-        except BadInput as err:
+        except (BadInput, TensorError) as err:
             self.get_logger().error(f"request {packet.request_id}: bad input: {err}")
             fail(packet, ChainPacket.ERROR_BAD_INPUT, f"{where}: {err}")
         except SessionLost as err:
@@ -102,7 +100,7 @@ class ShardNode(Node):
                 time.sleep(compute_delay_s(sum(s for _, s in timings), self._slowdown))
                 timings = [(m, s * self._slowdown) for m, s in timings]
             put_tensors(packet, outputs, self._wire_dtype)
-            packet.timings.extend(stage_timing(f"module:{m}", self._host_id, s) for m, s in timings)
+            packet.timings.extend(to_stage_msgs(Stage(f"module:{m}", self._host_id, s) for m, s in timings))
 
     def expire_sessions(self) -> None:
         for session_id in self._core.expire():

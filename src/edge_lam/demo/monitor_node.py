@@ -9,28 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from edge_lam_msgs.msg import (
-    ComputeAdvert,
-    InferenceRequest,
-    InferenceResult,
-    ModuleAssignment,
-    PlacementPlan,
-    Report,
-    SemanticTokens,
-)
+from edge_lam_msgs.msg import ComputeAdvert, InferenceRequest, InferenceResult, PlacementPlan, Report, SemanticTokens
 from rclpy.node import Node
 
 from edge_lam.demo.graph import FLEET_NAMESPACE, DemoConfig
 from edge_lam.demo.summary import DemoRecords, PlacedModule, PlanRecord, ReportRecord
-from edge_lam.encoders.report_timings import Stage
-from edge_lam.qos import ADVERTS_READER, CONTROL, LATCHED, TOKENS
+from edge_lam.ros.qos import ADVERTS_READER, CONTROL, LATCHED, TOKENS
+from edge_lam.wire.chain import from_stage_msgs
+from edge_lam.wire.fleet import from_advert_msg, plan_assignments
 
 __all__ = ["DemoMonitor", "format_plan", "format_report"]
-
-KINDS = {ModuleAssignment.KIND_EMBEDDING: "embedding", ModuleAssignment.KIND_BLOCKS: "blocks",
-         ModuleAssignment.KIND_HEAD: "head", ModuleAssignment.KIND_PROJECTOR: "projector",
-         ModuleAssignment.KIND_ENCODER: "encoder"}
-ROLES = {ComputeAdvert.ROLE_ROBOT: "robot", ComputeAdvert.ROLE_EDGE: "edge", ComputeAdvert.ROLE_CLOUD: "cloud"}
 
 
 def format_plan(plan: PlanRecord) -> str:
@@ -81,22 +69,23 @@ class DemoMonitor(Node):
         return time.monotonic() - self.started
 
     def on_plan(self, msg: PlacementPlan) -> None:
-        modules = tuple(PlacedModule(m.module_id, KINDS.get(m.kind, "?"), m.layer_start, m.layer_end, m.host_id,
-                                     m.expected_latency_s) for m in msg.modules)
+        modules = tuple(PlacedModule(a.module.module_id, a.module.kind, a.module.layer_start, a.module.layer_end,
+                                     a.host_id, a.expected_latency_s) for a in plan_assignments(msg))
         plan = PlanRecord(self.now_s(), msg.plan_id, msg.version, msg.solver, msg.expected_latency_s, modules)
         self.records.plans.append(plan)
         self._console(format_plan(plan))
 
     def on_advert(self, msg: ComputeAdvert) -> None:
-        known = msg.host_id in self.records.hosts
-        self.records.hosts[msg.host_id] = {
-            "role": ROLES.get(msg.role, "?"), "gflops": msg.compute_gflops,
-            "memory_total_mib": msg.memory_total_bytes / 2**20, "load": msg.load,
-            "modules_hosted": list(msg.modules_hosted),
+        advert = from_advert_msg(msg)
+        known = advert.host_id in self.records.hosts
+        self.records.hosts[advert.host_id] = {
+            "role": advert.role, "gflops": advert.compute_gflops,
+            "memory_total_mib": advert.memory_total_bytes / 2**20, "load": advert.load,
+            "modules_hosted": list(advert.modules_hosted),
         }
         if not known:
-            self._console(f"host {msg.host_id} ({ROLES.get(msg.role, '?')}): {msg.compute_gflops:.1f} GFLOP/s, "
-                          f"{msg.memory_total_bytes / 2**20:.0f} MiB for modules")
+            self._console(f"host {advert.host_id} ({advert.role}): {advert.compute_gflops:.1f} GFLOP/s, "
+                          f"{advert.memory_total_bytes / 2**20:.0f} MiB for modules")
 
     def on_tokens(self, msg: SemanticTokens) -> None:
         if self.bags_started_s is not None:
@@ -109,7 +98,7 @@ class DemoMonitor(Node):
     def on_report(self, msg: Report) -> None:
         error = f"({msg.error_code}) {msg.error_message}" if msg.error_code else ""
         report = ReportRecord(self.now_s(), msg.request_id, msg.text, error, msg.latency_s, tuple(msg.sources),
-                              tuple(Stage(t.stage, t.host_id, t.seconds) for t in msg.timings))
+                              tuple(from_stage_msgs(msg.timings)))
         self.records.reports.append(report)
         self._console(format_report(len(self.records.reports), report))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_lam.encoders.report_timings import Stage, stages_sum_s
+from edge_lam.reporting.timings import Stage, stages_sum_s
 
 __all__ = [
     "TOLERANCE",

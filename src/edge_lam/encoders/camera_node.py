@@ -20,7 +20,7 @@ from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.image import compressed_to_rgb, image_to_rgb
 from edge_lam.encoders.patches import PatchTokenizer
 from edge_lam.encoders.tokens import EncoderInputError
-from edge_lam.parameters import declare
+from edge_lam.ros.parameters import declare
 
 ENCODERS = ("efficientnet_lite0", "patch_vq")
 

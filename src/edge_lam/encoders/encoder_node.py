@@ -18,10 +18,11 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from std_msgs.msg import Header
 
-from edge_lam.encoders.token_messages import to_semantic_tokens, to_vocabulary_msg
 from edge_lam.encoders.tokens import Encoded, Vocabulary
-from edge_lam.parameters import declare
-from edge_lam.qos import RELIABLE_SENSOR_DATA, SENSOR_DATA, TOKENS, VOCABULARIES
+from edge_lam.ros.parameters import declare
+from edge_lam.ros.qos import RELIABLE_SENSOR_DATA, SENSOR_DATA, TOKENS, VOCABULARIES
+from edge_lam.wire.stamps import to_seconds
+from edge_lam.wire.tokens import to_semantic_tokens, to_vocabulary_msg
 
 LATENCY_WINDOW = 10_000  # per-message latencies kept for the stats line and the benchmark
 
@@ -89,7 +90,7 @@ class EncoderNode(Node):
         """Log input the core refused; the node keeps running and the sequence numbers have no gap."""
         self.rejected += 1
         self.handled += 1
-        when = f" stamped {stamp.sec}.{stamp.nanosec:09d}" if stamp is not None else ""
+        when = f" stamped {to_seconds(stamp):.9f}" if stamp is not None else ""
         self.get_logger().error(f"rejected {what}{when} ({self.rejected} so far): {error}")
 
     def log_stats(self) -> None:

@@ -10,23 +10,16 @@ from __future__ import annotations
 import time
 
 import rclpy
-from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry
 from rclpy.executors import ExternalShutdownException
 from sensor_msgs.msg import Imu
 from std_msgs.msg import Header
 
 from edge_lam.encoders.encoder_node import EncoderNode
-from edge_lam.encoders.motion import (
-    ImuMotionEncoder,
-    ImuSample,
-    MotionBins,
-    OdometryMotionEncoder,
-    OdometrySample,
-    yaw_from_quaternion,
-)
+from edge_lam.encoders.motion import ImuMotionEncoder, MotionBins, OdometryMotionEncoder
 from edge_lam.encoders.tokens import EncoderInputError
-from edge_lam.parameters import declare
+from edge_lam.ros.parameters import declare
+from edge_lam.wire.sensors import imu_sample, odometry_sample
 
 DEFAULTS = MotionBins()
 
@@ -51,10 +44,6 @@ def declare_bins(node: EncoderNode) -> MotionBins:
         vibration_std=declare(node, "vibration_std", DEFAULTS.vibration_std,
                               "IMU: spread of the specific force (m/s^2) that makes vibrating."),
     )
-
-
-def seconds(stamp: Time) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 class MotionEncoderNode(EncoderNode):
@@ -93,17 +82,11 @@ class OdometryEncoderNode(MotionEncoderNode):
 
     def encode(self, msg: Odometry) -> None:
         started = time.perf_counter()
-        pose, twist = msg.pose.pose, msg.twist.twist
-        q = pose.orientation
         try:
-            yaw = yaw_from_quaternion(q.x, q.y, q.z, q.w)
+            sample = odometry_sample(msg)
         except EncoderInputError as err:
             self.reject("odometry sample", err, msg.header.stamp)
             return
-        sample = OdometrySample(
-            stamp=seconds(msg.header.stamp), x=pose.position.x, y=pose.position.y, yaw=yaw,
-            linear_x=twist.linear.x, angular_z=twist.angular.z,
-        )
         self.take(sample, msg.header, started)
 
 
@@ -114,14 +97,7 @@ class ImuEncoderNode(MotionEncoderNode):
 
     def encode(self, msg: Imu) -> None:
         started = time.perf_counter()
-        w, a, q = msg.angular_velocity, msg.linear_acceleration, msg.orientation
-        sample = ImuSample(
-            stamp=seconds(msg.header.stamp), angular_velocity=(w.x, w.y, w.z), linear_acceleration=(a.x, a.y, a.z),
-            orientation=(q.x, q.y, q.z, q.w), orientation_covariance=msg.orientation_covariance,
-            angular_velocity_covariance=msg.angular_velocity_covariance,
-            linear_acceleration_covariance=msg.linear_acceleration_covariance,
-        )
-        self.take(sample, msg.header, started)
+        self.take(imu_sample(msg), msg.header, started)
 
 
 def odometry_main(args: list[str] | None = None) -> None:

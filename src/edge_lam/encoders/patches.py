@@ -8,7 +8,7 @@ Patches are matched as they are, not mean-removed: at this scale an 8x8 patch co
 most of its content is its colour and brightness. A mean-removed (shape-only) code would need a second token per
 patch for the mean, and words such as "bright flat blue" could not be read from one id.
 
-The codebook is trained by ``edge_lam.encoders.codebook`` on real photos; this module only loads and applies it.
+The codebook is trained by ``edge_lam.prepare.codebook`` on real photos; this module only loads and applies it.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class PatchCodebook:
 
 
 def load_codebook(path: str | os.PathLike) -> PatchCodebook:
-    """Read a codebook saved by ``PatchCodebook.save`` (``python -m edge_lam.encoders.codebook``)."""
+    """Read a codebook saved by ``PatchCodebook.save`` (``python -m edge_lam.prepare.codebook``)."""
     with np.load(pathlib.Path(path), allow_pickle=False) as data:
         return PatchCodebook(
             centroids=np.ascontiguousarray(data["centroids"], dtype=np.float32),

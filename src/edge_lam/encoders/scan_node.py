@@ -12,7 +12,7 @@ from sensor_msgs.msg import LaserScan
 from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.scan import ScanBins, ScanEncoder
 from edge_lam.encoders.tokens import EncoderInputError
-from edge_lam.parameters import declare
+from edge_lam.ros.parameters import declare
 
 DEFAULTS = ScanBins()
 

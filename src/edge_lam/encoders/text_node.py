@@ -12,7 +12,7 @@ from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.text import TextEncoder
 from edge_lam.encoders.tokens import EncoderInputError
 from edge_lam.model.loading import load_tokenizer
-from edge_lam.parameters import declare
+from edge_lam.ros.parameters import declare
 
 
 class TextEncoderNode(EncoderNode):

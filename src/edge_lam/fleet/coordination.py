@@ -15,44 +15,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import TYPE_CHECKING
 
-from edge_lam.placement.solver import Host, Link, PlacementError, Plan, Unit, evaluate, should_move, solve
+from edge_lam.descriptors import Advert, Host, Link
+from edge_lam.placement.assignments import Assignment
+from edge_lam.placement.policy import should_move
+from edge_lam.placement.solver import evaluate, solve
+from edge_lam.placement.types import PlacementError, Plan, Unit
 
-if TYPE_CHECKING:
-    from edge_lam.placement.assignments import Assignment  # imports torch, which the core itself does not need
+__all__ = ["Chain", "Coordinator", "Decision", "Policy", "placement_table", "solver_memory"]
 
-__all__ = ["Advert", "Chain", "Coordinator", "Decision", "Policy", "placement_table", "solver_memory"]
-
-MIN_COMPUTE_SHARE = 0.05  # a host at full load is slow, not gone: it keeps this share of its compute
 FREE_GATEWAY = "(gateway)"  # the chain's ends when no gateway host is named: every host reaches it for free
 MISSED_ADVERTS = 2.0  # after a liveliness loss, a host silent for this many of its advert intervals is the lost one
-
-
-@dataclass(frozen=True)
-class Advert:
-    """What the coordinator keeps of one ComputeAdvert: the host as measured, and its measured links."""
-
-    host_id: str
-    role: str
-    compute_gflops: float
-    load: float
-    memory_free_bytes: int
-    memory_total_bytes: int
-    links: tuple[Link, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.host_id:
-            raise ValueError("an advert needs a host_id")
-        if not (math.isfinite(self.compute_gflops) and self.compute_gflops >= 0):
-            raise ValueError(f"host '{self.host_id}' advertises compute {self.compute_gflops} GFLOP/s")
-        if not math.isfinite(self.load):
-            raise ValueError(f"host '{self.host_id}' advertises load {self.load}")
-
-    @property
-    def effective_gflops(self) -> float:
-        """The compute a new module would get: the measured figure scaled by the share the load leaves."""
-        return self.compute_gflops * min(1.0, max(MIN_COMPUTE_SHARE, 1.0 - self.load))
 
 
 def solver_memory(advert: Advert, held_bytes: int) -> int:
@@ -214,7 +187,7 @@ class Coordinator:
 def placement_table(plan: Plan, assigned: Sequence[Assignment]) -> str:
     """The plan as a log reader wants it: one row per module, then the hops between hosts."""
     rows = [f"  {'module':<14} {'host':<16} {'compute ms':>10} {'memory MB':>10}"]
-    rows += [f"  {a.spec:<14} {a.host_id:<16} {a.expected_latency_s * 1e3:>10.2f} {a.memory_bytes / 1e6:>10.1f}"
+    rows += [f"  {a.module!s:<14} {a.host_id:<16} {a.expected_latency_s * 1e3:>10.2f} {a.memory_bytes / 1e6:>10.1f}"
              for a in assigned]
     stops = ["gateway", *(s.host_id for s in plan.segments), "gateway"]
     hops = ", ".join(f"{a}->{b} {t * 1e3:.2f}" for (a, b), t in zip(pairwise(stops), plan.transfer_s, strict=True))

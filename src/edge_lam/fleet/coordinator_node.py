@@ -20,35 +20,25 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from edge_lam.fleet.coordination import Advert, Chain, Coordinator, Decision, Policy, placement_table
+from edge_lam.descriptors import wire_dtype_bytes
+from edge_lam.fleet.coordination import Chain, Coordinator, Decision, Policy, placement_table
+from edge_lam.model.costs import chain_units
 from edge_lam.model.loading import model_path
-from edge_lam.parameters import declare
 from edge_lam.placement.assignments import assignments
-from edge_lam.placement.plan_messages import to_assignment_msg
-from edge_lam.placement.solver import Link, Unit, chain_units
-from edge_lam.qos import ADVERTS_READER, LATCHED
+from edge_lam.placement.types import Unit
+from edge_lam.ros.parameters import declare
+from edge_lam.ros.qos import ADVERTS_READER, LATCHED
+from edge_lam.wire.fleet import from_advert_msg, to_plan_msg
 
 TICK_S = 0.1  # how often timeouts and the settling are checked; a look at the fleet costs far more than this check
-ROLES = {ComputeAdvert.ROLE_ROBOT: "robot", ComputeAdvert.ROLE_EDGE: "edge", ComputeAdvert.ROLE_CLOUD: "cloud"}
 
 
-def model_chain(model: str, wire_dtype_bytes: int) -> tuple[list[Unit], int]:
+def model_chain(model: str, wire_dtype: str) -> tuple[list[Unit], int]:
     """The model's units and number of layers, from its config: a meta-device model has shapes but no weights."""
     config = AutoConfig.from_pretrained(model_path(model))
     with torch.device("meta"):
         shapes = AutoModelForCausalLM.from_config(config)
-    return chain_units(shapes, wire_dtype_bytes), config.get_text_config(decoder=True).num_hidden_layers
-
-
-def from_advert_msg(msg: ComputeAdvert, use_load: bool = True) -> Advert:
-    """The advert as the core keeps it; link estimates not measured yet (no bandwidth) are left out, and the load
-    too unless ``use_load``."""
-    links = tuple(Link(msg.host_id, e.peer_host_id, e.latency_s, e.bandwidth_bps / 8)
-                  for e in msg.links
-                  if e.bandwidth_bps > 0 and math.isfinite(e.bandwidth_bps) and 0 <= e.latency_s < math.inf)
-    return Advert(msg.host_id, ROLES.get(msg.role, "edge"), msg.compute_gflops, msg.load if use_load else 0.0,
-                  msg.memory_free_bytes,
-                  msg.memory_total_bytes, links)
+    return chain_units(shapes, wire_dtype), config.get_text_config(decoder=True).num_hidden_layers
 
 
 def in_force(decision: Decision) -> str:
@@ -72,7 +62,9 @@ class CoordinatorNode(Node):
         gateway = declare(self, "gateway_host", "", "Host where requests enter and answers leave (the chain's source "
                           "and sink); empty: the gateway's hops cost nothing.")
         context = declare(self, "context_tokens", 2048, "Tokens of KV cache each module must have room for.")
-        wire = declare(self, "wire_dtype_bytes", 2, "Bytes per element of the hidden states between modules.")
+        self._wire_dtype = declare(self, "wire_dtype", "float16",
+                                   "Dtype of hidden states between modules: float16, bfloat16 or float32; plans are "
+                                   "priced with it and every shard of a plan sends in it.")
         self._use_load = declare(self, "use_load", True, "Count each host's advertised load against its compute; "
                                  "false when the hosts share one machine, where each one's load is the others' work.")
         policy = Policy(
@@ -86,7 +78,8 @@ class CoordinatorNode(Node):
             settle_s=declare(self, "settle_s", 1.0, "After the first advert, wait this long for other hosts before "
                              "the first plan."),
         )
-        units, num_layers = model_chain(self._model, wire)
+        wire_dtype_bytes(self._wire_dtype)  # ValueError naming the choices
+        units, num_layers = model_chain(self._model, self._wire_dtype)
         self._core = Coordinator(Chain(tuple(units), num_layers, gateway, context), policy)
         self._version = 0
         self._last_error = ""
@@ -147,11 +140,8 @@ class CoordinatorNode(Node):
         core = self._core
         assigned = assignments(plan, core.chain.units, decision.hosts, core.chain.num_layers)
         self._version += 1
-        msg = PlacementPlan(plan_id=str(uuid.uuid4()), version=self._version, model_id=self._model,
-                            modules=[to_assignment_msg(a) for a in assigned],
-                            expected_latency_s=plan.expected_latency_s, solver=plan.solver)
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._plans.publish(msg)
+        self._plans.publish(to_plan_msg(str(uuid.uuid4()), self._version, self._model, self._wire_dtype, assigned,
+                                        plan.expected_latency_s, plan.solver, self.get_clock().now().nanoseconds))
         was = "" if decision.current is None else f"; {in_force(decision)}"
         self.get_logger().info(
             f"plan v{self._version} ({decision.reason}): {plan.expected_latency_s * 1e3:.2f} ms per token expected"

@@ -36,9 +36,8 @@ from typing import Any
 import rclpy
 import torch
 import yaml
-from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from edge_lam_msgs.msg import ComputeAdvert, LinkEstimate, ModuleAssignment, PlacementPlan, Tensor, TensorList
+from edge_lam_msgs.msg import ComputeAdvert, ModuleAssignment, PlacementPlan, Tensor, TensorList
 from edge_lam_msgs.srv import LoadModule, UnloadModule
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -46,26 +45,25 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.task import Future
 
-from edge_lam.chain.shard_node import WIRE_DTYPES, ShardNode
-from edge_lam.compose import COMPONENTS, component_class
-from edge_lam.fleet.container_services import add_container_services
-from edge_lam.fleet.host_state import (
-    PlanOrder,
-    ShardLoad,
+from edge_lam.chain.shard_node import ShardNode
+from edge_lam.container.registry import COMPONENTS, component_class
+from edge_lam.container.services import add_container_services
+from edge_lam.descriptors import ROLES, Advert
+from edge_lam.fleet.host_measurement import (
     load_between,
-    plan_changes,
     read_cpu_sample,
     read_mem_available_bytes,
+    reference_gflops,
+    scaled,
 )
-from edge_lam.fleet.link_probe import BULK_PROBE_BYTES, SMALL_PROBE_BYTES, LinkProber, parse_emulated_links
-from edge_lam.model.decompose import ModuleSpec
-from edge_lam.parameters import declare
+from edge_lam.fleet.plan_following import PlanOrder, ShardLoad, plan_changes
+from edge_lam.link.probing import BULK_PROBE_BYTES, SMALL_PROBE_BYTES, LinkProber, parse_emulated_links
 from edge_lam.placement.assignments import ShardGroup, shard_groups
-from edge_lam.placement.measure import reference_gflops, scaled
-from edge_lam.placement.plan_messages import from_assignment_msg, plan_assignments
-from edge_lam.qos import ADVERT_LEASE_S, ADVERTS, ADVERTS_READER, CONTROL, LATCHED
+from edge_lam.ros.parameters import declare
+from edge_lam.ros.qos import ADVERT_LEASE_S, ADVERTS, ADVERTS_READER, CONTROL, LATCHED
+from edge_lam.wire.fleet import module_of, plan_assignments, to_advert_msg
+from edge_lam.wire.stamps import to_ns
 
-ROLES = {"robot": ComputeAdvert.ROLE_ROBOT, "edge": ComputeAdvert.ROLE_EDGE, "cloud": ComputeAdvert.ROLE_CLOUD}
 PEER_TIMEOUT_S = 5 * ADVERT_LEASE_S  # a peer silent this long is forgotten, with its link estimate
 DIAGNOSTICS_DEPTH = 10  # the usual depth of /diagnostics publishers
 
@@ -123,8 +121,6 @@ class HostAgentNode(Node):
                                "Memory offered to modules; 0 for the machine's MemAvailable at start.")
         self._model = declare(self, "model", "smollm2-135m-instruct",
                               "Model of shards whose plan or request names none: a cache model id or a folder.")
-        self._wire_dtype = declare(self, "wire_dtype", "float16",
-                                   "Dtype of hidden states between shards: float16, bfloat16 or float32.")
         adverts_topic = declare(self, "adverts_topic", "/edge_lam/adverts",
                                 "ComputeAdverts of every agent; link probes go on link_probe(_reply) beside it.")
         plan_topic = declare(self, "plan_topic", "/edge_lam/plan", "The coordinator's PlacementPlan (latched).")
@@ -141,16 +137,15 @@ class HostAgentNode(Node):
                            "benchmarks), e.g. ['edge_0:0.02:100e6']; those peers are not probed.")
         self._battery = declare(self, "battery_fraction", math.nan,
                                 "Battery charge 0..1 to advertise; NaN for a host without a battery.")
-        if role not in ROLES or self._wire_dtype not in WIRE_DTYPES:
-            raise ValueError(f"role '{role}' must be one of {sorted(ROLES)} and wire_dtype '{self._wire_dtype}' "
-                             f"one of {sorted(WIRE_DTYPES)}")
+        if role not in ROLES:
+            raise ValueError(f"role '{role}' must be one of {ROLES}")
         if not (compute_scale > 0 and advert_period_s > 0 and probe_period_s > 0 and memory_limit >= 0):
             raise ValueError("compute_scale, advert_period_s and link_probe_period_s must be > 0, "
                              "memory_limit_bytes >= 0")
         if not (math.isnan(self._battery) or 0.0 <= self._battery <= 1.0):
             raise ValueError(f"battery_fraction {self._battery} must be NaN or within [0, 1]")
-        self._role = ROLES[role]
-        self._emulated = parse_emulated_links(emulated or [])
+        self._role = role
+        self._emulated = parse_emulated_links(emulated or [], self._host_id)
         # One thread, as a shard decodes: the figure ranks hosts the way their modules will run.
         self._gflops = scaled(reference_gflops(repeats=9, threads=1), compute_scale)
         self._memory_total = memory_limit or read_mem_available_bytes()
@@ -160,7 +155,7 @@ class HostAgentNode(Node):
         self._plan_order = PlanOrder()
         self._plan_level, self._plan_note = DiagnosticStatus.OK, "no plan yet"
         self._peers: dict[str, float] = {}  # host id -> time.monotonic() of its last advert
-        self._prober = LinkProber(timeout_s=probe_period_s)
+        self._prober = LinkProber(timeout_s=probe_period_s, host_id=self._host_id)
         self._payloads = {False: bytes(SMALL_PROBE_BYTES), True: bytes(BULK_PROBE_BYTES)}
         self._loads: queue.SimpleQueue[tuple[Hosted, Callable[[], Node]]] = queue.SimpleQueue()
         threading.Thread(target=self._load_components, name="component_loader", daemon=True).start()
@@ -195,13 +190,12 @@ class HostAgentNode(Node):
         """Publish the advert and /diagnostics; the load is that of the period since the last advert."""
         sample = read_cpu_sample()
         self._load, self._cpu = load_between(self._cpu, sample), sample
-        now = self.get_clock().now()
-        advert = ComputeAdvert(
-            host_id=self._host_id, role=self._role, compute_gflops=self._gflops,
-            memory_total_bytes=self._memory_total, memory_free_bytes=self._memory_free(), load=self._load,
-            battery_fraction=self._battery, links=self._links(now.to_msg()), modules_hosted=self._modules_hosted(),
-        )
-        advert.header.stamp = now.to_msg()
+        battery = None if math.isnan(self._battery) else self._battery
+        advert = to_advert_msg(
+            Advert(self._host_id, self._role, self._gflops, self._load, self._memory_free(), self._memory_total,
+                   (*self._emulated.values(), *self._prober.measures.values()), battery,
+                   tuple(self._modules_hosted())),
+            self.get_clock().now().nanoseconds, self._prober.measured_at_ns)
         self._adverts.publish(advert)
         self._diagnostics.publish(self._diagnostic_array(advert))
 
@@ -211,15 +205,6 @@ class HostAgentNode(Node):
 
     def _modules_hosted(self) -> list[str]:
         return [m for h in self._hosted.values() if h.node is not None for m in h.module_ids]
-
-    def _links(self, now: Time) -> list[LinkEstimate]:
-        links = [LinkEstimate(peer_host_id=peer, latency_s=latency_s, bandwidth_bps=bandwidth_bps, measured_at=now)
-                 for peer, (latency_s, bandwidth_bps) in self._emulated.items()]
-        for m in self._prober.measures.values():
-            at = Time(sec=m.measured_at_ns // 10**9, nanosec=m.measured_at_ns % 10**9)
-            links.append(LinkEstimate(peer_host_id=m.peer_host_id, latency_s=m.latency_s,
-                                      bandwidth_bps=m.bandwidth_bps, measured_at=at))
-        return links
 
     def _diagnostic_array(self, advert: ComputeAdvert) -> DiagnosticArray:
         agent = DiagnosticStatus(
@@ -291,7 +276,7 @@ class HostAgentNode(Node):
     def on_probe_reply(self, reply: TensorList) -> None:
         if not reply.tensors or reply.tensors[0].name != self._host_id:
             return  # a reply to another agent
-        seq = reply.header.stamp.sec * 10**9 + reply.header.stamp.nanosec
+        seq = to_ns(reply.header.stamp)
         peer = reply.header.frame_id
         if self._prober.answered(peer, seq, time.monotonic(), self.get_clock().now().nanoseconds):
             self._send_probe(peer, bulk=True)
@@ -299,8 +284,7 @@ class HostAgentNode(Node):
     # -- the plan ------------------------------------------------------------------------------------------------
 
     def on_plan(self, plan: PlacementPlan) -> None:
-        stamp_ns = plan.header.stamp.sec * 10**9 + plan.header.stamp.nanosec
-        if not self._plan_order.accept(plan.plan_id, plan.version, stamp_ns):
+        if not self._plan_order.accept(plan.plan_id, plan.version, to_ns(plan.header.stamp)):
             self.get_logger().info(f"plan {plan.plan_id} v{plan.version} ignored: not newer than the one in force")
             return
         try:
@@ -311,7 +295,7 @@ class HostAgentNode(Node):
             return
         for name in [n for n, h in self._hosted.items() if h.from_plan and h.error]:
             del self._hosted[name]  # a failed load of the last plan: retried below if this plan still wants it
-        wanted = [ShardLoad(g, plan.model_id or self._model) for g in groups]
+        wanted = [ShardLoad(g, plan.model_id or self._model, plan.wire_dtype or "float16") for g in groups]
         names, modules = {w.name for w in wanted}, {m for w in wanted for m in w.module_ids}
         # The plan's shards, and any loaded by load_module that clash with them (a name or a module in common):
         # two shards of one module would both answer every packet.
@@ -401,9 +385,10 @@ class HostAgentNode(Node):
     def _build_shard(self, shard: ShardLoad, extra: list[Parameter]) -> Node:
         group = shard.group
         overrides = [
-            Parameter("model", value=shard.model), Parameter("wire_dtype", value=self._wire_dtype),
+            Parameter("model", value=shard.model), Parameter("wire_dtype", value=shard.wire_dtype),
             Parameter("host_id", value=self._host_id), *extra,
-            Parameter("modules", value=list(group.modules)), Parameter("input_topic", value=group.input_topic),
+            Parameter("modules", value=[str(m) for m in group.modules]),
+            Parameter("input_topic", value=group.input_topic),
             Parameter("output_topic", value=group.output_topic),
         ]
         return ShardNode(group.name, namespace=self._components_namespace, use_global_arguments=False,
@@ -437,8 +422,8 @@ class HostAgentNode(Node):
             entry = Hosted(node_name or kind, (module.module_id,), module.memory_bytes, False)
             build = functools.partial(self._build_component, kind, entry.name, extra)
         else:
-            spec = from_assignment_msg(module).spec  # ValueError for a kind that is not a chain module
-            module_id = ModuleSpec.parse(spec).module_id  # ValueError for a bad layer range
+            spec = module_of(module)  # ValueError for a kind that is not a model module, or a bad layer range
+            module_id = spec.module_id
             if module.module_id and module.module_id != module_id:
                 raise ValueError(f"module_id '{module.module_id}' does not match the module's kind and layers "
                                  f"('{module_id}')")

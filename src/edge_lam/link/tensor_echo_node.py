@@ -12,9 +12,9 @@ from edge_lam_msgs.msg import TensorList
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-from edge_lam.parameters import declare
-from edge_lam.qos import TENSORS
-from edge_lam.tensor_codec import TensorError, check
+from edge_lam.ros.parameters import declare
+from edge_lam.ros.qos import TENSORS
+from edge_lam.wire.tensors import TensorError, check
 
 
 class TensorEchoNode(Node):

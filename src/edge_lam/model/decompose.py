@@ -14,69 +14,28 @@ family, which is what makes the split model equal to the whole one.
 from __future__ import annotations
 
 import copy
-import itertools
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
+from edge_lam.descriptors import ModuleSpec
+
 __all__ = [
     "Architecture",
     "BlockRange",
     "Embedding",
     "Head",
-    "ModuleCost",
-    "ModuleSpec",
     "Projector",
     "UnsupportedModelError",
     "build_module",
-    "chain_specs",
     "describe",
-    "module_cost",
 ]
 
 
 class UnsupportedModelError(ValueError):
     """The model's structure could not be read (no single block list, token embedding, final norm or head)."""
-
-
-@dataclass(frozen=True)
-class ModuleSpec:
-    """One module of a cut model: ``embedding``, ``blocks`` [layer_start, layer_end), ``head`` or ``projector``."""
-
-    kind: str
-    layer_start: int = 0
-    layer_end: int = 0
-
-    KINDS = ("embedding", "blocks", "head", "projector")
-
-    def __post_init__(self) -> None:
-        if self.kind not in self.KINDS:
-            raise ValueError(f"unknown module kind '{self.kind}' (expected one of {self.KINDS})")
-        if self.kind == "blocks" and not 0 <= self.layer_start < self.layer_end:
-            raise ValueError(f"bad layer range [{self.layer_start}, {self.layer_end})")
-
-    @property
-    def module_id(self) -> str:
-        return f"blocks_{self.layer_start}_{self.layer_end}" if self.kind == "blocks" else self.kind
-
-    @staticmethod
-    def parse(text: str) -> ModuleSpec:
-        """'embedding', 'head', 'projector' or 'blocks:START:END' (END exclusive)."""
-        if m := re.fullmatch(r"blocks:(\d+):(\d+)", text.strip()):
-            return ModuleSpec("blocks", int(m[1]), int(m[2]))
-        return ModuleSpec(text.strip())
-
-
-def chain_specs(num_layers: int, cuts: list[int]) -> list[ModuleSpec]:
-    """Embedding, the block ranges between ``cuts`` (e.g. [10, 20] for 30 layers), head."""
-    bounds = [0, *cuts, num_layers]
-    if bounds != sorted(set(bounds)):
-        raise ValueError(f"cuts {cuts} must increase strictly inside (0, {num_layers})")
-    blocks = [ModuleSpec("blocks", a, b) for a, b in itertools.pairwise(bounds)]
-    return [ModuleSpec("embedding"), *blocks, ModuleSpec("head")]
 
 
 @dataclass(frozen=True)
@@ -230,53 +189,13 @@ class Projector(nn.Module):
 
 
 def build_module(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 384) -> nn.Module:
-    """The runnable module for ``spec``."""
+    """The runnable module for ``spec`` (a model module: encoders are nodes of their own)."""
     if spec.kind == "embedding":
         return Embedding(arch)
     if spec.kind == "blocks":
         return BlockRange(arch, spec.layer_start, spec.layer_end)
     if spec.kind == "head":
         return Head(arch)
-    return Projector(projector_in_dim, arch.hidden_size, arch.dtype)
-
-
-@dataclass(frozen=True)
-class ModuleCost:
-    """What a placement needs to know of a module."""
-
-    params: int                     # parameters held
-    weight_bytes: int               # memory of those parameters
-    kv_bytes_per_token: int         # KV-cache memory per token of context
-    flops_per_token: int            # matrix FLOPs per token, context aside
-    attention_flops_per_context_token: int  # added per token of context already in the cache
-
-
-def module_cost(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 384) -> ModuleCost:
-    """The cost of ``spec`` without building it."""
-    config, itemsize = arch.config, arch.dtype.itemsize
-    if spec.kind == "embedding":
-        parts = [arch.model.get_input_embeddings(), *(getattr(arch.base, n) for n in arch.position_embeddings)]
-        params = sum(p.numel() for m in parts for p in m.parameters())
-        return ModuleCost(params, params * itemsize, 0, 0, 0)  # a lookup: no matrix products
     if spec.kind == "projector":
-        params = (projector_in_dim + 1) * arch.hidden_size
-        return ModuleCost(params, params * itemsize, 0, 2 * params, 0)
-    if spec.kind == "head":
-        params = sum(p.numel() for p in Head(arch).parameters())
-        return ModuleCost(params, params * itemsize, 0, 2 * params, 0)
-    layers = getattr(arch.base, arch.layers)[spec.layer_start:spec.layer_end]
-    params = sum(p.numel() for p in layers.parameters())
-    matrix_params = sum(m.weight.numel() for m in layers.modules() if isinstance(m, nn.Linear))
-    if not matrix_params:  # GPT-2 style Conv1D projections
-        matrix_params = sum(p.numel() for p in layers.parameters() if p.dim() == 2)
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or arch.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    n = len(layers)
-    return ModuleCost(
-        params=params,
-        weight_bytes=params * itemsize,
-        kv_bytes_per_token=2 * n * kv_heads * head_dim * itemsize,
-        flops_per_token=2 * matrix_params,
-        attention_flops_per_context_token=4 * n * heads * head_dim,
-    )
+        return Projector(projector_in_dim, arch.hidden_size, arch.dtype)
+    raise ValueError(f"{spec} is a node of its own, not a module of the model")

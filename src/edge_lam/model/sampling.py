@@ -6,9 +6,21 @@ token for the same request step: a request replayed on a new placement gives the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["choose_token"]
+__all__ = ["Sampling", "choose_token"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the head chooses the next token (GenerationOptions, as plain values)."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
 
 
 def choose_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, seed: int,

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from edge_lam.model.decompose import ModuleSpec
-from edge_lam.placement.solver import Host, Plan, Unit, placed_modules
+from edge_lam.descriptors import Host, ModuleSpec
+from edge_lam.placement.solver import placed_modules
+from edge_lam.placement.types import Plan, Unit
 
 __all__ = ["Assignment", "ShardGroup", "assignments", "chain_topics", "shard_groups"]
 
@@ -23,25 +24,21 @@ CHAIN_OUTPUT = "chain/output"
 
 @dataclasses.dataclass(frozen=True)
 class Assignment:
-    """One module of a plan: what ModuleAssignment carries, with the ModuleSpec text the shard takes."""
+    """One module of a plan: what ModuleAssignment carries."""
 
-    spec: str
+    module: ModuleSpec
     host_id: str
     input_topic: str
     output_topic: str
     memory_bytes: int
     expected_latency_s: float
 
-    @property
-    def module(self) -> ModuleSpec:
-        return ModuleSpec.parse(self.spec)
-
 
 @dataclasses.dataclass(frozen=True)
 class ShardGroup:
     """Consecutive modules of one host, run as one shard from ``input_topic`` to ``output_topic``."""
 
-    modules: tuple[str, ...]
+    modules: tuple[ModuleSpec, ...]
     input_topic: str
     output_topic: str
     memory_bytes: int
@@ -49,12 +46,15 @@ class ShardGroup:
     @property
     def name(self) -> str:
         """A node name for the shard, unique within a plan."""
-        return "shard_" + "_".join(ModuleSpec.parse(m).module_id for m in self.modules)
+        return "shard_" + "_".join(m.module_id for m in self.modules)
+
+    @property
+    def module_ids(self) -> tuple[str, ...]:
+        return tuple(m.module_id for m in self.modules)
 
 
-def chain_topics(spec: str, num_layers: int) -> tuple[str, str]:
+def chain_topics(module: ModuleSpec, num_layers: int) -> tuple[str, str]:
     """The input and output topics of a module, named by where the hidden states enter."""
-    module = ModuleSpec.parse(spec)
     if module.kind == "embedding":
         return CHAIN_INPUT, "chain/hidden_0"
     if module.kind == "blocks":
@@ -68,8 +68,8 @@ def assignments(plan: Plan, units: Sequence[Unit], hosts: Iterable[Host], num_la
     """The plan's modules in chain order, with hosts, topics, memory and expected compute time per step."""
     found = []
     for placed in placed_modules(plan, units, hosts):
-        input_topic, output_topic = chain_topics(placed.spec, num_layers)
-        found.append(Assignment(placed.spec, placed.host_id, input_topic, output_topic, placed.memory_bytes,
+        input_topic, output_topic = chain_topics(placed.module, num_layers)
+        found.append(Assignment(placed.module, placed.host_id, input_topic, output_topic, placed.memory_bytes,
                                 placed.compute_s))
     return found
 
@@ -86,5 +86,5 @@ def shard_groups(plan: Sequence[Assignment], host_id: str) -> list[ShardGroup]:
             else:
                 groups.append([assignment])
         previous = assignment
-    return [ShardGroup(tuple(a.spec for a in g), g[0].input_topic, g[-1].output_topic,
+    return [ShardGroup(tuple(a.module for a in g), g[0].input_topic, g[-1].output_topic,
                        sum(a.memory_bytes for a in g)) for g in groups]

@@ -1,6 +1,5 @@
 """Place a chain of model units on hosts: contiguous ranges, one per host, minimising the expected latency per step.
 
-A model is a chain of units (embedding, each decoder block, head; optionally an encoder or projector in front).
 A plan cuts the chain into segments and gives each to a different host. The latency of one step (``tokens_in_flight``
 tokens going through the chain together: 1 while decoding, the prompt length for prefill) is the compute time of
 every segment plus the transfer time of every hop: source -> first segment, between segments, last segment -> sink.
@@ -15,160 +14,17 @@ fastest hosts and says so in ``Plan.solver``.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+from edge_lam.descriptors import Host, Link
+from edge_lam.placement.types import TOKEN_ID_BYTES, PlacedModule, PlacementError, Plan, Segment, Unit, merged_units
 
-__all__ = [
-    "MAX_EXACT_HOSTS",
-    "TOKEN_ID_BYTES",
-    "Host",
-    "Link",
-    "PlacedModule",
-    "PlacementError",
-    "Plan",
-    "Segment",
-    "Unit",
-    "chain_units",
-    "evaluate",
-    "llama_units",
-    "placed_modules",
-    "proportional_to_memory",
-    "segment_modules",
-    "should_move",
-    "solve",
-]
+__all__ = ["MAX_EXACT_HOSTS", "evaluate", "placed_modules", "proportional_to_memory", "solve"]
 
-TOKEN_ID_BYTES = 8  # token ids travel as int64 ("input_ids" into the embedding, "next_token" out of the head)
 MAX_EXACT_HOSTS = 12  # 2^12 host sets x 12 hosts x a few numpy calls each: well under a second for 32 units
-_BLOCK = re.compile(r"blocks:(\d+):(\d+)")
-
-
-class PlacementError(ValueError):
-    """No placement fits the hosts' memory and links, or a placement given to evaluate is malformed."""
-
-
-@dataclass(frozen=True)
-class Host:
-    """What the solver knows of a host: effective compute (already scaled by emulation and load) and free memory."""
-
-    host_id: str
-    gflops: float
-    memory_free_bytes: int
-    role: str = "edge"
-
-
-@dataclass(frozen=True)
-class Link:
-    """A measured link. One measured direction stands for both unless the other is measured too."""
-
-    src: str
-    dst: str
-    latency_s: float
-    bandwidth_bytes_per_s: float
-
-    def transfer_s(self, nbytes: float) -> float:
-        return self.latency_s + nbytes / self.bandwidth_bytes_per_s
-
-
-@dataclass(frozen=True)
-class Unit:
-    """The smallest piece the solver moves: its costs, and what it sends to the next unit.
-
-    ``name`` is the module spec of the unit alone ("embedding", "blocks:3:4", "head", "projector"; anything else,
-    e.g. "encoder:camera", passes through to the plan's module lists unchanged).
-    """
-
-    name: str
-    flops_per_token: float
-    weight_bytes: int
-    kv_bytes_per_token: int = 0
-    out_bytes_per_token: int = 0  # hidden states: hidden size x wire dtype bytes
-    out_bytes_per_step: int = 0  # the head's one token id, whatever the number of tokens in flight
-    attention_flops_per_context_token: float = 0.0
-    flops_per_step: float = 0.0  # the head's logits: for the last token of a step only
-
-    def flops(self, tokens: int, context_tokens: int) -> float:
-        per_token = self.flops_per_token + self.attention_flops_per_context_token * context_tokens
-        return tokens * per_token + self.flops_per_step
-
-    def memory_bytes(self, context_tokens: int) -> int:
-        return self.weight_bytes + self.kv_bytes_per_token * context_tokens
-
-    def out_bytes(self, tokens: int) -> int:
-        return self.out_bytes_per_token * tokens + self.out_bytes_per_step
-
-
-class Segment(NamedTuple):
-    """Units [start, end) of the chain on one host. A tuple, so plans compare equal to plain tuples in tests."""
-
-    host_id: str
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A placement and what it is expected to cost per step, with the parts that make up the total.
-
-    ``transfer_s`` has one entry per hop: source -> first segment, between consecutive segments, last -> sink.
-    ``problems`` is empty for a feasible plan; ``evaluate`` fills it (and makes the latency infinite) when a
-    placement no longer fits the hosts, so that hysteresis sees a broken plan as infinitely slow.
-    """
-
-    segments: tuple[Segment, ...]
-    expected_latency_s: float
-    compute_s: tuple[float, ...]
-    transfer_s: tuple[float, ...]
-    memory_bytes: tuple[int, ...]
-    tokens_in_flight: int
-    context_tokens: int
-    solver: str = "given"
-    problems: tuple[str, ...] = ()
-
-    @property
-    def feasible(self) -> bool:
-        return not self.problems
-
-    def module_specs(self, units: Sequence[Unit]) -> list[list[str]]:
-        """Per segment, the specs its host loads, e.g. [["embedding", "blocks:0:12"], ["blocks:12:30", "head"]]."""
-        if self.segments[-1].end != len(units):
-            raise PlacementError(f"the plan covers {self.segments[-1].end} units, the chain has {len(units)}")
-        return [segment_modules(units, s.start, s.end) for s in self.segments]
-
-
-@dataclass(frozen=True)
-class PlacedModule:
-    """One module of a plan, with what a ModuleAssignment carries: its host, memory and compute time per step."""
-
-    spec: str
-    host_id: str
-    memory_bytes: int
-    compute_s: float
-
-
-def _merged(units: Sequence[Unit], start: int, end: int) -> list[tuple[str, list[Unit]]]:
-    """Units [start, end) grouped into modules: consecutive single blocks become one block range."""
-    modules: list[tuple[str, list[Unit]]] = []
-    for unit in units[start:end]:
-        this = _BLOCK.fullmatch(unit.name)
-        last = _BLOCK.fullmatch(modules[-1][0]) if modules else None
-        if this and last and last[2] == this[1]:
-            modules[-1] = (f"blocks:{last[1]}:{this[2]}", [*modules[-1][1], unit])
-        else:
-            modules.append((unit.name, [unit]))
-    return modules
-
-
-def segment_modules(units: Sequence[Unit], start: int, end: int) -> list[str]:
-    """The module specs (ModuleSpec text) of units [start, end), consecutive blocks merged into one range."""
-    return [spec for spec, _ in _merged(units, start, end)]
 
 
 def placed_modules(plan: Plan, units: Sequence[Unit], hosts: Iterable[Host]) -> list[PlacedModule]:
@@ -176,10 +32,10 @@ def placed_modules(plan: Plan, units: Sequence[Unit], hosts: Iterable[Host]) -> 
     gflops = {h.host_id: h.gflops for h in hosts}
     placed = []
     for segment in plan.segments:
-        for spec, members in _merged(units, segment.start, segment.end):
+        for module, members in merged_units(units, segment.start, segment.end):
             flops = sum(u.flops(plan.tokens_in_flight, plan.context_tokens) for u in members)
             placed.append(PlacedModule(
-                spec, segment.host_id, sum(u.memory_bytes(plan.context_tokens) for u in members),
+                module, segment.host_id, sum(u.memory_bytes(plan.context_tokens) for u in members),
                 _compute_s(flops, gflops.get(segment.host_id, 0.0)),
             ))
     return placed
@@ -416,7 +272,7 @@ def _why_infeasible(units: Sequence[Unit], hosts: Sequence[Host], links: list[Li
     for index, unit in enumerate(units):
         need = unit.memory_bytes(context_tokens)
         if need > largest.memory_free_bytes:
-            return (f"unit {index} '{unit.name}' fits on no host: it needs {need} bytes ({unit.weight_bytes} of "
+            return (f"unit {index} '{unit.module}' fits on no host: it needs {need} bytes ({unit.weight_bytes} of "
                     f"weights + {need - unit.weight_bytes} of KV cache for {context_tokens} tokens), the largest "
                     f"free memory is {largest.memory_free_bytes} on '{largest.host_id}' "
                     f"(short by {need - largest.memory_free_bytes})")
@@ -453,69 +309,3 @@ def proportional_to_memory(units: Sequence[Unit], hosts: Sequence[Host], *, cont
             segments.append(Segment(hosts[h].host_id, index, index + 1))
     return segments
 
-
-def should_move(current_latency_s: float, best_latency_s: float, *, min_gain: float = 0.1,
-                min_gain_s: float = 0.0) -> bool:
-    """Hysteresis: leave the plan in force unless the best plan is faster by more than ``min_gain`` of the current
-    latency (and by more than ``min_gain_s``). Moving modules costs reloads and KV replays, and measurements
-    jitter; without a margin two near-equal plans would swap back and forth. A broken plan (infinite) always moves.
-    """
-    if not math.isfinite(current_latency_s):
-        return math.isfinite(best_latency_s)
-    gain = current_latency_s - best_latency_s
-    return gain > 0 and gain > max(min_gain * current_latency_s, min_gain_s)
-
-
-def llama_units(
-    *,
-    hidden_size: int,
-    num_layers: int,
-    vocab_size: int,
-    intermediate_size: int,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int | None = None,
-    dtype_bytes: int = 4,
-    wire_dtype_bytes: int = 2,
-) -> list[Unit]:
-    """Units of a Llama-style decoder (gated MLP, no biases, RMSNorm) from its sizes alone, counted as
-    ``decompose.module_cost`` counts them, for tests and benchmarks that should not build a model."""
-    head_dim = head_dim or hidden_size // num_heads
-    attention = hidden_size * head_dim * (2 * num_heads + 2 * num_kv_heads)  # q, o; k, v
-    matrices = attention + 3 * hidden_size * intermediate_size
-    hidden = hidden_size * wire_dtype_bytes
-    blocks = [
-        Unit(f"blocks:{i}:{i + 1}", flops_per_token=2 * matrices,
-             weight_bytes=(matrices + 2 * hidden_size) * dtype_bytes,  # and two norms
-             kv_bytes_per_token=2 * num_kv_heads * head_dim * dtype_bytes, out_bytes_per_token=hidden,
-             attention_flops_per_context_token=4 * num_heads * head_dim)
-        for i in range(num_layers)
-    ]
-    head_params = vocab_size * hidden_size + hidden_size  # LM head and final norm
-    return [
-        Unit("embedding", 0, vocab_size * hidden_size * dtype_bytes, out_bytes_per_token=hidden),
-        *blocks,
-        Unit("head", 0, head_params * dtype_bytes, out_bytes_per_step=TOKEN_ID_BYTES, flops_per_step=2 * head_params),
-    ]
-
-
-def chain_units(model: PreTrainedModel, wire_dtype_bytes: int = 2) -> list[Unit]:
-    """Units of any causal LM that ``decompose`` can cut, priced by ``module_cost``: embedding, each block, head.
-
-    A model built on the meta device (``with torch.device("meta")``) is enough: only parameter counts are read.
-    """
-    from edge_lam.model.decompose import ModuleSpec, describe, module_cost  # torch and transformers, on demand
-
-    arch = describe(model)
-    hidden = arch.hidden_size * wire_dtype_bytes
-    units = []
-    specs = [ModuleSpec("embedding"), *(ModuleSpec("blocks", i, i + 1) for i in range(arch.num_layers))]
-    for spec in specs:
-        cost = module_cost(arch, spec)
-        name = spec.module_id if spec.kind != "blocks" else f"blocks:{spec.layer_start}:{spec.layer_end}"
-        units.append(Unit(name, cost.flops_per_token, cost.weight_bytes, cost.kv_bytes_per_token, hidden, 0,
-                          cost.attention_flops_per_context_token))
-    cost = module_cost(arch, ModuleSpec("head"))
-    units.append(Unit("head", 0, cost.weight_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
-                      flops_per_step=cost.flops_per_token))  # logits for the last token of a step only
-    return units

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from rosbags.highlevel import AnyReader
 
-from edge_lam.encoders.motion import MotionBins, OdometryMotionEncoder, OdometrySample, yaw_from_quaternion
+from edge_lam.encoders.motion import MotionBins, OdometryMotionEncoder, OdometrySample
 from edge_lam.training.split import IGNORE
+from edge_lam.wire.sensors import odometry_sample
 
 __all__ = [
     "MANUAL",
@@ -84,14 +85,8 @@ def read_odometry(bag: pathlib.Path, topic: str = "/odom") -> list[OdometrySampl
         connections = [c for c in reader.connections if c.topic == topic]
         if not connections:
             raise ValueError(f"{bag} has no topic {topic}")
-        samples = []
-        for connection, _, raw in reader.messages(connections=connections):
-            msg = reader.deserialize(raw, connection.msgtype)
-            pose, twist, q = msg.pose.pose, msg.twist.twist, msg.pose.pose.orientation
-            samples.append(OdometrySample(
-                stamp=msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, x=pose.position.x, y=pose.position.y,
-                yaw=yaw_from_quaternion(q.x, q.y, q.z, q.w), linear_x=twist.linear.x, angular_z=twist.angular.z,
-            ))
+        samples = [odometry_sample(reader.deserialize(raw, connection.msgtype))
+                   for connection, _, raw in reader.messages(connections=connections)]
     return sorted(samples, key=lambda s: s.stamp)
 
 

@@ -4,7 +4,7 @@ The edge holds decoder layers ``[cut_layer, N)``, the final norm and the head (f
 loss. It is one top shared by every robot (SplitFed): each robot's activations train it in the order they arrive,
 so the top learns from the whole fleet's data and never travels; only the robots' bottom adapters are averaged.
 
-Protocol (TensorLists, see :mod:`edge_lam.training.messages`; topics relative to the node's namespace):
+Protocol (TensorLists, see :mod:`edge_lam.wire.training`; topics relative to the node's namespace):
 
 - ``training/global_adapter`` (LATCHED, edge to robots): the bottom adapter every robot trains from, fields
   ``round`` (the round to train with it) and ``rounds`` (the run's length). Published at start (round 0, the
@@ -38,13 +38,13 @@ from rclpy.node import Node
 
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model
-from edge_lam.parameters import declare
-from edge_lam.qos import LATCHED, TENSORS
+from edge_lam.ros.parameters import declare
+from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.training.adapters import FederatedAdapters, LoraSettings
 from edge_lam.training.compression import codec_from_spec
 from edge_lam.training.ledger import ByteLedger
-from edge_lam.training.messages import BadMessage, Unpacked, decode_state, decode_stream, encode_state, pack, unpack
 from edge_lam.training.split import IGNORE, SplitBottom, SplitTop
+from edge_lam.wire.training import BadMessage, Unpacked, decode_state, decode_stream, encode_state, pack, unpack
 
 ROUND_CHECK_PERIOD_S = 0.5
 

@@ -36,14 +36,14 @@ from rclpy.task import Future
 from edge_lam.assets import evo_bags_dir
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
-from edge_lam.parameters import declare
-from edge_lam.qos import LATCHED, TENSORS
+from edge_lam.ros.parameters import declare
+from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.training.adapters import LoraSettings
 from edge_lam.training.compression import ErrorFeedback, codec_from_spec
 from edge_lam.training.domain_data import batch_stream, build_domain_set, make_batch
 from edge_lam.training.ledger import ByteLedger
-from edge_lam.training.messages import BadMessage, decode_state, decode_stream, encode_state, pack, unpack
 from edge_lam.training.split import SplitBottom
+from edge_lam.wire.training import BadMessage, decode_state, decode_stream, encode_state, pack, unpack
 
 BAG = "nav2_turtlebot.mcap"  # the bundled TurtleBot run (evo's test data)
 TICK_S = 0.1  # how often held messages are retried and waits checked

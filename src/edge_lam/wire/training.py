@@ -22,8 +22,8 @@ from builtin_interfaces.msg import Time
 from edge_lam_msgs.msg import TensorList
 from std_msgs.msg import Header
 
-from edge_lam.tensor_codec import TensorError, to_msg, to_numpy
 from edge_lam.training.compression import Codec, Encoded, ErrorFeedback, codec_from_spec, wire_bytes
+from edge_lam.wire.tensors import TensorError, to_msg, to_numpy
 
 __all__ = ["BadMessage", "Unpacked", "decode_state", "decode_stream", "encode_state", "pack", "unpack"]
 

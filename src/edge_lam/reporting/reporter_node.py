@@ -15,17 +15,18 @@ import uuid
 from dataclasses import dataclass, field
 
 import rclpy
-from edge_lam_msgs.msg import InferenceRequest, InferenceResult, Report, SemanticTokens, StageTiming
+from edge_lam_msgs.msg import InferenceRequest, InferenceResult, Report, SemanticTokens
 from edge_lam_msgs.msg import Vocabulary as VocabularyMsg
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-from edge_lam.encoders.report_timings import Stage, report_timings
-from edge_lam.encoders.token_messages import from_semantic_tokens, from_vocabulary_msg
 from edge_lam.encoders.tokens import Vocabulary
-from edge_lam.encoders.verbalize import DEFAULT_INSTRUCTION, Observation, report_prompt
-from edge_lam.parameters import declare
-from edge_lam.qos import CONTROL, TOKENS, VOCABULARIES
+from edge_lam.reporting.timings import report_timings
+from edge_lam.reporting.verbalize import DEFAULT_INSTRUCTION, Observation, report_prompt
+from edge_lam.ros.parameters import declare
+from edge_lam.ros.qos import CONTROL, TOKENS, VOCABULARIES
+from edge_lam.wire.chain import from_stage_msgs, to_stage_msgs
+from edge_lam.wire.tokens import from_semantic_tokens, from_vocabulary_msg
 
 
 @dataclass
@@ -130,9 +131,7 @@ class ReporterNode(Node):
                         sources=pending.sources, error_code=msg.error_code, error_message=msg.error_message,
                         latency_s=latency_s)
         report.header.stamp = self.get_clock().now().to_msg()
-        gateway = [Stage(t.stage, t.host_id, t.seconds) for t in msg.timings]
-        report.timings = [StageTiming(stage=t.stage, host_id=t.host_id, seconds=t.seconds)
-                          for t in report_timings(pending.encode_s, gateway, latency_s)]
+        report.timings = to_stage_msgs(report_timings(pending.encode_s, from_stage_msgs(msg.timings), latency_s))
         if msg.error_code:
             self.get_logger().error(f"{msg.request_id} failed ({msg.error_code}): {msg.error_message}")
             self._reported_up_to = 0.0  # ask again at the next tick, with whatever is newest then

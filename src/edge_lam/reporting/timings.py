@@ -12,15 +12,10 @@ time, so the stages add up to it unless a process reports more time than another
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
 
-__all__ = ["Stage", "report_timings", "stages_sum_s"]
+from edge_lam.descriptors import Stage
 
-
-class Stage(NamedTuple):
-    stage: str
-    host_id: str
-    seconds: float
+__all__ = ["report_timings", "stages_sum_s"]
 
 
 def report_timings(encode_s: Mapping[str, float], gateway: Iterable[Stage], latency_s: float) -> list[Stage]:

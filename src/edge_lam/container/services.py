@@ -3,12 +3,11 @@ installed (any ROS 2 install), so that ``ros2 component load/list/unload`` and l
 ``ComposableNodeContainer`` / ``LoadComposableNodes`` can drive it like rclcpp's container.
 
 ``~/_container/load_node`` takes ``package_name`` ``edge_lam`` and a ``plugin_name`` that is a component kind of
-``edge_lam.compose`` (``shard``, ``camera_encoder``, ...), its class name (``ShardNode``, or ``edge_lam::ShardNode``
-as a C++ user would write it) or its ``module:Class`` path; ``node_name`` and ``node_namespace`` (defaults: the kind
-and the agent's ``components_namespace``), ``parameters`` and ``remap_rules`` are honoured; ``log_level`` and
-``extra_arguments`` (such as ``use_intra_process_comms``, which rclpy has not) are ignored with a warning. Every
-answer carries the reason when it fails; nothing here can take the agent down.
-"""
+``edge_lam.container.registry`` (``shard``, ``camera_encoder``, ...), its class name (``ShardNode``, or
+``edge_lam::ShardNode`` as a C++ user would write it) or its ``module:Class`` path; ``node_name`` and
+``node_namespace`` (defaults: the kind and the agent's ``components_namespace``), ``parameters`` and ``remap_rules``
+are honoured; ``log_level`` and ``extra_arguments`` (such as ``use_intra_process_comms``, which rclpy has not) are
+ignored with a warning. Every answer carries the reason when it fails; nothing here can take the agent down."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from edge_lam.compose import COMPONENTS
+from edge_lam.container.registry import COMPONENTS
 
 __all__ = ["ComponentLoader", "add_container_services", "component_kind"]
 

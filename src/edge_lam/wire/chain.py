@@ -1,26 +1,26 @@
-"""ChainPacket messages to and from the plain values the chain cores work with."""
+"""ChainPacket and StageTiming messages to and from the plain values the chain cores work with."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from edge_lam_msgs.msg import ChainPacket, GenerationOptions, StageTiming
 
-from edge_lam.chain.shard import BadInput, Sampling
-from edge_lam.tensor_codec import TensorError, to_msg, to_torch
+from edge_lam.descriptors import Stage
+from edge_lam.model.sampling import Sampling
+from edge_lam.wire.tensors import TensorError, to_msg, to_torch
 
-__all__ = ["fail", "packet_bytes", "packet_tensors", "put_tensors", "sampling", "stage_timing"]
+__all__ = ["fail", "from_stage_msgs", "packet_bytes", "packet_tensors", "put_tensors", "sampling", "to_stage_msgs"]
 
 
 def packet_tensors(packet: ChainPacket) -> dict[str, torch.Tensor]:
-    """The packet's tensors by name; BadInput when one is malformed or a name repeats."""
+    """The packet's tensors by name; TensorError when one is malformed or a name repeats."""
     tensors = {}
     for msg in packet.tensors:
         if msg.name in tensors:
-            raise BadInput(f"tensor name '{msg.name}' appears twice")
-        try:
-            tensors[msg.name] = to_torch(msg)
-        except TensorError as err:
-            raise BadInput(str(err)) from err
+            raise TensorError(f"tensor name '{msg.name}' appears twice")
+        tensors[msg.name] = to_torch(msg)
     return tensors
 
 
@@ -46,5 +46,9 @@ def fail(packet: ChainPacket, code: int, message: str) -> ChainPacket:
     return packet
 
 
-def stage_timing(stage: str, host_id: str, seconds: float) -> StageTiming:
-    return StageTiming(stage=stage, host_id=host_id, seconds=seconds)
+def to_stage_msgs(stages: Iterable[Stage]) -> list[StageTiming]:
+    return [StageTiming(stage=s.stage, host_id=s.host_id, seconds=s.seconds) for s in stages]
+
+
+def from_stage_msgs(msgs: Iterable[StageTiming]) -> list[Stage]:
+    return [Stage(m.stage, m.host_id, m.seconds) for m in msgs]

@@ -195,7 +195,7 @@ def build_skimage_photos(out: pathlib.Path) -> str:
 def build_patch_codebook(out: pathlib.Path) -> str:
     """Train the patch tokenizer's codebook on the photos prepared just before."""
     from edge_lam.assets.cache import skimage_photos_dir
-    from edge_lam.encoders.codebook import photo_paths, train_codebook
+    from edge_lam.prepare.codebook import photo_paths, train_codebook
 
     codebook = train_codebook(photo_paths(skimage_photos_dir()))
     codebook.save(out / "codebook.npz")

@@ -2,7 +2,7 @@
 
 Run by setup (``edge-lam prepare``) on scikit-image's photos, or by hand::
 
-    python -m edge_lam.encoders.codebook --out codebook.npz [--photos DIR] [--codes 256]
+    python -m edge_lam.prepare.codebook --out codebook.npz [--photos DIR] [--codes 256]
 
 Every photo is seen the way the tokenizer sees a camera frame (``patches.frame_patches``): whole, as 4:3 crops at
 a few zooms and offsets, and mirrored, so the codes cover the scales and positions a moving camera produces. The

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 from collections.abc import Sequence
+
+from edge_lam.descriptors import Link
 
 __all__ = [
     "BULK_PROBE_BYTES",
     "ROUNDS_KEPT",
     "SMALL_PROBE_BYTES",
-    "LinkMeasure",
     "LinkProber",
     "estimate",
     "parse_emulated_links",
@@ -33,37 +33,25 @@ ROUNDS_KEPT = 5
 _MIN_TRANSFER_S = 1e-6  # a bulk probe that came back no slower than the small one (jitter) still gets a finite rate
 
 
-@dataclasses.dataclass(frozen=True)
-class LinkMeasure:
-    """What a host knows of its link to one peer; ``measured_at_ns`` is ROS time."""
-
-    peer_host_id: str
-    latency_s: float
-    bandwidth_bps: float
-    measured_at_ns: int
-
-
-def estimate(peer: str, small_rtt_s: float, bulk_rtt_s: float, measured_at_ns: int,
-             bulk_bytes: int = BULK_PROBE_BYTES, small_bytes: int = SMALL_PROBE_BYTES) -> LinkMeasure:
+def estimate(src: str, peer: str, small_rtt_s: float, bulk_rtt_s: float, bulk_bytes: int = BULK_PROBE_BYTES,
+             small_bytes: int = SMALL_PROBE_BYTES) -> Link:
     """Latency from the small round trip, bandwidth from what the bulk one took longer for its extra bytes."""
     transfer_s = max(bulk_rtt_s - small_rtt_s, _MIN_TRANSFER_S)
-    return LinkMeasure(peer, small_rtt_s / 2, (bulk_bytes - small_bytes) * 8 / transfer_s, measured_at_ns)
+    return Link(src, peer, small_rtt_s / 2, (bulk_bytes - small_bytes) * 8 / transfer_s)
 
 
-def parse_emulated_links(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """``["edge_0:0.02:100e6"]`` (peer:latency_s:bandwidth_bps) -> {"edge_0": (0.02, 1e8)}; ValueError if bad."""
-    links: dict[str, tuple[float, float]] = {}
+def parse_emulated_links(specs: Sequence[str], src: str = "") -> dict[str, Link]:
+    """``["edge_0:0.02:100e6"]`` (PEER:LATENCY_S:BANDWIDTH_BPS) -> the link from ``src`` to each peer; ValueError if
+    one is malformed or a peer is named twice."""
+    links: dict[str, Link] = {}
     for spec in specs:
-        parts = spec.rsplit(":", 2)
         try:
-            peer, latency_s, bandwidth_bps = parts[0], float(parts[1]), float(parts[2])
-        except (IndexError, ValueError):
-            raise ValueError(f"emulated link '{spec}' is not PEER:LATENCY_S:BANDWIDTH_BPS") from None
-        if not peer or peer in links:
-            raise ValueError(f"emulated link '{spec}': the peer is empty or named twice")
-        if not (math.isfinite(latency_s) and latency_s >= 0 and math.isfinite(bandwidth_bps) and bandwidth_bps > 0):
-            raise ValueError(f"emulated link '{spec}': latency must be >= 0 and bandwidth > 0, both finite")
-        links[peer] = (latency_s, bandwidth_bps)
+            link = Link.parse(spec, src)
+        except ValueError as err:
+            raise ValueError(f"emulated {err}") from None
+        if link.dst in links:
+            raise ValueError(f"emulated link '{spec}': peer '{link.dst}' is named twice")
+        links[link.dst] = link
     return links
 
 
@@ -79,11 +67,13 @@ class LinkProber:
     """One probe in flight per peer at most; a probe unanswered for ``timeout_s`` is given up (a later reply to
     it is ignored), so a lost message or a dead peer costs nothing but that estimate's freshness."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, host_id: str = "") -> None:
         self._timeout_s = timeout_s
+        self._host_id = host_id
         self._flights: dict[str, _Flight] = {}
         self._rounds: dict[str, collections.deque[tuple[float, float]]] = {}  # (small, bulk) round trips
-        self.measures: dict[str, LinkMeasure] = {}
+        self.measures: dict[str, Link] = {}
+        self.measured_at_ns: dict[str, int] = {}  # ROS time of each peer's last estimate
 
     def due(self, peer: str, now_s: float) -> bool:
         """Whether a new round may start: nothing in flight to ``peer``, or it timed out."""
@@ -108,11 +98,13 @@ class LinkProber:
         if flight.small_rtt_s is not None:
             rounds = self._rounds.setdefault(peer, collections.deque(maxlen=ROUNDS_KEPT))
             rounds.append((flight.small_rtt_s, rtt_s))
-            self.measures[peer] = estimate(peer, min(s for s, _ in rounds), min(b for _, b in rounds),
-                                           measured_at_ns)
+            self.measures[peer] = estimate(self._host_id, peer, min(s for s, _ in rounds),
+                                           min(b for _, b in rounds))
+            self.measured_at_ns[peer] = measured_at_ns
         return False
 
     def forget(self, peer: str) -> None:
         self._flights.pop(peer, None)
         self._rounds.pop(peer, None)
         self.measures.pop(peer, None)
+        self.measured_at_ns.pop(peer, None)

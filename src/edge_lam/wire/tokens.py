@@ -13,7 +13,7 @@ from edge_lam_msgs.msg import SemanticTokens, Tensor
 from edge_lam_msgs.msg import Vocabulary as VocabularyMsg
 
 from edge_lam.encoders.tokens import Encoded, Vocabulary
-from edge_lam.tensor_codec import to_msg, to_numpy
+from edge_lam.wire.tensors import to_msg, to_numpy
 
 __all__ = ["from_semantic_tokens", "from_vocabulary_msg", "to_semantic_tokens", "to_vocabulary_msg"]
 

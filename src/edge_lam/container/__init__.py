@@ -1,0 +1,2 @@
+"""edge_lam's component container (rclpy has none): the registry of component kinds, the standard container
+services (``ros2 component``), and the ``compose`` executable that runs several components in one process."""

@@ -1,0 +1,200 @@
+"""What everyone in edge_lam speaks of, as frozen values: a module of a model, a host, a link, and one table each of
+module kinds, host roles and wire dtypes.
+
+No torch and no ROS here: the solver, the coordinator, the host agents, the shards, the benches and the tests all
+speak in these, and ``edge_lam.wire`` converts them to and from messages in one place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = [
+    "MODULE_KINDS",
+    "ROLES",
+    "WIRE_DTYPES",
+    "Advert",
+    "Host",
+    "Link",
+    "ModuleSpec",
+    "Stage",
+    "chain_specs",
+    "wire_dtype_bytes",
+]
+
+# Kinds of module. ModuleAssignment has a KIND_* constant for each (edge_lam.wire.fleet maps them by name).
+MODULE_KINDS = ("embedding", "blocks", "head", "projector", "encoder")
+# What a host is. ComputeAdvert has a ROLE_* constant for each.
+ROLES = ("robot", "edge", "cloud")
+# Dtypes hidden states may travel in between modules, with their bytes per element: the coordinator prices hops
+# with the size, the shards cast with the name, and the plan carries the name so that both agree.
+WIRE_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
+MIN_COMPUTE_SHARE = 0.05  # a host at full load is slow, not gone: it keeps this share of its compute
+
+_TEXT = re.compile(r"blocks:(\d+):(\d+)|encoder:([A-Za-z0-9_]+)|([a-z]+)")
+
+
+def wire_dtype_bytes(name: str) -> int:
+    """Bytes per element of a wire dtype; ValueError naming the choices for any other name."""
+    if name not in WIRE_DTYPES:
+        raise ValueError(f"wire_dtype '{name}' is not one of {sorted(WIRE_DTYPES)}")
+    return WIRE_DTYPES[name]
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """One module of a cut model: ``embedding``, ``blocks`` [layer_start, layer_end), ``head``, ``projector``, or a
+    sensor ``encoder`` (with a name).
+
+    ``str(spec)`` is its text form (``blocks:0:30``, ``encoder:camera``), what parameters and plans carry;
+    ``module_id`` (``blocks_0_30``) names it in node names, timings and adverts.
+    """
+
+    kind: str
+    layer_start: int = 0
+    layer_end: int = 0
+    name: str = ""  # an encoder's; empty for every other kind
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODULE_KINDS:
+            raise ValueError(f"unknown module kind '{self.kind}' (expected one of {MODULE_KINDS})")
+        if self.kind == "blocks" and not 0 <= self.layer_start < self.layer_end:
+            raise ValueError(f"bad layer range [{self.layer_start}, {self.layer_end})")
+        if self.kind != "blocks" and (self.layer_start or self.layer_end):
+            raise ValueError(f"a {self.kind} module has no layer range")
+        if (self.kind == "encoder") != bool(self.name):
+            raise ValueError("an encoder module needs a name, and only an encoder has one")
+
+    def __str__(self) -> str:
+        if self.kind == "blocks":
+            return f"blocks:{self.layer_start}:{self.layer_end}"
+        return f"encoder:{self.name}" if self.kind == "encoder" else self.kind
+
+    @property
+    def module_id(self) -> str:
+        return str(self).replace(":", "_")
+
+    @property
+    def in_text_chain(self) -> bool:
+        """Whether the module is a link of the token chain (embedding -> blocks -> head)."""
+        return self.kind in ("embedding", "blocks", "head")
+
+    def follows(self, before: ModuleSpec) -> bool:
+        """Whether this module takes what ``before`` gives, so both can run as one shard."""
+        return (
+            (before.kind == "embedding" and self.kind == "blocks" and self.layer_start == 0)
+            or (before.kind == "blocks" and self.kind == "blocks" and self.layer_start == before.layer_end)
+            or (before.kind == "blocks" and self.kind == "head")
+        )
+
+    @staticmethod
+    def parse(text: str) -> ModuleSpec:
+        """'embedding', 'head', 'projector', 'blocks:START:END' (END exclusive) or 'encoder:NAME'."""
+        match = _TEXT.fullmatch(text.strip())
+        if match is None:
+            raise ValueError(f"'{text}' is not a module (embedding, blocks:START:END, head, projector, encoder:NAME)")
+        if match[1] is not None:
+            return ModuleSpec("blocks", int(match[1]), int(match[2]))
+        if match[3] is not None:
+            return ModuleSpec("encoder", name=match[3])
+        return ModuleSpec(match[4])
+
+
+def chain_specs(num_layers: int, cuts: list[int]) -> list[ModuleSpec]:
+    """Embedding, the block ranges between ``cuts`` (e.g. [10, 20] for 30 layers), head."""
+    bounds = [0, *cuts, num_layers]
+    if bounds != sorted(set(bounds)):
+        raise ValueError(f"cuts {cuts} must increase strictly inside (0, {num_layers})")
+    blocks = [ModuleSpec("blocks", a, b) for a, b in itertools.pairwise(bounds)]
+    return [ModuleSpec("embedding"), *blocks, ModuleSpec("head")]
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host as placement sees it: effective compute (already scaled by emulation and load) and free memory."""
+
+    host_id: str
+    gflops: float
+    memory_free_bytes: int
+    role: str = "edge"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"host '{self.host_id}': role '{self.role}' is not one of {ROLES}")
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link from ``src`` to ``dst``: one-way latency, and bandwidth in bits per second (as links are rated and as
+    LinkEstimate carries it). One measured direction stands for both unless the other is measured too; ends are ""
+    where a link stands alone (an emulated hop of a shard)."""
+
+    src: str
+    dst: str
+    latency_s: float
+    bandwidth_bps: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.latency_s) and self.latency_s >= 0 and self.bandwidth_bps > 0):
+            raise ValueError(f"link {self.src or '?'}->{self.dst or '?'} needs a finite latency >= 0 and a "
+                             f"bandwidth > 0, got {self.latency_s} s and {self.bandwidth_bps} bit/s")
+
+    def transfer_s(self, nbytes: float) -> float:
+        """Time for ``nbytes`` to arrive: the latency plus the bytes over the bandwidth."""
+        return self.latency_s + 8 * nbytes / self.bandwidth_bps
+
+    @staticmethod
+    def parse(text: str, src: str = "") -> Link:
+        """``PEER:LATENCY_S:BANDWIDTH_BPS`` (e.g. ``edge_0:0.02:100e6``) as the link from ``src`` to the peer."""
+        parts = text.rsplit(":", 2)
+        try:
+            peer, latency_s, bandwidth_bps = parts[0], float(parts[1]), float(parts[2])
+        except (IndexError, ValueError):
+            raise ValueError(f"link '{text}' is not PEER:LATENCY_S:BANDWIDTH_BPS") from None
+        if not peer or not math.isfinite(bandwidth_bps):
+            raise ValueError(f"link '{text}': the peer is empty or the bandwidth is not finite")
+        return Link(src, peer, latency_s, bandwidth_bps)
+
+
+@dataclass(frozen=True)
+class Advert:
+    """A host as it advertises itself (ComputeAdvert): measured compute, load, memory, links to its peers, battery
+    and the modules it runs. Equal adverts mean nothing changed."""
+
+    host_id: str
+    role: str
+    compute_gflops: float
+    load: float
+    memory_free_bytes: int
+    memory_total_bytes: int
+    links: tuple[Link, ...] = ()
+    battery_fraction: float | None = None  # None: no battery
+    modules_hosted: tuple[str, ...] = ()  # module ids
+
+    def __post_init__(self) -> None:
+        if not self.host_id:
+            raise ValueError("an advert needs a host_id")
+        if not (math.isfinite(self.compute_gflops) and self.compute_gflops >= 0):
+            raise ValueError(f"host '{self.host_id}' advertises compute {self.compute_gflops} GFLOP/s")
+        if not math.isfinite(self.load):
+            raise ValueError(f"host '{self.host_id}' advertises load {self.load}")
+        if self.role not in ROLES:
+            raise ValueError(f"host '{self.host_id}': role '{self.role}' is not one of {ROLES}")
+
+    @property
+    def effective_gflops(self) -> float:
+        """The compute a new module would get: the measured figure scaled by the share the load leaves."""
+        return self.compute_gflops * min(1.0, max(MIN_COMPUTE_SHARE, 1.0 - self.load))
+
+
+class Stage(NamedTuple):
+    """Where some of a request's time went: ``module:<id>`` on a host, ``encode``, ``transfer_and_queueing``, ...,
+    measured by whoever did the work (StageTiming on the wire)."""
+
+    stage: str
+    host_id: str
+    seconds: float

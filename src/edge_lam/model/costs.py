@@ -1,0 +1,110 @@
+"""What each module of a cut model costs, for placement: parameters, weight and KV-cache bytes, FLOPs per token,
+and the units of a whole chain (from a model, or from a Llama-style model's sizes alone)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from edge_lam.descriptors import ModuleSpec, wire_dtype_bytes
+from edge_lam.model.decompose import Architecture, Head, describe
+from edge_lam.placement.types import TOKEN_ID_BYTES, Unit
+
+__all__ = ["ModuleCost", "chain_units", "llama_units", "module_cost"]
+
+
+@dataclass(frozen=True)
+class ModuleCost:
+    """What a placement needs to know of a module."""
+
+    params: int                     # parameters held
+    weight_bytes: int               # memory of those parameters
+    kv_bytes_per_token: int         # KV-cache memory per token of context
+    flops_per_token: int            # matrix FLOPs per token, context aside
+    attention_flops_per_context_token: int  # added per token of context already in the cache
+
+
+def module_cost(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 384) -> ModuleCost:
+    """The cost of ``spec`` without building it."""
+    config, itemsize = arch.config, arch.dtype.itemsize
+    if spec.kind == "embedding":
+        parts = [arch.model.get_input_embeddings(), *(getattr(arch.base, n) for n in arch.position_embeddings)]
+        params = sum(p.numel() for m in parts for p in m.parameters())
+        return ModuleCost(params, params * itemsize, 0, 0, 0)  # a lookup: no matrix products
+    if spec.kind == "projector":
+        params = (projector_in_dim + 1) * arch.hidden_size
+        return ModuleCost(params, params * itemsize, 0, 2 * params, 0)
+    if spec.kind == "head":
+        params = sum(p.numel() for p in Head(arch).parameters())
+        return ModuleCost(params, params * itemsize, 0, 2 * params, 0)
+    layers = getattr(arch.base, arch.layers)[spec.layer_start:spec.layer_end]
+    params = sum(p.numel() for p in layers.parameters())
+    matrix_params = sum(m.weight.numel() for m in layers.modules() if isinstance(m, nn.Linear))
+    if not matrix_params:  # GPT-2 style Conv1D projections
+        matrix_params = sum(p.numel() for p in layers.parameters() if p.dim() == 2)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or arch.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    n = len(layers)
+    return ModuleCost(
+        params=params,
+        weight_bytes=params * itemsize,
+        kv_bytes_per_token=2 * n * kv_heads * head_dim * itemsize,
+        flops_per_token=2 * matrix_params,
+        attention_flops_per_context_token=4 * n * heads * head_dim,
+    )
+
+
+def llama_units(
+    *,
+    hidden_size: int,
+    num_layers: int,
+    vocab_size: int,
+    intermediate_size: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int | None = None,
+    dtype_bytes: int = 4,
+    wire_dtype: str = "float16",
+) -> list[Unit]:
+    """Units of a Llama-style decoder (gated MLP, no biases, RMSNorm) from its sizes alone, counted as
+    :func:`module_cost` counts them, for tests and benchmarks that should not build a model."""
+    head_dim = head_dim or hidden_size // num_heads
+    attention = hidden_size * head_dim * (2 * num_heads + 2 * num_kv_heads)  # q, o; k, v
+    matrices = attention + 3 * hidden_size * intermediate_size
+    hidden = hidden_size * wire_dtype_bytes(wire_dtype)
+    blocks = [
+        Unit(ModuleSpec("blocks", i, i + 1), flops_per_token=2 * matrices,
+             weight_bytes=(matrices + 2 * hidden_size) * dtype_bytes,  # and two norms
+             kv_bytes_per_token=2 * num_kv_heads * head_dim * dtype_bytes, out_bytes_per_token=hidden,
+             attention_flops_per_context_token=4 * num_heads * head_dim)
+        for i in range(num_layers)
+    ]
+    head_params = vocab_size * hidden_size + hidden_size  # LM head and final norm
+    return [
+        Unit(ModuleSpec("embedding"), 0, vocab_size * hidden_size * dtype_bytes, out_bytes_per_token=hidden),
+        *blocks,
+        Unit(ModuleSpec("head"), 0, head_params * dtype_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
+             flops_per_step=2 * head_params),
+    ]
+
+
+def chain_units(model: PreTrainedModel, wire_dtype: str = "float16") -> list[Unit]:
+    """Units of any causal LM that ``decompose`` can cut, priced by :func:`module_cost`: embedding, each block, head.
+
+    A model built on the meta device (``with torch.device("meta")``) is enough: only parameter counts are read.
+    """
+    arch = describe(model)
+    hidden = arch.hidden_size * wire_dtype_bytes(wire_dtype)
+    units = []
+    specs = [ModuleSpec("embedding"), *(ModuleSpec("blocks", i, i + 1) for i in range(arch.num_layers))]
+    for spec in specs:
+        cost = module_cost(arch, spec)
+        units.append(Unit(spec, cost.flops_per_token, cost.weight_bytes, cost.kv_bytes_per_token, hidden, 0,
+                          cost.attention_flops_per_context_token))
+    cost = module_cost(arch, ModuleSpec("head"))
+    units.append(Unit(ModuleSpec("head"), 0, cost.weight_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
+                      flops_per_step=cost.flops_per_token))  # logits for the last token of a step only
+    return units
