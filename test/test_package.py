@@ -83,17 +83,28 @@ def _declared_in(path: pathlib.Path) -> dict[str, ast.Call]:
             and isinstance(call.args[1], ast.Constant)}
 
 
+def _sources_of(path: pathlib.Path) -> list[pathlib.Path]:
+    """The file and, recursively, the edge_lam modules it takes parameters from: those of its base classes and of
+    the ``declare_*`` functions it calls."""
+    tree = ast.parse(path.read_text())
+    imported = {alias.asname or alias.name: node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edge_lam.")
+                for alias in node.names}
+    used = {base.id for node in ast.walk(tree) if isinstance(node, ast.ClassDef) for base in node.bases
+            if isinstance(base, ast.Name)}
+    used |= {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Name) and node.func.id.startswith("declare_")}
+    modules = sorted({imported[name] for name in used if name in imported})
+    return [path, *(p for m in modules for p in _sources_of(REPO / "src" / (m.replace(".", "/") + ".py")))]
+
+
 def declared_parameters() -> dict[str, dict[str, ast.Call]]:
-    """Per executable, the parameters its node declares, read from the source (every encoder also declares the
-    encoder base's)."""
-    source = REPO / "src"
-    base = _declared_in(source / "edge_lam" / "encoders" / "encoder_node.py")
+    """Per executable, the parameters its node declares, read from the source (with those of its base classes, e.g.
+    every encoder's EncoderNode, and of the declare_* helpers it calls)."""
     found = {}
     for executable, target in entry_points().items():
-        path = source / (target.split(":")[0].replace(".", "/") + ".py")
-        found[executable] = _declared_in(path)
-        if "(EncoderNode)" in path.read_text():
-            found[executable] |= base
+        path = REPO / "src" / (target.split(":")[0].replace(".", "/") + ".py")
+        found[executable] = {name: call for source in _sources_of(path) for name, call in _declared_in(source).items()}
     return found
 
 

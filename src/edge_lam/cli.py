@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 
 def prepare(_: argparse.Namespace) -> int:
@@ -13,45 +14,27 @@ def prepare(_: argparse.Namespace) -> int:
 
 
 def replay(args: argparse.Namespace) -> int:
-    from edge_lam.bags.schedule import BagError
+    from edge_lam.bags.replay import replay_bag
 
-    try:
-        from edge_lam.bags.replay import replay_bag
-
-        return replay_bag(
-            args.bag,
-            topics=args.topics,
-            remap=args.remap,
-            start_offset_s=args.start_offset,
-            duration_s=args.duration,
-            rate=args.rate,
-            loop=args.loop,
-            qos_depth=args.qos_depth,
-            wait_subscribers=args.wait_subscribers,
-            wait_timeout_s=args.wait_timeout,
-        )
-    except BagError as err:
-        print(f"edge-lam replay: error: {err}", file=sys.stderr)
-        return 2
+    return run_bag_command(replay_bag, args)
 
 
 def record(args: argparse.Namespace) -> int:
+    from edge_lam.bags.record import record_bag
+
+    return run_bag_command(record_bag, args)
+
+
+def run_bag_command(function: Callable[..., int], args: argparse.Namespace) -> int:
+    """Call ``function`` with the subcommand's options (their dests are its keyword names); a BagError is a usage
+    error, told in one line with exit status 2."""
     from edge_lam.bags.schedule import BagError
 
+    options = {name: value for name, value in vars(args).items() if name not in ("command", "run")}
     try:
-        from edge_lam.bags.record import record_bag
-
-        return record_bag(
-            args.output,
-            topics=args.topic,
-            types=args.type,
-            storage=args.storage,
-            duration_s=args.duration,
-            count=args.count,
-            wait_timeout_s=args.wait_timeout,
-        )
+        return function(**options)
     except BagError as err:
-        print(f"edge-lam record: error: {err}", file=sys.stderr)
+        print(f"edge-lam {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 
@@ -118,9 +101,9 @@ def add_replay(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("bag", help="the bag: a .mcap or .db3 file, or a rosbag2 folder with metadata.yaml")
     parser.add_argument("--rate", type=float, default=1.0, help="speed factor: 2 plays twice as fast (default 1)")
     parser.add_argument("--loop", action="store_true", help="start again at the end, until stopped")
-    parser.add_argument("--start-offset", type=float, default=0.0, metavar="S",
+    parser.add_argument("--start-offset", type=float, default=0.0, metavar="S", dest="start_offset_s",
                         help="start S seconds into the bag (default 0)")
-    parser.add_argument("--duration", type=float, metavar="S",
+    parser.add_argument("--duration", type=float, metavar="S", dest="duration_s",
                         help="play only S seconds of the bag from the start offset (default: to its end)")
     parser.add_argument("--topics", nargs="+", action="extend", default=[], metavar="TOPIC",
                         help="replay only these bag topics (default: all)")
@@ -132,7 +115,7 @@ def add_replay(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                         help="before starting, wait until every topic has N subscribers (then 0.5 s more, for their "
                         "side of the match), so the first messages are not lost (default 0: start at once)")
-    parser.add_argument("--wait-timeout", type=float, default=10.0, metavar="S",
+    parser.add_argument("--wait-timeout", type=float, default=10.0, metavar="S", dest="wait_timeout_s",
                         help="bound of the wait for subscribers, and of the wait at the end until reliable "
                         "subscribers have acknowledged every message (default 10)")
     parser.set_defaults(run=replay)
@@ -149,14 +132,15 @@ def add_record(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", "-o", required=True, metavar="DIR",
                         help="the bag folder to create (must not exist)")
-    parser.add_argument("--topic", nargs="+", action="extend", required=True, metavar="TOPIC",
+    parser.add_argument("--topic", nargs="+", action="extend", required=True, metavar="TOPIC", dest="topics",
                         help="topics to record; repeatable")
-    parser.add_argument("--type", action="append", default=[], metavar="TOPIC=pkg/msg/Type",
+    parser.add_argument("--type", action="append", default=[], metavar="TOPIC=pkg/msg/Type", dest="types",
                         help="a topic's message type, instead of waiting for a publisher to show it; repeatable")
     parser.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap", help="storage format (default mcap)")
-    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of recording")
+    parser.add_argument("--duration", type=float, metavar="S", dest="duration_s",
+                        help="stop after S seconds of recording")
     parser.add_argument("--count", type=int, metavar="N", help="stop after N messages (all topics together)")
-    parser.add_argument("--wait-timeout", type=float, default=10.0, metavar="S",
+    parser.add_argument("--wait-timeout", type=float, default=10.0, metavar="S", dest="wait_timeout_s",
                         help="how long to wait for a publisher to show a topic's type (default 10)")
     parser.set_defaults(run=record)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from sensor_msgs.msg import CompressedImage, Image
 
 from edge_lam.assets.cache import patch_codebook_npz
@@ -20,6 +18,7 @@ from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.image import compressed_to_rgb, image_to_rgb
 from edge_lam.encoders.patches import PatchTokenizer
 from edge_lam.encoders.tokens import EncoderInputError
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 
 ENCODERS = ("efficientnet_lite0", "patch_vq")
@@ -80,8 +79,4 @@ class CameraEncoderNode(EncoderNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(CameraEncoderNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(CameraEncoderNode, args)

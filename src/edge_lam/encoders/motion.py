@@ -177,17 +177,9 @@ class _WindowEncoder:
     """
 
     def __init__(self, bins: MotionBins, vocabulary: Vocabulary) -> None:
-        self._bins = bins
-        self._vocabulary = vocabulary
+        self.bins = bins
+        self.vocabulary = vocabulary
         self.reset()
-
-    @property
-    def bins(self) -> MotionBins:
-        return self._bins
-
-    @property
-    def vocabulary(self) -> Vocabulary:
-        return self._vocabulary
 
     @property
     def last_window(self) -> tuple[float, float] | None:
@@ -210,7 +202,7 @@ class _WindowEncoder:
                 "(duplicate or out of order); call reset() if the clock jumped back"
             )
         encoded = None
-        if self._window_start is not None and stamp - self._window_start >= self._bins.window_s:
+        if self._window_start is not None and stamp - self._window_start >= self.bins.window_s:
             token_id, features = self._close_window()
             self._last_window = (self._window_start, self._last_stamp)
             encoded = Encoded(ids=[token_id], embedding=np.array([features], dtype=np.float32))
@@ -283,7 +275,7 @@ class OdometryMotionEncoder(_WindowEncoder):
             speed, yaw_rate = self._path_forward / self._path_time, self._path_turn / self._path_time
         else:  # the first window after a reset, of one sample with zero twist: nothing says it moved
             speed = yaw_rate = 0.0
-        token_id = self._bins.linear_index(speed) * self._turn_count + self._bins.turn_index(yaw_rate)
+        token_id = self.bins.linear_index(speed) * self._turn_count + self.bins.turn_index(yaw_rate)
         return token_id, (speed, yaw_rate)
 
 
@@ -341,7 +333,7 @@ class ImuMotionEncoder(_WindowEncoder):
         return encoded
 
     def _close_window(self) -> tuple[int, tuple[float, ...]]:
-        bins = self._bins
+        bins = self.bins
         yaw_rate, forward = self._sum_yaw_rate / self._count, self._sum_forward / self._count
         spread = math.sqrt(self._force_m2 / self._count)
         if abs(forward) >= bins.accel_threshold:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import time
 
-import rclpy
 from nav_msgs.msg import Odometry
-from rclpy.executors import ExternalShutdownException
 from sensor_msgs.msg import Imu
 from std_msgs.msg import Header
 
 from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.motion import ImuMotionEncoder, MotionBins, OdometryMotionEncoder
 from edge_lam.encoders.tokens import EncoderInputError
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.wire.sensors import imu_sample, odometry_sample
 
@@ -101,16 +100,8 @@ class ImuEncoderNode(MotionEncoderNode):
 
 
 def odometry_main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(OdometryEncoderNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(OdometryEncoderNode, args)
 
 
 def imu_main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(ImuEncoderNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(ImuEncoderNode, args)

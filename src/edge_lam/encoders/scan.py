@@ -77,26 +77,18 @@ class ScanEncoder:
     """``sensor_msgs/LaserScan`` fields -> ``Encoded(ids, shape=(sectors,), scores=nearest metres)``."""
 
     def __init__(self, bins: ScanBins | None = None) -> None:
-        self._bins = bins or ScanBins()
-        distances = self._bins.distance_words()
-        words = tuple(f"{s} {d}" for s in self._bins.sector_names() for d in distances)
-        edges = ",".join(f"{e:g}" for e in self._bins.distance_edges)
-        version = f"1; {self._bins.sectors} sectors, distance edges {edges} m, mount yaw {self._bins.mount_yaw:g} rad"
-        self._vocabulary = Vocabulary("laser_scan", version, words)
-        self._edges = np.asarray(self._bins.distance_edges, dtype=np.float32)
+        self.bins = bins or ScanBins()
+        distances = self.bins.distance_words()
+        words = tuple(f"{s} {d}" for s in self.bins.sector_names() for d in distances)
+        edges = ",".join(f"{e:g}" for e in self.bins.distance_edges)
+        version = f"1; {self.bins.sectors} sectors, distance edges {edges} m, mount yaw {self.bins.mount_yaw:g} rad"
+        self.vocabulary = Vocabulary("laser_scan", version, words)
+        self._edges = np.asarray(self.bins.distance_edges, dtype=np.float32)
         self._distance_count = len(distances)
         self._clear, self._unseen = len(distances) - 2, len(distances) - 1
         # Scans of one scanner share their layout; the sector of every ray is worked out once for it.
         self._layout: tuple[int, float, float] | None = None
         self._geometry: _Geometry | None = None
-
-    @property
-    def bins(self) -> ScanBins:
-        return self._bins
-
-    @property
-    def vocabulary(self) -> Vocabulary:
-        return self._vocabulary
 
     def encode(
         self,
@@ -140,19 +132,19 @@ class ScanEncoder:
         # NaN fails both comparisons, and inf fails the second: both count as no return.
         returned = (distances >= range_min) & (distances <= range_max)
         nearest_sorted = np.where(returned, distances, np.float32(np.inf))[geometry.order]
-        nearest = np.full(self._bins.sectors, np.nan, dtype=np.float32)
+        nearest = np.full(self.bins.sectors, np.nan, dtype=np.float32)
         nearest[geometry.seen] = np.minimum.reduceat(nearest_sorted, geometry.starts)
         buckets = np.searchsorted(self._edges, nearest, side="right")  # inf and NaN land past the last edge: clear
         buckets[np.isnan(nearest)] = self._unseen
-        ids = np.arange(self._bins.sectors) * self._distance_count + buckets
-        return Encoded(ids=ids, shape=(self._bins.sectors,), scores=nearest)
+        ids = np.arange(self.bins.sectors) * self._distance_count + buckets
+        return Encoded(ids=ids, shape=(self.bins.sectors,), scores=nearest)
 
     def _geometry_of(self, count: int, angle_min: float, angle_increment: float) -> _Geometry:
         layout = (count, angle_min, angle_increment)
         if layout != self._layout or self._geometry is None:
-            width = 2.0 * math.pi / self._bins.sectors
-            angles = self._bins.mount_yaw + angle_min + np.arange(count) * angle_increment
-            sector = np.floor(angles / width + 0.5).astype(np.int64) % self._bins.sectors
+            width = 2.0 * math.pi / self.bins.sectors
+            angles = self.bins.mount_yaw + angle_min + np.arange(count) * angle_increment
+            sector = np.floor(angles / width + 0.5).astype(np.int64) % self.bins.sectors
             order = np.argsort(sector, kind="stable")
             sorted_sector = sector[order]
             starts = np.flatnonzero(np.diff(sorted_sector, prepend=-1))

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import time
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from sensor_msgs.msg import LaserScan
 
 from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.scan import ScanBins, ScanEncoder
 from edge_lam.encoders.tokens import EncoderInputError
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 
 DEFAULTS = ScanBins()
@@ -46,8 +45,4 @@ class ScanEncoderNode(EncoderNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(ScanEncoderNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(ScanEncoderNode, args)

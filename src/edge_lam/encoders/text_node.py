@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from std_msgs.msg import String
 
 from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.text import TextEncoder
 from edge_lam.encoders.tokens import EncoderInputError
 from edge_lam.model.loading import load_tokenizer
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 
 
@@ -35,8 +34,4 @@ class TextEncoderNode(EncoderNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(TextEncoderNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(TextEncoderNode, args)

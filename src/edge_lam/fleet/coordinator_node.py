@@ -12,11 +12,9 @@ import math
 import time
 import uuid
 
-import rclpy
 import torch
 from edge_lam_msgs.msg import ComputeAdvert, PlacementPlan
 from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -26,6 +24,7 @@ from edge_lam.model.costs import chain_units
 from edge_lam.model.loading import model_path
 from edge_lam.placement.assignments import assignments
 from edge_lam.placement.types import Unit
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import ADVERTS_READER, LATCHED
 from edge_lam.wire.fleet import from_advert_msg, to_plan_msg
@@ -150,11 +149,7 @@ class CoordinatorNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(CoordinatorNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(CoordinatorNode, args)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,10 @@ instead of echoed.
 
 from __future__ import annotations
 
-import rclpy
 from edge_lam_msgs.msg import TensorList
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import TENSORS
 from edge_lam.wire.tensors import TensorError, check
@@ -45,8 +44,4 @@ class TensorEchoNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(TensorEchoNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(TensorEchoNode, args)

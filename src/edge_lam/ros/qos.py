@@ -40,66 +40,28 @@ __all__ = [
 ]
 
 SENSOR_DATA = qos_profile_sensor_data
-
-# For sensor input that must not be dropped (bag replay in CI); it matches only reliable publishers.
-RELIABLE_SENSOR_DATA = QoSProfile(
-    depth=100,
-    history=HistoryPolicy.KEEP_LAST,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-)
-
-TOKENS = QoSProfile(
-    depth=100,
-    history=HistoryPolicy.KEEP_LAST,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-)
-
-TENSORS = QoSProfile(
-    history=HistoryPolicy.KEEP_ALL,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-)
-
-CONTROL = QoSProfile(
-    history=HistoryPolicy.KEEP_ALL,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-)
-
-LATCHED = QoSProfile(
-    depth=1,
-    history=HistoryPolicy.KEEP_LAST,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
-
-VOCABULARIES = QoSProfile(
-    depth=16,
-    history=HistoryPolicy.KEEP_LAST,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
-
 ADVERT_LEASE_S = 2.0
 
-ADVERTS = QoSProfile(
-    depth=1,
-    history=HistoryPolicy.KEEP_LAST,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-    liveliness=LivelinessPolicy.AUTOMATIC,
-    liveliness_lease_duration=Duration(seconds=ADVERT_LEASE_S),
-)
 
+def _reliable(depth: int | None = None, *, latched: bool = False, lease_s: float | None = None) -> QoSProfile:
+    """Reliable; keep-last ``depth`` (keep-all when None); transient-local when ``latched``; with automatic
+    liveliness and that lease when ``lease_s`` is given."""
+    history = {"history": HistoryPolicy.KEEP_ALL} if depth is None else \
+        {"history": HistoryPolicy.KEEP_LAST, "depth": depth}
+    liveliness = {} if lease_s is None else \
+        {"liveliness": LivelinessPolicy.AUTOMATIC, "liveliness_lease_duration": Duration(seconds=lease_s)}
+    durability = DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE
+    return QoSProfile(**history, reliability=ReliabilityPolicy.RELIABLE, durability=durability, **liveliness)
+
+
+# For sensor input that must not be dropped (bag replay in CI); it matches only reliable publishers.
+RELIABLE_SENSOR_DATA = _reliable(100)
+TOKENS = _reliable(100)
+TENSORS = _reliable()
+CONTROL = _reliable()
+LATCHED = _reliable(1, latched=True)
+VOCABULARIES = _reliable(16, latched=True)
+ADVERTS = _reliable(1, lease_s=ADVERT_LEASE_S)
 # Keep-last counts per topic, not per writer: in a depth-1 reader the adverts of hosts that arrive together would
 # overwrite each other, so readers keep room for a whole fleet's burst. Depth does not affect matching.
-ADVERTS_READER = QoSProfile(
-    depth=64,
-    history=HistoryPolicy.KEEP_LAST,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-    liveliness=ADVERTS.liveliness,
-    liveliness_lease_duration=ADVERTS.liveliness_lease_duration,
-)
+ADVERTS_READER = _reliable(64, lease_s=ADVERT_LEASE_S)

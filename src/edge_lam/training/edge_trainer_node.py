@@ -30,20 +30,20 @@ import time
 from collections import defaultdict
 
 import numpy as np
-import rclpy
 import torch
 from edge_lam_msgs.msg import TensorList
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
-from edge_lam.training.adapters import FederatedAdapters, LoraSettings
+from edge_lam.training.adapters import FederatedAdapters
 from edge_lam.training.compression import codec_from_spec
 from edge_lam.training.ledger import ByteLedger
 from edge_lam.training.split import IGNORE, SplitBottom, SplitTop
+from edge_lam.training.split_parameters import declare_split
 from edge_lam.wire.training import BadMessage, Unpacked, decode_state, decode_stream, encode_state, pack, unpack
 
 ROUND_CHECK_PERIOD_S = 0.5
@@ -54,16 +54,8 @@ class EdgeTrainerNode(Node):
 
     def __init__(self, node_name: str = "edge_trainer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        model = declare(self, "model", "smollm2-135m-instruct",
-                        "Model id from the cache, or a transformers folder; the same as the robots'.")
-        self._cut = declare(self, "cut_layer", 4,
-                            "Decoder layers [0, cut_layer) train on the robots, the rest here; the same as theirs.")
-        rank = declare(self, "lora_rank", 8, "LoRA rank of the adapters of both halves.")
-        alpha = declare(self, "lora_alpha", 16.0, "LoRA alpha: the update is scaled by alpha / rank.")
-        targets = declare(self, "lora_target_modules",
-                          ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                          "Linear layers inside each decoder layer that get adapters (q_proj, v_proj, o_proj ...).")
-        lr = declare(self, "learning_rate", 2e-3, "AdamW learning rate of the top's adapters.")
+        split = declare_split(self)
+        self._cut = split.cut_layer
         self._gradient_codec = codec_from_spec(declare(
             self, "gradient_codec", "topk:0.1", "Codec of the gradients sent down: fp32, fp16, int8 or topk:F."))
         self._adapter_codec = codec_from_spec(declare(
@@ -86,11 +78,11 @@ class EdgeTrainerNode(Node):
         if self._rounds_total < 1 or self._min_robots < 1 or self._round_timeout_s <= 0 or threads < 1:
             raise ValueError("rounds, min_robots and num_threads must be at least 1, round_timeout_s positive")
         torch.set_num_threads(threads)
-        self._lora = LoraSettings(rank, alpha, tuple(targets))
-        arch = describe(load_model(model))
+        self._lora = split.lora
+        arch = describe(load_model(split.model))
         self._hidden_size, self._vocab_size = arch.hidden_size, arch.model.config.vocab_size
         initial = SplitBottom(arch, self._cut, self._lora, seed=seed).trainable_state()
-        self._top = SplitTop(arch, self._cut, self._lora, lr=lr, seed=seed + 1)
+        self._top = SplitTop(arch, self._cut, self._lora, lr=split.learning_rate, seed=seed + 1)
         self._fed = FederatedAdapters(initial)
         self._shapes = {name: tuple(t.shape) for name, t in initial.items()}
         self._ledger = ByteLedger()
@@ -107,13 +99,13 @@ class EdgeTrainerNode(Node):
         self.create_subscription(TensorList, activations, self.on_activation, TENSORS)
         self.create_subscription(TensorList, adapters, self.on_adapter, TENSORS)
         self.create_timer(ROUND_CHECK_PERIOD_S, self.check_round)
-        self._run = {"model": model, "cut_layer": self._cut, "lora_rank": rank, "lora_alpha": alpha,
-                     "lora_target_modules": list(targets), "learning_rate": lr, "rounds": self._rounds_total,
+        self._run = {**split.record(), "rounds": self._rounds_total,
                      "gradient_codec": self._gradient_codec.spec, "adapter_codec": self._adapter_codec.spec,
                      "seed": seed}
         self.publish_global()
         self.get_logger().info(
-            f"top of {model}: layers [{self._cut}, {arch.num_layers}) with LoRA r={rank} on {','.join(targets)}; "
+            f"top of {split.model}: layers [{self._cut}, {arch.num_layers}) with LoRA r={split.lora.rank} on "
+            f"{','.join(split.lora.target_modules)}; "
             f"{self._rounds_total} rounds, {len(initial)} adapter tensors per robot; activations on "
             f"{activations}, global adapter on {self._global.topic_name}")
 
@@ -278,11 +270,7 @@ class EdgeTrainerNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(EdgeTrainerNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(EdgeTrainerNode, args)
 
 
 if __name__ == "__main__":

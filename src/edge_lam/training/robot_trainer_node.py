@@ -38,11 +38,11 @@ from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
-from edge_lam.training.adapters import LoraSettings
 from edge_lam.training.compression import ErrorFeedback, codec_from_spec
 from edge_lam.training.domain_data import batch_stream, build_domain_set, make_batch
 from edge_lam.training.ledger import ByteLedger
 from edge_lam.training.split import SplitBottom
+from edge_lam.training.split_parameters import declare_split
 from edge_lam.wire.training import BadMessage, decode_state, decode_stream, encode_state, pack, unpack
 
 BAG = "nav2_turtlebot.mcap"  # the bundled TurtleBot run (evo's test data)
@@ -55,15 +55,8 @@ class RobotTrainerNode(Node):
 
     def __init__(self, node_name: str = "robot_trainer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        model = declare(self, "model", "smollm2-135m-instruct",
-                        "Model id from the cache, or a transformers folder (with its tokenizer); the edge's.")
-        self._cut = declare(self, "cut_layer", 4, "This robot trains decoder layers [0, cut_layer); the edge's.")
-        rank = declare(self, "lora_rank", 8, "LoRA rank; the edge's.")
-        alpha = declare(self, "lora_alpha", 16.0, "LoRA alpha (the update is scaled by alpha / rank); the edge's.")
-        targets = declare(self, "lora_target_modules",
-                          ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                          "Linear layers inside each decoder layer that get adapters; the edge's.")
-        lr = declare(self, "learning_rate", 2e-3, "AdamW learning rate of the bottom's adapters.")
+        split = declare_split(self)
+        self._cut = split.cut_layer
         self._activation_codec = codec_from_spec(declare(
             self, "activation_codec", "int8", "Codec of the activations sent up: fp32, fp16, int8 or topk:F."))
         adapter_codec = declare(self, "adapter_codec", "fp16",
@@ -99,13 +92,12 @@ class RobotTrainerNode(Node):
         torch.set_num_threads(threads)
         codec = codec_from_spec(adapter_codec)
         self._adapter_codec = ErrorFeedback(codec) if feedback else codec
-        self._tokenizer = load_tokenizer(model)
+        self._tokenizer = load_tokenizer(split.model)
         domain = build_domain_set(pathlib.Path(bag) if bag else evo_bags_dir() / BAG)
         share = domain.robot_shares(robots)[robot_index]
         self._samples = len(share)
         self._batches = batch_stream(share, batch_size, seed)
-        self._bottom = SplitBottom(describe(load_model(model)), self._cut, LoraSettings(rank, alpha, tuple(targets)),
-                                   lr=lr)
+        self._bottom = SplitBottom(describe(load_model(split.model)), self._cut, split.lora, lr=split.learning_rate)
         self._shapes = {name: tuple(t.shape) for name, t in self._bottom.trainable_state().items()}
         self._base: dict[str, torch.Tensor] = {}  # the global adapter this round started from
         self._ledger = ByteLedger()
@@ -126,13 +118,12 @@ class RobotTrainerNode(Node):
             content_filter_options=ContentFilterOptions("header.frame_id = %0", [f"'{self._robot}'"]))
         self.create_subscription(TensorList, global_adapter, self.on_global_adapter, LATCHED)
         self.create_timer(TICK_S, self.tick)
-        self._run = {"model": model, "robot_id": self._robot, "robot_index": robot_index, "robots": robots,
-                     "samples": self._samples, "cut_layer": self._cut, "lora_rank": rank, "lora_alpha": alpha,
-                     "lora_target_modules": list(targets), "learning_rate": lr, "steps_per_round": self._steps,
+        self._run = {**split.record(), "robot_id": self._robot, "robot_index": robot_index, "robots": robots,
+                     "samples": self._samples, "steps_per_round": self._steps,
                      "batch_size": batch_size, "activation_codec": self._activation_codec.spec,
                      "adapter_codec": codec.spec, "error_feedback": feedback, "seed": seed}
         self.get_logger().info(
-            f"robot '{self._robot}': layers [0, {self._cut}) of {model}, share {robot_index}/{robots} "
+            f"robot '{self._robot}': layers [0, {self._cut}) of {split.model}, share {robot_index}/{robots} "
             f"({self._samples} pairs); waiting for the global adapter on {global_adapter}")
 
     # -- rounds --------------------------------------------------------------------------------------------------

@@ -1,0 +1,47 @@
+"""The parameters both trainers must agree on (model, cut, LoRA) and their learning rate, declared the same way on
+the robot and on the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rclpy.node import Node
+
+from edge_lam.ros.parameters import declare
+from edge_lam.training.adapters import LoraSettings
+
+__all__ = ["SplitParameters", "declare_split"]
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class SplitParameters:
+    model: str
+    cut_layer: int
+    lora: LoraSettings
+    learning_rate: float
+
+    def record(self) -> dict[str, Any]:
+        """As the run's record in a ledger names them (the parameter names)."""
+        return {"model": self.model, "cut_layer": self.cut_layer, "lora_rank": self.lora.rank,
+                "lora_alpha": self.lora.alpha, "lora_target_modules": list(self.lora.target_modules),
+                "learning_rate": self.learning_rate}
+
+
+def declare_split(node: Node) -> SplitParameters:
+    agree = "robots and edge must agree"
+    return SplitParameters(
+        model=declare(node, "model", "smollm2-135m-instruct",
+                      f"Model id from the cache, or a transformers folder (with its tokenizer); {agree}."),
+        cut_layer=declare(node, "cut_layer", 4,
+                          f"Robots train decoder layers [0, cut_layer), the edge the rest; {agree}."),
+        lora=LoraSettings(
+            declare(node, "lora_rank", 8, f"LoRA rank; {agree}."),
+            declare(node, "lora_alpha", 16.0, f"LoRA alpha (the update is scaled by alpha / rank); {agree}."),
+            tuple(declare(node, "lora_target_modules", ALL_LINEAR,
+                          f"Linear layers inside each decoder layer that get adapters; {agree}.")),
+        ),
+        learning_rate=declare(node, "learning_rate", 2e-3, "AdamW learning rate of this side's adapters."),
+    )
