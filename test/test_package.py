@@ -77,10 +77,11 @@ def test_package_xml_declares_what_the_code_imports():
 
 
 def _declared_in(path: pathlib.Path) -> dict[str, ast.Call]:
-    """``declare(node, "name", default, description)`` calls in a source file, by parameter name."""
+    """``declare(node, "name", default, description)`` calls in a source file, and those of helpers of the same
+    shape (``declare_codec(node, "name", default, what)``), by parameter name."""
     return {call.args[1].value: call for call in ast.walk(ast.parse(path.read_text()))
-            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "declare"
-            and isinstance(call.args[1], ast.Constant)}
+            if isinstance(call, ast.Call) and str(getattr(call.func, "id", "")).startswith("declare")
+            and len(call.args) == 4 and isinstance(call.args[1], ast.Constant)}
 
 
 def _sources_of(path: pathlib.Path) -> list[pathlib.Path]:

@@ -68,16 +68,13 @@ class EncoderNode(Node):
         """Publish ``encoded`` with the sensor's header (now, when it has none); ``started`` is the callback's
         ``time.perf_counter()``, so the recorded latency runs from the input callback to the publish."""
         assert self._vocabulary is not None, "publish_vocabulary() first"
-        msg = to_semantic_tokens(
+        if header is None:
+            header = Header(stamp=self.get_clock().now().to_msg())
+        self._tokens_pub.publish(to_semantic_tokens(
             encoded, robot_id=self.robot_id, sensor=self.sensor, modality=self.modality,
-            vocabulary=self._vocabulary, seq=self.published, embedding_dtype=embedding_dtype,
-        )
-        if header is not None:
-            msg.header = header
-        else:
-            msg.header.stamp = self.get_clock().now().to_msg()
-        msg.encode_seconds = time.perf_counter() - started
-        self._tokens_pub.publish(msg)
+            vocabulary=self._vocabulary, seq=self.published, embedding_dtype=embedding_dtype, header=header,
+            encode_seconds=time.perf_counter() - started,
+        ))
         self.published += 1
         self.record(started)
 

@@ -8,6 +8,7 @@ stamps go back in time (a bag replayed again, a simulation restarted) the window
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import Imu
@@ -46,28 +47,33 @@ def declare_bins(node: EncoderNode) -> MotionBins:
 
 
 class MotionEncoderNode(EncoderNode):
-    """Shared by the odometry and IMU nodes: windows, restarts after a clock jump, stamping."""
+    """Shared by the odometry and IMU nodes: samples from messages, windows, restarts after a clock jump, stamping."""
 
-    def __init__(self, node_name: str, modality: str, core_type, **kwargs) -> None:
+    def __init__(self, node_name: str, modality: str, core_type: type, msg_type: type, topic: str,
+                 to_sample: Callable, **kwargs) -> None:
         super().__init__(node_name, modality=modality, default_sensor=modality, **kwargs)
         self._core = core_type(declare_bins(self))
+        self._to_sample = to_sample
         self._last_stamp: float | None = None
         self._last_header: Header | None = None  # of the last accepted sample: the end of the window a token closes
         self.publish_vocabulary(self._core.vocabulary)
+        self.create_subscription(msg_type, topic, self.encode, self.input_qos)
 
-    def take(self, sample, header: Header, started: float) -> None:
-        if self._last_stamp is not None and sample.stamp < self._last_stamp:
-            self.get_logger().warning(
-                f"{self.modality} stamps went back from {self._last_stamp:.3f} s to {sample.stamp:.3f} s: "
-                "starting the windows over"
-            )
-            self._core.reset()
+    def encode(self, msg: Odometry | Imu) -> None:
+        started = time.perf_counter()
         try:
+            sample = self._to_sample(msg)
+            if self._last_stamp is not None and sample.stamp < self._last_stamp:
+                self.get_logger().warning(
+                    f"{self.modality} stamps went back from {self._last_stamp:.3f} s to {sample.stamp:.3f} s: "
+                    "starting the windows over"
+                )
+                self._core.reset()
             encoded = self._core.add(sample)
         except EncoderInputError as err:
-            self.reject(f"{self.modality} sample", err, header.stamp)
+            self.reject(f"{self.modality} sample", err, msg.header.stamp)
             return
-        window_end, self._last_header, self._last_stamp = self._last_header, header, sample.stamp
+        window_end, self._last_header, self._last_stamp = self._last_header, msg.header, sample.stamp
         if encoded is not None:
             self.publish_tokens(encoded, window_end, started)
         else:
@@ -76,27 +82,12 @@ class MotionEncoderNode(EncoderNode):
 
 class OdometryEncoderNode(MotionEncoderNode):
     def __init__(self, node_name: str = "odometry_encoder", **kwargs) -> None:
-        super().__init__(node_name, "odometry", OdometryMotionEncoder, **kwargs)
-        self.create_subscription(Odometry, "odom", self.encode, self.input_qos)
-
-    def encode(self, msg: Odometry) -> None:
-        started = time.perf_counter()
-        try:
-            sample = odometry_sample(msg)
-        except EncoderInputError as err:
-            self.reject("odometry sample", err, msg.header.stamp)
-            return
-        self.take(sample, msg.header, started)
+        super().__init__(node_name, "odometry", OdometryMotionEncoder, Odometry, "odom", odometry_sample, **kwargs)
 
 
 class ImuEncoderNode(MotionEncoderNode):
     def __init__(self, node_name: str = "imu_encoder", **kwargs) -> None:
-        super().__init__(node_name, "imu", ImuMotionEncoder, **kwargs)
-        self.create_subscription(Imu, "imu", self.encode, self.input_qos)
-
-    def encode(self, msg: Imu) -> None:
-        started = time.perf_counter()
-        self.take(imu_sample(msg), msg.header, started)
+        super().__init__(node_name, "imu", ImuMotionEncoder, Imu, "imu", imu_sample, **kwargs)
 
 
 def odometry_main(args: list[str] | None = None) -> None:

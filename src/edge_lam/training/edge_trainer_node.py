@@ -40,10 +40,9 @@ from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.training.adapters import FederatedAdapters
-from edge_lam.training.compression import codec_from_spec
 from edge_lam.training.ledger import ByteLedger
 from edge_lam.training.split import IGNORE, SplitBottom, SplitTop
-from edge_lam.training.split_parameters import declare_split
+from edge_lam.training.split_parameters import declare_codec, declare_split
 from edge_lam.wire.training import BadMessage, Unpacked, decode_state, decode_stream, encode_state, pack, unpack
 
 ROUND_CHECK_PERIOD_S = 0.5
@@ -56,10 +55,8 @@ class EdgeTrainerNode(Node):
         super().__init__(node_name, **kwargs)
         split = declare_split(self)
         self._cut = split.cut_layer
-        self._gradient_codec = codec_from_spec(declare(
-            self, "gradient_codec", "topk:0.1", "Codec of the gradients sent down: fp32, fp16, int8 or topk:F."))
-        self._adapter_codec = codec_from_spec(declare(
-            self, "adapter_codec", "fp16", "Codec of the global adapter sent down: fp32, fp16, int8 or topk:F."))
+        self._gradient_codec = declare_codec(self, "gradient_codec", "topk:0.1", "the gradients sent down")
+        self._adapter_codec = declare_codec(self, "adapter_codec", "fp16", "the global adapter sent down")
         self._rounds_total = declare(self, "rounds", 3, "Federated rounds of the run.")
         self._min_robots = declare(self, "min_robots", 1, "Updates a round needs before it closes (or times out).")
         self._round_timeout_s = declare(self, "round_timeout_s", 120.0,

@@ -38,11 +38,11 @@ from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
-from edge_lam.training.compression import ErrorFeedback, codec_from_spec
+from edge_lam.training.compression import ErrorFeedback
 from edge_lam.training.domain_data import batch_stream, build_domain_set, make_batch
 from edge_lam.training.ledger import ByteLedger
 from edge_lam.training.split import SplitBottom
-from edge_lam.training.split_parameters import declare_split
+from edge_lam.training.split_parameters import declare_codec, declare_split
 from edge_lam.wire.training import BadMessage, decode_state, decode_stream, encode_state, pack, unpack
 
 BAG = "nav2_turtlebot.mcap"  # the bundled TurtleBot run (evo's test data)
@@ -57,10 +57,8 @@ class RobotTrainerNode(Node):
         super().__init__(node_name, **kwargs)
         split = declare_split(self)
         self._cut = split.cut_layer
-        self._activation_codec = codec_from_spec(declare(
-            self, "activation_codec", "int8", "Codec of the activations sent up: fp32, fp16, int8 or topk:F."))
-        adapter_codec = declare(self, "adapter_codec", "fp16",
-                                "Codec of the adapter update sent up: fp32, fp16, int8 or topk:F.")
+        self._activation_codec = declare_codec(self, "activation_codec", "int8", "the activations sent up")
+        codec = declare_codec(self, "adapter_codec", "fp16", "the adapter update sent up")
         feedback = declare(self, "error_feedback", True,
                            "Add what the last adapter update lost in compression to the next (per weight).")
         self._steps = declare(self, "steps_per_round", 4, "Training steps (batches) per round.")
@@ -90,7 +88,6 @@ class RobotTrainerNode(Node):
         if self._reply_timeout_s <= 0 or self._edge_timeout_s <= 0:
             raise ValueError("reply_timeout_s and edge_timeout_s must be positive")
         torch.set_num_threads(threads)
-        codec = codec_from_spec(adapter_codec)
         self._adapter_codec = ErrorFeedback(codec) if feedback else codec
         self._tokenizer = load_tokenizer(split.model)
         domain = build_domain_set(pathlib.Path(bag) if bag else evo_bags_dir() / BAG)

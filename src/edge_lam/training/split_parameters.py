@@ -10,8 +10,9 @@ from rclpy.node import Node
 
 from edge_lam.ros.parameters import declare
 from edge_lam.training.adapters import LoraSettings
+from edge_lam.training.compression import Codec, codec_from_spec
 
-__all__ = ["SplitParameters", "declare_split"]
+__all__ = ["SplitParameters", "declare_codec", "declare_split"]
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -45,3 +46,8 @@ def declare_split(node: Node) -> SplitParameters:
         ),
         learning_rate=declare(node, "learning_rate", 2e-3, "AdamW learning rate of this side's adapters."),
     )
+
+
+def declare_codec(node: Node, name: str, default: str, what: str) -> Codec:
+    """A codec parameter: ``what`` travels in it (ValueError at start for a codec that does not exist)."""
+    return codec_from_spec(declare(node, name, default, f"Codec of {what}: fp32, fp16, int8 or topk:F."))

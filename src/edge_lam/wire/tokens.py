@@ -11,6 +11,7 @@ import array
 import numpy as np
 from edge_lam_msgs.msg import SemanticTokens, Tensor
 from edge_lam_msgs.msg import Vocabulary as VocabularyMsg
+from std_msgs.msg import Header
 
 from edge_lam.encoders.tokens import Encoded, Vocabulary
 from edge_lam.wire.tensors import to_msg, to_numpy
@@ -20,10 +21,10 @@ __all__ = ["from_semantic_tokens", "from_vocabulary_msg", "to_semantic_tokens", 
 
 def to_semantic_tokens(
     encoded: Encoded, *, robot_id: str, sensor: str, modality: str, vocabulary: Vocabulary, seq: int,
-    embedding_dtype: str = "float32",
+    embedding_dtype: str = "float32", header: Header | None = None, encode_seconds: float = 0.0,
 ) -> SemanticTokens:
-    """Fill every field but the header, which the node copies from the sensor message."""
-    msg = SemanticTokens()
+    """The message; ``header`` is the sensor message's (an empty one when None)."""
+    msg = SemanticTokens(header=header or Header(), encode_seconds=encode_seconds)
     msg.robot_id = robot_id
     msg.sensor = sensor
     msg.modality = modality
