@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import rclpy
 import rclpy.executors
 from rclpy.qos import QoSProfile
+
+from edge_lam.ros.spin import spin_until
 
 
 class RosClient:
@@ -30,15 +30,10 @@ class RosClient:
         return publisher
 
     def spin_until(self, done, timeout_s: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                return False
-            self.executor.spin_once(timeout_sec=0.05)
-        return True
+        return spin_until(self.executor, done, timeout_s)
 
     def spin_for(self, seconds: float) -> None:
-        self.spin_until(lambda: False, seconds)
+        spin_until(self.executor, lambda: False, seconds)
 
     def close(self) -> None:
         self.executor.shutdown()
