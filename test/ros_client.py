@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import rclpy
 import rclpy.executors
-from rclpy.qos import QoSProfile
+from rcl_interfaces.msg import Log
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from edge_lam.ros.spin import spin_until
+
+ROSOUT = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)  # matches what rcl offers on /rosout
 
 
 class RosClient:
@@ -22,6 +25,11 @@ class RosClient:
         received: list = []
         self.node.create_subscription(msg_type, topic, received.append, qos)
         return received
+
+    def collect_logs(self) -> list[Log]:
+        """Every line any node logs from now on (/rosout), at the node's level: debug only from a node started
+        with ``--log-level NAME:=debug``. What a test waits on to see that a node looked at something."""
+        return self.collect(Log, "/rosout", ROSOUT)
 
     def publisher(self, msg_type, topic: str, qos: QoSProfile, timeout_s: float = 30.0):
         """A publisher that already has a subscriber, so the first message is not lost."""

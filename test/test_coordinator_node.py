@@ -19,8 +19,6 @@ from collections.abc import Callable
 
 import pytest
 from edge_lam_msgs.msg import ComputeAdvert, LinkEstimate, ModuleAssignment, PlacementPlan
-from rcl_interfaces.msg import Log
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from conftest import finish
 from edge_lam.ros.qos import ADVERTS, LATCHED
@@ -28,7 +26,6 @@ from ros_client import RosClient
 
 MB = 10**6
 ADVERT_PERIOD_S = 0.5  # as the host agents advertise
-ROSOUT = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 KEPT = re.compile(r"keeping plan v(\d+) \(the plan in force: ([\d.]+) ms; best ([\d.]+) ms\)")
 
 
@@ -104,7 +101,7 @@ def start_fleet(processes):
         parameters = {"settle_s": 1.0, "replan_period_s": 0.5, **parameters}
         client = RosClient("coordinator_test_client")
         clients.append(client)
-        logs = client.collect(Log, "/rosout", ROSOUT)
+        logs = client.collect_logs()
         process = processes.start(
             sys.executable, "-m", "edge_lam.fleet.coordinator_node", "--ros-args", "--log-level", "coordinator:=debug",
             "-p", f"adverts_topic:={adverts}", "-p", f"plan_topic:={plan_topic}",
