@@ -68,7 +68,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _starts_processes(item: pytest.Item) -> bool:
-    if "processes" in getattr(item, "fixturenames", ()):
+    if not isinstance(item, pytest.Function):
+        return False
+    if "processes" in item.fixturenames:
         return True
     fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
     seen: set[types.CodeType] = set()
