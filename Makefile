@@ -18,7 +18,7 @@ MSG_SOURCES := $(wildcard msg/package.xml msg/CMakeLists.txt msg/msg/*.msg msg/s
 PKG_SOURCES := package.xml setup.py setup.cfg resource/edge_lam \
 	$(shell find src launch config -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: setup prepare demo test lint clean
+.PHONY: setup prepare demo test test-fast lint clean
 
 setup: $(BUILD_STAMP) prepare
 
@@ -51,6 +51,9 @@ demo: setup
 
 test: setup
 	$(ENV) && python -m pytest test
+
+test-fast: setup  # the pure cores alone: no process, no ROS participant (the `processes` marker, test/conftest.py)
+	$(ENV) && python -m pytest test -m "not processes"
 
 lint: $(DEPS_STAMP)
 	$(VENV)/bin/ruff check .

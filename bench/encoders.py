@@ -89,17 +89,15 @@ def drive(node, topic: str, msg_type, messages: list) -> dict:
     from rclpy.executors import SingleThreadedExecutor
 
     from edge_lam.ros.qos import RELIABLE_SENSOR_DATA
+    from edge_lam.ros.spin import spin_until
 
     driver = rclpy.create_node(f"bench_driver_{node.get_name()}")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     executor.add_node(driver)
     publisher = driver.create_publisher(msg_type, topic, RELIABLE_SENSOR_DATA)
-    deadline = time.monotonic() + 30
-    while publisher.get_subscription_count() == 0:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{node.get_name()} did not subscribe {topic}")
-        executor.spin_once(timeout_sec=0.05)
+    if not spin_until(executor, lambda: publisher.get_subscription_count() > 0, 30):
+        raise TimeoutError(f"{node.get_name()} did not subscribe {topic}")
     warmup = min(20, len(messages) // 5)
     start = 0.0
     for index, msg in enumerate(messages):
@@ -108,11 +106,8 @@ def drive(node, topic: str, msg_type, messages: list) -> dict:
             start = time.perf_counter()
         expected = node.handled + 1
         publisher.publish(msg)
-        deadline = time.monotonic() + 30
-        while node.handled < expected:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{node.get_name()} did not handle message {index}")
-            executor.spin_once(timeout_sec=0.1)
+        if not spin_until(executor, lambda expected=expected: node.handled >= expected, 30, period_s=0.1):
+            raise TimeoutError(f"{node.get_name()} did not handle message {index}")
     elapsed = time.perf_counter() - start
     latencies = [s * 1e3 for s in node.latencies_s]
     executor.remove_node(node)

@@ -31,6 +31,7 @@ from rclpy.executors import SingleThreadedExecutor
 
 from edge_lam.processes import stop_processes
 from edge_lam.ros.qos import CONTROL, LATCHED
+from edge_lam.ros.spin import spin_until
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 MODEL = "smollm2-135m-instruct"
@@ -87,14 +88,6 @@ def main() -> int:
     node.create_subscription(PlacementPlan, f"/{fleet.namespace}/plan", plans.append, LATCHED)
     requests = node.create_publisher(InferenceRequest, "requests", CONTROL)
 
-    def spin_until(done, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                return False
-            executor.spin_once(timeout_sec=0.05)
-        return True
-
     def ask(prompt: str) -> str:
         request = InferenceRequest(request_id=uuid.uuid4().hex, prompt=prompt)
         request.options.max_new_tokens = MAX_NEW
@@ -113,22 +106,25 @@ def main() -> int:
             fleet.agent(host_id, scale)
         fleet.start(LIB / "coordinator", *fleet.args("settle_s:=2.0"))
         fleet.start(LIB / "gateway", *fleet.args("step_timeout_s:=2.0"))
-        if not spin_until(lambda: requests.get_subscription_count() > 0 and plans, 120):
+        if not spin_until(executor, lambda: requests.get_subscription_count() > 0 and plans, 120):
             raise TimeoutError("the fleet did not come up")
-        serving = lambda: (rid := ask("Hi")) and spin_until(lambda: final(rid), 10) and not final(rid).error_code  # noqa: E731
-        if not spin_until(serving, 180):
+        def serving() -> bool:
+            rid = ask("Hi")
+            return spin_until(executor, lambda: final(rid), 10) and not final(rid).error_code
+
+        if not spin_until(executor, serving, 180):
             raise TimeoutError("the fleet did not serve")
         for round_index in range(args.kills):
             ids = [ask(p) for p in PROMPTS]
             asked += len(ids)
-            if not spin_until(lambda ids=ids: len(token_times(ids)) >= 3, 60):
+            if not spin_until(executor, lambda ids=ids: len(token_times(ids)) >= 3, 60):
                 raise TimeoutError("no tokens before the kill")
             victim = plans[-1].modules[0].host_id
             fleet.agents.pop(victim).send_signal(signal.SIGKILL)
             killed = time.monotonic()
             fleet.agent(f"spare{round_index}", 0.5)
-            streamed = spin_until(lambda ids=ids, killed=killed: token_times(ids, killed), 120)
-            spin_until(lambda ids=ids: all(final(i) for i in ids), 180)
+            streamed = spin_until(executor, lambda ids=ids, killed=killed: token_times(ids, killed), 120)
+            spin_until(executor, lambda ids=ids: all(final(i) for i in ids), 180)
             if streamed:
                 times.append(min(token_times(ids, killed)) - killed)
             round_lost = sum(1 for i in ids if final(i) is None or final(i).error_code)

@@ -34,6 +34,7 @@ def ping(iterations: int) -> dict[str, list[float]]:
     from edge_lam_msgs.msg import TensorList
 
     from edge_lam.ros.qos import TENSORS
+    from edge_lam.ros.spin import spin_until
     from edge_lam.wire.tensors import to_msg
 
     with rclpy.init():
@@ -42,14 +43,11 @@ def ping(iterations: int) -> dict[str, list[float]]:
         subscription = node.create_subscription(TensorList, "pong", echoed.append, TENSORS)
         publisher = node.create_publisher(TensorList, "ping", TENSORS)
 
-        def spin_until(done) -> None:
-            deadline = time.monotonic() + TIMEOUT_S
-            while not done():
-                if time.monotonic() > deadline:
-                    raise TimeoutError("tensor_echo did not answer")
-                rclpy.spin_once(node, timeout_sec=0.01)
+        def wait_for(done) -> None:
+            if not spin_until(node, done, TIMEOUT_S, period_s=0.01):
+                raise TimeoutError("tensor_echo did not answer")
 
-        spin_until(lambda: publisher.get_subscription_count() > 0 and subscription.get_publisher_count() > 0)
+        wait_for(lambda: publisher.get_subscription_count() > 0 and subscription.get_publisher_count() > 0)
         results = {}
         for label, size in SIZES.items():
             msg = TensorList(tensors=[to_msg(np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8))])
@@ -61,7 +59,7 @@ def ping(iterations: int) -> dict[str, list[float]]:
                     time.sleep(IDLE_S)
                 start = time.perf_counter()
                 publisher.publish(msg)
-                spin_until(lambda: echoed)
+                wait_for(lambda: echoed)
                 if i >= 10:
                     times.append((time.perf_counter() - start) * 1e3)
             results[label] = times

@@ -52,6 +52,7 @@ from edge_lam.placement.solver import evaluate, proportional_to_memory
 from edge_lam.placement.types import Segment, Unit, segment_modules
 from edge_lam.processes import stop_processes
 from edge_lam.ros.qos import CONTROL
+from edge_lam.ros.spin import spin_until
 
 MODEL = "smollm2-135m-instruct"
 REF_GFLOPS = 100.0  # the 1x host, in the solver's units: measured seconds are turned into FLOPs at this rate
@@ -197,17 +198,15 @@ class Placement:
         request = InferenceRequest(request_id=uuid.uuid4().hex, input_token_ids=token_ids)
         request.options.max_new_tokens = max_new_tokens
         self.requests.publish(request)
-        deadline = time.monotonic() + timeout_s
-        while request.request_id not in self.finals and time.monotonic() < deadline:
-            rclpy.spin_once(self.node, timeout_sec=0.01)
+        spin_until(self.node, lambda: request.request_id in self.finals, timeout_s, period_s=0.01)
         return self.finals.get(request.request_id)
 
     def wait_until_serving(self, timeout_s: float = 180.0) -> None:
         """The gateway refuses until a probe has come back through every hop: ask one token until it answers."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and all(p.poll() is None for p in self.processes):
-            while self.requests.get_subscription_count() == 0 and time.monotonic() < deadline:
-                rclpy.spin_once(self.node, timeout_sec=0.1)
+            spin_until(self.node, lambda: self.requests.get_subscription_count() > 0, deadline - time.monotonic(),
+                       period_s=0.1)
             answer = self.ask([1, 2, 3], 1, timeout_s=30.0)
             if answer is not None and not answer.error_code:
                 return

@@ -49,6 +49,7 @@ from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.model.sampling import Sampling
 from edge_lam.processes import stop_processes
 from edge_lam.ros.qos import CONTROL, TENSORS
+from edge_lam.ros.spin import spin_until
 
 MODEL = "smollm2-135m-instruct"
 PROMPTS = [
@@ -229,25 +230,21 @@ class Driver:
         """From now on, count the serialized bytes of every packet on the chain's topics."""
         counters = [self.node.create_subscription(ChainPacket, topic, self.count, TENSORS, raw=True)
                     for topic in chain_topics]
-        self.spin_until(lambda: all(c.get_publisher_count() > 0 for c in counters), timeout_s)
+        self.wait_for(lambda: all(c.get_publisher_count() > 0 for c in counters), timeout_s)
         settled = time.monotonic() + 0.5  # a writer may match a reader a little after the reader saw the writer
-        self.spin_until(lambda: time.monotonic() > settled, timeout_s)
+        self.wait_for(lambda: time.monotonic() > settled, timeout_s)
 
     def count(self, raw: bytes) -> None:
         self.bytes += len(raw)
 
-    def spin_until(self, done, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no answer from the chain")
-            # A callback ends the wait at once; a short timeout would only wake this process ~100 times a second
-            # while the modules compute.
-            self.executor.spin_once(timeout_sec=min(left, 1.0))
+    def wait_for(self, done, timeout_s: float) -> None:
+        # A callback ends the wait at once; a short period would only wake this process ~100 times a second while
+        # the modules compute.
+        if not spin_until(self.executor, done, timeout_s, period_s=1.0):
+            raise TimeoutError("no answer from the chain")
 
     def wait_for_gateway(self, timeout_s: float) -> None:
-        self.spin_until(lambda: self.requests.get_subscription_count() > 0 and self.results.get_publisher_count() > 0,
+        self.wait_for(lambda: self.requests.get_subscription_count() > 0 and self.results.get_publisher_count() > 0,
                         timeout_s)
 
     def ask(self, prompt: str, max_new: int, timeout_s: float = 300) -> tuple[float, list[InferenceResult]]:
@@ -256,7 +253,7 @@ class Driver:
         self.chunks.clear()
         sent = time.perf_counter()
         self.requests.publish(request)
-        self.spin_until(lambda: any(r.final and r.request_id == request.request_id for _, r in self.chunks), timeout_s)
+        self.wait_for(lambda: any(r.final and r.request_id == request.request_id for _, r in self.chunks), timeout_s)
         return sent, [(t, r) for t, r in self.chunks if r.request_id == request.request_id]
 
     def close(self) -> None:

@@ -1,13 +1,17 @@
-"""Test-run hygiene: a ROS domain of this run's own, discovery kept on this host, and every process stopped."""
+"""Test-run hygiene: a ROS domain of this run's own, discovery kept on this host, every process stopped, and the
+`processes` marker on every test that starts a process or a ROS participant."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
+import rclpy.context
 
 from edge_lam.processes import stop_processes
 
@@ -45,6 +49,87 @@ def processes():
     started = Processes()
     yield started
     started.stop_all()
+
+
+# The `processes` marker (pytest.ini) lets `pytest -m "not processes"` run the pure cores alone. A test gets it at
+# collection when it uses the `processes` fixture, or when its code or the code of a fixture it uses (or of a
+# function or class of test/ that either names) names `subprocess`, `rclpy`, `ros_client`, `RosClient` or
+# `Processes` (imported at the top or inside, under any alias). A test that starts one unseen, inside a call to
+# edge_lam, carries `@pytest.mark.processes` itself: an unmarked test that starts a process or initialises an rclpy
+# context fails and says so, so a fast run starts neither and a missing mark cannot go unnoticed.
+STARTER_MODULES = {"subprocess", "rclpy", "ros_client"}
+STARTER_NAMES = STARTER_MODULES | {"RosClient", "Processes"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("processes") is None and _starts_processes(item):
+            item.add_marker(pytest.mark.processes)
+
+
+def _starts_processes(item: pytest.Item) -> bool:
+    if not isinstance(item, pytest.Function):
+        return False
+    if "processes" in item.fixturenames:
+        return True
+    fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+    seen: set[types.CodeType] = set()
+    return any(_names_a_starter(f, seen) for f in [item.function, *fixtures] if _in_test_dir(f))
+
+
+def _names_a_starter(function, seen: set[types.CodeType]) -> bool:
+    function = inspect.unwrap(function)
+    code = getattr(function, "__code__", None)
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    for name in _names(code):
+        found = function.__globals__.get(name)
+        if name.partition(".")[0] in STARTER_NAMES or _is_starter(found):
+            return True
+        if inspect.isfunction(found) and _in_test_dir(found) and _names_a_starter(found, seen):
+            return True
+        if inspect.isclass(found) and _in_test_dir(found) and any(
+                _names_a_starter(member, seen) for member in vars(found).values() if inspect.isfunction(member)):
+            return True
+    return False
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """The global, imported and attribute names the code uses, its lambdas' and nested functions' included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _is_starter(found) -> bool:
+    if isinstance(found, types.ModuleType):
+        return found.__name__.partition(".")[0] in STARTER_MODULES
+    return found is Processes or getattr(found, "__module__", None) in STARTER_MODULES
+
+
+def _in_test_dir(found) -> bool:
+    module = sys.modules.get(getattr(found, "__module__", None) or "")
+    return pathlib.Path(getattr(module, "__file__", None) or "/").resolve().is_relative_to(TEST_DIR)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    if item.get_closest_marker("processes") is not None:
+        return (yield)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", _refused(item, "a process"))
+        patch.setattr(rclpy.context.Context, "init", _refused(item, "an rclpy context"))
+        return (yield)
+
+
+def _refused(item: pytest.Item, what: str):
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{item.nodeid} starts {what} but is not marked `processes`: use the `processes` "
+                           "fixture or RosClient, or mark it @pytest.mark.processes (see test/conftest.py)")
+    return refuse
 
 
 # Figures a test measures and reports rather than asserts (e.g. greedy agreement with fp16 on the wire).

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import rclpy
 import rclpy.executors
-from rclpy.qos import QoSProfile
+from rcl_interfaces.msg import Log
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+from edge_lam.ros.spin import spin_until
+
+ROSOUT = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)  # matches what rcl offers on /rosout
 
 
 class RosClient:
@@ -23,6 +26,11 @@ class RosClient:
         self.node.create_subscription(msg_type, topic, received.append, qos)
         return received
 
+    def collect_logs(self) -> list[Log]:
+        """Every line any node logs from now on (/rosout), at the node's level: debug only from a node started
+        with ``--log-level NAME:=debug``. What a test waits on to see that a node looked at something."""
+        return self.collect(Log, "/rosout", ROSOUT)
+
     def publisher(self, msg_type, topic: str, qos: QoSProfile, timeout_s: float = 30.0):
         """A publisher that already has a subscriber, so the first message is not lost."""
         publisher = self.node.create_publisher(msg_type, topic, qos)
@@ -30,15 +38,10 @@ class RosClient:
         return publisher
 
     def spin_until(self, done, timeout_s: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                return False
-            self.executor.spin_once(timeout_sec=0.05)
-        return True
+        return spin_until(self.executor, done, timeout_s)
 
     def spin_for(self, seconds: float) -> None:
-        self.spin_until(lambda: False, seconds)
+        spin_until(self.executor, lambda: False, seconds)
 
     def close(self) -> None:
         self.executor.shutdown()

@@ -15,28 +15,19 @@ from __future__ import annotations
 
 import faulthandler
 import sys
-import time
 
 import rclpy
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+from edge_lam.ros.spin import spin_until
 from message_samples import differences, interface_class, make_sample
 
 TIMEOUT_S = 30.0
 TEARDOWN_S = 10.0
 VERDICTS = {0: "ok", 1: "mismatch", 2: "timeout"}
 QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def spin_until(node: Node, done, timeout_s: float = TIMEOUT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return True
 
 
 def report(what: str, found: list[str]) -> int:
@@ -48,7 +39,7 @@ def report(what: str, found: list[str]) -> int:
 
 def publish(node: Node, cls, topic: str) -> int:
     publisher = node.create_publisher(cls, topic, QOS)
-    if not spin_until(node, lambda: publisher.get_subscription_count() > 0):
+    if not spin_until(node, lambda: publisher.get_subscription_count() > 0, TIMEOUT_S):
         return 2
     publisher.publish(make_sample(cls))
     return 0 if publisher.wait_for_all_acked(Duration(seconds=TIMEOUT_S)) else 2
@@ -57,7 +48,7 @@ def publish(node: Node, cls, topic: str) -> int:
 def receive(node: Node, cls, topic: str) -> int:
     received = []
     node.create_subscription(cls, topic, received.append, QOS)
-    if not spin_until(node, lambda: received):
+    if not spin_until(node, lambda: received, TIMEOUT_S):
         return 2
     return report("message", differences(make_sample(cls), received[0]))
 
@@ -72,9 +63,9 @@ def serve(node: Node, cls, name: str) -> int:
         return make_sample(cls.Response)
 
     node.create_service(cls, name, answer)
-    if not spin_until(node, lambda: served):
+    if not spin_until(node, lambda: served, TIMEOUT_S):
         return 2
-    spin_until(node, lambda: False, timeout_s=1.0)  # let the reply leave before the process ends
+    spin_until(node, lambda: False, 1.0)  # let the reply leave before the process ends
     return report("request", found)
 
 
@@ -83,7 +74,7 @@ def call(node: Node, cls, name: str) -> int:
     if not client.wait_for_service(timeout_sec=TIMEOUT_S):
         return 2
     future = client.call_async(make_sample(cls.Request))
-    if not spin_until(node, future.done):
+    if not spin_until(node, future.done, TIMEOUT_S):
         return 2
     return report("response", differences(make_sample(cls.Response), future.result()))
 

@@ -51,9 +51,15 @@ def camera(tmp_path_factory):
     client = RosClient("camera_test_client", namespace)
     vocabularies = client.collect(Vocabulary, "tokens/image/vocabulary", VOCABULARIES)
     tokens = client.collect(SemanticTokens, "tokens/image", TOKENS)
+    logs = client.collect_logs()
     try:
         assert client.spin_until(lambda: len(vocabularies) == 2, 60), "the camera encoders published no vocabularies"
-        yield client, tokens, {v.encoder: v for v in vocabularies}, process
+
+        def rejections() -> list[str]:
+            """What the encoders refused so far, as they logged it."""
+            return [log.msg for log in logs if log.name.startswith(namespace) and "rejected" in log.msg]
+
+        yield client, tokens, {v.encoder: v for v in vocabularies}, process, rejections
     finally:
         client.close()
         processes.stop_all()
@@ -64,7 +70,7 @@ def by_encoder(tokens: list[SemanticTokens], encoder: str) -> list[SemanticToken
 
 
 def test_a_photo_gives_its_class_and_a_patch_grid_from_raw_and_compressed_frames(camera):
-    client, tokens, vocabularies, _ = camera
+    client, tokens, vocabularies, _, _ = camera
     cat = photo("chelsea")
     raw_pub = client.publisher(Image, "image_raw", TOKENS)
     compressed_pub = client.publisher(CompressedImage, "image_raw/compressed", TOKENS)
@@ -87,9 +93,11 @@ def test_a_photo_gives_its_class_and_a_patch_grid_from_raw_and_compressed_frames
     assert max(patches[0].token_ids) < len(vocabularies["patch-vq"].words)
 
 
-@pytest.mark.parametrize("case", ["unknown encoding", "truncated", "zero size", "bad jpeg"])
-def test_bad_frames_are_logged_and_the_next_frame_still_encodes(camera, case):
-    client, tokens, _, process = camera
+@pytest.mark.parametrize(("case", "reason"), [("unknown encoding", "yuv422"), ("truncated", "truncated"),
+                                              ("zero size", "no pixels"), ("bad jpeg", "cannot decode")])
+def test_bad_frames_are_logged_and_the_next_frame_still_encodes(camera, case, reason):
+    client, tokens, _, process, rejections = camera
+    before, refused = len(tokens), len(rejections())
     frame = photo("coffee")
     bad = raw(frame)
     if case == "unknown encoding":
@@ -103,17 +111,18 @@ def test_bad_frames_are_logged_and_the_next_frame_still_encodes(camera, case):
         publisher.publish(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"))
     else:
         client.publisher(Image, "image_raw", TOKENS).publish(bad)
-    before = len(tokens)
+    # Both encoders refuse the bad frame before the good one is sent: tokens of the bad one would come first.
+    assert client.spin_until(lambda: len(rejections()) >= refused + 2, 60), "the bad frame was not refused"
+    assert all(reason in line.lower() for line in rejections()[refused:]), rejections()[refused:]
     good = raw(frame, stamp_s=77)
     client.publisher(Image, "image_raw", TOKENS).publish(good)
     assert client.spin_until(lambda: len(tokens) >= before + 2, 60)
-    client.spin_for(0.3)
     assert [m.header.stamp.sec for m in tokens[before:]] == [77, 77], "a bad frame produced tokens"
     assert process.poll() is None
 
 
 def test_rejections_are_in_the_log(camera):
-    _, _, _, process = camera
+    _, _, _, process, _ = camera
     process.send_signal(2)
     _, output = finish(process, timeout_s=15)
     for reason in ("yuv422", "truncated", "no pixels", "cannot decode"):

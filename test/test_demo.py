@@ -3,6 +3,7 @@ figures agree and two plots, exits 0 by itself and leaves no process behind."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pathlib
@@ -47,7 +48,13 @@ def test_a_short_demo_reports_on_every_tick_and_writes_a_summary_that_adds_up(pr
     reports = summary["reports"]
     assert len(reports) == summary["ticks"] and not summary["unanswered"]
     assert all(r["text"].strip() and not r["error"] for r in reports), reports
-    assert all(set(r["sources"]) == {"image/camera", "odometry/odom"} for r in reports), reports
+    # A report uses the tokens that have arrived: a tick before one bag's first tokens reports on the other alone
+    # (the odometry encoder needs a window of poses first). The bags loop, so a source once used stays in every
+    # later report, and by the end both are used.
+    sources = [set(r["sources"]) for r in reports]
+    assert all(s and s <= {"image/camera", "odometry/odom"} for s in sources), sources
+    assert all(a <= b for a, b in itertools.pairwise(sources)), f"a report left out a source used before: {sources}"
+    assert sources[-1] == {"image/camera", "odometry/odom"}, sources
 
     # The model is split across both hosts by the coordinator, and every report ran on that chain.
     plan = summary["plans"][-1]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pathlib
-import time
 
 import pytest
-import rclpy
 import torch
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import TensorList
@@ -14,32 +12,17 @@ from edge_lam_msgs.msg import TensorList
 from conftest import finish
 from edge_lam.ros.qos import TENSORS
 from edge_lam.wire.tensors import to_msg, to_torch
+from ros_client import RosClient
 
 EXECUTABLE = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam" / "tensor_echo"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8]
 
 
 @pytest.fixture
-def node():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("test_tensor_echo", context=context)
-    executor = rclpy.executors.SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    node.spin_until = lambda done, timeout_s=30.0: _spin_until(executor, done, timeout_s)
-    yield node
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown(context=context)
-
-
-def _spin_until(executor, done, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        executor.spin_once(timeout_sec=0.05)
-    return True
+def client():
+    client = RosClient("test_tensor_echo")
+    yield client
+    client.close()
 
 
 def tensor_list(*tensors: torch.Tensor, seq: int) -> TensorList:
@@ -49,15 +32,14 @@ def tensor_list(*tensors: torch.Tensor, seq: int) -> TensorList:
     return msg
 
 
-def test_echo_round_trip_is_exact_and_malformed_input_is_dropped_with_a_log(node, processes):
+def test_echo_round_trip_is_exact_and_malformed_input_is_dropped_with_a_log(client, processes):
     echo = processes.start(EXECUTABLE, "--ros-args", "-r", "ping:=/test_echo/ping", "-r", "pong:=/test_echo/pong")
     received: list[TensorList] = []
-    subscription = node.create_subscription(TensorList, "/test_echo/pong", received.append, TENSORS)
-    publisher = node.create_publisher(TensorList, "/test_echo/ping", TENSORS)
-    assert node.spin_until(
+    subscription = client.node.create_subscription(TensorList, "/test_echo/pong", received.append, TENSORS)
+    publisher = client.node.create_publisher(TensorList, "/test_echo/ping", TENSORS)
+    assert client.spin_until(
         lambda: publisher.get_subscription_count() > 0 and subscription.get_publisher_count() > 0
     ), "tensor_echo did not come up"
-
 
     generator = torch.Generator().manual_seed(0)
     sent = [(torch.randn(3, 7, 576, generator=generator) * 10).to(dtype) for dtype in DTYPES]
@@ -69,7 +51,7 @@ def test_echo_round_trip_is_exact_and_malformed_input_is_dropped_with_a_log(node
     publisher.publish(bad)
     publisher.publish(tensor_list(torch.ones(2, dtype=torch.bfloat16), seq=2))
 
-    assert node.spin_until(lambda: len(received) >= 2), f"echo returned {len(received)} of 2 messages"
+    assert client.spin_until(lambda: len(received) >= 2), f"echo returned {len(received)} of 2 messages"
     assert [m.header.frame_id for m in received] == ["seq-0", "seq-2"]
     for original, echoed in zip(sent, received[0].tensors, strict=True):
         back = to_torch(echoed)

@@ -36,6 +36,7 @@ from rosbags.typesys.store import Typestore
 from edge_lam.bags import StopFlag, bound_teardown, stop_requested
 from edge_lam.bags.replay import message_class
 from edge_lam.bags.schedule import BagError
+from edge_lam.ros.spin import spin_until
 
 __all__ = ["STORAGES", "RecordNode", "message_definitions", "parse_types", "record_bag"]
 
@@ -163,11 +164,6 @@ class RecordNode(Node):
             self._stop.set()
 
 
-def _spin(executor: SingleThreadedExecutor, until_s: float, stop: StopFlag) -> None:
-    while not stop.is_set() and (left_s := until_s - time.monotonic()) > 0:
-        executor.spin_once(timeout_sec=min(left_s, 0.1))
-
-
 def _drain(executor: SingleThreadedExecutor, node: RecordNode, limit: int | None) -> None:
     """Write what DDS already received when a stop came, until nothing more arrives (bounded by DRAIN_S)."""
     deadline = time.monotonic() + DRAIN_S
@@ -213,7 +209,8 @@ def record_bag(
         with Writer(path, version=Writer.VERSION_LATEST, storage_plugin=STORAGES[storage]) as writer:
             node.record(writer, resolved, store)
             started = time.monotonic()
-            _spin(executor, started + (duration_s or float("inf")), stop)
+            # A stop (a signal, or the count reached) ends the recording within a spin of 0.1 s.
+            spin_until(executor, stop.is_set, duration_s or float("inf"), period_s=0.1)
             _drain(executor, node, count)
             elapsed_s = time.monotonic() - started
         per_topic = ", ".join(f"{t} {node.recorded[t]}" for t in names)

@@ -57,23 +57,23 @@ class ProcessGroup:
         stop_processes(self.running.pop(n) for n in chosen)
 
 
-def spin_until(monitor, done: Callable[[], bool], timeout_s: float, processes: ProcessGroup,
-               every: Callable[[], None] | None = None) -> bool:
+def watch_until(monitor, done: Callable[[], bool], timeout_s: float, processes: ProcessGroup,
+                every: Callable[[], None] | None = None) -> bool:
     """Spin the monitor until ``done()``; check the processes (and call ``every``) about once a second."""
-    import rclpy
+    from edge_lam.ros.spin import spin_until
 
-    deadline = time.monotonic() + timeout_s
     last = 0.0
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        rclpy.spin_once(monitor, timeout_sec=0.1)
+
+    def watched_done() -> bool:
+        nonlocal last
         if time.monotonic() - last > 1.0:
             last = time.monotonic()
             processes.check()
             if every is not None:
                 every()
-    return True
+        return done()
+
+    return spin_until(monitor, watched_done, timeout_s, period_s=0.1)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -111,7 +111,7 @@ def run_demo(args: argparse.Namespace) -> int:
             processes.start(spec)
         begun = time.monotonic()
         print(f"started {len(processes.running)} processes; waiting for the placement and the chain to answer")
-        if not spin_until(monitor, monitor.chain_serves, STARTUP_TIMEOUT_S, processes):
+        if not watch_until(monitor, monitor.chain_serves, STARTUP_TIMEOUT_S, processes):
             raise DemoError(f"the chain did not answer within {STARTUP_TIMEOUT_S:g} s; see {output}/logs")
         print(f"the chain answers ({time.monotonic() - begun:.1f} s after start); playing the bags")
 
@@ -120,13 +120,13 @@ def run_demo(args: argparse.Namespace) -> int:
             processes.start(spec)
         monitor.bags_started_s = end_s = monitor.now_s()
         end_s += args.duration
-        spin_until(monitor, lambda: monitor.now_s() >= end_s, args.duration + 1.0, processes, Progress(monitor))
+        watch_until(monitor, lambda: monitor.now_s() >= end_s, args.duration + 1.0, processes, Progress(monitor))
         processes.stop([spec.name for spec in replays])
         print(f"[{monitor.now_s():7.1f} s] the bags ended; waiting for the last report")
         # A tick may still come for tokens that arrived after the last request: give it one period, then its answer.
         quiet_since = time.monotonic()
-        spin_until(monitor, lambda: not monitor.records.unanswered() and
-                   time.monotonic() - quiet_since > config.period_s + 1.0, 120.0, processes)
+        watch_until(monitor, lambda: not monitor.records.unanswered() and
+                    time.monotonic() - quiet_since > config.period_s + 1.0, 120.0, processes)
     finally:
         stopping, count = time.monotonic(), len(processes.running)
         processes.stop()

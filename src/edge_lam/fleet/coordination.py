@@ -129,7 +129,7 @@ class Coordinator:
         if not self.settled(now):
             return None
         if gone:
-            return self._look(f"host{'s' if len(gone) > 1 else ''} {', '.join(map(repr, gone))} left", now)
+            return self._look("; ".join(f"host {host_id!r} left, {why}" for host_id, why in gone), now)
         if self._looked_at is None:
             return self._look(f"first plan, {len(self._heard)} hosts heard", now)
         if self._changed and now - self._looked_at >= self.policy.replan_period_s:
@@ -151,15 +151,17 @@ class Coordinator:
             links += [Link(FREE_GATEWAY, host_id, 0.0, math.inf) for host_id in sorted(self._heard)]
         return links
 
-    def _expire(self, now: float) -> list[str]:
+    def _expire(self, now: float) -> list[tuple[str, str]]:
+        """Forget the hosts that are gone; return each with why it counts as gone."""
         lost_at, timeout = self._liveliness_lost_at, self.policy.host_timeout_s
         gone = []
         for host_id, h in sorted(self._heard.items()):
-            missed = lost_at is not None and h.at < lost_at and \
-                now - lost_at > min(timeout, MISSED_ADVERTS * (h.interval_s or timeout))
-            if now - h.at > timeout or missed:
-                gone.append(host_id)
-        for host_id in gone:
+            if now - h.at > timeout:
+                gone.append((host_id, f"no advert for {timeout:g} s"))
+            elif lost_at is not None and h.at < lost_at and \
+                    now - lost_at > min(timeout, MISSED_ADVERTS * (h.interval_s or timeout)):
+                gone.append((host_id, "silent since a writer lost liveliness"))
+        for host_id, _ in gone:
             del self._heard[host_id]
         if lost_at is not None and all(h.at >= lost_at for h in self._heard.values()):
             self._liveliness_lost_at = None  # every host left has spoken since: the lost writer is accounted for
