@@ -7,12 +7,14 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import uuid
 
 import pytest
 import torch
+from ament_index_python.packages import get_package_prefix
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from edge_lam_msgs.msg import ChainPacket, ComputeAdvert, ModuleAssignment, PlacementPlan, TensorList, Vocabulary
 from edge_lam_msgs.srv import LoadModule, UnloadModule
@@ -22,9 +24,9 @@ from std_msgs.msg import Header
 
 import edge_lam
 from conftest import Processes, finish
+from edge_lam.container.parameters import yaml_parameters
 from edge_lam.container.services import component_kind
 from edge_lam.descriptors import Host, Link, ModuleSpec
-from edge_lam.fleet.host_agent_node import yaml_parameters
 from edge_lam.fleet.host_measurement import cpu_sample, load_between, mem_available_bytes
 from edge_lam.fleet.plan_following import PlanOrder, ShardLoad, plan_changes
 from edge_lam.link.probing import BULK_PROBE_BYTES, SMALL_PROBE_BYTES, LinkProber, parse_emulated_links
@@ -39,6 +41,7 @@ from ros_client import RosClient
 SMOLLM2 = {"hidden_size": 576, "num_layers": 30, "vocab_size": 49152, "intermediate_size": 1536, "num_heads": 9,
            "num_kv_heads": 3}
 WHOLE_MODEL = ("embedding", "blocks_0_30", "head")
+LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 
 # -- pure cores --------------------------------------------------------------------------------------------------
 
@@ -148,17 +151,18 @@ def test_yaml_parameters_become_overrides_and_bad_yaml_is_refused():
 
 @pytest.fixture(autouse=True)
 def agent_imports_this_checkout(monkeypatch):
-    """Agent processes import the same edge_lam as the tests (host_agent is not an installed executable yet)."""
+    """Agent processes started with ``python -m`` import the same edge_lam as the tests."""
     source = str(pathlib.Path(edge_lam.__file__).resolve().parents[1])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])))
 
 
-def start_agent(processes: Processes, namespace: str, host_id: str, *params: str) -> subprocess.Popen:
+def start_agent(processes: Processes, namespace: str, host_id: str, *params: str,
+                command: tuple = (sys.executable, "-m", "edge_lam.fleet.host_agent_node")) -> subprocess.Popen:
     args = ["-r", f"__ns:=/{namespace}", "-r", f"__node:=agent_{host_id}", "-p", f"host_id:={host_id}",
             "-p", f"adverts_topic:=/{namespace}/adverts", "-p", f"plan_topic:=/{namespace}/plan"]
     for param in params:
         args += ["-p", param]
-    return processes.start(sys.executable, "-m", "edge_lam.fleet.host_agent_node", "--ros-args", *args)
+    return processes.start(*command, "--ros-args", *args)
 
 
 def wait(client: RosClient, done, timeout_s: float, *agents: subprocess.Popen) -> None:
@@ -284,6 +288,23 @@ def test_a_plan_loads_a_shard_that_serves_and_a_newer_plan_unloads_it(processes,
     assert list(latest(adverts, "solo").modules_hosted) == []
 
 
+def test_an_agent_stopped_while_it_loads_a_plans_shard_ends_cleanly(processes, client):
+    """Ctrl-C while the loader thread builds a shard: the build is waited for and discarded, and the agent exits 0
+    (a thread left inside torch when the interpreter exits aborts the process)."""
+    ros, ns = client
+    diagnostics = ros.collect(DiagnosticArray, "/diagnostics", QoSProfile(depth=50))
+    agent = start_agent(processes, ns, "stop", "advert_period_s:=0.1", command=(LIB / "host_agent",))
+    plans = ros.publisher(PlacementPlan, f"/{ns}/plan", LATCHED, timeout_s=60)
+    plans.publish(whole_model_plan("stop", 1, uuid.uuid4().hex, ros))
+    shard_name = f"/{ns}/shard_embedding_blocks_0_30_head"
+    wait(ros, lambda: (s := status(diagnostics, shard_name)) is not None and s.level == DiagnosticStatus.WARN, 60,
+         agent)  # loading: the model takes seconds to load
+    agent.send_signal(signal.SIGINT)
+    rc, output = finish(agent, timeout_s=20)
+    assert rc == 0, output
+    assert "shard_embedding_blocks_0_30_head was still loading when the container stopped: discarded" in output
+
+
 def call(ros: RosClient, service, request, agent: subprocess.Popen):
     future = service.call_async(request)
     wait(ros, future.done, 60, agent)
@@ -346,6 +367,37 @@ def test_load_module_and_unload_module_serve_good_requests_and_refuse_bad_ones(p
     wait(ros, lambda: latest(adverts, "svc") is not None, 5, agent)
     assert list(latest(adverts, "svc").modules_hosted) == []
     assert latest(adverts, "svc").memory_free_bytes == 2_000_000_000
+
+
+def test_an_agent_keeps_advertising_while_its_shard_emulates_a_slow_host_and_link(processes, client):
+    """The emulation holds packets with timers, not sleeps: the agent's one executor keeps serving meanwhile."""
+    ros, ns = client
+    adverts = ros.collect(ComputeAdvert, f"/{ns}/adverts", ADVERTS)
+    output = ros.collect(ChainPacket, "chain/hidden_0", TENSORS)
+    agent = start_agent(processes, ns, "emu", "advert_period_s:=0.1")
+    load = ros.node.create_client(LoadModule, f"/{ns}/agent_emu/load_module")
+    wait(ros, load.service_is_ready, 60, agent)
+    # 1.5 s across the link each way (and a 0.25x host): an executor that slept through it would advertise nothing
+    emulation = "compute_slowdown: 4.0\ninput_link: [1.5, 100000000.0]\noutput_link: [1.5, 100000000.0]\n"
+    request = load_request(ModuleAssignment.KIND_EMBEDDING, "embedding", topics=("chain/input", "chain/hidden_0"),
+                           yaml=emulation)
+    answer = call(ros, load, request, agent)
+    assert answer.success, answer.message
+
+    chain = ros.publisher(ChainPacket, "chain/input", TENSORS)
+    heard = len(adverts)
+    chain.publish(ChainPacket(request_id="r1", session_id="s1", reset=True,
+                              tensors=[to_msg(torch.tensor([[1, 504, 3953]]), "input_ids")]))
+    chain.publish(ChainPacket(session_id="s1", release=True))
+    wait(ros, lambda: output, 60, agent)
+    advertised_meanwhile = len(adverts) - heard
+    wait(ros, lambda: len(output) >= 2, 60, agent)
+    assert advertised_meanwhile >= 10, advertised_meanwhile  # about 30 at 0.1 s over the 3 s the step was held
+    step, released = output
+    assert step.request_id == "r1" and step.error_code == ChainPacket.ERROR_NONE, step.error_message
+    assert [t.name for t in step.tensors] == ["hidden_states"]
+    assert [(t.stage, t.host_id) for t in step.timings] == [("module:embedding", "emu")]
+    assert released.release and released.session_id == "s1"  # behind the step, in order
 
 
 @pytest.mark.parametrize(("plugin", "kind"), [("shard", "shard"), ("ShardNode", "shard"),

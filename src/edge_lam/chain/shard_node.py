@@ -1,13 +1,14 @@
 """A shard: one or more consecutive modules of a model chain, fed from one topic and publishing to the next.
 
-Parameters are read once at start; see the README's table. A malformed packet or a lost session is answered
-with an error packet downstream (the gateway turns it into an error result or a replay), never a crash.
+Parameters are read once at start; see doc/chain.md's table. A malformed packet or a lost session is answered
+with an error packet downstream (the gateway turns it into an error result or a replay), never a crash. Given an
+emulated slower host or link (benchmarks), packets are held and released by timers (``link.delayed_release``), never
+by sleeping in the callback: in a host agent the shard shares its executor with the agent and other components.
 """
 
 from __future__ import annotations
 
 import socket
-import time
 
 import rclpy
 import torch
@@ -18,7 +19,8 @@ from rclpy.parameter import Parameter
 
 from edge_lam.chain.shard import BadInput, ShardCore
 from edge_lam.descriptors import ModuleSpec, Stage, wire_dtype_bytes
-from edge_lam.link.emulation import compute_delay_s, link_parameter
+from edge_lam.link.delayed_release import DelayedRelease
+from edge_lam.link.emulation import DelayLine, link_parameter
 from edge_lam.model.loading import load_model
 from edge_lam.model.sessions import SessionLost
 from edge_lam.ros.parameters import declare
@@ -52,15 +54,13 @@ class ShardNode(Node):
         wire_dtype_bytes(wire_dtype)  # ValueError naming the choices
         if idle <= 0 or threads < 1:
             raise ValueError(f"session_idle_timeout_s must be > 0 and num_threads >= 1, got {idle} and {threads}")
-        if slowdown < 1.0:
-            raise ValueError(f"compute_slowdown must be >= 1 (a host can't be made faster), got {slowdown}")
+        line = DelayLine(slowdown, link_parameter(input_link or []), link_parameter(output_link or []))
         self._slowdown = slowdown
-        self._input_link = link_parameter(input_link or [])
-        self._output_link = link_parameter(output_link or [])
         self._wire_dtype = getattr(torch, wire_dtype)
-        torch.set_num_threads(threads)
+        self._threads = threads
         self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle)
         self._pub = self.create_publisher(ChainPacket, output_topic, TENSORS)
+        self._held = DelayedRelease(self, line, self._process, self._pub.publish, packet_bytes) if line.delays else None
         self._sub = self.create_subscription(ChainPacket, input_topic, self.on_packet, TENSORS)
         self._expiry = self.create_timer(min(idle, 10.0), self.expire_sessions)
         self.get_logger().info(
@@ -69,18 +69,26 @@ class ShardNode(Node):
         )
 
     def on_packet(self, packet: ChainPacket) -> None:
-        if self._input_link is not None:
-            time.sleep(self._input_link.transfer_s(packet_bytes(packet)))
+        if self._held is not None:
+            self._held.put(packet)
+        else:
+            self._process(packet)
+            self._pub.publish(packet)  # releases and errors pass on untouched, so every module and the gateway see them
+
+    def _process(self, packet: ChainPacket) -> float:
+        """Run the packet through the modules (a release frees its session); the seconds the modules computed."""
         if packet.release:
             self._core.release(packet.session_id)
         elif packet.error_code == ChainPacket.ERROR_NONE:
-            self._run(packet)
-        if self._output_link is not None:
-            time.sleep(self._output_link.transfer_s(packet_bytes(packet)))
-        self._pub.publish(packet)  # releases and errors pass on untouched, so every module and the gateway see them
+            return self._run(packet)
+        return 0.0
 
-    def _run(self, packet: ChainPacket) -> None:
+    def _run(self, packet: ChainPacket) -> float:
         where = f"{self.get_name()} ({', '.join(self._core.module_ids)})"
+        if torch.get_num_threads() != self._threads:
+            # torch's thread count belongs to the calling thread: set it in the one running this step, not the one
+            # that built the shard (a host agent builds components in a loader thread)
+            torch.set_num_threads(self._threads)
         try:
             outputs, timings = self._core.step(
                 packet_tensors(packet), packet.session_id, packet.position, packet.reset, sampling(packet.options),
@@ -96,11 +104,12 @@ class ShardNode(Node):
             self.get_logger().error(f"request {packet.request_id}: {type(err).__name__}: {err}")
             fail(packet, ChainPacket.ERROR_INTERNAL, f"{where}: {type(err).__name__}: {err}")
         else:
-            if self._slowdown > 1.0:  # emulated compute counts as the modules' own time
-                time.sleep(compute_delay_s(sum(s for _, s in timings), self._slowdown))
-                timings = [(m, s * self._slowdown) for m, s in timings]
             put_tensors(packet, outputs, self._wire_dtype)
-            packet.timings.extend(to_stage_msgs(Stage(f"module:{m}", self._host_id, s) for m, s in timings))
+            # an emulated slower host's compute counts as the modules' own time
+            packet.timings.extend(to_stage_msgs(Stage(f"module:{m}", self._host_id, s * self._slowdown)
+                                                for m, s in timings))
+            return sum(s for _, s in timings)
+        return 0.0
 
     def expire_sessions(self) -> None:
         for session_id in self._core.expire():

@@ -31,10 +31,15 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv if args is None else args
     pairs = parse(remove_ros_args(argv)[1:])
     try:
-        with rclpy.init(args=argv):
-            executor = SingleThreadedExecutor()
-            for kind, name in pairs:
-                executor.add_node(component_class(kind)(name))
-            executor.spin()
+        with rclpy.init(args=argv), SingleThreadedExecutor() as executor:
+            nodes = []
+            try:
+                for kind, name in pairs:
+                    nodes.append(component_class(kind)(name))
+                    executor.add_node(nodes[-1])
+                executor.spin()
+            finally:
+                for node in nodes:  # a component with a thread of its own (a host agent's loader) stops it here
+                    node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -19,12 +19,13 @@ from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from edge_lam.container.loader import ComponentRequest
 from edge_lam.container.registry import COMPONENTS
 
-__all__ = ["ComponentLoader", "add_container_services", "component_kind"]
+__all__ = ["LoadComponent", "add_container_services", "component_kind"]
 
-# Loads a component: (kind, node name, namespace or "", parameters, remap rules) -> (success, message, full name).
-ComponentLoader = Callable[[str, str, str, list[Parameter], list[str]], Awaitable[tuple[bool, str, str]]]
+# Loads a component and waits for it: -> (success, message, full node name).
+LoadComponent = Callable[[ComponentRequest], Awaitable[tuple[bool, str, str]]]
 
 
 def component_kind(package_name: str, plugin_name: str) -> str:
@@ -38,7 +39,7 @@ def component_kind(package_name: str, plugin_name: str) -> str:
     raise ValueError(f"no edge_lam component '{plugin_name}'; one of {', '.join(sorted(COMPONENTS))} (or its class)")
 
 
-def add_container_services(node: Node, load: ComponentLoader, unload: Callable[[str], bool],
+def add_container_services(node: Node, load: LoadComponent, unload: Callable[[str], bool],
                            full_names: Callable[[], dict[str, str]], callback_group: CallbackGroup | None = None
                            ) -> bool:
     """Create the three services on ``node`` when composition_interfaces is installed; False when it is not.
@@ -64,8 +65,8 @@ def add_container_services(node: Node, load: ComponentLoader, unload: Callable[[
             return response
         if request.log_level or request.extra_arguments:
             logger.warning("load_node: log_level and extra_arguments are not supported by this container; ignored")
-        success, message, full_name = await load(kind, request.node_name or kind, request.node_namespace,
-                                                 parameters, list(request.remap_rules))
+        success, message, full_name = await load(ComponentRequest(
+            kind, request.node_name or kind, request.node_namespace, tuple(parameters), tuple(request.remap_rules)))
         response.success, response.error_message = success, "" if success else message
         if success:
             unique_id = next(counter)

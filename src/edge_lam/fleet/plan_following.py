@@ -1,14 +1,15 @@
 """Following the placement plan, as plain values: which plans to follow, and which shards to load, keep or unload
-when one comes. No rclpy here: the host agent hands plans in and loads what comes out."""
+when one comes, given what the host runs already; and what to say about it on /diagnostics. No rclpy here: the host
+agent hands plans and what it hosts in, and loads and unloads what comes out."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from edge_lam.placement.assignments import ShardGroup
+from edge_lam.placement.assignments import Assignment, ShardGroup, shard_groups
 
-__all__ = ["PlanChanges", "PlanOrder", "ShardLoad", "plan_changes"]
+__all__ = ["Hosting", "PlanChanges", "PlanFollower", "PlanOrder", "ShardLoad", "plan_changes"]
 
 
 @dataclasses.dataclass
@@ -48,6 +49,13 @@ class ShardLoad:
     def module_ids(self) -> tuple[str, ...]:
         return self.group.module_ids
 
+    def parameters(self, host_id: str) -> tuple[dict[str, object], dict[str, object]]:
+        """The shard component's parameters: those a load request's own may override (model, wire dtype, host),
+        then those that make it this shard (its modules and topics)."""
+        return ({"model": self.model, "wire_dtype": self.wire_dtype, "host_id": host_id},
+                {"modules": [str(m) for m in self.group.modules], "input_topic": self.group.input_topic,
+                 "output_topic": self.group.output_topic})
+
     def runs_as(self, other: ShardLoad) -> bool:
         """Same modules, topics, model and wire dtype: a running shard can stay (and keep its KV caches). Memory is an
         estimate of the plan and may change without the shard changing."""
@@ -56,12 +64,25 @@ class ShardLoad:
 
 
 @dataclasses.dataclass(frozen=True)
+class Hosting:
+    """A component this host runs, is loading, or failed to load, as following the plan sees it."""
+
+    module_ids: tuple[str, ...]
+    from_plan: bool
+    failed: bool = False
+    shard: ShardLoad | None = None  # what a shard was built from; None for other components
+
+
+@dataclasses.dataclass(frozen=True)
 class PlanChanges:
-    """What to do on a new plan: shards to unload (by name), to load, and to keep running as they are."""
+    """What to do on a new plan: components to unload (by name), shards to load, and shards to keep running as they
+    are (now the plan's, whoever loaded them). ``forget``: failed loads of an earlier plan, dropped (and loaded again
+    when this plan still wants them)."""
 
     unload: tuple[str, ...]
     load: tuple[ShardLoad, ...]
     keep: tuple[ShardLoad, ...]
+    forget: tuple[str, ...] = ()
 
 
 def plan_changes(running: Mapping[str, ShardLoad], wanted: Sequence[ShardLoad]) -> PlanChanges:
@@ -75,3 +96,36 @@ def plan_changes(running: Mapping[str, ShardLoad], wanted: Sequence[ShardLoad]) 
     load = tuple(w for w in wanted if w.name in unload or w.name not in running)
     keep = tuple(w for w in wanted if w not in load)
     return PlanChanges(unload, load, keep)
+
+
+@dataclasses.dataclass
+class PlanFollower:
+    """One host following the plans of the fleet's coordinator; ``level`` and ``note`` say how, for /diagnostics."""
+
+    host_id: str
+    default_model: str  # of shards whose plan names no model
+    order: PlanOrder = dataclasses.field(default_factory=PlanOrder)
+    level: str = "ok"  # ok, or warn while the newest plan cannot be followed
+    note: str = "no plan yet"
+
+    def follow(self, plan_id: str, version: int, model_id: str, wire_dtype: str, assigned: Sequence[Assignment],
+               hosted: Mapping[str, Hosting]) -> PlanChanges:
+        """The changes that make this host run what a newer plan (``order`` accepted it) gives it."""
+        groups = shard_groups(assigned, self.host_id)
+        wanted = [ShardLoad(g, model_id or self.default_model, wire_dtype or "float16") for g in groups]
+        names, modules = {w.name for w in wanted}, {m for w in wanted for m in w.module_ids}
+        # The plan's shards, and components loaded by load_module that clash with them (a name or a module in
+        # common): two shards of one module would both answer every packet.
+        clashing = {n: h for n, h in hosted.items() if not h.failed
+                    and (h.from_plan or n in names or modules.intersection(h.module_ids))}
+        changes = plan_changes({n: h.shard for n, h in clashing.items() if h.shard is not None}, wanted)
+        self.level, self.note = "ok", f"plan {plan_id} v{version}: {len(wanted)} shards here"
+        return PlanChanges(
+            changes.unload + tuple(n for n, h in clashing.items() if h.shard is None), changes.load, changes.keep,
+            tuple(n for n, h in hosted.items() if h.from_plan and h.failed))
+
+    def unusable(self, plan_id: str, version: int, err: Exception) -> str:
+        """Note a plan that cannot be followed, such as one naming modules that do not exist (the host keeps what
+        it runs); the line to log."""
+        self.level, self.note = "warn", f"plan v{version} unusable: {err}"
+        return f"plan {plan_id} v{version} unusable: {err}"
