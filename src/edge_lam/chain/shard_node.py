@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import socket
 
-import rclpy
 import torch
 from edge_lam_msgs.msg import ChainPacket
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -23,6 +21,7 @@ from edge_lam.link.delayed_release import DelayedRelease
 from edge_lam.link.emulation import DelayLine, link_parameter
 from edge_lam.model.loading import load_model
 from edge_lam.model.sessions import SessionLost
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import TENSORS
 from edge_lam.wire.chain import fail, packet_bytes, packet_tensors, put_tensors, sampling, to_stage_msgs
@@ -117,8 +116,4 @@ class ShardNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(ShardNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(ShardNode, args)

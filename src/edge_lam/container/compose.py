@@ -8,13 +8,13 @@ Each argument is KIND:NODE_NAME; every node takes its parameters from the file b
 
 from __future__ import annotations
 
+import functools
 import sys
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.utilities import remove_ros_args
 
 from edge_lam.container.registry import COMPONENTS, component_class
+from edge_lam.ros.main import spin_nodes
 
 
 def parse(specs: list[str]) -> list[tuple[str, str]]:
@@ -30,16 +30,4 @@ def parse(specs: list[str]) -> list[tuple[str, str]]:
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv if args is None else args
     pairs = parse(remove_ros_args(argv)[1:])
-    try:
-        with rclpy.init(args=argv), SingleThreadedExecutor() as executor:
-            nodes = []
-            try:
-                for kind, name in pairs:
-                    nodes.append(component_class(kind)(name))
-                    executor.add_node(nodes[-1])
-                executor.spin()
-            finally:
-                for node in nodes:  # a component with a thread of its own (a host agent's loader) stops it here
-                    node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_nodes([functools.partial(component_class(kind), name) for kind, name in pairs], argv)

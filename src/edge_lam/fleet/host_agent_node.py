@@ -23,12 +23,10 @@ import socket
 import time
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from edge_lam_msgs.msg import ComputeAdvert, ModuleAssignment, PlacementPlan, TensorList
 from edge_lam_msgs.srv import LoadModule, UnloadModule
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -47,6 +45,7 @@ from edge_lam.fleet.host_measurement import (
 from edge_lam.fleet.plan_following import Hosting, PlanFollower, ShardLoad
 from edge_lam.link.probing import BULK_PROBE_BYTES, SMALL_PROBE_BYTES, LinkProber, parse_emulated_links
 from edge_lam.placement.assignments import ShardGroup
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import ADVERT_LEASE_S, ADVERTS, ADVERTS_READER, CONTROL, LATCHED
 from edge_lam.wire.diagnostics import Status, to_diagnostic_array
@@ -296,19 +295,7 @@ class HostAgentNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args), SingleThreadedExecutor() as executor:
-            agent = HostAgentNode()
-            executor.add_node(agent)
-            try:
-                executor.spin()
-            except RuntimeError:  # rclpy's RCLError from a call that a signal's shutdown overtook is a normal end too
-                if executor.context.ok():
-                    raise
-            finally:
-                agent.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(HostAgentNode, args)
 
 
 if __name__ == "__main__":
