@@ -14,12 +14,20 @@ def prepare(_: argparse.Namespace) -> int:
 
 
 def replay(args: argparse.Namespace) -> int:
+    """Publish the messages of a rosbag2 bag (a .mcap or .db3 file, or a bag folder) on their topics, byte for byte as
+    recorded, each when it is due by the bag's timing. Ends with one summary line: messages per topic, duration and
+    how late messages went out (lag). Ctrl-C stops cleanly. Publisher QoS follows the reliability and durability the
+    bag recorded (reliable and volatile when it recorded none); topics whose message type is not installed here are
+    skipped with a warning."""
     from edge_lam.bags.replay import replay_bag
 
     return run_bag_command(replay_bag, args)
 
 
 def record(args: argparse.Namespace) -> int:
+    """Record topics to a new rosbag2 bag, messages as raw bytes stamped with their receive time, with their message
+    definitions stored so rosbags and ROS tools can read it. Stops after --duration, after --count messages, or on
+    Ctrl-C (or SIGTERM); the bag is closed properly in every case, and messages already received are written first."""
     from edge_lam.bags.record import record_bag
 
     return run_bag_command(record_bag, args)
@@ -39,6 +47,12 @@ def run_bag_command(function: Callable[..., int], args: argparse.Namespace) -> i
 
 
 def demo(args: argparse.Namespace) -> int:
+    """Run a robot host and an edge host as separate processes (a host agent each), the coordinator that places the
+    LAM's modules on them, the gateway, the encoders the bags need and the reporter; replay the bags under the
+    robot's namespace; every PERIOD seconds the model turns the newest semantic tokens into a short report of what
+    the robot sees and does. The console shows the placement, progress and each report with its latency breakdown;
+    at the end OUTPUT holds summary.json, latency_per_stage.png, placement.png and every process's log. Exits 0 when
+    every tick got its report, 1 otherwise."""
     from edge_lam.demo.run import DemoError, run_demo
 
     try:
@@ -51,17 +65,17 @@ def demo(args: argparse.Namespace) -> int:
         return 130
 
 
+def subcommand(commands: argparse._SubParsersAction, run: Callable[[argparse.Namespace], int], help: str
+               ) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``main`` runs with ``run``: named after it, described by its docstring."""
+    parser = commands.add_parser(run.__name__, help=help, description=run.__doc__)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def add_demo(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "demo",
-        help="the whole graph on one machine: bags -> encoders -> tokens -> the LAM split over two hosts -> reports",
-        description="Run a robot host and an edge host as separate processes (a host agent each), the coordinator "
-        "that places the LAM's modules on them, the gateway, the encoders the bags need and the reporter; replay "
-        "the bags under the robot's namespace; every PERIOD seconds the model turns the newest semantic tokens into "
-        "a short report of what the robot sees and does. The console shows the placement, progress and each report "
-        "with its latency breakdown; at the end OUTPUT holds summary.json, latency_per_stage.png, placement.png and "
-        "every process's log. Exits 0 when every tick got its report, 1 otherwise.",
-    )
+    parser = subcommand(commands, demo, help="the whole graph on one machine: bags -> encoders -> tokens -> the LAM "
+                        "split over two hosts -> reports")
     parser.add_argument("--bag", action="append", metavar="BAG",
                         help="a rosbag2 bag (.mcap, .db3 or folder) to replay; repeatable (default: the bundled "
                         "camera bag and the TurtleBot's Nav2 run with its odometry)")
@@ -85,19 +99,10 @@ def add_demo(commands: argparse._SubParsersAction) -> None:
                         help="folder for the summary, plots and logs (default demo_output)")
     parser.add_argument("--params-file", metavar="YAML",
                         help="node parameters (default: config/demo.yaml from the package's share folder)")
-    parser.set_defaults(run=demo)
 
 
 def add_replay(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "replay",
-        help="publish a rosbag2 bag (MCAP or sqlite3) into the graph with its timing",
-        description="Publish the messages of a rosbag2 bag (a .mcap or .db3 file, or a bag folder) on their topics, "
-        "byte for byte as recorded, each when it is due by the bag's timing. Ends with one summary line: messages "
-        "per topic, duration and how late messages went out (lag). Ctrl-C stops cleanly. Publisher QoS follows the "
-        "reliability and durability the bag recorded (reliable and volatile when it recorded none); topics whose "
-        "message type is not installed here are skipped with a warning.",
-    )
+    parser = subcommand(commands, replay, help="publish a rosbag2 bag (MCAP or sqlite3) into the graph with its timing")
     parser.add_argument("bag", help="the bag: a .mcap or .db3 file, or a rosbag2 folder with metadata.yaml")
     parser.add_argument("--rate", type=float, default=1.0, help="speed factor: 2 plays twice as fast (default 1)")
     parser.add_argument("--loop", action="store_true", help="start again at the end, until stopped")
@@ -118,18 +123,10 @@ def add_replay(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--wait-timeout", type=float, default=10.0, metavar="S", dest="wait_timeout_s",
                         help="bound of the wait for subscribers, and of the wait at the end until reliable "
                         "subscribers have acknowledged every message (default 10)")
-    parser.set_defaults(run=replay)
 
 
 def add_record(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "record",
-        help="record topics of the graph to a new rosbag2 bag (MCAP or sqlite3)",
-        description="Record topics to a new rosbag2 bag, messages as raw bytes stamped with their receive time, "
-        "with their message definitions stored so rosbags and ROS tools can read it. Stops after --duration, "
-        "after --count messages, or on Ctrl-C (or SIGTERM); the bag is closed properly in every case, and "
-        "messages already received are written first.",
-    )
+    parser = subcommand(commands, record, help="record topics of the graph to a new rosbag2 bag (MCAP or sqlite3)")
     parser.add_argument("--output", "-o", required=True, metavar="DIR",
                         help="the bag folder to create (must not exist)")
     parser.add_argument("--topic", nargs="+", action="extend", required=True, metavar="TOPIC", dest="topics",
@@ -142,15 +139,13 @@ def add_record(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--count", type=int, metavar="N", help="stop after N messages (all topics together)")
     parser.add_argument("--wait-timeout", type=float, default=10.0, metavar="S", dest="wait_timeout_s",
                         help="how long to wait for a publisher to show a topic's type (default 10)")
-    parser.set_defaults(run=record)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-lam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
-        "prepare", help="prepare models and data in the cache folder ($EDGE_LAM_CACHE); skips what is there"
-    ).set_defaults(run=prepare)
+    subcommand(commands, prepare,
+               help="prepare models and data in the cache folder ($EDGE_LAM_CACHE); skips what is there")
     add_demo(commands)
     add_replay(commands)
     add_record(commands)

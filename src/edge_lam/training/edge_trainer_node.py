@@ -53,8 +53,7 @@ class EdgeTrainerNode(Node):
 
     def __init__(self, node_name: str = "edge_trainer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        split = declare_split(self)
-        self._cut = split.cut_layer
+        split = self._split = declare_split(self)
         self._gradient_codec = declare_codec(self, "gradient_codec", "topk:0.1", "the gradients sent down")
         self._adapter_codec = declare_codec(self, "adapter_codec", "fp16", "the global adapter sent down")
         self._rounds_total = declare(self, "rounds", 3, "Federated rounds of the run.")
@@ -66,20 +65,14 @@ class EdgeTrainerNode(Node):
                                     "JSON file of the run's byte ledger, rewritten every round; empty: none.")
         self._adapter_path = declare(self, "adapter_path", "",
                                      "File (torch.save) for the final adapters of both halves; empty: none.")
-        threads = declare(self, "num_threads", 1, "Torch threads.")
-        activations = declare(self, "activations_topic", "training/activations", "Activations from the robots.")
-        gradients = declare(self, "gradients_topic", "training/gradients", "Gradients to the robots.")
-        adapters = declare(self, "adapters_topic", "training/adapters", "Adapter updates from the robots.")
-        global_adapter = declare(self, "global_adapter_topic", "training/global_adapter",
-                                 "The merged adapter to the robots (latched).")
-        if self._rounds_total < 1 or self._min_robots < 1 or self._round_timeout_s <= 0 or threads < 1:
-            raise ValueError("rounds, min_robots and num_threads must be at least 1, round_timeout_s positive")
-        torch.set_num_threads(threads)
+        if self._rounds_total < 1 or self._min_robots < 1 or self._round_timeout_s <= 0:
+            raise ValueError("rounds and min_robots must be at least 1, round_timeout_s positive")
+        torch.set_num_threads(split.num_threads)
         self._lora = split.lora
         arch = describe(load_model(split.model))
         self._hidden_size, self._vocab_size = arch.hidden_size, arch.model.config.vocab_size
-        initial = SplitBottom(arch, self._cut, self._lora, seed=seed).trainable_state()
-        self._top = SplitTop(arch, self._cut, self._lora, lr=split.learning_rate, seed=seed + 1)
+        initial = SplitBottom(arch, self._split.cut_layer, self._lora, seed=seed).trainable_state()
+        self._top = SplitTop(arch, self._split.cut_layer, self._lora, lr=split.learning_rate, seed=seed + 1)
         self._fed = FederatedAdapters(initial)
         self._shapes = {name: tuple(t.shape) for name, t in initial.items()}
         self._ledger = ByteLedger()
@@ -91,20 +84,20 @@ class EdgeTrainerNode(Node):
         self._samples: dict[int, dict[str, int]] = defaultdict(dict)
         self._global_bytes = 0
 
-        self._gradients = self.create_publisher(TensorList, gradients, TENSORS)
-        self._global = self.create_publisher(TensorList, global_adapter, LATCHED)
-        self.create_subscription(TensorList, activations, self.on_activation, TENSORS)
-        self.create_subscription(TensorList, adapters, self.on_adapter, TENSORS)
+        self._gradients = self.create_publisher(TensorList, split.gradients_topic, TENSORS)
+        self._global = self.create_publisher(TensorList, split.global_adapter_topic, LATCHED)
+        self.create_subscription(TensorList, split.activations_topic, self.on_activation, TENSORS)
+        self.create_subscription(TensorList, split.adapters_topic, self.on_adapter, TENSORS)
         self.create_timer(ROUND_CHECK_PERIOD_S, self.check_round)
         self._run = {**split.record(), "rounds": self._rounds_total,
                      "gradient_codec": self._gradient_codec.spec, "adapter_codec": self._adapter_codec.spec,
                      "seed": seed}
         self.publish_global()
         self.get_logger().info(
-            f"top of {split.model}: layers [{self._cut}, {arch.num_layers}) with LoRA r={split.lora.rank} on "
+            f"top of {split.model}: layers [{split.cut_layer}, {arch.num_layers}) with LoRA r={split.lora.rank} on "
             f"{','.join(split.lora.target_modules)}; "
             f"{self._rounds_total} rounds, {len(initial)} adapter tensors per robot; activations on "
-            f"{activations}, global adapter on {self._global.topic_name}")
+            f"{split.activations_topic}, global adapter on {self._global.topic_name}")
 
     @property
     def finished(self) -> bool:
@@ -155,8 +148,8 @@ class EdgeTrainerNode(Node):
         problem = ""
         if not got.robot:
             problem = "no robot id in header.frame_id"
-        elif got.fields["cut"] != self._cut:
-            problem = f"cut {got.fields['cut']}, but this edge holds the top from layer {self._cut}"
+        elif got.fields["cut"] != self._split.cut_layer:
+            problem = f"cut {got.fields['cut']}, but this edge holds the top from layer {self._split.cut_layer}"
         elif self.finished:
             problem = f"the run's {self._rounds_total} rounds are over"
         elif got.fields["round"] != self._fed.round:

@@ -55,8 +55,7 @@ class RobotTrainerNode(Node):
 
     def __init__(self, node_name: str = "robot_trainer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        split = declare_split(self)
-        self._cut = split.cut_layer
+        split = self._split = declare_split(self)
         self._activation_codec = declare_codec(self, "activation_codec", "int8", "the activations sent up")
         codec = declare_codec(self, "adapter_codec", "fp16", "the adapter update sent up")
         feedback = declare(self, "error_feedback", True,
@@ -74,27 +73,22 @@ class RobotTrainerNode(Node):
                                         "Send an activation again when no gradient came back in this long, s.")
         self._edge_timeout_s = declare(self, "edge_timeout_s", 300.0,
                                        "Give up when the edge sent nothing awaited (adapter, gradient) this long, s.")
-        threads = declare(self, "num_threads", 1, "Torch threads.")
-        activations = declare(self, "activations_topic", "training/activations", "Activations to the edge.")
-        gradients = declare(self, "gradients_topic", "training/gradients", "Gradients from the edge.")
-        adapters = declare(self, "adapters_topic", "training/adapters", "Adapter updates to the edge.")
-        global_adapter = declare(self, "global_adapter_topic", "training/global_adapter",
-                                 "The edge's merged adapter (latched).")
         self._robot = robot_id or self.get_name()
         if not re.fullmatch(r"[A-Za-z0-9_]+", self._robot):
             raise ValueError(f"robot_id '{self._robot}' must be letters, digits and underscores")
-        if not 0 <= robot_index < robots or self._steps < 1 or batch_size < 1 or threads < 1:
-            raise ValueError("need 0 <= robot_index < robots and steps_per_round, batch_size, num_threads >= 1")
+        if not 0 <= robot_index < robots or self._steps < 1 or batch_size < 1:
+            raise ValueError("need 0 <= robot_index < robots and steps_per_round, batch_size >= 1")
         if self._reply_timeout_s <= 0 or self._edge_timeout_s <= 0:
             raise ValueError("reply_timeout_s and edge_timeout_s must be positive")
-        torch.set_num_threads(threads)
+        torch.set_num_threads(split.num_threads)
         self._adapter_codec = ErrorFeedback(codec) if feedback else codec
         self._tokenizer = load_tokenizer(split.model)
         domain = build_domain_set(pathlib.Path(bag) if bag else evo_bags_dir() / BAG)
         share = domain.robot_shares(robots)[robot_index]
         self._samples = len(share)
         self._batches = batch_stream(share, batch_size, seed)
-        self._bottom = SplitBottom(describe(load_model(split.model)), self._cut, split.lora, lr=split.learning_rate)
+        self._bottom = SplitBottom(describe(load_model(split.model)), split.cut_layer, split.lora,
+                                   lr=split.learning_rate)
         self._shapes = {name: tuple(t.shape) for name, t in self._bottom.trainable_state().items()}
         self._base: dict[str, torch.Tensor] = {}  # the global adapter this round started from
         self._ledger = ByteLedger()
@@ -108,20 +102,20 @@ class RobotTrainerNode(Node):
         self._last_activation: tuple[TensorList, int] = (TensorList(), 0)
         self._losses: list[float] = []
 
-        self._activations = self.create_publisher(TensorList, activations, TENSORS)
-        self._adapters = self.create_publisher(TensorList, adapters, TENSORS)
+        self._activations = self.create_publisher(TensorList, split.activations_topic, TENSORS)
+        self._adapters = self.create_publisher(TensorList, split.adapters_topic, TENSORS)
         self._gradient_sub = self.create_subscription(
-            TensorList, gradients, self.on_gradient, TENSORS,
+            TensorList, split.gradients_topic, self.on_gradient, TENSORS,
             content_filter_options=ContentFilterOptions("header.frame_id = %0", [f"'{self._robot}'"]))
-        self.create_subscription(TensorList, global_adapter, self.on_global_adapter, LATCHED)
+        self.create_subscription(TensorList, split.global_adapter_topic, self.on_global_adapter, LATCHED)
         self.create_timer(TICK_S, self.tick)
         self._run = {**split.record(), "robot_id": self._robot, "robot_index": robot_index, "robots": robots,
                      "samples": self._samples, "steps_per_round": self._steps,
                      "batch_size": batch_size, "activation_codec": self._activation_codec.spec,
                      "adapter_codec": codec.spec, "error_feedback": feedback, "seed": seed}
         self.get_logger().info(
-            f"robot '{self._robot}': layers [0, {self._cut}) of {split.model}, share {robot_index}/{robots} "
-            f"({self._samples} pairs); waiting for the global adapter on {global_adapter}")
+            f"robot '{self._robot}': layers [0, {split.cut_layer}) of {split.model}, share {robot_index}/{robots} "
+            f"({self._samples} pairs); waiting for the global adapter on {split.global_adapter_topic}")
 
     # -- rounds --------------------------------------------------------------------------------------------------
 
@@ -158,8 +152,8 @@ class RobotTrainerNode(Node):
         self._activation_shape = tuple(activation.shape)
         arrays = {**self._activation_codec.encode(activation).wire("activation"),
                   "targets": batch.targets.to(torch.int32).numpy()}
-        msg, nbytes = pack(self._robot, {"round": self._round, "step": self._step, "cut": self._cut}, arrays,
-                           self.get_clock().now().to_msg())
+        fields = {"round": self._round, "step": self._step, "cut": self._split.cut_layer}
+        msg, nbytes = pack(self._robot, fields, arrays, self.get_clock().now().to_msg())
         self._last_activation = (msg, nbytes)
         self._wait("gradient")
         self._send(self._activations, msg, nbytes, "activation")
@@ -193,7 +187,7 @@ class RobotTrainerNode(Node):
     def send_update(self) -> None:
         trained = self._bottom.trainable_state()
         update = {name: trained[name] - self._base[name] for name in self._shapes}
-        msg, nbytes = pack(self._robot, {"round": self._round, "samples": self._samples, "cut": self._cut},
+        msg, nbytes = pack(self._robot, {"round": self._round, "samples": self._samples, "cut": self._split.cut_layer},
                            encode_state(update, self._adapter_codec), self.get_clock().now().to_msg())
         self._wait("adapter")
         self._send(self._adapters, msg, nbytes, "adapter")

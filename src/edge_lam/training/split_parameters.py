@@ -1,5 +1,5 @@
-"""The parameters both trainers must agree on (model, cut, LoRA) and their learning rate, declared the same way on
-the robot and on the edge."""
+"""The parameters both trainers share, declared the same way on the robot and on the edge: what they must agree on
+(model, cut, LoRA), their learning rate and threads, and the four topics they meet on."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ class SplitParameters:
     cut_layer: int
     lora: LoraSettings
     learning_rate: float
+    num_threads: int
+    activations_topic: str
+    gradients_topic: str
+    adapters_topic: str
+    global_adapter_topic: str
 
     def record(self) -> dict[str, Any]:
         """As the run's record in a ledger names them (the parameter names)."""
@@ -33,7 +38,7 @@ class SplitParameters:
 
 def declare_split(node: Node) -> SplitParameters:
     agree = "robots and edge must agree"
-    return SplitParameters(
+    split = SplitParameters(
         model=declare(node, "model", "smollm2-135m-instruct",
                       f"Model id from the cache, or a transformers folder (with its tokenizer); {agree}."),
         cut_layer=declare(node, "cut_layer", 4,
@@ -45,7 +50,18 @@ def declare_split(node: Node) -> SplitParameters:
                           f"Linear layers inside each decoder layer that get adapters; {agree}.")),
         ),
         learning_rate=declare(node, "learning_rate", 2e-3, "AdamW learning rate of this side's adapters."),
+        num_threads=declare(node, "num_threads", 1, "Torch threads."),
+        activations_topic=declare(node, "activations_topic", "training/activations",
+                                  "Activations, robots to the edge."),
+        gradients_topic=declare(node, "gradients_topic", "training/gradients",
+                                "Gradients, the edge to each robot (header.frame_id names it)."),
+        adapters_topic=declare(node, "adapters_topic", "training/adapters", "Adapter updates, robots to the edge."),
+        global_adapter_topic=declare(node, "global_adapter_topic", "training/global_adapter",
+                                     "The edge's merged adapter, to the robots (latched)."),
     )
+    if split.num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1, got {split.num_threads}")
+    return split
 
 
 def declare_codec(node: Node, name: str, default: str, what: str) -> Codec:
