@@ -36,8 +36,10 @@ class Client(RosClient):
         self.generate_client = self.node.create_client(Generate, "generate")
         self.action_client = ActionClient(self.node, GenerateAction, "generate")
         self.results: list[InferenceResult] = []
+        self.chain_input: list[ChainPacket] = []
         self.chain_output: list[ChainPacket] = []
         self.node.create_subscription(InferenceResult, "results", self.results.append, CONTROL)
+        self.node.create_subscription(ChainPacket, "chain/input", self.chain_input.append, TENSORS)
         self.node.create_subscription(ChainPacket, "chain/output", self.chain_output.append, TENSORS)
         self.requests = self.node.create_publisher(InferenceRequest, "requests", CONTROL)
         self.publishers = {}
@@ -119,17 +121,26 @@ def test_the_gateway_serves_only_once_every_hop_is_connected(processes):
     client = Client(namespace)
     try:
         assert client.generate_client.wait_for_service(timeout_sec=60)
-        # Both ends of the chain are up, the middle shard is not: every request is refused at once, none hangs.
+        # Both ends of the chain are up, the middle shard is not: every request is refused at once, none hangs,
+        # while the gateway's probes go into the chain and none comes back.
         for _ in range(3):
             started = time.monotonic()
             result = client.generate("Hi", max_new_tokens=1)
             assert result.error_code == InferenceResult.ERROR_MODULE_UNAVAILABLE, result.error_message
             assert time.monotonic() - started < 10
-            time.sleep(2)
+            sent = len(probes(client.chain_input))
+            assert client.spin_until(lambda n=sent: len(probes(client.chain_input)) > n, 10), "no probe went out"
+        assert not probes(client.chain_output)
         processes.start(LIB / "shard", *args, "-r", "__node:=middle_shard")
         wait_until_serving(client)
+        assert client.spin_until(lambda: probes(client.chain_output), 10)  # what it waited for
     finally:
         client.close()
+
+
+def probes(packets: list[ChainPacket]) -> list[ChainPacket]:
+    """The gateway's probes among ``packets``: releases of throwaway chain sessions."""
+    return [p for p in packets if p.release and p.session_id.startswith("probe-")]
 
 
 @pytest.fixture(scope="module")
@@ -184,14 +195,26 @@ def test_a_kept_session_continues_and_a_lost_cache_is_rebuilt_by_replay(chain):
     assert reference.error_code == InferenceResult.ERROR_NONE, reference.error_message
 
     # The same conversation again, but the last two shards lose the session's caches before the second turn:
-    # a release sent into the middle of the chain drops it there and downstream only.
+    # a release sent into the middle of the chain drops it there and downstream only (seen once it leaves the head).
     again = client.generate("My robot is called Rolf. Say hello to it.", keep_session=True)
+    client.chain_output.clear()
     client.publish_packet("chain/hidden_10", ChainPacket(session_id=again.session_id, release=True))
-    time.sleep(0.5)
-    replayed = client.generate("What is my robot called?", session_id=again.session_id)
+    assert client.spin_until(lambda: any(p.release and p.session_id == again.session_id
+                                         for p in client.chain_output), 30), "the release did not pass the chain"
+    request_id = f"replayed-{uuid.uuid4().hex[:6]}"
+    replayed = client.generate("What is my robot called?", session_id=again.session_id, request_id=request_id)
     assert replayed.error_code == InferenceResult.ERROR_NONE, replayed.error_message
     assert list(replayed.token_ids) == list(reference.token_ids)
     assert replayed.session_id == ""  # not kept: the session ended with this request
+
+    # The replay, as the chain saw it: the middle shard reported the lost session, and the gateway sent the whole
+    # conversation again from position 0 on a fresh chain session.
+    def seen(packet_of) -> bool:
+        return client.spin_until(lambda: any(packet_of(p) for p in client.chain_output), 30)
+    assert seen(lambda p: p.request_id == request_id and p.session_id == again.session_id
+                and p.error_code == ChainPacket.ERROR_SESSION_LOST and "middle_shard" in p.error_message)
+    assert seen(lambda p: p.request_id == request_id and p.session_id == f"{again.session_id}~1"
+                and p.position == 0 and p.reset and p.error_code == ChainPacket.ERROR_NONE)
 
     unknown = client.generate("Hello", session_id=again.session_id)
     assert unknown.error_code == InferenceResult.ERROR_UNKNOWN_SESSION
