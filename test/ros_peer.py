@@ -4,6 +4,10 @@
     ros_peer.py receive  pkg/msg/Type  TOPIC    take one message and check every field against the sample
     ros_peer.py serve    pkg/srv/Type  SERVICE  answer one call: check the request, reply with the sample response
     ros_peer.py call     pkg/srv/Type  SERVICE  call once with the sample request and check every field of the reply
+    ros_peer.py execute  pkg/action/Type ACTION serve one goal: check it, send the sample feedback until cancelled,
+                                                then the sample result
+    ros_peer.py goal     pkg/action/Type ACTION send the sample goal, cancel it once feedback came, check the
+                                                feedback and the result
 
 Each peer prints one `verdict: ok|mismatch|timeout` line as soon as it knows, before tearing down: Fast DDS can
 deadlock while a participant is deleted (eProsima/Fast-DDS#6502, open), so the teardown is bounded and its outcome
@@ -17,9 +21,12 @@ import faulthandler
 import sys
 
 import rclpy
+from action_msgs.msg import GoalStatus
+from rclpy.action import ActionClient, ActionServer, CancelResponse
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 
 from edge_lam.ros.spin import spin_until
 from message_samples import differences, interface_class, make_sample
@@ -79,6 +86,49 @@ def call(node: Node, cls, name: str) -> int:
     return report("response", differences(make_sample(cls.Response), future.result()))
 
 
+def execute(node: Node, cls, name: str) -> int:
+    found: list[str] = []
+    goals, finished = [], []
+    cancelled = Future()
+
+    async def run(goal):
+        found.extend(differences(make_sample(cls.Goal), goal.request))
+        goals.append(goal)
+        await cancelled  # feedback goes out meanwhile, from the timer: the client cancels once it has some
+        goal.canceled()
+        finished.append(True)
+        return make_sample(cls.Result)
+
+    def cancel(goal) -> CancelResponse:
+        cancelled.set_result(True)
+        return CancelResponse.ACCEPT
+
+    ActionServer(node, cls, name, execute_callback=run, cancel_callback=cancel)
+    node.create_timer(0.1, lambda: goals and not finished and goals[0].publish_feedback(make_sample(cls.Feedback)))
+    if not spin_until(node, lambda: finished):
+        return 2
+    spin_until(node, lambda: False, timeout_s=1.0)  # let the result leave before the process ends
+    return report("goal", found)
+
+
+def goal(node: Node, cls, name: str) -> int:
+    client = ActionClient(node, cls, name)
+    if not client.wait_for_server(timeout_sec=TIMEOUT_S):
+        return 2
+    feedback = []
+    sent = client.send_goal_async(make_sample(cls.Goal), feedback_callback=lambda m: feedback.append(m.feedback))
+    if not spin_until(node, sent.done) or not sent.result().accepted or not spin_until(node, lambda: feedback):
+        return 2
+    cancel, result = sent.result().cancel_goal_async(), sent.result().get_result_async()
+    if not spin_until(node, lambda: cancel.done() and result.done()):
+        return 2
+    found = differences(make_sample(cls.Feedback), feedback[0]) + differences(make_sample(cls.Result),
+                                                                               result.result().result)
+    if result.result().status != GoalStatus.STATUS_CANCELED:
+        found.append(f"status: {result.result().status} != {GoalStatus.STATUS_CANCELED} (canceled)")
+    return report("feedback and result", found)
+
+
 def main() -> int:
     # A peer that is still alive well after its own time-outs is stuck in native code: say where, and end.
     faulthandler.dump_traceback_later(TIMEOUT_S + 15, exit=True)
@@ -87,7 +137,8 @@ def main() -> int:
     with rclpy.init():
         node = rclpy.create_node(f"peer_{mode}")
         print(f"{mode} {type_name} on {name}: started", flush=True)
-        rc = {"publish": publish, "receive": receive, "serve": serve, "call": call}[mode](node, cls, name)
+        modes = {"publish": publish, "receive": receive, "serve": serve, "call": call, "execute": execute, "goal": goal}
+        rc = modes[mode](node, cls, name)
         print(f"verdict: {VERDICTS[rc]}", flush=True)
         faulthandler.cancel_dump_traceback_later()
         faulthandler.dump_traceback_later(TEARDOWN_S, exit=True)

@@ -9,9 +9,12 @@ import uuid
 
 import numpy as np
 import pytest
+from action_msgs.msg import GoalStatus
 from ament_index_python.packages import get_package_prefix
+from edge_lam_msgs.action import Generate as GenerateAction
 from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
 from edge_lam_msgs.srv import Generate
+from rclpy.action import ActionClient
 
 from conftest import REPO, REPORTED, Processes, finish
 from edge_lam.ros.qos import CONTROL, TENSORS
@@ -31,9 +34,12 @@ class Client(RosClient):
     def __init__(self, namespace: str) -> None:
         super().__init__("chain_test_client", namespace)
         self.generate_client = self.node.create_client(Generate, "generate")
+        self.action_client = ActionClient(self.node, GenerateAction, "generate")
         self.results: list[InferenceResult] = []
+        self.chain_input: list[ChainPacket] = []
         self.chain_output: list[ChainPacket] = []
         self.node.create_subscription(InferenceResult, "results", self.results.append, CONTROL)
+        self.node.create_subscription(ChainPacket, "chain/input", self.chain_input.append, TENSORS)
         self.node.create_subscription(ChainPacket, "chain/output", self.chain_output.append, TENSORS)
         self.requests = self.node.create_publisher(InferenceRequest, "requests", CONTROL)
         self.publishers = {}
@@ -47,6 +53,22 @@ class Client(RosClient):
         future = self.generate_client.call_async(call)
         assert self.spin_until(future.done, 120), "the gateway did not answer"
         return future.result().result
+
+    def send_goal(self, request: InferenceRequest, feedback: list[InferenceResult]):
+        """Send a goal of the generate action; its feedback chunks are appended to ``feedback`` as they come."""
+        assert self.action_client.wait_for_server(timeout_sec=30), "no generate action"
+        future = self.action_client.send_goal_async(GenerateAction.Goal(request=request),
+                                                    feedback_callback=lambda m: feedback.append(m.feedback.chunk))
+        assert self.spin_until(future.done, 30), "the gateway did not answer the goal"
+        handle = future.result()
+        assert handle.accepted
+        return handle
+
+    def goal_result(self, handle) -> tuple[int, InferenceResult]:
+        """The goal's status and its result (the whole answer)."""
+        future = handle.get_result_async()
+        assert self.spin_until(future.done, 120), "the goal got no result"
+        return future.result().status, future.result().result.result
 
     def publish_packet(self, topic: str, packet: ChainPacket) -> None:
         if topic not in self.publishers:
@@ -99,17 +121,26 @@ def test_the_gateway_serves_only_once_every_hop_is_connected(processes):
     client = Client(namespace)
     try:
         assert client.generate_client.wait_for_service(timeout_sec=60)
-        # Both ends of the chain are up, the middle shard is not: every request is refused at once, none hangs.
+        # Both ends of the chain are up, the middle shard is not: every request is refused at once, none hangs,
+        # while the gateway's probes go into the chain and none comes back.
         for _ in range(3):
             started = time.monotonic()
             result = client.generate("Hi", max_new_tokens=1)
             assert result.error_code == InferenceResult.ERROR_MODULE_UNAVAILABLE, result.error_message
             assert time.monotonic() - started < 10
-            time.sleep(2)
+            sent = len(probes(client.chain_input))
+            assert client.spin_until(lambda n=sent: len(probes(client.chain_input)) > n, 10), "no probe went out"
+        assert not probes(client.chain_output)
         processes.start(LIB / "shard", *args, "-r", "__node:=middle_shard")
         wait_until_serving(client)
+        assert client.spin_until(lambda: probes(client.chain_output), 10)  # what it waited for
     finally:
         client.close()
+
+
+def probes(packets: list[ChainPacket]) -> list[ChainPacket]:
+    """The gateway's probes among ``packets``: releases of throwaway chain sessions."""
+    return [p for p in packets if p.release and p.session_id.startswith("probe-")]
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +195,26 @@ def test_a_kept_session_continues_and_a_lost_cache_is_rebuilt_by_replay(chain):
     assert reference.error_code == InferenceResult.ERROR_NONE, reference.error_message
 
     # The same conversation again, but the last two shards lose the session's caches before the second turn:
-    # a release sent into the middle of the chain drops it there and downstream only.
+    # a release sent into the middle of the chain drops it there and downstream only (seen once it leaves the head).
     again = client.generate("My robot is called Rolf. Say hello to it.", keep_session=True)
+    client.chain_output.clear()
     client.publish_packet("chain/hidden_10", ChainPacket(session_id=again.session_id, release=True))
-    time.sleep(0.5)
-    replayed = client.generate("What is my robot called?", session_id=again.session_id)
+    assert client.spin_until(lambda: any(p.release and p.session_id == again.session_id
+                                         for p in client.chain_output), 30), "the release did not pass the chain"
+    request_id = f"replayed-{uuid.uuid4().hex[:6]}"
+    replayed = client.generate("What is my robot called?", session_id=again.session_id, request_id=request_id)
     assert replayed.error_code == InferenceResult.ERROR_NONE, replayed.error_message
     assert list(replayed.token_ids) == list(reference.token_ids)
     assert replayed.session_id == ""  # not kept: the session ended with this request
+
+    # The replay, as the chain saw it: the middle shard reported the lost session, and the gateway sent the whole
+    # conversation again from position 0 on a fresh chain session.
+    def seen(packet_of) -> bool:
+        return client.spin_until(lambda: any(packet_of(p) for p in client.chain_output), 30)
+    assert seen(lambda p: p.request_id == request_id and p.session_id == again.session_id
+                and p.error_code == ChainPacket.ERROR_SESSION_LOST and "middle_shard" in p.error_message)
+    assert seen(lambda p: p.request_id == request_id and p.session_id == f"{again.session_id}~1"
+                and p.position == 0 and p.reset and p.error_code == ChainPacket.ERROR_NONE)
 
     unknown = client.generate("Hello", session_id=again.session_id)
     assert unknown.error_code == InferenceResult.ERROR_UNKNOWN_SESSION
@@ -193,6 +236,72 @@ def test_bad_requests_get_an_error_result(chain, fields, code, message):
     result = client.generate(**fields)
     assert result.final and result.error_code == code and message in result.error_message
     assert result.finish_reason == "error"
+
+
+def goal_request(prompt: str, max_new_tokens: int = MAX_NEW) -> InferenceRequest:
+    request = InferenceRequest(request_id=f"goal-{uuid.uuid4().hex[:6]}", prompt=prompt)
+    request.options.max_new_tokens = max_new_tokens
+    return request
+
+
+def test_the_generate_action_streams_each_chunk_as_feedback(chain):
+    _, client = chain
+    feedback: list[InferenceResult] = []
+    status, result = client.goal_result(client.send_goal(goal_request(PROMPTS[2]), feedback))
+    assert status == GoalStatus.STATUS_SUCCEEDED
+    assert result.final and result.error_code == InferenceResult.ERROR_NONE and result.finish_reason in ("stop",
+                                                                                                          "length")
+    assert client.spin_until(lambda: any(c.final for c in feedback), 30), "the last chunk never came as feedback"
+    assert [c.chunk_index for c in feedback] == list(range(len(feedback)))
+    assert [c.final for c in feedback].count(True) == 1 and feedback[-1].final
+    assert all(len(c.token_ids) == 1 for c in feedback[:-1])
+    assert [t for c in feedback for t in c.token_ids] == list(result.token_ids)
+    assert "".join(c.text for c in feedback) == result.text
+    assert list(client.generate(PROMPTS[2]).token_ids) == list(result.token_ids)  # as the service answers
+
+
+def test_cancelling_the_generate_action_stops_it_at_once_and_releases_its_session(chain, reference):
+    _, client = chain
+    feedback: list[InferenceResult] = []
+    request = goal_request("Write a long story about a robot that learns to paint.", max_new_tokens=400)
+    client.chain_output.clear()
+    handle = client.send_goal(request, feedback)
+    assert client.spin_until(lambda: len(feedback) >= 3, 60), "no tokens came"
+    cancelling = handle.cancel_goal_async()
+    assert client.spin_until(cancelling.done, 30)
+    assert [bytes(g.goal_id.uuid) for g in cancelling.result().goals_canceling] == [bytes(handle.goal_id.uuid)]
+    status, result = client.goal_result(handle)
+    assert status == GoalStatus.STATUS_CANCELED
+    assert result.final and result.finish_reason == "cancelled" and result.error_code == InferenceResult.ERROR_NONE
+    generated = len(result.token_ids)
+    assert 3 <= generated < 400
+
+    # The shards got the release of its session, after the step that was in flight: the gateway had sent step
+    # `generated` and its token came back, too late to be given.
+    session = feedback[0].session_id
+    assert client.spin_until(lambda: any(p.release and p.session_id == session for p in client.chain_output), 30)
+    late = [p for p in client.chain_output if p.request_id == request.request_id and not p.release]
+    assert late[-1].step == generated and not late[-1].error_code
+
+    # The gateway serves the next request as usual; by its answer it has long seen that late packet, and nothing
+    # more came for the cancelled goal: one final chunk, the last, with the tokens of the result.
+    answer = client.generate(PROMPTS[1])
+    assert answer.error_code == InferenceResult.ERROR_NONE
+    assert list(answer.token_ids)[:3] == reference[PROMPTS[1]][:3]
+    assert client.spin_until(lambda: any(c.final for c in feedback), 30)
+    assert [c.final for c in feedback].count(True) == 1 and feedback[-1].final
+    assert feedback[-1].finish_reason == "cancelled"
+    assert [t for c in feedback for t in c.token_ids] == list(result.token_ids)
+    assert not [r for r in client.results if r.request_id == request.request_id]  # a goal's answer goes to the goal
+
+
+def test_a_bad_goal_gets_an_error_result(chain):
+    _, client = chain
+    feedback: list[InferenceResult] = []
+    status, result = client.goal_result(client.send_goal(goal_request("", max_new_tokens=10**6), feedback))
+    assert status == GoalStatus.STATUS_ABORTED
+    assert result.final and result.error_code == InferenceResult.ERROR_BAD_REQUEST
+    assert result.finish_reason == "error" and "empty request" in result.error_message
 
 
 def malformed(kind: str) -> ChainPacket:

@@ -55,7 +55,9 @@ def test_requests_in_flight_survive_a_killed_shard(processes, reference):
         processes.start(LIB / "shard", *ns, "-r", "__node:=back", *back)  # a replacement, as a coordinator would
         finals = lambda: [r for r in results if r.final and r.request_id in ids]  # noqa: E731
         assert client.spin_until(lambda: len(finals()) >= len(ids), 180), "not every request was answered"
-        client.spin_for(1.0)
+        # Results come in order on one topic: once a request sent now is answered, any second final of those
+        # before it would have come too.
+        assert client.spin_until(lambda: _probe(client, requests, results), 60), "the gateway stopped serving"
     finally:
         client.close()
     assert sorted(r.request_id for r in finals()) == sorted(ids), "a request got more or fewer than one final"

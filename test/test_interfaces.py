@@ -1,4 +1,5 @@
-"""Every edge_lam_msgs interface crosses between two real processes over Fast DDS with every field intact."""
+"""Every edge_lam_msgs interface (messages, services, actions) crosses between two real processes over Fast DDS with
+every field intact."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from conftest import REPORTED, finish
 SHARE = pathlib.Path(get_package_share_directory("edge_lam_msgs"))
 MESSAGES = sorted(f"edge_lam_msgs/msg/{p.stem}" for p in (SHARE / "msg").glob("*.msg"))
 SERVICES = sorted(f"edge_lam_msgs/srv/{p.stem}" for p in (SHARE / "srv").glob("*.srv"))
+ACTIONS = sorted(f"edge_lam_msgs/action/{p.stem}" for p in (SHARE / "action").glob("*.action"))
 
 
 def test_the_interfaces_the_design_names_are_installed():
     names = {name.rsplit("/", 1)[1] for name in MESSAGES + SERVICES}
+    assert [name.rsplit("/", 1)[1] for name in ACTIONS] == ["Generate"]
     assert {
         "SemanticTokens", "Tensor", "TensorList", "ComputeAdvert", "ModuleAssignment", "PlacementPlan",
         "InferenceRequest", "InferenceResult", "LoadModule", "UnloadModule",
@@ -49,6 +52,15 @@ def test_service_call_crosses_processes_intact(processes, type_name):
     name = "/test_interfaces/" + type_name.rsplit("/", 1)[1].lower()
     server = processes.python("ros_peer.py", "serve", type_name, name)
     client = processes.python("ros_peer.py", "call", type_name, name)
+    found, outputs = verdicts(("client", client), ("server", server))
+    assert found == ("ok", "ok"), outputs
+
+
+@pytest.mark.parametrize("type_name", ACTIONS)
+def test_action_goal_feedback_cancel_and_result_cross_processes_intact(processes, type_name):
+    name = "/test_interfaces/" + type_name.rsplit("/", 1)[1].lower()
+    server = processes.python("ros_peer.py", "execute", type_name, name)
+    client = processes.python("ros_peer.py", "goal", type_name, name)
     found, outputs = verdicts(("client", client), ("server", server))
     assert found == ("ok", "ok"), outputs
 

@@ -1,6 +1,6 @@
-"""The pure core of the gateway: checking requests, building prompt tokens, and streaming text with stop strings.
+"""The gateway's text parts: checking requests, building prompt tokens, and streaming text with stop strings.
 
-No ROS here: the gateway node feeds these with message fields and sends what they return.
+No ROS here: the gateway core (``edge_lam.chain.gateway``) calls these with its requests' values.
 """
 
 from __future__ import annotations

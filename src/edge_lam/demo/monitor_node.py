@@ -12,11 +12,13 @@ from collections.abc import Callable
 from edge_lam_msgs.msg import ComputeAdvert, InferenceRequest, InferenceResult, PlacementPlan, Report, SemanticTokens
 from rclpy.node import Node
 
+from edge_lam.chain.requests import Options, Request
 from edge_lam.demo.graph import FLEET_NAMESPACE, DemoConfig
 from edge_lam.demo.summary import DemoRecords, PlacedModule, PlanRecord, ReportRecord
 from edge_lam.ros.qos import ADVERTS_READER, CONTROL, LATCHED, TOKENS
 from edge_lam.wire.chain import from_stage_msgs
 from edge_lam.wire.fleet import from_advert_msg, plan_assignments
+from edge_lam.wire.requests import to_request_msg
 
 __all__ = ["DemoMonitor", "format_plan", "format_report"]
 
@@ -112,9 +114,8 @@ class DemoMonitor(Node):
             return True
         waiting = any(r is None for r in self._warmups.values())
         if time.monotonic() - self._last_warmup > (10.0 if waiting else 2.0):
-            request = InferenceRequest(request_id=f"warmup-{len(self._warmups)}", prompt="Hello")
-            request.options.max_new_tokens = 1
+            request = Request(f"warmup-{len(self._warmups)}", prompt="Hello", options=Options(max_new_tokens=1))
             self._warmups[request.request_id] = None
             self._last_warmup = time.monotonic()
-            self._requests.publish(request)
+            self._requests.publish(to_request_msg(request))
         return False

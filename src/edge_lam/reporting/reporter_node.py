@@ -20,12 +20,14 @@ from edge_lam_msgs.msg import Vocabulary as VocabularyMsg
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from edge_lam.chain.requests import Options, Request
 from edge_lam.encoders.tokens import Vocabulary
 from edge_lam.reporting.timings import report_timings
 from edge_lam.reporting.verbalize import DEFAULT_INSTRUCTION, Observation, report_prompt
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import CONTROL, TOKENS, VOCABULARIES
 from edge_lam.wire.chain import from_stage_msgs, to_stage_msgs
+from edge_lam.wire.requests import to_request_msg
 from edge_lam.wire.tokens import from_semantic_tokens, from_vocabulary_msg
 
 
@@ -33,7 +35,7 @@ from edge_lam.wire.tokens import from_semantic_tokens, from_vocabulary_msg
 class Pending:
     """The request in flight, with what the report will say about where it came from."""
 
-    request: InferenceRequest
+    request: Request
     sent: float
     robot_id: str
     sources: list[str]
@@ -105,18 +107,16 @@ class ReporterNode(Node):
             self.get_logger().warning(f"no gateway on {self._requests.topic_name} yet; waiting",
                                       throttle_duration_sec=30.0)
             return
-        request = InferenceRequest()
-        request.header.stamp = self.get_clock().now().to_msg()
-        request.request_id = f"report-{uuid.uuid4().hex[:8]}"
-        request.prompt = report_prompt([observation for observation, _ in found], self._instruction)
-        request.options.max_new_tokens = self._max_new_tokens
+        request = Request(f"report-{uuid.uuid4().hex[:8]}",
+                          prompt=report_prompt([observation for observation, _ in found], self._instruction),
+                          options=Options(max_new_tokens=self._max_new_tokens))
         encode_s: dict[str, float] = {}
         for _, msg in found:
             encode_s[msg.modality] = max(encode_s.get(msg.modality, 0.0), msg.encode_seconds)
         self._pending = Pending(request, time.monotonic(), found[0][1].robot_id,
                                 sorted(f"{o.modality}/{o.sensor}" for o, _ in found), encode_s)
         self._reported_up_to = newest
-        self._requests.publish(request)
+        self._requests.publish(to_request_msg(request, self.get_clock().now().to_msg()))
 
     def collect(self, msg: InferenceResult) -> None:
         pending = self._pending

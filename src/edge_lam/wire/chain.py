@@ -1,17 +1,21 @@
-"""ChainPacket and StageTiming messages to and from the plain values the chain cores work with."""
+"""ChainPacket, GenerationOptions and StageTiming messages to and from the plain values the chain cores work with."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
+from builtin_interfaces.msg import Time
 from edge_lam_msgs.msg import ChainPacket, GenerationOptions, StageTiming
 
+from edge_lam.chain.requests import ChainError, ChainOutput, ChainStep, Options
 from edge_lam.descriptors import Stage
 from edge_lam.model.sampling import Sampling
-from edge_lam.wire.tensors import TensorError, to_msg, to_torch
+from edge_lam.wire.tensors import TensorError, to_msg, to_numpy, to_torch
 
-__all__ = ["fail", "from_stage_msgs", "packet_bytes", "packet_tensors", "put_tensors", "sampling", "to_stage_msgs"]
+__all__ = ["fail", "from_options_msg", "from_output_msg", "from_stage_msgs", "packet_bytes", "packet_tensors",
+           "put_tensors", "sampling", "to_options_msg", "to_stage_msgs", "to_step_msg"]
 
 
 def packet_tensors(packet: ChainPacket) -> dict[str, torch.Tensor]:
@@ -36,6 +40,48 @@ def packet_bytes(packet: ChainPacket) -> int:
 
 def sampling(options: GenerationOptions) -> Sampling:
     return Sampling(options.do_sample, options.temperature, options.top_p, options.seed)
+
+
+def to_options_msg(options: Options) -> GenerationOptions:
+    return GenerationOptions(max_new_tokens=options.max_new_tokens, do_sample=options.do_sample,
+                             temperature=options.temperature, top_p=options.top_p, seed=options.seed,
+                             stop=list(options.stop), apply_chat_template=options.apply_chat_template)
+
+
+def from_options_msg(msg: GenerationOptions) -> Options:
+    return Options(msg.max_new_tokens, msg.do_sample, msg.temperature, msg.top_p, msg.seed, tuple(msg.stop),
+                   msg.apply_chat_template)
+
+
+def to_step_msg(step: ChainStep, stamp: Time) -> ChainPacket:
+    """The packet for the chain's first module: ``input_ids`` int64 [1, T], or no tensor for a release."""
+    packet = ChainPacket(request_id=step.request_id, session_id=step.session_id, step=step.step,
+                         position=step.position, reset=step.reset, release=step.release,
+                         options=to_options_msg(step.options))
+    packet.header.stamp = stamp
+    if step.input_ids:
+        packet.tensors = [to_msg(np.asarray([step.input_ids], dtype=np.int64), "input_ids")]
+    return packet
+
+
+def from_output_msg(packet: ChainPacket) -> ChainOutput:
+    """What the chain's last module sent: its next token, or in ``problem`` why the packet has none."""
+    next_token, problem = None, ""
+    names = [t.name for t in packet.tensors]
+    if "next_token" not in names:
+        problem = f"the chain's last module sent {sorted(names)}, not next_token"
+    else:
+        try:
+            next_token = int(to_numpy(packet.tensors[names.index("next_token")]).reshape(-1)[0])
+        except (TensorError, IndexError) as err:
+            problem = f"the chain's last module sent a malformed next_token: {err or 'no element'}"
+    try:
+        error = ChainError(packet.error_code)
+    except ValueError:  # a code this gateway does not know is still an error
+        error = ChainError.INTERNAL
+    return ChainOutput(packet.request_id, packet.session_id, packet.step, packet.release,
+                       error, packet.error_message, next_token, problem,
+                       tuple(from_stage_msgs(packet.timings)))
 
 
 def fail(packet: ChainPacket, code: int, message: str) -> ChainPacket:

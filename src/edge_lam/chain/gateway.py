@@ -1,0 +1,397 @@
+"""The gateway's logic: sessions, jobs, step scheduling, replay, probes and failover, with no ROS.
+
+Events go in (a request, a packet from the chain's last module, a new placement plan, a cancel, the time) and every
+call returns the actions they cause, in order: chain steps to send, results to deliver and log lines. Every call takes
+``now`` (monotonic seconds): there is no clock in here, so tests drive it on a fake one.
+
+Each request gets exactly one final result: the answer, or an error with its reason. A session whose caches a shard
+lost is replayed once from its tokens; a session after any other failure is replayed on its next request.
+
+The gateway serves only once a probe (a release of a throwaway chain session, which every module passes on) has
+come back through the whole chain: a packet sent before every hop's writer has matched its reader would be lost.
+
+Failover: when a step gets no answer in ``step_s`` (a module's host died) or a new placement plan arrives, the core
+probes the chain again and, once a probe comes back, replays each request in flight from its tokens on a fresh chain
+session (``<session>~N``; late packets of the old one are recognised and dropped), up to ``max_retries`` timeouts per
+request. Requests that arrive meanwhile wait for the chain; any that waits longer than ``failover_s`` gets an error.
+
+A cancelled request ends at once with finish reason ``cancelled`` and the tokens it had; its chain session is
+released, so the shards drop its caches, and packets still on their way for it are dropped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from transformers import AutoConfig, GenerationConfig
+
+from edge_lam.chain.generation import Conversation, Limits, TextStream, check_request, prompt_ids
+from edge_lam.chain.requests import (
+    CANCELLED,
+    ChainError,
+    ChainOutput,
+    ChainStep,
+    Log,
+    Request,
+    Result,
+    ResultError,
+)
+from edge_lam.descriptors import Stage
+from edge_lam.model.loading import load_tokenizer, model_path
+
+__all__ = ["PROBE_INTERVAL_S", "Action", "GatewayCore", "Timeouts"]
+
+Action = ChainStep | Result | Log
+PROBE_INTERVAL_S = 1.0  # how often to send a probe through the chain while it is not known to be connected
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long the gateway waits for the chain, and how many step timeouts a request survives by replaying."""
+
+    step_s: float = 60.0  # a step with no answer after this long: probe the chain, then replay (or fail)
+    max_retries: int = 3  # step timeouts a request survives by replaying
+    failover_s: float = 60.0  # how long a request waits for the chain to be connected again
+    session_idle_s: float = 600.0  # forget a kept session after this long unused
+
+
+@dataclass
+class SessionState:
+    conversation: Conversation = field(default_factory=Conversation)
+    keep: bool = False
+    busy: bool = False
+    needs_reset: bool = False
+    attempt: int = 0  # chain sessions used so far; the chain knows this session as chain_session_id()
+    last_used: float = 0.0
+    pending: deque[Job] = field(default_factory=deque)
+
+    def chain_session_id(self, session_id: str) -> str:
+        return session_id if self.attempt == 0 else f"{session_id}~{self.attempt}"
+
+
+@dataclass(eq=False)  # a job is itself, whatever its fields say
+class Job:
+    request: Request
+    session_id: str
+    stream: TextStream
+    started: float
+    reply_to: object = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+    in_flight: list[int] = field(default_factory=list)  # ids sent in the current step, not yet in the caches
+    step: int = 0
+    chunks: int = 0
+    sent_at: float | None = None  # when the step in flight was sent; None when none is
+    first_token_at: float | None = None
+    replayed: bool = False
+    retries: int = 0  # step timeouts survived by replaying
+    waiting_since: float | None = None  # waiting for the chain to be connected again before (re)sending
+    module_seconds: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+
+
+class GatewayCore:
+    """Serves requests for ``model_id`` over a chain: one call per event, the actions it causes returned."""
+
+    def __init__(self, tokenizer, model_id: str, limits: Limits, eos: Iterable[int],
+                 timeouts: Timeouts = Timeouts()) -> None:
+        self._tokenizer = tokenizer
+        self._model_id = model_id
+        self._limits = limits
+        self._eos = frozenset(eos)
+        self._timeouts = timeouts
+        self._jobs: dict[str, Job] = {}
+        self._sessions: dict[str, SessionState] = {}
+        self._chain_ready = False
+        self._ever_ready = False
+        self._plan: tuple[str, int] | None = None
+        self._probe_prefix = f"probe-{uuid.uuid4().hex[:8]}-"  # chain session ids of this gateway's probes
+        self._probe_sent_at: float | None = None
+        self._out: list[Action] = []
+
+    @classmethod
+    def for_model(cls, model: str, max_new_tokens: int, max_context_tokens: int,
+                  timeouts: Timeouts = Timeouts()) -> GatewayCore:
+        """A core for a model id or folder: its tokenizer, vocabulary, context length and end-of-sequence tokens."""
+        path = model_path(model)
+        config = AutoConfig.from_pretrained(path).get_text_config(decoder=True)
+        tokenizer = load_tokenizer(model)
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+        eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+        limits = Limits(config.vocab_size, max_new_tokens, min(max_context_tokens, config.max_position_embeddings))
+        return cls(tokenizer, model, limits, eos_ids, timeouts)
+
+    # -- events ---------------------------------------------------------------------------------------------------
+
+    def request(self, request: Request, now: float, reply_to: object = None) -> list[Action]:
+        """Accept a request: answer at once if it is bad, else start it or queue it behind its session's.
+
+        Every result of the request carries ``reply_to``.
+        """
+        if not request.request_id:
+            request = replace(request, request_id=uuid.uuid4().hex)
+        error = self._refuse(request)
+        if error:
+            self._log("warning", f"request {request.request_id} refused: {error[1]}")
+            self._out.append(Result(request.request_id, final=True, finish_reason="error", error_code=error[0],
+                                    error_message=error[1], reply_to=reply_to))
+            return self._take()
+        session_id = request.session_id or uuid.uuid4().hex
+        session = self._sessions.setdefault(session_id, SessionState(last_used=now))
+        session.keep = request.keep_session
+        job = Job(request, session_id, TextStream(self._tokenizer, list(request.options.stop)), now, reply_to)
+        self._jobs[request.request_id] = job
+        if session.busy:
+            session.pending.append(job)
+        else:
+            self._start(job, now)
+        return self._take()
+
+    def chain_output(self, output: ChainOutput, now: float) -> list[Action]:
+        """A packet from the chain's last module: a returning probe, the next token of a step, or an error."""
+        if output.release:
+            if output.session_id.startswith(self._probe_prefix) and not self._chain_ready:
+                self._chain_ready = self._ever_ready = True
+                self._log("info", "the chain is connected end to end: serving")
+                self._resume(now)
+            return self._take()
+        job = self._jobs.get(output.request_id)
+        session = self._sessions[job.session_id] if job is not None else None
+        if job is None or job.waiting_since is not None or output.step != job.step \
+                or output.session_id != session.chain_session_id(job.session_id):
+            self._log("warning", f"chain output for request '{output.request_id}' step {output.step} that is not "
+                      "awaited" + (f": {output.error_message}" if output.error_code else ""))
+            return self._take()
+        if output.error_code:
+            self._chain_failed(job, output, now)
+            return self._take()
+        for timing in output.timings:
+            job.module_seconds[(timing.stage, timing.host_id)] += timing.seconds
+        if output.next_token is None:
+            self._finish(job, now, "error", (ResultError.INTERNAL, output.problem))
+        else:
+            self._advance(job, output.next_token, now)
+        return self._take()
+
+    def plan(self, key: tuple[str, int], now: float) -> list[Action]:
+        """A placement plan (plan_id, version): a new one moves modules, so probe the chain and hold what is in
+        flight until a probe is back, then replay it."""
+        if key == self._plan:
+            return []
+        first, self._plan = self._plan is None, key
+        if first:  # the plan in force when this gateway started: the first probe covers it
+            return []
+        self._log("info", f"placement plan {key[0][:8]} v{key[1]}: probing the chain again")
+        self._chain_ready, self._probe_sent_at = False, None
+        for job in self._jobs.values():
+            if job.sent_at is not None:
+                self._hold(job, now)
+        return self._take()
+
+    def cancel(self, request_id: str, now: float) -> list[Action]:
+        """End a request at once with what it has so far; nothing when it is not being answered."""
+        job = self._jobs.get(request_id)
+        if job is None:
+            return []
+        session = self._sessions[job.session_id]
+        if job in session.pending:  # queued behind its session's request: nothing of it reached the chain
+            session.pending.remove(job)
+            del self._jobs[request_id]
+            self._out.append(self._final(job, now, CANCELLED, None, session))
+        else:
+            self._finish(job, now, CANCELLED)
+        self._log("info", f"request {request_id} cancelled after {len(job.stream.ids)} tokens")
+        return self._take()
+
+    def tick(self, now: float) -> list[Action]:
+        """Time passed: time out steps, fail requests that waited too long, probe, and expire idle sessions."""
+        timeouts = self._timeouts
+        for job in [j for j in self._jobs.values() if j.sent_at is not None and now - j.sent_at > timeouts.step_s]:
+            reason = f"step {job.step} got no answer from the chain in {timeouts.step_s} s"
+            self._chain_ready = False  # a module may be gone: probe before serving again
+            if job.retries < timeouts.max_retries:
+                job.retries += 1
+                self._log("warning", f"request {job.request.request_id}: {reason}; retrying once the chain is "
+                          f"connected (retry {job.retries} of {timeouts.max_retries})")
+                self._hold(job, now)
+            else:
+                self._finish(job, now, "error", (ResultError.TIMEOUT, reason))
+        for job in [j for j in self._jobs.values()
+                    if j.waiting_since is not None and now - j.waiting_since > timeouts.failover_s]:
+            self._finish(job, now, "error", (ResultError.MODULE_UNAVAILABLE,
+                                             f"the chain was not connected again within {timeouts.failover_s} s"))
+        if not self._chain_ready and (self._probe_sent_at is None or now - self._probe_sent_at > PROBE_INTERVAL_S):
+            self._probe_sent_at = now
+            self._out.append(ChainStep(self._probe_prefix + uuid.uuid4().hex, release=True))
+        for session_id in [sid for sid, s in self._sessions.items()
+                           if not s.busy and not s.pending and now - s.last_used > timeouts.session_idle_s]:
+            self._log("info", f"session {session_id} expired (idle)")
+            self._release(session_id)
+        return self._take()
+
+    # -- serving --------------------------------------------------------------------------------------------------
+
+    def _refuse(self, request: Request) -> tuple[ResultError, str] | None:
+        options = request.options
+        reason = check_request(request.prompt, list(request.input_token_ids), options.max_new_tokens,
+                               options.do_sample, options.temperature, options.top_p, self._limits)
+        if reason:
+            return ResultError.BAD_REQUEST, reason
+        if request.model_id and request.model_id != self._model_id:
+            return ResultError.BAD_REQUEST, f"this gateway serves '{self._model_id}', not '{request.model_id}'"
+        if request.request_id in self._jobs:
+            return ResultError.BAD_REQUEST, f"request_id '{request.request_id}' is already being answered"
+        if request.session_id and request.session_id not in self._sessions:
+            return ResultError.UNKNOWN_SESSION, f"no session '{request.session_id}' (never made, or expired)"
+        if not self._chain_ready and not self._ever_ready:
+            return ResultError.MODULE_UNAVAILABLE, "the chain is not connected end to end (yet)"
+        return None
+
+    def _start(self, job: Job, now: float) -> None:
+        session = self._sessions[job.session_id]
+        session.busy = True
+        if not self._chain_ready:  # failing over: start once the chain is back
+            job.waiting_since = now
+            return
+        request, conversation = job.request, session.conversation
+        ids, job.messages = prompt_ids(self._tokenizer, conversation, request.prompt, list(request.input_token_ids),
+                                       request.options.apply_chat_template)
+        if len(ids) + request.options.max_new_tokens > self._limits.max_context_tokens:
+            self._finish(job, now, "error", (ResultError.BAD_REQUEST,
+                                             f"{len(ids)} prompt tokens and {request.options.max_new_tokens} new "
+                                             f"ones exceed the context of {self._limits.max_context_tokens}"))
+            return
+        held = conversation.tokens
+        # Replay from the start when the caches may be stale, when the new tokens do not extend what they hold, or
+        # when there is nothing new to feed (the last token's logits are not kept).
+        if session.needs_reset or ids[:len(held)] != held or len(ids) == len(held):
+            conversation.tokens = []
+            self._send(job, now, ids, position=0, reset=True)
+        else:
+            self._send(job, now, ids[len(held):], position=len(held), reset=False)
+        session.needs_reset = False
+
+    def _send(self, job: Job, now: float, ids: list[int], position: int, reset: bool) -> None:
+        job.in_flight = list(ids)
+        chain_session = self._sessions[job.session_id].chain_session_id(job.session_id)
+        self._out.append(ChainStep(chain_session, job.request.request_id, job.step, position, reset,
+                                   input_ids=tuple(ids), options=job.request.options))
+        job.sent_at = now
+
+    def _advance(self, job: Job, token: int, now: float) -> None:
+        session = self._sessions[job.session_id]
+        session.conversation.tokens += job.in_flight
+        job.in_flight = []
+        if job.first_token_at is None:
+            job.first_token_at = now
+        text = job.stream.push(token)
+        job.step += 1
+        chunk = Result(job.request.request_id, self._next_chunk(job), (token,), text, session_id=job.session_id,
+                       reply_to=job.reply_to)
+        if token in self._eos:
+            reason = "stop"
+        elif job.stream.stopped:
+            reason = "stop_string"
+        elif len(job.stream.ids) >= job.request.options.max_new_tokens:
+            reason = "length"
+        else:
+            reason = None  # the chain starts on the next token before this one's chunk goes out
+            self._send(job, now, [token], position=len(session.conversation.tokens), reset=False)
+        self._out.append(chunk)
+        if reason is not None:
+            self._finish(job, now, reason)
+
+    def _finish(self, job: Job, now: float, reason: str, error: tuple[ResultError, str] | None = None) -> None:
+        session = self._sessions[job.session_id]
+        if error or reason == CANCELLED:  # the caches may hold more, or less, than the conversation says
+            session.needs_reset = True
+        if error:
+            self._log("error", f"request {job.request.request_id} failed: {error[1]}")
+        elif reason != CANCELLED and job.messages:
+            session.conversation.messages = [*job.messages, {"role": "assistant", "content": job.stream.text}]
+        result = self._final(job, now, reason, error, session)
+        self._out.append(result)
+        if not error and reason != CANCELLED:
+            self._log("info", f"request {job.request.request_id}: {len(job.stream.ids)} tokens in "
+                      f"{now - job.started:.2f} s ({reason}), first after {result.time_to_first_token_s:.3f} s")
+        del self._jobs[job.request.request_id]
+        session.busy, session.last_used = False, now
+        if session.pending:
+            self._start(session.pending.popleft(), now)
+        elif not session.keep:
+            self._release(job.session_id)
+        elif reason == CANCELLED:  # kept: its caches go now, its next request replays the conversation
+            self._send_release(session.chain_session_id(job.session_id))
+
+    def _final(self, job: Job, now: float, reason: str, error: tuple[ResultError, str] | None,
+               session: SessionState) -> Result:
+        code, message = error or (ResultError.NONE, "")
+        return Result(
+            job.request.request_id, self._next_chunk(job), text="" if error else job.stream.flush(), final=True,
+            finish_reason=reason, error_code=code, error_message=message,
+            session_id=job.session_id if session.keep else "",
+            time_to_first_token_s=job.first_token_at - job.started if job.first_token_at is not None else 0.0,
+            timings=self._timings(job, now), reply_to=job.reply_to,
+        )
+
+    # -- failover -------------------------------------------------------------------------------------------------
+
+    def _chain_failed(self, job: Job, output: ChainOutput, now: float) -> None:
+        if output.error_code == ChainError.SESSION_LOST and not job.replayed:
+            job.replayed = True
+            self._replay(job, output.error_message, now)
+            return
+        code = {ChainError.BAD_INPUT: ResultError.BAD_REQUEST,
+                ChainError.SESSION_LOST: ResultError.MODULE_UNAVAILABLE}.get(output.error_code, ResultError.INTERNAL)
+        self._finish(job, now, "error", (code, output.error_message))
+
+    def _replay(self, job: Job, why: str, now: float) -> None:
+        """Send everything the session holds and the step in flight again, on a fresh chain session."""
+        session = self._sessions[job.session_id]
+        if not job.in_flight:  # waited before its first step: start it the ordinary way, caches rebuilt
+            session.needs_reset = True
+            self._start(job, now)
+            return
+        everything = session.conversation.tokens + job.in_flight
+        self._send_release(session.chain_session_id(job.session_id))  # what the old chain session left behind
+        session.attempt += 1
+        session.conversation.tokens = []
+        self._log("warning", f"request {job.request.request_id}: {why}; replaying {len(everything)} tokens")
+        self._send(job, now, everything, position=0, reset=True)
+
+    def _resume(self, now: float) -> None:
+        """The chain is back: (re)start every request that waited for it."""
+        for job in [j for j in self._jobs.values() if j.waiting_since is not None]:
+            job.waiting_since = None
+            self._replay(job, "the chain is back", now)
+
+    def _hold(self, job: Job, now: float) -> None:
+        """Keep a request in flight until the chain is connected again; _resume replays it."""
+        job.sent_at, job.waiting_since = None, now
+
+    # -- sessions and actions -------------------------------------------------------------------------------------
+
+    def _release(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id)
+        self._send_release(session.chain_session_id(session_id))
+
+    def _send_release(self, chain_session_id: str) -> None:
+        self._out.append(ChainStep(chain_session_id, release=True))
+
+    def _next_chunk(self, job: Job) -> int:
+        job.chunks += 1
+        return job.chunks - 1
+
+    def _timings(self, job: Job, now: float) -> tuple[Stage, ...]:
+        total = now - job.started
+        computed = sum(job.module_seconds.values())
+        return (*(Stage(stage, host, seconds) for (stage, host), seconds in job.module_seconds.items()),
+                Stage("transfer_and_queueing", "", max(total - computed, 0.0)), Stage("total", "", total))
+
+    def _log(self, level: str, text: str) -> None:
+        self._out.append(Log(level, text))
+
+    def _take(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out

@@ -1,0 +1,37 @@
+"""InferenceRequest and InferenceResult to and from the gateway core's values."""
+
+from __future__ import annotations
+
+from builtin_interfaces.msg import Time
+from edge_lam_msgs.msg import InferenceRequest, InferenceResult
+
+from edge_lam.chain.requests import Request, Result
+from edge_lam.wire.chain import from_options_msg, to_options_msg, to_stage_msgs
+
+__all__ = ["from_request_msg", "to_request_msg", "to_result_msg"]
+
+
+def to_request_msg(request: Request, stamp: Time | None = None) -> InferenceRequest:
+    msg = InferenceRequest(request_id=request.request_id, session_id=request.session_id,
+                           keep_session=request.keep_session, model_id=request.model_id, prompt=request.prompt,
+                           input_token_ids=list(request.input_token_ids),
+                           options=to_options_msg(request.options))
+    if stamp is not None:
+        msg.header.stamp = stamp
+    return msg
+
+
+def from_request_msg(msg: InferenceRequest) -> Request:
+    return Request(msg.request_id, msg.session_id, msg.keep_session, msg.model_id, msg.prompt,
+                   tuple(msg.input_token_ids), from_options_msg(msg.options))
+
+
+def to_result_msg(result: Result, stamp: Time) -> InferenceResult:
+    msg = InferenceResult(request_id=result.request_id, session_id=result.session_id,
+                          chunk_index=result.chunk_index, token_ids=list(result.token_ids),
+                          text=result.text, final=result.final, finish_reason=result.finish_reason,
+                          error_code=int(result.error_code), error_message=result.error_message,
+                          time_to_first_token_s=result.time_to_first_token_s,
+                          timings=to_stage_msgs(result.timings))
+    msg.header.stamp = stamp
+    return msg
