@@ -15,19 +15,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
-import rclpy
 from edge_lam_msgs.action import Generate as GenerateAction
 from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult, PlacementPlan
 from edge_lam_msgs.srv import Generate as GenerateService
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.task import Future
 
 from edge_lam.chain.gateway import Action, GatewayCore, Timeouts
 from edge_lam.chain.requests import CANCELLED, ChainStep, Log, Request, Result, ResultError, merge
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import CONTROL, LATCHED, TENSORS
 from edge_lam.wire.chain import from_output_msg, to_step_msg
@@ -194,8 +193,4 @@ class GatewayNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(GatewayNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(GatewayNode, args)

@@ -14,16 +14,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import rclpy
 from edge_lam_msgs.msg import InferenceRequest, InferenceResult, Report, SemanticTokens
 from edge_lam_msgs.msg import Vocabulary as VocabularyMsg
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from edge_lam.chain.requests import Options, Request
 from edge_lam.encoders.tokens import Vocabulary
 from edge_lam.reporting.timings import report_timings
 from edge_lam.reporting.verbalize import DEFAULT_INSTRUCTION, Observation, report_prompt
+from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import CONTROL, TOKENS, VOCABULARIES
 from edge_lam.wire.chain import from_stage_msgs, to_stage_msgs
@@ -142,8 +141,4 @@ class ReporterNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(ReporterNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(ReporterNode, args)
