@@ -105,9 +105,9 @@ def execute(node: Node, cls, name: str) -> int:
 
     ActionServer(node, cls, name, execute_callback=run, cancel_callback=cancel)
     node.create_timer(0.1, lambda: goals and not finished and goals[0].publish_feedback(make_sample(cls.Feedback)))
-    if not spin_until(node, lambda: finished):
+    if not spin_until(node, lambda: finished, TIMEOUT_S):
         return 2
-    spin_until(node, lambda: False, timeout_s=1.0)  # let the result leave before the process ends
+    spin_until(node, lambda: False, 1.0)  # let the result leave before the process ends
     return report("goal", found)
 
 
@@ -117,10 +117,11 @@ def goal(node: Node, cls, name: str) -> int:
         return 2
     feedback = []
     sent = client.send_goal_async(make_sample(cls.Goal), feedback_callback=lambda m: feedback.append(m.feedback))
-    if not spin_until(node, sent.done) or not sent.result().accepted or not spin_until(node, lambda: feedback):
+    if not spin_until(node, sent.done, TIMEOUT_S) or not sent.result().accepted \
+            or not spin_until(node, lambda: feedback, TIMEOUT_S):
         return 2
     cancel, result = sent.result().cancel_goal_async(), sent.result().get_result_async()
-    if not spin_until(node, lambda: cancel.done() and result.done()):
+    if not spin_until(node, lambda: cancel.done() and result.done(), TIMEOUT_S):
         return 2
     found = differences(make_sample(cls.Feedback), feedback[0]) + differences(make_sample(cls.Result),
                                                                                result.result().result)

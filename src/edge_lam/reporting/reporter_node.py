@@ -25,7 +25,8 @@ from edge_lam.reporting.verbalize import DEFAULT_INSTRUCTION, Observation, repor
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import CONTROL, TOKENS, VOCABULARIES
-from edge_lam.wire.chain import from_stage_msgs, to_stage_msgs
+from edge_lam.wire.chain import from_stage_msgs
+from edge_lam.wire.reports import to_report_msg
 from edge_lam.wire.requests import to_request_msg
 from edge_lam.wire.tokens import from_semantic_tokens, from_vocabulary_msg
 
@@ -126,18 +127,17 @@ class ReporterNode(Node):
             return
         self._pending = None
         latency_s = time.monotonic() - pending.sent
-        report = Report(robot_id=pending.robot_id, request_id=msg.request_id, prompt=pending.request.prompt,
-                        sources=pending.sources, error_code=msg.error_code, error_message=msg.error_message,
-                        latency_s=latency_s)
-        report.header.stamp = self.get_clock().now().to_msg()
-        report.timings = to_stage_msgs(report_timings(pending.encode_s, from_stage_msgs(msg.timings), latency_s))
+        text = "" if msg.error_code else "".join(pending.chunks).strip()
         if msg.error_code:
             self.get_logger().error(f"{msg.request_id} failed ({msg.error_code}): {msg.error_message}")
             self._reported_up_to = 0.0  # ask again at the next tick, with whatever is newest then
         else:
-            report.text = "".join(pending.chunks).strip()
-            self.get_logger().info(f"report after {latency_s:.2f} s: {report.text}")
-        self._reports.publish(report)
+            self.get_logger().info(f"report after {latency_s:.2f} s: {text}")
+        self._reports.publish(to_report_msg(
+            robot_id=pending.robot_id, request_id=msg.request_id, prompt=pending.request.prompt,
+            sources=pending.sources, text=text, error_code=msg.error_code, error_message=msg.error_message,
+            latency_s=latency_s, stages=report_timings(pending.encode_s, from_stage_msgs(msg.timings), latency_s),
+            stamp=self.get_clock().now().to_msg()))
 
 
 def main(args: list[str] | None = None) -> None:
