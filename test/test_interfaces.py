@@ -38,30 +38,19 @@ def verdicts(*peers) -> tuple[tuple[str, ...], str]:
     return tuple(found), "\n".join(outputs)
 
 
-@pytest.mark.parametrize("type_name", MESSAGES)
-def test_message_crosses_processes_intact(processes, type_name):
-    topic = "/test_interfaces/" + type_name.rsplit("/", 1)[1].lower()
-    receiver = processes.python("ros_peer.py", "receive", type_name, topic)
-    publisher = processes.python("ros_peer.py", "publish", type_name, topic)
-    found, outputs = verdicts(("receiver", receiver), ("publisher", publisher))
-    assert found == ("ok", "ok"), outputs
+# The two peers of each kind of interface, as ros_peer.py names its modes: the one that waits, then the one that acts.
+PEERS = {"msg": ("receive", "publish"), "srv": ("serve", "call"), "action": ("execute", "goal")}
 
 
-@pytest.mark.parametrize("type_name", SERVICES)
-def test_service_call_crosses_processes_intact(processes, type_name):
-    name = "/test_interfaces/" + type_name.rsplit("/", 1)[1].lower()
-    server = processes.python("ros_peer.py", "serve", type_name, name)
-    client = processes.python("ros_peer.py", "call", type_name, name)
-    found, outputs = verdicts(("client", client), ("server", server))
-    assert found == ("ok", "ok"), outputs
-
-
-@pytest.mark.parametrize("type_name", ACTIONS)
-def test_action_goal_feedback_cancel_and_result_cross_processes_intact(processes, type_name):
-    name = "/test_interfaces/" + type_name.rsplit("/", 1)[1].lower()
-    server = processes.python("ros_peer.py", "execute", type_name, name)
-    client = processes.python("ros_peer.py", "goal", type_name, name)
-    found, outputs = verdicts(("client", client), ("server", server))
+@pytest.mark.parametrize("type_name", [*MESSAGES, *SERVICES, *ACTIONS])
+def test_every_interface_crosses_processes_intact(processes, type_name):
+    """A message published and received; a service request and response; an action goal, its feedback, a cancel
+    and the result: each checked field by field by the receiving peer."""
+    kind, name = type_name.split("/")[1:]
+    waits, acts = PEERS[kind]
+    waiting = processes.python("ros_peer.py", waits, type_name, f"/test_interfaces/{name.lower()}")
+    acting = processes.python("ros_peer.py", acts, type_name, f"/test_interfaces/{name.lower()}")
+    found, outputs = verdicts((acts, acting), (waits, waiting))
     assert found == ("ok", "ok"), outputs
 
 
