@@ -38,6 +38,7 @@ $(DEPS_STAMP): $(VENV)/bin/python requirements.txt requirements-nodeps.txt const
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(MSG_SOURCES) $(PKG_SOURCES)
 	@echo "[setup 3/4] colcon build: edge_lam_msgs (rosidl interfaces) and edge_lam"
+	rm -rf build/edge_lam install/edge_lam  # colcon keeps installed modules that moved or went: install afresh
 	$(ENV) && colcon --log-base log build --base-paths . msg --build-base build --install-base install
 	ln -sf ../../install/edge_lam/lib/edge_lam/edge-lam $(VENV)/bin/edge-lam  # `edge-lam` on the venv's PATH
 	touch $@
