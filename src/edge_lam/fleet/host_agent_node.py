@@ -97,7 +97,7 @@ class HostAgentNode(Node):
         self._role = role
         self._emulated = parse_emulated_links(emulated or [], self._host_id)
         # One thread, as a shard decodes: the figure ranks hosts the way their modules will run.
-        self._gflops = scaled(reference_gflops(repeats=9, threads=1), compute_scale)
+        self._gflops = scaled(reference_gflops(repeats=21, threads=1), compute_scale)
         self._memory_total = memory_limit or read_mem_available_bytes()
         self._cpu = read_cpu_sample()
         self._following = PlanFollower(self._host_id, self._model)
