@@ -90,9 +90,10 @@ class GatewayNode(Node):
         # several calls and goals can wait at once.
         waiting = ReentrantCallbackGroup()
         self._service = self.create_service(GenerateService, "generate", self.on_generate, callback_group=waiting)
+        # Feedback is every chunk of an answer: reliable and keep-all (CONTROL), or a slow client would lose some.
         self._action = ActionServer(self, GenerateAction, "generate", execute_callback=self.execute_goal,
                                     goal_callback=self.accept_goal, cancel_callback=self.cancel_goal,
-                                    callback_group=waiting)
+                                    callback_group=waiting, feedback_pub_qos_profile=CONTROL)
         self._watchdog = self.create_timer(0.5, self.tick)
         if plan_topic:
             self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED)
