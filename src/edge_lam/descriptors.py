@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
+    "DEFAULT_WIRE_DTYPE",
     "MODULE_KINDS",
     "ROLES",
     "WIRE_DTYPES",
@@ -33,6 +34,7 @@ ROLES = ("robot", "edge", "cloud")
 # Dtypes hidden states may travel in between modules, with their bytes per element: the coordinator prices hops
 # with the size, the shards cast with the name, and the plan carries the name so that both agree.
 WIRE_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
+DEFAULT_WIRE_DTYPE = "float16"  # also what a plan that names none means
 MIN_COMPUTE_SHARE = 0.05  # a host at full load is slow, not gone: it keeps this share of its compute
 
 _TEXT = re.compile(r"blocks:(\d+):(\d+)|encoder:([A-Za-z0-9_]+)|([a-z]+)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+from edge_lam.descriptors import DEFAULT_WIRE_DTYPE
 from edge_lam.placement.assignments import Assignment, ShardGroup, shard_groups
 
 __all__ = ["Hosting", "PlanChanges", "PlanFollower", "PlanOrder", "ShardLoad", "plan_changes"]
@@ -39,7 +40,7 @@ class ShardLoad:
 
     group: ShardGroup
     model: str
-    wire_dtype: str = "float16"
+    wire_dtype: str = DEFAULT_WIRE_DTYPE
 
     @property
     def name(self) -> str:
@@ -112,7 +113,7 @@ class PlanFollower:
                hosted: Mapping[str, Hosting]) -> PlanChanges:
         """The changes that make this host run what a newer plan (``order`` accepted it) gives it."""
         groups = shard_groups(assigned, self.host_id)
-        wanted = [ShardLoad(g, model_id or self.default_model, wire_dtype or "float16") for g in groups]
+        wanted = [ShardLoad(g, model_id or self.default_model, wire_dtype or DEFAULT_WIRE_DTYPE) for g in groups]
         names, modules = {w.name for w in wanted}, {m for w in wanted for m in w.module_ids}
         # The plan's shards, and components loaded by load_module that clash with them (a name or a module in
         # common): two shards of one module would both answer every packet.

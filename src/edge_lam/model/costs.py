@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import PreTrainedModel
 
-from edge_lam.descriptors import ModuleSpec, wire_dtype_bytes
+from edge_lam.descriptors import DEFAULT_WIRE_DTYPE, ModuleSpec, wire_dtype_bytes
 from edge_lam.model.decompose import Architecture, Head, describe
 from edge_lam.placement.types import TOKEN_ID_BYTES, Unit
 
@@ -67,7 +67,7 @@ def llama_units(
     num_kv_heads: int,
     head_dim: int | None = None,
     dtype_bytes: int = 4,
-    wire_dtype: str = "float16",
+    wire_dtype: str = DEFAULT_WIRE_DTYPE,
 ) -> list[Unit]:
     """Units of a Llama-style decoder (gated MLP, no biases, RMSNorm) from its sizes alone, counted as
     :func:`module_cost` counts them, for tests and benchmarks that should not build a model."""
@@ -91,7 +91,7 @@ def llama_units(
     ]
 
 
-def chain_units(model: PreTrainedModel, wire_dtype: str = "float16") -> list[Unit]:
+def chain_units(model: PreTrainedModel, wire_dtype: str = DEFAULT_WIRE_DTYPE) -> list[Unit]:
     """Units of any causal LM that ``decompose`` can cut, priced by :func:`module_cost`: embedding, each block, head.
 
     A model built on the meta device (``with torch.device("meta")``) is enough: only parameter counts are read.
