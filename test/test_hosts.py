@@ -41,6 +41,7 @@ DOMAIN = os.environ["ROS_DOMAIN_ID"]
 PREFIX, CRASH_PREFIX = f"el{DOMAIN}t", f"el{DOMAIN}k"
 PORT = 7400 + 100  # clear of the DDS ports of domain 0
 TIMEOUT_S = 60
+SPDP_GROUP = "239.255.0.1"  # the multicast group of DDS discovery
 
 
 def netns_test(test):
@@ -241,13 +242,14 @@ def perfect_links(hosts):
 def echo(perfect_links, processes):
     """A UDP echo on the edge host; ``ping(count, size, gap_s)`` runs the other end on the robot."""
     hosts = perfect_links
-    server = processes.start(*hosts.command("edge", [sys.executable, TEST_DIR / "udp_peer.py", "echo", str(PORT)]))
+    server = processes.start(*hosts.command("edge", [sys.executable, str(TEST_DIR / "udp_peer.py"), "echo",
+                                                     str(PORT), SPDP_GROUP]))
     assert first_line(server, TIMEOUT_S) == "ready"
 
-    def ping(count: int, size: int = 200, gap_s: float = 0.0) -> dict:
+    def ping(count: int, size: int = 200, gap_s: float = 0.0, to: str | None = None) -> dict:
         client = processes.start(*hosts.command("robot", [
-            sys.executable, TEST_DIR / "udp_peer.py", "ping", hosts.address("edge"), str(PORT), str(count),
-            str(size), str(gap_s)]))
+            sys.executable, str(TEST_DIR / "udp_peer.py"), "ping", to or hosts.address("edge"), str(PORT),
+            str(count), str(size), str(gap_s)]))
         rc, output = finish(client, TIMEOUT_S)
         assert rc == 0, output
         return json.loads(output.strip().splitlines()[-1])
@@ -289,6 +291,19 @@ def test_large_datagrams_cross_in_ip_fragments(perfect_links, echo):
 
 
 @netns_test
+def test_multicast_to_the_dds_discovery_group_reaches_the_other_host(perfect_links, echo):
+    assert echo(5, gap_s=0.01, to=SPDP_GROUP)["received"] == list(range(5))
+
+
+@netns_test
+def test_a_rate_limit_makes_frames_wait_for_the_wire(perfect_links, echo):
+    perfect_links.set_link("robot", up=LinkShape(rate_bps=2e6))
+    result = echo(50, size=1000)  # sent at once: the last waits behind 49 frames of 1042 bytes at 2 Mbit/s
+    assert result["received"] == list(range(50))
+    assert max(result["rtt_ms"]) >= 49 * 1042 * 8 / 2e6 * 1e3
+
+
+@netns_test
 def test_50ms_each_way_makes_round_trips_of_at_least_100ms(perfect_links, echo):
     perfect_links.set_link("robot", up=LinkShape(latency_ms=50.0), down=LinkShape(latency_ms=50.0))
     result = echo(5, gap_s=0.2)
@@ -310,6 +325,29 @@ def test_a_cut_drops_everything_and_restore_brings_it_back(perfect_links, echo):
     assert echo(20, gap_s=0.005)["received"] == []
     perfect_links.restore("robot")
     assert echo(20, gap_s=0.005)["received"] == list(range(20))
+
+
+def edge_lam_hosts(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_lam.cli", "hosts", *args], capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+
+
+@netns_test
+def test_the_command_shows_and_changes_a_running_set(perfect_links):
+    hosts = perfect_links
+    status = edge_lam_hosts("status", "--prefix", PREFIX)
+    assert status.returncode == 0 and hosts.address("robot") in status.stdout and "forwarder pid" in status.stdout
+    changed = edge_lam_hosts("link", "robot", "--up", "latency=20ms,loss=1%", "--prefix", PREFIX)
+    assert changed.returncode == 0, changed.stderr
+    assert hosts.links()["robot"].up == LinkShape(latency_ms=20.0, loss=0.01)
+    assert edge_lam_hosts("link", "robot", "--cut", "--prefix", PREFIX).returncode == 0
+    assert hosts.links()["robot"].cut and "CUT" in edge_lam_hosts("status", "--prefix", PREFIX).stdout
+    bad = edge_lam_hosts("link", "robot", "--down", "latency=soon", "--prefix", PREFIX)
+    assert bad.returncode == 2 and "latency must be a duration" in bad.stderr
+    unknown = edge_lam_hosts("link", "cloud", "--cut", "--prefix", PREFIX)
+    assert unknown.returncode == 2 and "no host 'cloud'" in unknown.stderr
+    taken = edge_lam_hosts("up", "robot", "--prefix", PREFIX)
+    assert taken.returncode == 1 and "is in use" in taken.stderr
 
 
 @netns_test
@@ -352,12 +390,12 @@ def test_two_ros_processes_on_two_hosts_talk_over_udp(perfect_links, processes, 
     hosts = perfect_links
     profile = tmp_path / "udp_only.xml"
     profile.write_text(UDP_ONLY_PROFILE)
-    # env: inherited by nothing else; the peers see discovery beyond localhost and UDP as their only transport.
-    peer = ["env", "ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET", f"FASTDDS_DEFAULT_PROFILES_FILE={profile}",
-            sys.executable, TEST_DIR / "ros_peer.py"]
+    # Discovery beyond localhost (SPDP multicast) and UDP as the only transport, for the two peers alone.
+    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
+    peer = [sys.executable, str(TEST_DIR / "ros_peer.py")]
     before = hosts.counters("robot"), hosts.counters("edge")
-    receiver = processes.start(*hosts.command("edge", [*peer, "receive", "std_msgs/msg/String", "/hosts_test"]))
-    sender = processes.start(*hosts.command("robot", [*peer, "publish", "std_msgs/msg/String", "/hosts_test"]))
+    receiver = processes.start(*hosts.command("edge", [*peer, "receive", "std_msgs/msg/String", "/hosts_test"], env))
+    sender = processes.start(*hosts.command("robot", [*peer, "publish", "std_msgs/msg/String", "/hosts_test"], env))
     rc, output = finish(receiver, TIMEOUT_S)
     assert rc == 0, output
     assert finish(sender, TIMEOUT_S)[0] == 0

@@ -1,6 +1,7 @@
 """One end of a UDP exchange between emulated hosts, run by test_hosts.py inside a host's namespace.
 
-    udp_peer.py echo PORT                         send every datagram back, until IDLE_S pass without one
+    udp_peer.py echo PORT [GROUP]                 send every datagram back, until IDLE_S pass without one; with
+                                                  GROUP, also those sent to that multicast group
     udp_peer.py ping ADDRESS PORT COUNT SIZE GAP  send COUNT numbered datagrams of SIZE bytes, GAP seconds apart,
                                                   one JSON line: sent, received (numbers) and round trips in ms
 
@@ -22,9 +23,12 @@ WAIT_S = 2.0
 HEADER = struct.Struct("!Id")
 
 
-def echo(port: int) -> int:
+def echo(port: int, group: str | None) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("0.0.0.0", port))
+        if group:
+            membership = socket.inet_aton(group) + socket.inet_aton("0.0.0.0")  # struct ip_mreq: any interface
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
         sock.settimeout(IDLE_S)
         print("ready", flush=True)
         while True:
@@ -61,5 +65,5 @@ def ping(address: str, port: int, count: int, size: int, gap_s: float) -> int:
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "echo":
-        sys.exit(echo(int(args[0])))
+        sys.exit(echo(int(args[0]), args[1] if len(args) > 1 else None))
     sys.exit(ping(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4])))

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from edge_lam.hosts import netns
 from edge_lam.hosts.links import HostLink, LinkShape, read_links, write_links
@@ -135,9 +135,11 @@ class EmulatedHosts:
     def address(self, host: str) -> str:
         return self.topology.address(host)
 
-    def command(self, host: str, argv: Sequence[str]) -> list[str]:
-        """``argv`` run inside the host's namespace (environment and working directory are kept)."""
-        return ["ip", "netns", "exec", self.namespace(host), *argv]
+    def command(self, host: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+        """``argv`` run inside the host's namespace. The environment and working directory are the caller's, with
+        ``env`` set on top (through ``env``, so nothing else the caller starts sees it)."""
+        settings = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+        return ["ip", "netns", "exec", self.namespace(host), *settings, *argv]
 
     def links(self) -> dict[str, HostLink]:
         """Every host's link as the set's links file says (a host it does not name has a perfect link)."""

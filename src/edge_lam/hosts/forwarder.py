@@ -100,7 +100,8 @@ class Forwarder:
         self._links_key: tuple[int, int, int] | None = None
         self.links_version = ""
         self.stopping = False
-        self.selector = selectors.EpollSelector()
+        # select(2), not epoll: its time-out is in microseconds, epoll's in milliseconds (frames would leave late)
+        self.selector = selectors.SelectSelector()
         self.directions: dict[tuple[str, str], Direction] = {}
         self._closers = []
         for index, host in enumerate(self.hosts.hosts):
