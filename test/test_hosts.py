@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import random
 import selectors
 import signal
@@ -16,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import TEST_DIR, finish
+from conftest import REPO, TEST_DIR, finish
 from edge_lam.hosts import (
     NEEDS_ROOT,
     EmulatedHosts,
@@ -386,20 +385,24 @@ UDP_ONLY_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
 
 
 @netns_test
-def test_two_ros_processes_on_two_hosts_talk_over_udp(perfect_links, processes, tmp_path: pathlib.Path):
+@pytest.mark.parametrize("profile", ["udp_only", "edge_lam"])
+def test_two_ros_processes_on_two_hosts_talk_through_the_veths(perfect_links, processes, tmp_path, profile):
+    """Discovery (SPDP multicast) and data cross the emulated network: every payload byte is counted on the veths.
+    Also with edge_lam's own profile (shared memory and UDP): Fast DDS does not take the namespaces for one host."""
     hosts = perfect_links
-    profile = tmp_path / "udp_only.xml"
-    profile.write_text(UDP_ONLY_PROFILE)
-    # Discovery beyond localhost (SPDP multicast) and UDP as the only transport, for the two peers alone.
-    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
-    peer = [sys.executable, str(TEST_DIR / "ros_peer.py")]
+    path = tmp_path / "udp_only.xml"
+    path.write_text(UDP_ONLY_PROFILE)
+    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
+           "FASTDDS_DEFAULT_PROFILES_FILE": str(path if profile == "udp_only" else REPO / "config" / "fastdds.xml")}
+    count, size = 20, 100_000
+    peer = [sys.executable, str(TEST_DIR / "bulk_peer.py")]
     before = hosts.counters("robot"), hosts.counters("edge")
-    receiver = processes.start(*hosts.command("edge", [*peer, "receive", "std_msgs/msg/String", "/hosts_test"], env))
-    sender = processes.start(*hosts.command("robot", [*peer, "publish", "std_msgs/msg/String", "/hosts_test"], env))
-    rc, output = finish(receiver, TIMEOUT_S)
-    assert rc == 0, output
-    assert finish(sender, TIMEOUT_S)[0] == 0
+    receiver = processes.start(*hosts.command("edge", [*peer, "receive", "/hosts_bulk", str(count)], env))
+    assert first_line(receiver, TIMEOUT_S) == "ready"
+    sender = processes.start(*hosts.command("robot", [*peer, "publish", "/hosts_bulk", str(count), str(size)], env))
+    received, sent = finish(receiver, TIMEOUT_S)[1], finish(sender, TIMEOUT_S)[1]
+    assert "verdict: ok" in received, received
+    assert "verdict: ok" in sent, sent
     robot, edge = hosts.counters("robot"), hosts.counters("edge")
-    # Discovery (SPDP multicast and unicast) and the message crossed the veths both ways.
-    assert robot.tx_packets - before[0].tx_packets > 5 and edge.rx_packets - before[1].rx_packets > 5
-    assert edge.tx_packets - before[1].tx_packets > 5 and robot.rx_packets - before[0].rx_packets > 5
+    assert robot.tx_bytes - before[0].tx_bytes >= count * size and edge.rx_bytes - before[1].rx_bytes >= count * size
+    assert edge.tx_packets - before[1].tx_packets > 0 and robot.rx_packets - before[0].rx_packets > 0  # acks
