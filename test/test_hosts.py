@@ -9,6 +9,7 @@ import json
 import os
 import random
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,6 +205,17 @@ def test_without_rights_the_command_says_so_and_exits_2(monkeypatch, capsys):
         args = argparse.Namespace(action=action, hosts=["robot"], prefix="elnr", subnet=None, mtu=1500, seed=0)
         assert hosts_command.run_hosts_command(args) == 2
         assert capsys.readouterr().err.strip() == NEEDS_ROOT
+
+
+@netns_test
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
+def test_a_user_without_rights_is_told_so_in_one_line():
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+    for action in (["up", "robot"], ["down"]):
+        result = subprocess.run([*nobody, sys.executable, "-m", "edge_lam.cli", "hosts", *action, "--prefix",
+                                 "elnobody"], capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert (result.returncode, result.stderr.strip()) == (2, NEEDS_ROOT)
+    assert namespaces_with_prefix("elnobody") == []
 
 
 # -- real namespaces --------------------------------------------------------------------------------------------
