@@ -323,6 +323,14 @@ def test_50ms_each_way_makes_round_trips_of_at_least_100ms(perfect_links, echo):
 
 
 @netns_test
+def test_jitter_spreads_round_trips_around_the_latency(perfect_links, echo):
+    perfect_links.set_link("robot", up=LinkShape(latency_ms=30.0, jitter_ms=20.0))
+    rtts = echo(20, gap_s=0.06)["rtt_ms"]  # further apart than the jitter: each datagram draws its own delay
+    assert len(rtts) == 20 and min(rtts) >= 10.0
+    assert max(rtts) - min(rtts) > 5.0
+
+
+@netns_test
 def test_30_percent_loss_drops_about_that_share(perfect_links, echo):
     perfect_links.set_link("robot", up=LinkShape(loss=0.3))
     result = echo(500, gap_s=0.001)
