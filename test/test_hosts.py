@@ -35,6 +35,7 @@ from edge_lam.hosts import command as hosts_command
 from edge_lam.hosts.links import links_from_json, links_to_json
 from edge_lam.hosts.netns import namespaces_with_prefix
 from edge_lam.hosts.shaping import BACKLOG_S, DirectionShaper
+from edge_lam.hosts.topology import check_prefix
 
 # Prefixes of this test run's own (the domain id is the run's), so runs of other helpers or CI never collide.
 DOMAIN = os.environ["ROS_DOMAIN_ID"]
@@ -197,6 +198,12 @@ def test_a_set_names_namespaces_devices_and_addresses():
 def test_bad_sets_are_refused_with_the_reason(hosts, prefix, subnet, mtu, says):
     with pytest.raises(TopologyError, match=says):
         HostSet.build(hosts, prefix, subnet, mtu)
+
+
+def test_a_prefix_that_is_not_a_plain_name_is_refused_before_anything_is_touched():
+    for prefix in ("../..", "el/x", "el-1", ""):
+        with pytest.raises(TopologyError, match="prefix"):
+            check_prefix(prefix)
 
 
 def test_without_rights_the_command_says_so_and_exits_2(monkeypatch, capsys):
