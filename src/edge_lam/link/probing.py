@@ -49,7 +49,8 @@ BULK_TARGET_S = 0.05  # 5 % of a 1 s probe period on the link, and well inside a
 ROUNDS_KEPT = 5
 SHIFT_FACTOR = 2.0  # a round this much worse than the best kept (and SHIFT_SLACK_S slower) counts as a change
 SHIFT_SLACK_S = 0.002  # scheduling noise of two executors: a 1 ms link measured at 2.5 ms has not changed
-_MIN_TRANSFER_S = 1e-6  # a bulk probe that came back no slower than the small one (jitter) still gets a finite rate
+_MIN_TRANSFER_S = 1e-4  # below what two executors can time: a bulk probe no slower than the small one (jitter)
+#                         still gets a finite rate (16 kB in 0.1 ms: 1.3 Gbit/s), not one in the terabits
 
 
 @dataclasses.dataclass(frozen=True)
