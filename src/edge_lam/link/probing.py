@@ -9,8 +9,10 @@ three things matter (measured between emulated hosts, doc/fleet.md "Links"):
   retransmissions held up the small probes behind it, which then made the link look slow and wide.
 - Estimates come from the best of the last ``ROUNDS_KEPT`` rounds (least small round trip, greatest bandwidth):
   queueing in either agent's executor, another agent's bulk probe on the same link and retransmissions after a
-  loss only ever add time. Two rounds in a row that are clearly worse (``SHIFT_FACTOR``) mean that the link itself
-  changed: the older rounds are dropped, so a slowed link shows within two rounds instead of ``ROUNDS_KEPT``.
+  loss only ever add time. So a faster link shows at once and a slower one once the faster rounds have left the
+  window. Dropping the window on two clearly worse rounds in a row was tried: an agent loading its shards (or
+  running them: they share its process) answers late for a few rounds, and the plan then moved modules off the
+  robot because it had been given them, and back.
 - Each peer's next round starts after a period drawn from 0.5 to 1.5 probe periods, so that two agents started
   together do not probe each other in step, each one's bulk probe delaying the other's replies.
 
@@ -33,7 +35,6 @@ __all__ = [
     "MAX_BULK_BYTES",
     "MIN_BULK_BYTES",
     "ROUNDS_KEPT",
-    "SHIFT_FACTOR",
     "SMALL_PROBE_BYTES",
     "LinkProber",
     "Round",
@@ -47,8 +48,6 @@ MIN_BULK_BYTES = 16 * 1024  # a few milliseconds at 50 Mbit/s: still above an ex
 MAX_BULK_BYTES = 256 * 1024  # below Fast DDS's default 512 KB shared-memory segment: one piece, no fragments
 BULK_TARGET_S = 0.05  # 5 % of a 1 s probe period on the link, and well inside a router queue's half second
 ROUNDS_KEPT = 5
-SHIFT_FACTOR = 2.0  # a round this much worse than the best kept (and SHIFT_SLACK_S slower) counts as a change
-SHIFT_SLACK_S = 0.002  # scheduling noise of two executors: a 1 ms link measured at 2.5 ms has not changed
 _MIN_TRANSFER_S = 1e-4  # below what two executors can time: a bulk probe no slower than the small one (jitter)
 #                         still gets a finite rate (16 kB in 0.1 ms: 1.3 Gbit/s), not one in the terabits
 
@@ -78,21 +77,6 @@ def bulk_bytes_for(link: Link | None) -> int:
     if link is None:
         return MIN_BULK_BYTES
     return int(min(MAX_BULK_BYTES, max(MIN_BULK_BYTES, link.bandwidth_bps * BULK_TARGET_S / 8)))
-
-
-def _changed(rounds: Sequence[Round]) -> bool:
-    """Whether the last two rounds both look like a worse link than the best of the rounds before them."""
-    if len(rounds) < 3:
-        return False
-    older = estimate("", "", list(rounds)[:-2])
-
-    def worse(r: Round) -> bool:
-        slower = r.small_rtt_s > SHIFT_FACTOR * older.latency_s * 2 + SHIFT_SLACK_S
-        narrower = r.bandwidth_bps(older.latency_s * 2) * SHIFT_FACTOR < older.bandwidth_bps and \
-            r.bulk_rtt_s - older.latency_s * 2 > SHIFT_SLACK_S
-        return slower or narrower
-
-    return worse(rounds[-1]) and worse(rounds[-2])
 
 
 def parse_emulated_links(specs: Sequence[str], src: str = "") -> dict[str, Link]:
@@ -179,9 +163,6 @@ class LinkProber:
     def _record(self, peer: str, done: Round) -> None:
         rounds = self._rounds.setdefault(peer, collections.deque(maxlen=ROUNDS_KEPT))
         rounds.append(done)
-        if _changed(rounds):
-            for _ in range(len(rounds) - 2):
-                rounds.popleft()
         self.measures[peer] = estimate(self._host_id, peer, rounds)
 
     def forget(self, peer: str) -> None:
