@@ -37,6 +37,7 @@ ENV = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
 PROBE_PERIOD_S = 1.0
 SLOW = LinkShape(latency_ms=50.0)  # each way: 100 ms round trips
 NARROW = LinkShape(rate_bps=5e6)
+SMALL_S = 0.02  # a perfect link's latency reads less than this
 CONTEXT_TOKENS = 2048  # the coordinator's default
 
 
@@ -155,28 +156,31 @@ def test_probes_measure_latency_and_rate_of_the_emulated_link(processes, hosts):
         lat, bw = fleet.link("edge", "robot")
         return f"{lat * 1e3:.1f} ms, {bw / 1e6:.1f} Mbit/s"
 
-    wait_for(measured(lambda lat, bw: lat < 0.01), 60, "a perfect link measured under 10 ms", *outputs)
+    # "Small": the forwarder and both executors add their share, more on a busy machine (up to 7 ms seen)
+    wait_for(measured(lambda lat, bw: lat < SMALL_S), 60, "a perfect link measured under 20 ms", *outputs)
     seen.append(f"perfect: {shown()}")
     hosts.set_link("robot", up=SLOW, down=SLOW)
     wait_for(measured(lambda lat, bw: 0.04 < lat < 0.07), 30, "50 ms each way measured as 40-70 ms", *outputs)
     seen.append(f"50 ms each way: {shown()}")
     hosts.set_link("robot", up=NARROW, down=NARROW)
     # DDS's headers and acknowledgements take their share of the wire: a little less than 5 Mbit/s is right
-    wait_for(measured(lambda lat, bw: lat < 0.01 and 2.5e6 < bw < 6e6), 30,
+    wait_for(measured(lambda lat, bw: lat < SMALL_S and 2.5e6 < bw < 6e6), 30,
              "5 Mbit/s each way measured as 2.5-6 Mbit/s, the latency small again", *outputs)
     seen.append(f"5 Mbit/s each way: {shown()}")
     REPORTED.append(f"link probes between emulated hosts (edge -> robot): {'; '.join(seen)}")
 
 
 def test_the_plan_follows_the_robots_link_and_a_cut_link_is_a_lost_host(processes, hosts):
-    """The robot is the faster host here (compute_scale 1 against the edge box's 0.25: a robot with an accelerator
+    """The robot is the faster host here (compute_scale 1 against the edge box's 0.1: a robot with an accelerator
     beside a small edge PC), and the gateway is on the edge: on a good link the model runs on the robot, each token
-    crossing the link twice; 50 ms each way costs more than the robot saves, so the model moves to the edge."""
+    crossing the link twice; 50 ms each way costs more than the robot saves, so the model moves to the edge. The
+    factor 10 leaves room for the few milliseconds a busy machine adds to the emulated link (with 4 the plan went
+    back and forth on a loaded machine)."""
     units, _ = model_chain(MODEL, "float16")
     fleet = Fleet(processes, hosts)
     outputs = [fleet.watch]
     # One after the other: on two cores, an agent measuring its compute while the other starts would measure that.
-    for host, scale in (("edge", 0.25), ("robot", 1.0)):
+    for host, scale in (("edge", 0.1), ("robot", 1.0)):
         outputs.append(fleet.agent(host, scale))
         wait_for(lambda h=host: fleet.watch.adverts(h), 60, f"an advert of the {host} agent", *outputs)
     gflops = {h: fleet.watch.adverts(h)[-1]["gflops"] for h in ("robot", "edge")}
