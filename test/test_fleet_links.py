@@ -192,7 +192,8 @@ def test_the_plan_follows_the_robots_link_and_a_cut_link_is_a_lost_host(processe
         gflops
     assert expected_hosts(units, gflops, slow_s, 1e9) == {"edge"} and gain(units, gflops, slow_s, "edge") > 0.2, \
         gflops
-    outputs.append(fleet.coordinator())
+    coordinator = fleet.coordinator()
+    outputs.append(coordinator)
 
     def follows(want: set[str]) -> Callable[[], bool]:
         """The last plan puts the model on ``want``, and so does the solver on the links the agents measure."""
@@ -215,7 +216,6 @@ def test_the_plan_follows_the_robots_link_and_a_cut_link_is_a_lost_host(processe
     hosts.set_link("robot", up=LinkShape(), down=LinkShape())
     wait_for(follows({"robot"}), 60, "the model back on the robot once the link is fast again", *outputs)
 
-    coordinator = outputs[-1]
     before = len(fleet.watch.plans())
     hosts.cut("robot")
     wait_for(lambda: len(fleet.watch.plans()) > before and fleet.plan_hosts() == {"edge"}, 30,
