@@ -29,6 +29,7 @@ from edge_lam.chain.requests import CANCELLED, ChainStep, Log, Request, Result, 
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import CONTROL, LATCHED, TENSORS
+from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.chain import from_output_msg, to_step_msg
 from edge_lam.wire.requests import from_request_msg, to_result_msg
 
@@ -72,6 +73,7 @@ class GatewayNode(Node):
         plan_topic = declare(self, "plan_topic", "/edge_lam/plan",
                              "PlacementPlan topic: a new plan replays the requests in flight; empty to ignore plans.")
         idle_s = declare(self, "session_idle_timeout_s", 600.0, "Forget a kept session after this long unused.")
+        self._trust = declare_trust(self, "publish plans that make the gateway replay every request in flight")
 
         timeouts = Timeouts(step_s=step_timeout_s, max_retries=max_retries, failover_s=failover_timeout_s,
                             session_idle_s=idle_s)
@@ -96,7 +98,7 @@ class GatewayNode(Node):
                                     callback_group=waiting, feedback_pub_qos_profile=CONTROL)
         self._watchdog = self.create_timer(0.5, self.tick)
         if plan_topic:
-            self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED)
+            self._plan_channel = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED).topic_name
         self.get_logger().info(
             f"serving {model} through {self._chain_in.topic_name} -> {self._chain_out.topic_name}; "
             f"requests on {self._requests.topic_name}, results on {self._results.topic_name}, "
@@ -112,6 +114,8 @@ class GatewayNode(Node):
         self._run(self._core.chain_output, from_output_msg(packet))
 
     def on_plan(self, plan: PlacementPlan) -> None:
+        if not self._trust.accept(plan, self._plan_channel, max_age=False):
+            return
         self._run(self._core.plan, (plan.plan_id, plan.version))
 
     def tick(self) -> None:
