@@ -1,9 +1,9 @@
 """A fleet with trust on, in real processes (two host agents, the coordinator and the gateway, each with its host's
 key): a participant on the domain without a fleet key publishes forged plans (unsigned and stamped a day ahead
 with no assignments, signed by a key the fleet does not trust, signed in a trusted host's name with another key, a
-genuine plan tampered with, a replay of the genuine plan) and adverts of an invented host, and calls an agent's
-load and unload services. Every forgery is ignored, logged and counted: the agents keep their shards, the chain
-keeps answering as before, and the invented host gets nothing."""
+genuine plan tampered with, a replay of the genuine plan), adverts of an invented host and forged tokens on the
+chain's output, and calls an agent's load and unload services. Every forgery is ignored, logged and counted: the
+agents keep their shards, the chain keeps answering as before, and the invented host gets nothing."""
 
 from __future__ import annotations
 
@@ -11,23 +11,33 @@ import shutil
 import time
 import uuid
 
+import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from edge_lam_msgs.msg import ComputeAdvert, InferenceRequest, InferenceResult, ModuleAssignment, PlacementPlan
+from edge_lam_msgs.msg import (
+    ChainPacket,
+    ComputeAdvert,
+    InferenceRequest,
+    InferenceResult,
+    ModuleAssignment,
+    PlacementPlan,
+)
 from edge_lam_msgs.srv import LoadModule, UnloadModule
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message, serialize_message
 from test_fleet import LIB, MODEL, answered, ask, hosts_of, tokens_of
 
 from conftest import REPORTED
-from edge_lam.ros.qos import ADVERTS, ADVERTS_READER, CONTROL, LATCHED
+from edge_lam.ros.qos import ADVERTS, ADVERTS_READER, CONTROL, LATCHED, TENSORS
 from edge_lam.trust.checks import Stamper
 from edge_lam.trust.keys import SigningKey, load_signing_key, make_keys
 from edge_lam.wire.signing import sign
 from edge_lam.wire.stamps import from_ns
+from edge_lam.wire.tensors import to_msg
 from ros_client import RosClient
 
 DAY_NS = 86400 * 10**9
+FORGED_TOKEN = 42
 HOSTS = {"robot": ("robot", 0.5, 320), "edge": ("edge", 1.0, 480)}  # as the demo: neither holds the whole model
 
 
@@ -161,6 +171,18 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
         assert client.spin_until(lambda: all(f.done() for f in calls.values()), 30)
         service_answers = {what: (f.result().success, f.result().message) for what, f in calls.items()}
 
+        # -- a forged answer on the chain's output, for a request in flight -------------------------------------
+        chain_output = client.node.create_publisher(ChainPacket, "chain/output", TENSORS)
+        request = InferenceRequest(request_id=uuid.uuid4().hex, prompt=prompt[0])
+        request.options.max_new_tokens = len(before)
+        requests.publish(request)
+        for step in range(len(before)):
+            forged = ChainPacket(request_id=request.request_id, step=step,
+                                 tensors=[to_msg(np.asarray([FORGED_TOKEN], dtype=np.int64), "next_token")])
+            chain_output.publish(sign(forged, intruder, time.time_ns()) if step % 2 else forged)
+        assert client.spin_until(lambda: answered(results, {request.request_id: ""}), 120), "no answer"
+        streamed = tokens_of(results, request.request_id)
+
         # Every agent saw every forged plan (latched, reliable) and refused each; the counts say so.
         expected = {"unsigned": 1, "unknown signer": 1, "bad signature": 2, "stale or replayed": 1}
         agents = {h: f"/{ns}/agent_{h}" for h in HOSTS}
@@ -177,6 +199,7 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
         client.close()
 
     assert after == before, "the chain answered differently after the forgeries"
+    assert streamed == before, f"forged tokens were streamed: {streamed}"
     # The client hears its own forgeries too; the coordinator's plans are the others (it may have replanned on
     # fresh link probes, never for the invented host).
     coordinators = [p for p in plans if p.solver != "forged" and p.modules]
@@ -192,5 +215,7 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
     REPORTED.append(f"trust: refusals counted by the agents (/diagnostics): {counts}")
     REPORTED.extend(f"trust: {what} -> success={s}, '{m}'" for what, (s, m) in service_answers.items())
     REPORTED.extend(f"trust: logged: {line}" for line in dict.fromkeys(ignored))
+    REPORTED.append(f"trust: {len(before)} forged next_token packets on chain/output for a request in flight "
+                    f"(unsigned and signed by the intruder): none streamed, the answer was the chain's")
     REPORTED.append(f"trust: the coordinator's plans: {[(p.version, sorted(hosts_of(p))) for p in coordinators]}; "
                     f"the chain answered {len(after)} tokens identical to before the forgeries")

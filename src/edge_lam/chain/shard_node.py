@@ -24,6 +24,7 @@ from edge_lam.model.sessions import SessionLost
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import TENSORS
+from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.chain import fail, packet_bytes, packet_tensors, put_tensors, sampling, to_stage_msgs
 from edge_lam.wire.tensors import TensorError
 
@@ -49,6 +50,7 @@ class ShardNode(Node):
                              "[latency_s, bandwidth_bps] of the link packets arrive over; unset for none.")
         output_link = declare(self, "output_link", Parameter.Type.DOUBLE_ARRAY,
                               "The same for the link packets leave over (the hop back to the gateway).")
+        self._trust = declare_trust(self, "feed this shard hidden states in its upstream module's place")
         self._host_id = host_id or socket.gethostname()
         wire_dtype_bytes(wire_dtype)  # ValueError naming the choices
         if idle <= 0 or threads < 1:
@@ -59,7 +61,7 @@ class ShardNode(Node):
         self._threads = threads
         self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle)
         self._pub = self.create_publisher(ChainPacket, output_topic, TENSORS)
-        self._held = DelayedRelease(self, line, self._process, self._pub.publish, packet_bytes) if line.delays else None
+        self._held = DelayedRelease(self, line, self._process, self._send, packet_bytes) if line.delays else None
         self._sub = self.create_subscription(ChainPacket, input_topic, self.on_packet, TENSORS)
         self._expiry = self.create_timer(min(idle, 10.0), self.expire_sessions)
         self.get_logger().info(
@@ -68,11 +70,18 @@ class ShardNode(Node):
         )
 
     def on_packet(self, packet: ChainPacket) -> None:
+        # With trust on, only a fleet host may feed the chain: a forged packet is dropped here, not computed on.
+        if not self._trust.accept(packet, self._sub.topic_name):
+            return
         if self._held is not None:
             self._held.put(packet)
         else:
             self._process(packet)
-            self._pub.publish(packet)  # releases and errors pass on untouched, so every module and the gateway see them
+            self._send(packet)  # releases and errors pass on untouched, so every module and the gateway see them
+
+    def _send(self, packet: ChainPacket) -> None:
+        """Publish downstream, signed by this host: the next hop checks it came from the chain."""
+        self._pub.publish(self._trust.sign(packet))
 
     def _process(self, packet: ChainPacket) -> float:
         """Run the packet through the modules (a release frees its session); the seconds the modules computed."""

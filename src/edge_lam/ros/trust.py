@@ -22,8 +22,10 @@ REFUSAL_LOG_PERIOD_S = 5.0  # a flood of forgeries gets a line per channel and r
 class NodeTrust:
     """Signs with the node's key (if it has one) and verifies against the trust store (if trust is on)."""
 
-    def __init__(self, node: Node, stamper: Stamper | None, verifier: Verifier | None) -> None:
+    def __init__(self, node: Node, stamper: Stamper | None, verifier: Verifier | None,
+                 parameters: dict[str, object]) -> None:
         self._node, self.stamper, self.verifier = node, stamper, verifier
+        self.parameters = parameters  # as declared: a host agent hands them on to the shards it loads
         self._logged: dict[tuple[str, Verdict], float] = {}  # (channel, reason) -> time.monotonic() of its last line
 
     @property
@@ -76,10 +78,11 @@ def declare_trust(node: Node, what: str) -> NodeTrust:
     skew = declare(node, "max_clock_skew_s", 10.0, "How far a signed stamp may be from this host's clock, s; "
                    "older or further ahead is refused as stale.")
     stamper = Stamper(load_signing_key(key_path)) if key_path else None
+    parameters = {"signing_key": key_path, "trusted_keys": store, "max_clock_skew_s": skew}
     if not store:
         node.get_logger().warning(f"control plane not authenticated (trusted_keys is empty): anyone on the domain "
                                   f"can {what}")
-        return NodeTrust(node, stamper, None)
+        return NodeTrust(node, stamper, None, parameters)
     if stamper is None:
         raise ValueError("trusted_keys is set but signing_key is empty: this node's messages would be refused")
     if not skew > 0:
@@ -87,4 +90,4 @@ def declare_trust(node: Node, what: str) -> NodeTrust:
     verifier = Verifier(load_trust_store(store), skew)
     node.get_logger().info(f"control plane signed as '{stamper.key.name}'; trusting {sorted(verifier.store.keys)} "
                            f"(max clock skew {skew:g} s)")
-    return NodeTrust(node, stamper, verifier)
+    return NodeTrust(node, stamper, verifier, parameters)

@@ -13,7 +13,9 @@ import threading
 
 from edge_lam.trust.keys import SigningKey, TrustStore
 
-__all__ = ["Signed", "Stamper", "Verdict", "Verifier"]
+__all__ = ["SIGNATURE_BYTES", "Signed", "Stamper", "Verdict", "Verifier"]
+
+SIGNATURE_BYTES = 64  # of every Ed25519 signature
 
 
 class Verdict(enum.Enum):
