@@ -176,10 +176,14 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
         request = InferenceRequest(request_id=uuid.uuid4().hex, prompt=prompt[0])
         request.options.max_new_tokens = len(before)
         requests.publish(request)
+        # ... unsigned, by the intruder, and by the fleet host that does not hold the head (trusted, wrong identity)
+        head_host = [p for p in plans if p.solver != "forged" and p.modules][-1].modules[-1].host_id
+        other_host = Stamper(load_signing_key(keys / "private" / f"{next(h for h in HOSTS if h != head_host)}.key"))
         for step in range(len(before)):
             forged = ChainPacket(request_id=request.request_id, step=step,
                                  tensors=[to_msg(np.asarray([FORGED_TOKEN], dtype=np.int64), "next_token")])
-            chain_output.publish(sign(forged, intruder, time.time_ns()) if step % 2 else forged)
+            signer = (None, intruder, other_host)[step % 3]
+            chain_output.publish(sign(forged, signer, time.time_ns()) if signer else forged)
         assert client.spin_until(lambda: answered(results, {request.request_id: ""}), 120), "no answer"
         streamed = tokens_of(results, request.request_id)
 
@@ -215,7 +219,9 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
     REPORTED.append(f"trust: refusals counted by the agents (/diagnostics): {counts}")
     REPORTED.extend(f"trust: {what} -> success={s}, '{m}'" for what, (s, m) in service_answers.items())
     REPORTED.extend(f"trust: logged: {line}" for line in dict.fromkeys(ignored))
+    assert any("chain/output: wrong identity" in line for line in ignored), ignored
     REPORTED.append(f"trust: {len(before)} forged next_token packets on chain/output for a request in flight "
-                    f"(unsigned and signed by the intruder): none streamed, the answer was the chain's")
+                    f"(unsigned, by the intruder, by the trusted host that does not hold the head): none streamed, "
+                    f"the answer was the chain's")
     REPORTED.append(f"trust: the coordinator's plans: {[(p.version, sorted(hosts_of(p))) for p in coordinators]}; "
                     f"the chain answered {len(after)} tokens identical to before the forgeries")

@@ -238,9 +238,10 @@ class HostAgentNode(Node):
     def _shard(self, shard: ShardLoad, extra: tuple[Parameter, ...] = ()) -> ComponentRequest:
         """A shard as a component; parameters of a load request may override the model, wire dtype and host."""
         defaults, identity = shard.parameters(self._host_id)
-        # The shard signs and checks its packets with this host's key and the fleet's store.
+        # The shard signs and checks its packets with this host's key and the fleet's store, against the plan.
         return ComponentRequest("shard", shard.name, parameters=(
-            *parameter_overrides(defaults), *extra, *parameter_overrides({**identity, **self._trust.parameters})))
+            *parameter_overrides(defaults), *extra,
+            *parameter_overrides({**identity, **self._trust.parameters, "plan_topic": self._plan_channel})))
 
     # -- services ------------------------------------------------------------------------------------------------
 
