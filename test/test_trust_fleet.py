@@ -1,9 +1,10 @@
 """A fleet with trust on, in real processes (two host agents, the coordinator and the gateway, each with its host's
 key): a participant on the domain without a fleet key publishes forged plans (unsigned and stamped a day ahead
 with no assignments, signed by a key the fleet does not trust, signed in a trusted host's name with another key, a
-genuine plan tampered with, a replay of the genuine plan), adverts of an invented host and forged tokens on the
-chain's output, and calls an agent's load and unload services. Every forgery is ignored, logged and counted: the
-agents keep their shards, the chain keeps answering as before, and the invented host gets nothing."""
+genuine plan tampered with, a replay of the genuine plan), adverts of an invented host, forged hidden states into a
+shard and forged tokens on the chain's output, and calls an agent's load and unload services. Every forgery is
+ignored, logged and counted: the agents keep their shards, the chain keeps answering as before, and the invented
+host gets nothing."""
 
 from __future__ import annotations
 
@@ -187,6 +188,19 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
         assert client.spin_until(lambda: answered(results, {request.request_id: ""}), 120), "no answer"
         streamed = tokens_of(results, request.request_id)
 
+        # -- hidden states into the second shard: unsigned, and by a fleet host that is not its upstream --------
+        in_force = [p for p in plans if p.solver != "forged" and p.modules][-1]
+        cut = next(i for i in range(1, len(in_force.modules))
+                   if in_force.modules[i].host_id != in_force.modules[i - 1].host_id)
+        downstream = in_force.modules[cut]
+        hidden = client.node.create_publisher(ChainPacket, downstream.input_topic, TENSORS)
+        not_upstream = Stamper(load_signing_key(keys / "private" / f"{downstream.host_id}.key"))
+        for signer in (None, not_upstream):
+            forged = ChainPacket(request_id="forged", session_id="forged", reset=True, tensors=[
+                to_msg(np.zeros((1, 1, 576), np.float16), "hidden_states")])
+            hidden.publish(sign(forged, signer, time.time_ns()) if signer else forged)
+            client.spin_for(0.2)
+
         # Every agent saw every forged plan (latched, reliable) and refused each; the counts say so.
         expected = {"unsigned": 1, "unknown signer": 1, "bad signature": 2, "stale or replayed": 1}
         agents = {h: f"/{ns}/agent_{h}" for h in HOSTS}
@@ -220,6 +234,8 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
     REPORTED.extend(f"trust: {what} -> success={s}, '{m}'" for what, (s, m) in service_answers.items())
     REPORTED.extend(f"trust: logged: {line}" for line in dict.fromkeys(ignored))
     assert any("chain/output: wrong identity" in line for line in ignored), ignored
+    for reason in ("unsigned", "wrong identity"):
+        assert any(f"{downstream.input_topic}: {reason}" in line for line in ignored), (reason, ignored)
     REPORTED.append(f"trust: {len(before)} forged next_token packets on chain/output for a request in flight "
                     f"(unsigned, by the intruder, by the trusted host that does not hold the head): none streamed, "
                     f"the answer was the chain's")
