@@ -88,6 +88,9 @@ def declare_trust(node: Node, what: str) -> NodeTrust:
     if not skew > 0:
         raise ValueError(f"max_clock_skew_s {skew} must be > 0")
     verifier = Verifier(load_trust_store(store), skew)
+    if not verifier.store.knows(stamper.key.name):
+        node.get_logger().warning(f"this node signs as '{stamper.key.name}', which is not in {store}: a fleet with "
+                                  "the same trust store refuses what it sends (copy its .pub there)")
     node.get_logger().info(f"control plane signed as '{stamper.key.name}'; trusting {sorted(verifier.store.keys)} "
                            f"(max clock skew {skew:g} s)")
     return NodeTrust(node, stamper, verifier, parameters)
