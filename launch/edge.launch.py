@@ -5,6 +5,11 @@
 The host agent lives in ``/<host_id>``; the coordinator, the gateway (``requests``, ``results``, ``generate``) and the
 model chain live in the fleet's namespace, with the adverts and the plan on ``/edge_lam/adverts`` and
 ``/edge_lam/plan``.
+
+With ``keys_dir:=DIR`` (this host's ``<host_id>.key`` and every fleet host's ``.pub``, see doc/trust.md) the host
+agent, the coordinator and the gateway sign with the host's key and trust the fleet's; empty, the control plane is
+not authenticated (they say so). Where the RMW has DDS-Security, ``enclave:=/edge_lam/<host_id>`` with
+``ROS_SECURITY_*`` set gives every node that enclave.
 """
 
 import os
@@ -13,7 +18,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
@@ -23,9 +28,14 @@ def generate_launch_description() -> LaunchDescription:
     fleet = LaunchConfiguration('fleet_namespace')
     params = LaunchConfiguration('params_file')
     model = {'model': LaunchConfiguration('model')}
+    keys = LaunchConfiguration('keys_dir')
+    own_key = PythonExpression(["'", keys, "/", host_id, ".key' if '", keys, "' else ''"])  # empty: trust off
+    trust = {'signing_key': ParameterValue(own_key, value_type=str),
+             'trusted_keys': ParameterValue(keys, value_type=str)}
+    enclave = ['--enclave', LaunchConfiguration('enclave')]  # used only where ROS_SECURITY_ENABLE=true
     host_agent = Node(
         package='edge_lam', executable='host_agent', name='host_agent', namespace=host_id, output='screen',
-        parameters=[params, model, {
+        ros_arguments=enclave, parameters=[params, model, trust, {
             'host_id': host_id, 'role': 'edge',
             'compute_scale': ParameterValue(LaunchConfiguration('compute_scale'), value_type=float),
             'memory_limit_bytes': ParameterValue(LaunchConfiguration('memory_limit_bytes'), value_type=int),
@@ -33,10 +43,11 @@ def generate_launch_description() -> LaunchDescription:
         }])
     coordinator = Node(
         package='edge_lam', executable='coordinator', name='coordinator', namespace=fleet, output='screen',
-        condition=IfCondition(LaunchConfiguration('coordinator')),
-        parameters=[params, model, {'gateway_host': host_id}])
+        condition=IfCondition(LaunchConfiguration('coordinator')), ros_arguments=enclave,
+        parameters=[params, model, trust, {'gateway_host': host_id}])
     gateway = Node(package='edge_lam', executable='gateway', name='gateway', namespace=fleet, output='screen',
-                   condition=IfCondition(LaunchConfiguration('coordinator')), parameters=[params, model])
+                   condition=IfCondition(LaunchConfiguration('coordinator')), ros_arguments=enclave,
+                   parameters=[params, model, trust])
     return LaunchDescription([
         DeclareLaunchArgument('host_id', default_value='edge', description='Name of this host in adverts and plans.'),
         DeclareLaunchArgument('fleet_namespace', default_value='edge_lam',
@@ -51,6 +62,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('coordinator', default_value='true',
                               description='Start the coordinator and the gateway (once per fleet: false on a '
                                           'further edge box, which then only hosts modules).'),
+        DeclareLaunchArgument('keys_dir', default_value='',
+                              description='Folder with this host\'s <host_id>.key and the fleet\'s .pub files '
+                                          '(doc/trust.md); empty: control plane not authenticated.'),
+        DeclareLaunchArgument('enclave', default_value='/',
+                              description='SROS2 enclave of the nodes, where ROS_SECURITY_ENABLE=true.'),
         host_agent,
         coordinator,
         gateway,

@@ -5,6 +5,10 @@
 Encoders and the reporter live in the robot's namespace (``/<robot_id>/tokens/<modality>``, ``/<robot_id>/reports``),
 reading the robot's sensor topics there (``image_raw``, ``image_raw/compressed``, ``odom``, ``scan``); the host agent
 lives there too and runs the model modules the coordinator gives it in the fleet's namespace.
+
+With ``keys_dir:=DIR`` (this host's ``<robot_id>.key`` and every fleet host's ``.pub``, see doc/trust.md) the host
+agent signs with its key and trusts the fleet's; empty, the control plane is not authenticated (it says so). Where
+the RMW has DDS-Security, ``enclave:=/edge_lam/<robot_id>`` with ``ROS_SECURITY_*`` set gives every node that enclave.
 """
 
 import os
@@ -13,7 +17,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
@@ -23,18 +27,23 @@ def generate_launch_description() -> LaunchDescription:
     namespace = LaunchConfiguration('namespace')
     fleet = LaunchConfiguration('fleet_namespace')
     params = LaunchConfiguration('params_file')
+    keys = LaunchConfiguration('keys_dir')
+    own_key = PythonExpression(["'", keys, "/", robot_id, ".key' if '", keys, "' else ''"])  # empty: trust off
+    trust = {'signing_key': ParameterValue(own_key, value_type=str),
+             'trusted_keys': ParameterValue(keys, value_type=str)}
+    enclave = ['--enclave', LaunchConfiguration('enclave')]  # used only where ROS_SECURITY_ENABLE=true
     camera = Node(package='edge_lam', executable='camera_encoder', name='camera_encoder', namespace=namespace,
-                  parameters=[params, {'robot_id': robot_id}], output='screen',
+                  parameters=[params, {'robot_id': robot_id}], output='screen', ros_arguments=enclave,
                   condition=IfCondition(LaunchConfiguration('camera')))
     odometry = Node(package='edge_lam', executable='odometry_encoder', name='odometry_encoder', namespace=namespace,
-                    parameters=[params, {'robot_id': robot_id}], output='screen',
+                    parameters=[params, {'robot_id': robot_id}], output='screen', ros_arguments=enclave,
                     condition=IfCondition(LaunchConfiguration('odometry')))
     scan = Node(package='edge_lam', executable='scan_encoder', name='scan_encoder', namespace=namespace,
-                parameters=[params, {'robot_id': robot_id}], output='screen',
+                parameters=[params, {'robot_id': robot_id}], output='screen', ros_arguments=enclave,
                 condition=IfCondition(LaunchConfiguration('scan')))
     host_agent = Node(
         package='edge_lam', executable='host_agent', name='host_agent', namespace=namespace, output='screen',
-        parameters=[params, {
+        ros_arguments=enclave, parameters=[params, trust, {
             'host_id': robot_id, 'role': 'robot', 'model': LaunchConfiguration('model'),
             'compute_scale': ParameterValue(LaunchConfiguration('compute_scale'), value_type=float),
             'memory_limit_bytes': ParameterValue(LaunchConfiguration('memory_limit_bytes'), value_type=int),
@@ -42,7 +51,7 @@ def generate_launch_description() -> LaunchDescription:
         }])
     reporter = Node(
         package='edge_lam', executable='reporter', name='reporter', namespace=namespace, output='screen',
-        condition=IfCondition(LaunchConfiguration('reporter')),
+        ros_arguments=enclave, condition=IfCondition(LaunchConfiguration('reporter')),
         parameters=[params, {'requests_topic': ParameterValue(['/', fleet, '/requests'], value_type=str),
                              'results_topic': ParameterValue(['/', fleet, '/results'], value_type=str)}])
     return LaunchDescription([
@@ -63,6 +72,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('odometry', default_value='true', description='Start the odometry encoder.'),
         DeclareLaunchArgument('scan', default_value='false', description='Start the scan encoder.'),
         DeclareLaunchArgument('reporter', default_value='true', description='Start the reporter.'),
+        DeclareLaunchArgument('keys_dir', default_value='',
+                              description='Folder with this host\'s <robot_id>.key and the fleet\'s .pub files '
+                                          '(doc/trust.md); empty: control plane not authenticated.'),
+        DeclareLaunchArgument('enclave', default_value='/',
+                              description='SROS2 enclave of the nodes, where ROS_SECURITY_ENABLE=true.'),
         camera,
         odometry,
         scan,

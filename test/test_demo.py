@@ -82,6 +82,12 @@ def test_a_short_demo_reports_on_every_tick_and_writes_a_summary_that_adds_up(pr
             assert image.format == "PNG" and image.width >= 600 and image.height >= 100
             assert len(image.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 8, f"{name} is blank"
     assert "placement v" in console and "report 1 (" in console
+    # The control plane was signed: every fleet node trusted the demo's keys, none ran unauthenticated.
+    logs = {log.name: log.read_text() for log in (output / "logs").glob("*.log")}
+    signing = [name for name, text in logs.items() if "control plane signed as" in text]
+    assert {"coordinator.log", "gateway.log", "host_agent_robot.log", "host_agent_edge.log"} <= set(signing), signing
+    assert not [name for name, text in logs.items() if "control plane not authenticated" in text]
+    assert sorted(p.name for p in (output / "keys").iterdir()) == ["edge.key", "edge.pub", "robot.key", "robot.pub"]
     placement = [(m["module_id"], m["host_id"]) for m in plan["modules"]]
     REPORTED.append(f"demo: {len(reports)} reports in {DURATION_S:g} s of bags, latency median "
                     f"{summary['latency_s']['median']:.2f} s; plan {placement}")

@@ -49,6 +49,14 @@ def test_processes_live_in_the_robot_host_and_fleet_namespaces():
     assert "modalities:=[image,odometry]" in argv["reporter"]
     assert "requests_topic:=/edge_lam/requests" in argv["reporter"]
     assert all(a.startswith(str(LIB)) for a in argv.values())
+    assert all("trusted_keys" not in a for a in argv.values())  # trust off unless the config has keys
+
+
+def test_with_keys_every_fleet_node_signs_with_its_hosts_key():
+    argv = {spec.name: " ".join(spec.argv) for spec in demo_processes(config(keys_dir=pathlib.Path("/k")), LIB)}
+    for name, host in (("host_agent[robot]", "robot"), ("host_agent[edge]", "edge"), ("coordinator", "edge"),
+                       ("gateway", "edge")):
+        assert f"signing_key:=/k/{host}.key" in argv[name] and "trusted_keys:=/k" in argv[name], name
 
 
 def test_replays_remap_under_the_robot_and_start_short_bags_at_their_beginning():

@@ -353,11 +353,15 @@ def test_a_plan_loads_a_shard_that_serves_and_a_newer_plan_unloads_it(processes,
     wait(ros, lambda: status(diagnostics, f"/{ns}/agent_solo") is not None, 5, agent)
     assert status(diagnostics, shard_name) is None
 
-    # a model that cannot load: the failure is on /diagnostics and the agent carries on
-    plans.publish(whole_model_plan("solo", 3, plan_id, ros, model_id="no-such-model"))
-    wait(ros, lambda: (s := status(diagnostics, shard_name)) is not None and s.level == DiagnosticStatus.ERROR,
-         30, agent)
-    assert "no-such-model" in status(diagnostics, shard_name).message
+    # a plan naming a model that is not a prepared one (an id or a folder of the sender's choosing): the agent
+    # says on /diagnostics that it cannot follow it, loads nothing and carries on
+    for version, model_id in ((3, "no-such-model"), (4, "/tmp")):
+        diagnostics.clear()
+        plans.publish(whole_model_plan("solo", version, plan_id, ros, model_id=model_id))
+        refused = f"model '{model_id}' is not one this host serves"
+        wait(ros, lambda refused=refused: (s := status(diagnostics, f"/{ns}/agent_solo")) is not None
+             and s.level == DiagnosticStatus.WARN and refused in s.message, 30, agent)
+        assert status(diagnostics, shard_name) is None
     adverts.clear()
     wait(ros, lambda: latest(adverts, "solo") is not None, 5, agent)
     assert list(latest(adverts, "solo").modules_hosted) == []

@@ -214,6 +214,10 @@ def test_wire_bytes_count_what_the_serializer_writes():
     for payload in payloads:
         message = msgs.TensorList(tensors=[to_msg(array, name) for name, array in payload.items()])
         assert wire_bytes(payload) == len(serialization.serialize_message(message)), sorted(payload)
+        for signer in ("edge", "robot_0x"):  # signed: a signer name of either parity, a 64-byte signature
+            message.header.frame_id = "tb3"
+            message.signature = msgs.Signature(signer=signer, stamp_ns=1, signature=bytes(64))
+            assert wire_bytes(payload, "tb3", signer, 64) == len(serialization.serialize_message(message))
 
 
 # Split LoRA against the unsplit model

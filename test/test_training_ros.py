@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import sys
+import time
 import uuid
 from collections import defaultdict
 
@@ -22,8 +24,12 @@ from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.training.adapters import LoraSettings
+from edge_lam.training.compression import codec_from_spec
 from edge_lam.training.split import IGNORE, SplitBottom
-from edge_lam.wire.training import decode_stream, pack, unpack
+from edge_lam.trust.checks import Stamper
+from edge_lam.trust.keys import load_signing_key, make_keys
+from edge_lam.wire.signing import sign
+from edge_lam.wire.training import decode_stream, encode_state, pack, unpack
 from ros_client import RosClient
 
 HIDDEN, CUT, ROUNDS, STEPS = 64, 2, 2, 2
@@ -247,3 +253,75 @@ def test_the_edge_logs_malformed_activations_and_keeps_serving(processes, tiny_m
     assert len(errors) == len(bad), output
     for (word, _), line in zip(bad, errors, strict=True):
         assert word in line, (word, line)
+
+
+def test_with_trust_on_forged_uploads_and_a_forged_global_adapter_change_nothing(processes, tiny_model, tmp_path):
+    """The edge trains only on activations signed by the robot they name; a robot follows only a global adapter a
+    fleet key signed: a forged final adapter (round 1 of 1, well formed) would end its run."""
+    make_keys(tmp_path / "keys", ["edge", "robot_a"])
+    make_keys(tmp_path / "other", ["intruder"])
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in ("edge", "robot_a"):
+        shutil.copy(tmp_path / "keys" / f"{name}.pub", store)
+    trust = ["-p", f"trusted_keys:={store}"]
+    namespace = f"/training_{uuid.uuid4().hex[:8]}"
+    client = RosClient("intruder", namespace)
+    try:
+        globals_seen = client.collect(TensorList, "training/global_adapter", LATCHED)
+        gradients = client.collect(TensorList, "training/gradients", TENSORS)
+        edge = start_edge(processes, namespace, tiny_model, "-p", "rounds:=1", "-p",
+                          f"signing_key:={tmp_path / 'keys' / 'edge.key'}", *trust)
+        assert client.spin_until(lambda: globals_seen, TIMEOUT_S), "the edge published no global adapter"
+        assert globals_seen[0].signature.signer == "edge"
+        activations = client.publisher(TensorList, "training/activations", TENSORS)
+        assert client.spin_until(lambda: client.node.count_publishers(f"{namespace}/training/gradients") == 1, 30.0)
+        robot_a = Stamper(load_signing_key(tmp_path / "keys" / "robot_a.key"))
+        intruder = Stamper(load_signing_key(tmp_path / "other" / "intruder.key"))
+
+        def activation(robot: str, batch: int) -> TensorList:
+            targets = np.tile(np.array([[IGNORE, IGNORE, 7, 8, 9]], np.int32), (batch, 1))
+            return pack(robot, {"round": 0, "step": 0, "cut": CUT},
+                        {"activation/fp32/data": np.ones((batch, 5, HIDDEN), np.float32), "targets": targets})[0]
+
+        now = time.time_ns()
+        forged = {"unsigned": activation("robot_a", 1), "unknown signer": sign(activation("robot_a", 1), intruder, now),
+                  "wrong identity": sign(activation("robot_b", 1), robot_a, now)}
+        for msg in forged.values():
+            activations.publish(msg)
+        activations.publish(sign(activation("robot_a", 2), robot_a, now + 1))  # genuine: a batch of two
+        assert client.spin_until(lambda: gradients, 30.0), "no gradient for the genuine activation"
+        client.spin_for(1.0)
+    finally:
+        client.close()
+    edge.send_signal(signal.SIGINT)
+    _, edge_output = finish(edge, 10.0)
+    (reply,) = gradients  # one topic keeps its order: an answer to a forgery would have come first
+    assert reply.header.frame_id == "robot_a" and reply.signature.signer == "edge"
+    assert weights(reply, ("round", "step"))[1]["gradient"].shape[0] == 2
+    for reason in forged:
+        assert f"training/activations: {reason}" in edge_output, (reason, edge_output)
+
+    # A robot, trust on, offered a forged final adapter (unsigned, then by the intruder), then the edge's.
+    namespace = f"/training_{uuid.uuid4().hex[:8]}"
+    client = RosClient("intruder", namespace)
+    try:
+        robot = processes.start(
+            sys.executable, "-m", "edge_lam.training.robot_trainer_node", "--ros-args", "-r", f"__ns:={namespace}",
+            "-r", "__node:=robot_a", *common(tiny_model), "-p", "steps_per_round:=1", "-p", "batch_size:=2",
+            "-p", f"signing_key:={tmp_path / 'keys' / 'robot_a.key'}", *trust)
+        final = pack("", {"round": 1, "rounds": 1}, encode_state(initial_adapter(tiny_model), codec_from_spec("fp32")))
+        adapters = client.publisher(TensorList, "training/global_adapter", LATCHED, timeout_s=60)
+        adapters.publish(final[0])
+        client.spin_for(0.5)
+        adapters.publish(sign(final[0], intruder, time.time_ns()))
+        client.spin_for(3.0)
+        assert robot.poll() is None, f"a forged adapter ended the robot's run:\n{finish(robot, 5)[1]}"
+        edge_key = Stamper(load_signing_key(tmp_path / "keys" / "edge.key"))
+        adapters.publish(sign(final[0], edge_key, time.time_ns()))
+        rc, robot_output = finish(robot, 30.0)
+    finally:
+        client.close()
+    assert rc == 0 and "rounds are over" in robot_output, robot_output
+    for reason in ("unsigned", "unknown signer"):
+        assert f"training/global_adapter: {reason}" in robot_output, (reason, robot_output)

@@ -76,6 +76,25 @@ def hosts(args: argparse.Namespace) -> int:
     return run_hosts_command(args)
 
 
+def keys(args: argparse.Namespace) -> int:
+    """Make Ed25519 keys (one per host: `make DIR robot edge`; an operator's key is just another name) or list those
+    of a folder. `make` writes DIR/NAME.key (private, mode 0600: it stays on its host) and DIR/NAME.pub (copy it to
+    every host that must trust NAME, into the folder given as their trusted_keys parameter)."""
+    from edge_lam.trust.keys import KeyFileError, list_keys, make_keys
+
+    try:
+        if args.action == "make":
+            for path in make_keys(args.dir, args.names, force=args.force):
+                print(path)
+        else:
+            for name, private, public in list_keys(args.dir):
+                print(f"{name}\t{'private+public' if private and public else 'private' if private else 'public'}")
+    except KeyFileError as err:
+        print(f"edge-lam keys: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def subcommand(commands: argparse._SubParsersAction, run: Callable[[argparse.Namespace], int], help: str
                ) -> argparse.ArgumentParser:
     """The parser of the subcommand ``main`` runs with ``run``: named after it, described by its docstring."""
@@ -183,6 +202,17 @@ def add_hosts(commands: argparse._SubParsersAction) -> None:
     cut.add_argument("--restore", action="store_true", help="end a cut")
 
 
+def add_keys(commands: argparse._SubParsersAction) -> None:
+    parser = subcommand(commands, keys, help="make or list the Ed25519 keys that sign the control plane")
+    actions = parser.add_subparsers(dest="action", required=True)
+    make = actions.add_parser("make", help="write DIR/NAME.key and DIR/NAME.pub for each NAME")
+    make.add_argument("dir", help="folder for the keys (created if missing)")
+    make.add_argument("names", nargs="+", metavar="NAME", help="signer names: one per host (robot, edge, ...)")
+    make.add_argument("--force", action="store_true", help="replace keys that exist")
+    listing = actions.add_parser("list", help="the keys of DIR: name and whether its private key is there")
+    listing.add_argument("dir", help="folder of keys")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-lam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     add_replay(commands)
     add_record(commands)
     add_hosts(commands)
+
+
+    add_keys(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -29,6 +29,7 @@ from edge_lam.chain.requests import CANCELLED, ChainStep, Log, Request, Result, 
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import CONTROL, LATCHED, TENSORS
+from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.chain import from_output_msg, to_step_msg
 from edge_lam.wire.requests import from_request_msg, to_result_msg
 
@@ -72,6 +73,9 @@ class GatewayNode(Node):
         plan_topic = declare(self, "plan_topic", "/edge_lam/plan",
                              "PlacementPlan topic: a new plan replays the requests in flight; empty to ignore plans.")
         idle_s = declare(self, "session_idle_timeout_s", 600.0, "Forget a kept session after this long unused.")
+        self._trust = declare_trust(self, "publish plans that make the gateway replay every request in flight, and "
+                                    "answer on the chain's output in its place (the caller gets forged tokens)")
+        self._head_host = ""  # host of the plan's last module: with trust on, the only signer of the chain's output
 
         timeouts = Timeouts(step_s=step_timeout_s, max_retries=max_retries, failover_s=failover_timeout_s,
                             session_idle_s=idle_s)
@@ -96,7 +100,7 @@ class GatewayNode(Node):
                                     callback_group=waiting, feedback_pub_qos_profile=CONTROL)
         self._watchdog = self.create_timer(0.5, self.tick)
         if plan_topic:
-            self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED)
+            self._plan_channel = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED).topic_name
         self.get_logger().info(
             f"serving {model} through {self._chain_in.topic_name} -> {self._chain_out.topic_name}; "
             f"requests on {self._requests.topic_name}, results on {self._results.topic_name}, "
@@ -109,9 +113,15 @@ class GatewayNode(Node):
         self._run(self._core.request, from_request_msg(msg))
 
     def on_chain_output(self, packet: ChainPacket) -> None:
+        # A token is streamed only from the host the plan in force puts the head on (any fleet key before a plan).
+        if not self._trust.accept(packet, self._chain_out.topic_name, identity=self._head_host or None):
+            return
         self._run(self._core.chain_output, from_output_msg(packet))
 
     def on_plan(self, plan: PlacementPlan) -> None:
+        if not self._trust.accept(plan, self._plan_channel, max_age=False):
+            return
+        self._head_host = plan.modules[-1].host_id if plan.modules else ""
         self._run(self._core.plan, (plan.plan_id, plan.version))
 
     def tick(self) -> None:
@@ -171,7 +181,7 @@ class GatewayNode(Node):
         with self._lock:
             for action in event(*args, time.monotonic(), **kwargs):
                 if isinstance(action, ChainStep):
-                    self._chain_in.publish(to_step_msg(action, self.get_clock().now().to_msg()))
+                    self._chain_in.publish(self._trust.sign(to_step_msg(action, self.get_clock().now().to_msg())))
                 elif isinstance(action, Result):
                     (action.reply_to or self._publish_result)(action)
                 elif isinstance(action, Log):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 
 import torch
-from edge_lam_msgs.msg import ChainPacket
+from edge_lam_msgs.msg import ChainPacket, PlacementPlan
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -23,7 +23,8 @@ from edge_lam.model.loading import load_model
 from edge_lam.model.sessions import SessionLost
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
-from edge_lam.ros.qos import TENSORS
+from edge_lam.ros.qos import LATCHED, TENSORS
+from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.chain import fail, packet_bytes, packet_tensors, put_tensors, sampling, to_stage_msgs
 from edge_lam.wire.tensors import TensorError
 
@@ -49,6 +50,9 @@ class ShardNode(Node):
                              "[latency_s, bandwidth_bps] of the link packets arrive over; unset for none.")
         output_link = declare(self, "output_link", Parameter.Type.DOUBLE_ARRAY,
                               "The same for the link packets leave over (the hop back to the gateway).")
+        self._trust = declare_trust(self, "feed this shard hidden states in its upstream module's place")
+        plan_topic = declare(self, "plan_topic", "", "PlacementPlan topic: with trust on, a packet is taken only from "
+                             "the host the plan puts the upstream module on; empty: from any fleet host.")
         self._host_id = host_id or socket.gethostname()
         wire_dtype_bytes(wire_dtype)  # ValueError naming the choices
         if idle <= 0 or threads < 1:
@@ -59,20 +63,40 @@ class ShardNode(Node):
         self._threads = threads
         self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle)
         self._pub = self.create_publisher(ChainPacket, output_topic, TENSORS)
-        self._held = DelayedRelease(self, line, self._process, self._pub.publish, packet_bytes) if line.delays else None
+        self._held = DelayedRelease(self, line, self._process, self._send, packet_bytes) if line.delays else None
         self._sub = self.create_subscription(ChainPacket, input_topic, self.on_packet, TENSORS)
+        self._first_module = self._core.module_ids[0]
+        self._upstream_host = ""  # of the module before ours in the plan in force; empty: any fleet host
+        if plan_topic and self._trust.on:
+            self._plans = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED)
         self._expiry = self.create_timer(min(idle, 10.0), self.expire_sessions)
         self.get_logger().info(
             f"modules {self._core.module_ids} of {model} on {self._host_id}: "
             f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
         )
 
+    def on_plan(self, plan: PlacementPlan) -> None:
+        """Follow who feeds this shard: the host of the module before ours (none before: the gateway, any host)."""
+        if not self._trust.accept(plan, self._plans.topic_name, max_age=False):
+            return
+        ids = [m.module_id for m in plan.modules]
+        if self._first_module in ids:
+            index = ids.index(self._first_module)
+            self._upstream_host = plan.modules[index - 1].host_id if index > 0 else ""
+
     def on_packet(self, packet: ChainPacket) -> None:
+        # With trust on, only the upstream host may feed the chain: a forged packet is dropped here, not computed on.
+        if not self._trust.accept(packet, self._sub.topic_name, identity=self._upstream_host or None):
+            return
         if self._held is not None:
             self._held.put(packet)
         else:
             self._process(packet)
-            self._pub.publish(packet)  # releases and errors pass on untouched, so every module and the gateway see them
+            self._send(packet)  # releases and errors pass on untouched, so every module and the gateway see them
+
+    def _send(self, packet: ChainPacket) -> None:
+        """Publish downstream, signed by this host: the next hop checks it came from the chain."""
+        self._pub.publish(self._trust.sign(packet))
 
     def _process(self, packet: ChainPacket) -> float:
         """Run the packet through the modules (a release frees its session); the seconds the modules computed."""

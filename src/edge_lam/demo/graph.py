@@ -86,6 +86,9 @@ class DemoConfig:
     max_new_tokens: int
     start_offset_s: float
     params_file: pathlib.Path
+    # Folder with NAME.key and NAME.pub of every host: trust on, each host signing with its own key (the
+    # coordinator and the gateway with the gateway host's). None: trust off.
+    keys_dir: pathlib.Path | None = None
 
     def __post_init__(self) -> None:
         ids = [h.host_id for h in self.hosts]
@@ -103,6 +106,12 @@ class DemoConfig:
     @property
     def modalities(self) -> list[str]:
         return sorted({s.modality for s in self.sensors})
+
+    def trust(self, host_id: str) -> list[str]:
+        """The trust parameters of a node on ``host_id`` (none with trust off)."""
+        if self.keys_dir is None:
+            return []
+        return [f"signing_key:={self.keys_dir / f'{host_id}.key'}", f"trusted_keys:={self.keys_dir}"]
 
     def robot_topic(self, topic: str) -> str:
         """Where a bag topic is replayed: under the robot's namespace, as a robot's driver would publish it."""
@@ -140,11 +149,13 @@ def demo_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
         specs.append(ProcessSpec(f"host_agent[{host.host_id}]", (str(lib / "host_agent"), *_ros_args(
             "host_agent", f"/{host.host_id}", config.params_file, f"host_id:={host.host_id}", f"role:={host.role}",
             f"compute_scale:={host.compute_scale}", f"memory_limit_bytes:={host.memory_mib * 2**20}",
-            f"model:={config.model}", f"components_namespace:={ns}"))))
+            f"model:={config.model}", f"components_namespace:={ns}", *config.trust(host.host_id)))))
+    gateway_trust = config.trust(config.gateway_host)
     specs.append(ProcessSpec("coordinator", (str(lib / "coordinator"), *_ros_args(
-        "coordinator", ns, config.params_file, f"model:={config.model}", f"gateway_host:={config.gateway_host}"))))
+        "coordinator", ns, config.params_file, f"model:={config.model}", f"gateway_host:={config.gateway_host}",
+        *gateway_trust))))
     specs.append(ProcessSpec("gateway", (str(lib / "gateway"), *_ros_args(
-        "gateway", ns, config.params_file, f"model:={config.model}"))))
+        "gateway", ns, config.params_file, f"model:={config.model}", *gateway_trust))))
     for sensor in config.sensors:
         params = [f"robot_id:={config.robot_id}", f"sensor:={sensor.topic.strip('/').split('/')[0]}"]
         argv = [str(lib / sensor.encoder)]

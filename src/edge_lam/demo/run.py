@@ -84,6 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from edge_lam.demo.monitor_node import DemoMonitor
     from edge_lam.demo.plots import plot_latency, plot_placement
     from edge_lam.demo.summary import summarise, write_summary
+    from edge_lam.trust.keys import make_keys
 
     output = pathlib.Path(args.output)
     (output / "logs").mkdir(parents=True, exist_ok=True)
@@ -95,14 +96,19 @@ def run_demo(args: argparse.Namespace) -> int:
     for bag in bags:
         if not bag.exists():
             raise DemoError(f"bag {bag} does not exist (run `make setup` for the bundled ones)")
+    hosts = tuple(HostSpec.parse(h) for h in args.hosts)
+    # The control plane is signed as on a real fleet: a key per host, made afresh for each run (in one folder,
+    # which is every host's trust store here; on real hosts only the .pub files are copied).
+    keys_dir = (output / "keys").resolve()
+    make_keys(keys_dir, [h.host_id for h in hosts], force=True)
     config = DemoConfig(
-        robot_id=args.robot_id, hosts=tuple(HostSpec.parse(h) for h in args.hosts), model=args.model,
+        robot_id=args.robot_id, hosts=hosts, model=args.model,
         sensors=tuple(s for bag in bags for s in bag_sensors(bag)), period_s=args.period,
-        max_new_tokens=args.max_new_tokens, start_offset_s=args.start_offset, params_file=params,
+        max_new_tokens=args.max_new_tokens, start_offset_s=args.start_offset, params_file=params, keys_dir=keys_dir,
     )
     print(f"edge_lam demo: {config.model} on {', '.join(h.host_id for h in config.hosts)}; bags "
           f"{', '.join(b.name for b in bags)} ({', '.join(s.topic for s in config.sensors)}) for {args.duration:g} s; "
-          f"a report every {config.period_s:g} s; output in {output}/")
+          f"a report every {config.period_s:g} s; output in {output}/; control plane signed (keys in {keys_dir})")
     processes = ProcessGroup(output / "logs")
     rclpy.init()
     monitor = DemoMonitor(config)

@@ -27,6 +27,7 @@ from edge_lam.placement.types import Unit
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import ADVERTS_READER, LATCHED
+from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.fleet import from_advert_msg, to_plan_msg
 
 TICK_S = 0.1  # how often timeouts and the settling are checked; a look at the fleet costs far more than this check
@@ -77,6 +78,8 @@ class CoordinatorNode(Node):
             settle_s=declare(self, "settle_s", 1.0, "After the first advert, wait this long for other hosts before "
                              "the first plan."),
         )
+        self._trust = declare_trust(self, "advertise invented hosts and be given the model's modules, and publish "
+                                    "plans in the coordinator's place")
         wire_dtype_bytes(self._wire_dtype)  # ValueError naming the choices
         units, num_layers = model_chain(self._model, self._wire_dtype)
         self._core = Coordinator(Chain(tuple(units), num_layers, gateway, context), policy)
@@ -95,6 +98,9 @@ class CoordinatorNode(Node):
         )
 
     def on_advert(self, msg: ComputeAdvert) -> None:
+        # An advert counts only when signed by the host it describes: a key holder cannot speak for another host.
+        if not self._trust.accept(msg, self._adverts.topic_name, identity=msg.host_id):
+            return
         try:
             advert = from_advert_msg(msg, self._use_load)
         except ValueError as error:
@@ -139,8 +145,9 @@ class CoordinatorNode(Node):
         core = self._core
         assigned = assignments(plan, core.chain.units, decision.hosts, core.chain.num_layers)
         self._version += 1
-        self._plans.publish(to_plan_msg(str(uuid.uuid4()), self._version, self._model, self._wire_dtype, assigned,
-                                        plan.expected_latency_s, plan.solver, self.get_clock().now().nanoseconds))
+        self._plans.publish(self._trust.sign(to_plan_msg(
+            str(uuid.uuid4()), self._version, self._model, self._wire_dtype, assigned, plan.expected_latency_s,
+            plan.solver, self.get_clock().now().nanoseconds)))
         was = "" if decision.current is None else f"; {in_force(decision)}"
         self.get_logger().info(
             f"plan v{self._version} ({decision.reason}): {plan.expected_latency_s * 1e3:.2f} ms per token expected"

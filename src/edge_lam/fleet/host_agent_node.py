@@ -44,10 +44,12 @@ from edge_lam.fleet.host_measurement import (
 )
 from edge_lam.fleet.plan_following import Hosting, PlanFollower, ShardLoad
 from edge_lam.link.probing import LinkProber, parse_emulated_links
+from edge_lam.model.loading import MODELS
 from edge_lam.placement.assignments import ShardGroup
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import ADVERT_LEASE_S, ADVERTS, ADVERTS_READER, CONTROL, LATCHED
+from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.diagnostics import Status, to_diagnostic_array
 from edge_lam.wire.fleet import module_of, plan_assignments, to_advert_msg
 from edge_lam.wire.probes import Probe, from_probe_msg, to_probe_msg
@@ -89,6 +91,8 @@ class HostAgentNode(Node):
                            "benchmarks), e.g. ['edge_0:0.02:100e6']; those peers are not probed.")
         self._battery = declare(self, "battery_fraction", math.nan,
                                 "Battery charge 0..1 to advertise; NaN for a host without a battery.")
+        self._trust = declare_trust(self, "publish plans that make this host load or unload shards, and call its "
+                                    "load_module and unload_module services")
         if role not in ROLES:
             raise ValueError(f"role '{role}' must be one of {ROLES}")
         if not (compute_scale > 0 and advert_period_s > 0 and probe_period_s > 0 and memory_limit >= 0):
@@ -102,7 +106,7 @@ class HostAgentNode(Node):
         self._gflops = scaled(reference_gflops(repeats=21, threads=1), compute_scale)
         self._memory_total = memory_limit or read_mem_available_bytes()
         self._cpu = read_cpu_sample()
-        self._following = PlanFollower(self._host_id, self._model)
+        self._following = PlanFollower(self._host_id, self._model, frozenset(MODELS))
         self._peers: dict[str, float] = {}  # host id -> time.monotonic() of its last advert
         self._prober = LinkProber(probe_period_s, self._host_id)
         self._loader = ComponentLoader(self, namespace or self.get_namespace())
@@ -113,17 +117,21 @@ class HostAgentNode(Node):
         self._probes = self.create_publisher(TensorList, probe_topic, CONTROL)
         self._replies = self.create_publisher(TensorList, f"{probe_topic}_reply", CONTROL)
         self.create_subscription(ComputeAdvert, adverts_topic, self.on_advert, ADVERTS_READER)
-        self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED)
+        self._plan_channel = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED).topic_name
         self.create_subscription(TensorList, probe_topic, self.on_probe, CONTROL)
         self.create_subscription(TensorList, f"{probe_topic}_reply", self.on_probe_reply, CONTROL)
         services = ReentrantCallbackGroup()  # a load call awaits its component without holding up adverts
-        self.create_service(LoadModule, "~/load_module", self.on_load_module, callback_group=services)
-        self.create_service(UnloadModule, "~/unload_module", self.on_unload_module, callback_group=services)
-        standard = add_container_services(self, self._container_load, self._container_unload,
-                                          self._loader.full_names, callback_group=services)
+        self._load_channel = self.create_service(LoadModule, "~/load_module", self.on_load_module,
+                                                 callback_group=services).service_name
+        self._unload_channel = self.create_service(UnloadModule, "~/unload_module", self.on_unload_module,
+                                                   callback_group=services).service_name
+        # composition_interfaces' requests carry no signature: with trust on, the standard services stay off.
+        standard = not self._trust.on and add_container_services(
+            self, self._container_load, self._container_unload, self._loader.full_names, callback_group=services)
         self.create_timer(advert_period_s, self.advertise)
         self.create_timer(probe_period_s / PROBE_CHECKS, self.probe_peers)
-        container = f"on {self.get_fully_qualified_name()}/_container" if standard else "off (not installed)"
+        container = f"on {self.get_fully_qualified_name()}/_container" if standard else \
+            "off (trust is on: they cannot be signed)" if self._trust.on else "off (not installed)"
         self.get_logger().info(
             f"host '{self._host_id}' ({role}): {self._gflops:.1f} GFLOP/s (x{compute_scale}), "
             f"{self._memory_total / 2**30:.2f} GiB for modules; adverts on {self._adverts.topic_name}, "
@@ -147,13 +155,15 @@ class HostAgentNode(Node):
                         (*self._emulated.values(), *self._prober.measures.values()),
                         None if math.isnan(self._battery) else self._battery, tuple(self._loader.running_modules()))
         stamp_ns = self.get_clock().now().nanoseconds
-        self._adverts.publish(to_advert_msg(advert, stamp_ns, self._prober.measured_at_ns))
+        self._adverts.publish(self._trust.sign(to_advert_msg(advert, stamp_ns, self._prober.measured_at_ns)))
         agent = Status(self.get_fully_qualified_name(), self._following.level,
                        f"{len(advert.modules_hosted)} modules running; {self._following.note}", self._host_id, {
                            "compute_gflops": f"{advert.compute_gflops:.3f}", "load": f"{advert.load:.3f}",
                            "memory_total_bytes": str(advert.memory_total_bytes),
                            "memory_free_bytes": str(advert.memory_free_bytes),
                            "modules_hosted": " ".join(advert.modules_hosted), "peers": " ".join(sorted(self._peers)),
+                           "trust": ("on, signing as " + self._trust.signer) if self._trust.on else "off",
+                           **{f"refused {reason}": str(n) for reason, n in self._trust.refused().items()},
                        })
         self._diagnostics.publish(to_diagnostic_array([agent, *self._loader.statuses(self._host_id)], stamp_ns))
 
@@ -161,7 +171,7 @@ class HostAgentNode(Node):
 
     def on_advert(self, advert: ComputeAdvert) -> None:
         peer = advert.host_id
-        if peer == self._host_id:
+        if peer == self._host_id or not self._trust.accept(advert, self._adverts.topic_name, identity=peer):
             return
         heard_before = peer in self._peers
         self._peers[peer] = time.monotonic()
@@ -198,7 +208,12 @@ class HostAgentNode(Node):
     # -- the plan ------------------------------------------------------------------------------------------------
 
     def on_plan(self, plan: PlacementPlan) -> None:
-        if not self._following.order.accept(plan.plan_id, plan.version, to_ns(plan.header.stamp)):
+        # Any fleet key may sign a plan; a latched plan may be old (a late joiner's), so only the future is bounded.
+        if not self._trust.accept(plan, self._plan_channel, max_age=False):
+            return
+        # With trust on, plans are ordered by the signed stamp: the header's is anyone's to set.
+        stamp_ns = plan.signature.stamp_ns if self._trust.on else to_ns(plan.header.stamp)
+        if not self._following.order.accept(plan.plan_id, plan.version, stamp_ns):
             self.get_logger().info(f"plan {plan.plan_id} v{plan.version} ignored: not newer than the one in force")
             return
         hosted = {name: Hosting(h.module_ids, h.asked_by == PLAN, bool(h.error), h.source)
@@ -224,13 +239,19 @@ class HostAgentNode(Node):
     def _shard(self, shard: ShardLoad, extra: tuple[Parameter, ...] = ()) -> ComponentRequest:
         """A shard as a component; parameters of a load request may override the model, wire dtype and host."""
         defaults, identity = shard.parameters(self._host_id)
+        # The shard signs and checks its packets with this host's key and the fleet's store, against the plan.
         return ComponentRequest("shard", shard.name, parameters=(
-            *parameter_overrides(defaults), *extra, *parameter_overrides(identity)))
+            *parameter_overrides(defaults), *extra,
+            *parameter_overrides({**identity, **self._trust.parameters, "plan_topic": self._plan_channel})))
 
     # -- services ------------------------------------------------------------------------------------------------
 
     async def on_load_module(self, request: LoadModule.Request,
                              response: LoadModule.Response) -> LoadModule.Response:
+        refusal = self._trust.refusal(request, self._load_channel)
+        if refusal:
+            response.success, response.message = False, f"load_module refused: {refusal}"
+            return response
         try:
             entry = self._requested(request)
         except ValueError as err:
@@ -259,16 +280,22 @@ class HostAgentNode(Node):
                                  f"('{spec.module_id}')")
             if not (module.input_topic and module.output_topic):
                 raise ValueError(f"module '{spec.module_id}' needs an input_topic and an output_topic")
+            for parameter in extra:
+                if parameter.name == "model":
+                    self._following.model_of(str(parameter.value))  # a prepared model's id, never a folder
             group = ShardGroup((spec,), module.input_topic, module.output_topic, module.memory_bytes)
-            shard = ShardLoad(group, request.model_id or self._model)
+            shard = ShardLoad(group, self._following.model_of(request.model_id))
             entry = Hosted(self._shard(shard, extra), shard.module_ids, module.memory_bytes, "load_module", shard)
         self._loader.check_free(entry.name, entry.module_ids)
         return entry
 
     def on_unload_module(self, request: UnloadModule.Request,
                          response: UnloadModule.Response) -> UnloadModule.Response:
+        refusal = self._trust.refusal(request, self._unload_channel)
         name = self._loader.held_modules().get(request.module_id)
-        if name is None:
+        if refusal:
+            response.success, response.message = False, f"unload_module refused: {refusal}"
+        elif name is None:
             response.success = False
             response.message = (f"module '{request.module_id}' is not hosted here "
                                 f"(hosted: {', '.join(self._loader.running_modules()) or 'none'})")

@@ -105,6 +105,9 @@ class PlanFollower:
 
     host_id: str
     default_model: str  # of shards whose plan names no model
+    # Model ids a plan may name (the host's own default always): a plan names a model prepared in the host's cache,
+    # never a folder of its choosing. None: any (pure tests).
+    models: frozenset[str] | None = None
     order: PlanOrder = dataclasses.field(default_factory=PlanOrder)
     level: str = "ok"  # ok, or warn while the newest plan cannot be followed
     note: str = "no plan yet"
@@ -112,8 +115,9 @@ class PlanFollower:
     def follow(self, plan_id: str, version: int, model_id: str, wire_dtype: str, assigned: Sequence[Assignment],
                hosted: Mapping[str, Hosting]) -> PlanChanges:
         """The changes that make this host run what a newer plan (``order`` accepted it) gives it."""
+        model = self.model_of(model_id)
         groups = shard_groups(assigned, self.host_id)
-        wanted = [ShardLoad(g, model_id or self.default_model, wire_dtype or DEFAULT_WIRE_DTYPE) for g in groups]
+        wanted = [ShardLoad(g, model, wire_dtype or DEFAULT_WIRE_DTYPE) for g in groups]
         names, modules = {w.name for w in wanted}, {m for w in wanted for m in w.module_ids}
         # The plan's shards, and components loaded by load_module that clash with them (a name or a module in
         # common): two shards of one module would both answer every packet.
@@ -124,6 +128,15 @@ class PlanFollower:
         return PlanChanges(
             changes.unload + tuple(n for n, h in clashing.items() if h.shard is None), changes.load, changes.keep,
             tuple(n for n, h in hosted.items() if h.from_plan and h.failed))
+
+    def model_of(self, model_id: str) -> str:
+        """The model a plan or request names (the default when none); ValueError for one this host does not serve."""
+        model = model_id or self.default_model
+        if self.models is not None and model != self.default_model and model not in self.models:
+            raise ValueError(f"model '{model}' is not one this host serves (model ids: "
+                             f"{', '.join(sorted({self.default_model, *self.models}))}); a plan or request names a "
+                             "prepared model by id, never a folder")
+        return model
 
     def unusable(self, plan_id: str, version: int, err: Exception) -> str:
         """Note a plan that cannot be followed, such as one naming modules that do not exist (the host keeps what

@@ -234,12 +234,15 @@ def _cdr_string(offset: int, text: str) -> int:
     return _align(offset, 4) + 4 + len(text.encode()) + 1  # uint32 length, the bytes, a NUL
 
 
-def wire_bytes(named: Mapping[str, np.ndarray], frame_id: str = "") -> int:
-    """Serialized bytes of one ``edge_lam_msgs/TensorList`` carrying ``named`` as its tensors, in order.
+def wire_bytes(named: Mapping[str, np.ndarray], frame_id: str = "", signer: str = "", signature_bytes: int = 0
+               ) -> int:
+    """Serialized bytes of one ``edge_lam_msgs/TensorList`` carrying ``named`` as its tensors, in order, signed by
+    ``signer`` with a signature of ``signature_bytes`` (none: empty).
 
     CDR (XCDR1, little endian) as rmw_fastrtps writes it: 4-byte encapsulation, the header (stamp 8 bytes,
     ``frame_id``), then per tensor its name and dtype strings, its uint32 shape and its uint8 data, each sequence
-    with a uint32 length and aligned as CDR requires. DDS and IP framing come on top and are not counted.
+    with a uint32 length and aligned as CDR requires, then the signature (signer, uint64 stamp, uint8 bytes). DDS
+    and IP framing come on top and are not counted.
     """
     offset = _cdr_string(8, frame_id)  # header.stamp (int32 sec, uint32 nanosec), header.frame_id
     offset = _align(offset, 4) + 4  # tensors: the sequence's length
@@ -248,4 +251,6 @@ def wire_bytes(named: Mapping[str, np.ndarray], frame_id: str = "") -> int:
         offset = _cdr_string(offset, array.dtype.name)
         offset = _align(offset, 4) + 4 + 4 * array.ndim
         offset = _align(offset, 4) + 4 + array.nbytes
+    offset = _align(_cdr_string(offset, signer), 8) + 8  # signature.signer, signature.stamp_ns
+    offset = _align(offset, 4) + 4 + signature_bytes
     return 4 + offset

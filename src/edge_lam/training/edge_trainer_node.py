@@ -39,6 +39,7 @@ from edge_lam.model.loading import load_model
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
+from edge_lam.ros.trust import declare_trust
 from edge_lam.training.adapters import FederatedAdapters
 from edge_lam.training.ledger import ByteLedger
 from edge_lam.training.split import IGNORE, SplitBottom, SplitTop
@@ -61,6 +62,8 @@ class EdgeTrainerNode(Node):
         self._round_timeout_s = declare(self, "round_timeout_s", 120.0,
                                         "Close a round this long after its first update, with the updates it has.")
         seed = declare(self, "seed", 0, "Seed of the initial adapters: the robots' (sent to them) and the top's.")
+        self._trust = declare_trust(self, "send adapter updates and activations into a training round in any "
+                                    "robot's name")
         self._ledger_path = declare(self, "ledger_path", "",
                                     "JSON file of the run's byte ledger, rewritten every round; empty: none.")
         self._adapter_path = declare(self, "adapter_path", "",
@@ -86,8 +89,10 @@ class EdgeTrainerNode(Node):
 
         self._gradients = self.create_publisher(TensorList, split.gradients_topic, TENSORS)
         self._global = self.create_publisher(TensorList, split.global_adapter_topic, LATCHED)
-        self.create_subscription(TensorList, split.activations_topic, self.on_activation, TENSORS)
-        self.create_subscription(TensorList, split.adapters_topic, self.on_adapter, TENSORS)
+        self._activations_channel = self.create_subscription(TensorList, split.activations_topic,
+                                                             self.on_activation, TENSORS).topic_name
+        self._adapters_channel = self.create_subscription(TensorList, split.adapters_topic, self.on_adapter,
+                                                          TENSORS).topic_name
         self.create_timer(ROUND_CHECK_PERIOD_S, self.check_round)
         self._run = {**split.record(), "rounds": self._rounds_total,
                      "gradient_codec": self._gradient_codec.spec, "adapter_codec": self._adapter_codec.spec,
@@ -106,7 +111,11 @@ class EdgeTrainerNode(Node):
     # -- split training ------------------------------------------------------------------------------------------
 
     def _received(self, msg: TensorList, kind: str, fields: tuple[str, ...]) -> Unpacked | None:
-        """Unpack an upload and count its bytes in the ledger; None (logged) when it is malformed or unusable."""
+        """Unpack an upload and count its bytes in the ledger; None (logged) when it is malformed or unusable, or
+        (trust on) not signed by the robot it names."""
+        channel = self._activations_channel if kind == "activation" else self._adapters_channel
+        if not self._trust.accept(msg, channel, identity=msg.header.frame_id):
+            return None
         try:
             got = unpack(msg, fields)
         except BadMessage as err:
@@ -139,7 +148,8 @@ class EdgeTrainerNode(Node):
         self._losses[round_].append(loss)
         reply, nbytes = pack(robot, {"round": round_, "step": step},
                              {**self._gradient_codec.encode(grad).wire("gradient"),
-                              "loss": np.array(loss, dtype=np.float32)}, self.get_clock().now().to_msg())
+                              "loss": np.array(loss, dtype=np.float32)}, self.get_clock().now().to_msg(),
+                             self._trust.signer)
         self._answered[robot] = (round_, step, reply, nbytes)
         self._send_gradient(robot, round_, reply, nbytes)
 
@@ -169,7 +179,7 @@ class EdgeTrainerNode(Node):
         return activation, targets
 
     def _send_gradient(self, robot: str, round_: int, reply: TensorList, nbytes: int) -> None:
-        self._gradients.publish(reply)
+        self._gradients.publish(self._trust.sign(reply))  # signed afresh: a repeated answer is no replay
         self._ledger.record(round_, "down", self.get_name(), robot, "gradient", nbytes)
 
     # -- federated averaging -------------------------------------------------------------------------------------
@@ -237,8 +247,8 @@ class EdgeTrainerNode(Node):
         arrays = encode_state(self._fed.state, self._adapter_codec)
         self._fed.state = decode_state(arrays, self._shapes)
         msg, self._global_bytes = pack("", {"round": self._fed.round, "rounds": self._rounds_total}, arrays,
-                                       self.get_clock().now().to_msg())
-        self._global.publish(msg)
+                                       self.get_clock().now().to_msg(), self._trust.signer)
+        self._global.publish(self._trust.sign(msg))
 
     def finish(self) -> None:
         summary = self._ledger.summary()

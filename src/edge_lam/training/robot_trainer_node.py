@@ -38,6 +38,7 @@ from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
+from edge_lam.ros.trust import declare_trust
 from edge_lam.training.compression import ErrorFeedback
 from edge_lam.training.domain_data import batch_stream, build_domain_set, make_batch
 from edge_lam.training.ledger import ByteLedger
@@ -68,6 +69,8 @@ class RobotTrainerNode(Node):
         robots = declare(self, "robots", 1, "How many shares the domain set is cut into (by time range of the run).")
         bag = declare(self, "bag", "", "rosbag2 with nav_msgs/Odometry on /odom for the domain set; empty: the "
                                        "bundled TurtleBot run.")
+        self._trust = declare_trust(self, "forge the global adapter or the gradients and change or end what this "
+                                    "robot learns")
         self._ledger_path = declare(self, "ledger_path", "", "JSON file of this robot's byte ledger; empty: none.")
         self._reply_timeout_s = declare(self, "reply_timeout_s", 10.0,
                                         "Send an activation again when no gradient came back in this long, s.")
@@ -107,7 +110,8 @@ class RobotTrainerNode(Node):
         self._gradient_sub = self.create_subscription(
             TensorList, split.gradients_topic, self.on_gradient, TENSORS,
             content_filter_options=ContentFilterOptions("header.frame_id = %0", [f"'{self._robot}'"]))
-        self.create_subscription(TensorList, split.global_adapter_topic, self.on_global_adapter, LATCHED)
+        self._global_channel = self.create_subscription(TensorList, split.global_adapter_topic,
+                                                        self.on_global_adapter, LATCHED).topic_name
         self.create_timer(TICK_S, self.tick)
         self._run = {**split.record(), "robot_id": self._robot, "robot_index": robot_index, "robots": robots,
                      "samples": self._samples, "steps_per_round": self._steps,
@@ -120,7 +124,8 @@ class RobotTrainerNode(Node):
     # -- rounds --------------------------------------------------------------------------------------------------
 
     def on_global_adapter(self, msg: TensorList) -> None:
-        if self.done.done():
+        # Latched: the edge's last adapter may be old when this robot joins, so only the future is bounded.
+        if self.done.done() or not self._trust.accept(msg, self._global_channel, max_age=False):
             return
         try:
             got = unpack(msg, ("round", "rounds"))
@@ -153,7 +158,7 @@ class RobotTrainerNode(Node):
         arrays = {**self._activation_codec.encode(activation).wire("activation"),
                   "targets": batch.targets.to(torch.int32).numpy()}
         fields = {"round": self._round, "step": self._step, "cut": self._split.cut_layer}
-        msg, nbytes = pack(self._robot, fields, arrays, self.get_clock().now().to_msg())
+        msg, nbytes = pack(self._robot, fields, arrays, self.get_clock().now().to_msg(), self._trust.signer)
         self._last_activation = (msg, nbytes)
         self._wait("gradient")
         self._send(self._activations, msg, nbytes, "activation")
@@ -161,6 +166,8 @@ class RobotTrainerNode(Node):
     def on_gradient(self, msg: TensorList) -> None:
         if msg.header.frame_id != self._robot or self.done.done():
             return  # another robot's (only where the content filter is not applied)
+        if not self._trust.accept(msg, self._gradient_sub.topic_name):
+            return
         try:
             got = unpack(msg, ("round", "step"))
         except BadMessage as err:
@@ -188,7 +195,8 @@ class RobotTrainerNode(Node):
         trained = self._bottom.trainable_state()
         update = {name: trained[name] - self._base[name] for name in self._shapes}
         msg, nbytes = pack(self._robot, {"round": self._round, "samples": self._samples, "cut": self._split.cut_layer},
-                           encode_state(update, self._adapter_codec), self.get_clock().now().to_msg())
+                           encode_state(update, self._adapter_codec), self.get_clock().now().to_msg(),
+                           self._trust.signer)
         self._wait("adapter")
         self._send(self._adapters, msg, nbytes, "adapter")
         loss = f"{np.mean(self._losses):.4f}" if self._losses else "unknown"
@@ -206,7 +214,7 @@ class RobotTrainerNode(Node):
             self._outbox = (publisher, msg, nbytes, kind)
             return
         self._outbox = None
-        publisher.publish(msg)
+        publisher.publish(self._trust.sign(msg))  # signed afresh: a message sent again is no replay
         self._sent_at = time.monotonic()
         self._ledger.record(self._round, "up", self._robot, EDGE, kind, nbytes)
 

@@ -23,6 +23,7 @@ from edge_lam_msgs.msg import TensorList
 from std_msgs.msg import Header
 
 from edge_lam.training.compression import Codec, Encoded, ErrorFeedback, codec_from_spec, wire_bytes
+from edge_lam.trust.checks import SIGNATURE_BYTES
 from edge_lam.wire.tensors import TensorError, to_msg, to_numpy
 
 __all__ = ["BadMessage", "Unpacked", "decode_state", "decode_stream", "encode_state", "pack", "unpack"]
@@ -45,12 +46,12 @@ class Unpacked:
 
 
 def pack(robot: str, fields: Mapping[str, int], arrays: Mapping[str, np.ndarray],
-         stamp: Time | None = None) -> tuple[TensorList, int]:
-    """The message and its serialized size."""
+         stamp: Time | None = None, signer: str = "") -> tuple[TensorList, int]:
+    """The message and its serialized size, once ``signer`` (if any) has signed it."""
     named = {name: np.array(value, dtype=np.int64) for name, value in fields.items()} | dict(arrays)
     header = Header(frame_id=robot, stamp=stamp or Time())
     msg = TensorList(header=header, tensors=[to_msg(array, name) for name, array in named.items()])
-    return msg, wire_bytes(named, robot)
+    return msg, wire_bytes(named, robot, signer, SIGNATURE_BYTES if signer else 0)
 
 
 def unpack(msg: TensorList, fields: Iterable[str]) -> Unpacked:
@@ -63,7 +64,7 @@ def unpack(msg: TensorList, fields: Iterable[str]) -> Unpacked:
             named[tensor.name] = to_numpy(tensor)
         except TensorError as err:
             raise BadMessage(str(err)) from None
-    nbytes = wire_bytes(named, msg.header.frame_id)
+    nbytes = wire_bytes(named, msg.header.frame_id, msg.signature.signer, len(msg.signature.signature))
     values = {}
     for name in fields:
         array = named.pop(name, None)

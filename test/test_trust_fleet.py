@@ -1,0 +1,243 @@
+"""A fleet with trust on, in real processes (two host agents, the coordinator and the gateway, each with its host's
+key): a participant on the domain without a fleet key publishes forged plans (unsigned and stamped a day ahead
+with no assignments, signed by a key the fleet does not trust, signed in a trusted host's name with another key, a
+genuine plan tampered with, a replay of the genuine plan), adverts of an invented host, forged hidden states into a
+shard and forged tokens on the chain's output, and calls an agent's load and unload services. Every forgery is
+ignored, logged and counted: the agents keep their shards, the chain keeps answering as before, and the invented
+host gets nothing."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from edge_lam_msgs.msg import (
+    ChainPacket,
+    ComputeAdvert,
+    InferenceRequest,
+    InferenceResult,
+    ModuleAssignment,
+    PlacementPlan,
+)
+from edge_lam_msgs.srv import LoadModule, UnloadModule
+from rclpy.qos import QoSProfile
+from rclpy.serialization import deserialize_message, serialize_message
+from test_fleet import LIB, MODEL, answered, ask, hosts_of, tokens_of
+
+from conftest import REPORTED
+from edge_lam.ros.qos import ADVERTS, ADVERTS_READER, CONTROL, LATCHED, TENSORS
+from edge_lam.trust.checks import Stamper
+from edge_lam.trust.keys import SigningKey, load_signing_key, make_keys
+from edge_lam.wire.signing import sign
+from edge_lam.wire.stamps import from_ns
+from edge_lam.wire.tensors import to_msg
+from ros_client import RosClient
+
+DAY_NS = 86400 * 10**9
+FORGED_TOKEN = 42
+HOSTS = {"robot": ("robot", 0.5, 320), "edge": ("edge", 1.0, 480)}  # as the demo: neither holds the whole model
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """Each host's private key in its own folder; the trust store holds only the .pub files (as copied between
+    hosts); the intruder's key is in no store."""
+    make_keys(tmp_path / "private", list(HOSTS))
+    make_keys(tmp_path / "intruder", ["intruder"])
+    store = tmp_path / "trusted"
+    store.mkdir()
+    for name in HOSTS:
+        shutil.copy(tmp_path / "private" / f"{name}.pub", store)
+    return tmp_path
+
+
+def refused_counts(arrays: list[DiagnosticArray], agent: str) -> dict[str, int]:
+    """The newest refusal counts an agent reports on /diagnostics."""
+    for array in reversed(arrays):
+        for status in array.status:
+            if status.name == agent:
+                return {v.key.removeprefix("refused "): int(v.value) for v in status.values
+                        if v.key.startswith("refused ")}
+    return {}
+
+
+def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes, keys):
+    ns = f"trust_{uuid.uuid4().hex[:8]}"
+    adverts_topic, plan_topic = f"/{ns}/adverts", f"/{ns}/plan"
+    trusted = ["-p", f"trusted_keys:={keys / 'trusted'}"]
+
+    def ros_args(host: str, *params: str) -> list[str]:
+        args = ["--ros-args", "-r", f"__ns:=/{ns}", "-p", f"adverts_topic:={adverts_topic}", "-p",
+                f"plan_topic:={plan_topic}", "-p", f"model:={MODEL}", "-p",
+                f"signing_key:={keys / 'private' / f'{host}.key'}", *trusted]
+        for param in params:
+            args += ["-p", param]
+        return args
+
+    client = RosClient("intruder", ns)
+    plans = client.collect(PlacementPlan, plan_topic, LATCHED)
+    adverts = client.collect(ComputeAdvert, adverts_topic, ADVERTS_READER)
+    results = client.collect(InferenceResult, "results", CONTROL)
+    diagnostics = client.collect(DiagnosticArray, "/diagnostics", QoSProfile(depth=50))
+    logs = client.collect_logs()
+    try:
+        for host, (role, scale, mib) in HOSTS.items():
+            processes.start(LIB / "host_agent", *ros_args(host, f"host_id:={host}", f"role:={role}",
+                                                          f"compute_scale:={scale}",
+                                                          f"memory_limit_bytes:={mib * 2**20}"),
+                            "-r", f"__node:=agent_{host}")
+        processes.start(LIB / "coordinator", *ros_args("edge", "settle_s:=2.0", "use_load:=false"))
+        processes.start(LIB / "gateway", *ros_args("edge", "step_timeout_s:=5.0"))
+        requests = client.publisher(InferenceRequest, "requests", CONTROL, timeout_s=60)
+        assert client.spin_until(lambda: plans and hosts_of(plans[-1]) == set(HOSTS), 120), "no split plan"
+        genuine = plans[-1]
+        assert genuine.signature.signer == "edge" and len(genuine.signature.signature) == 64
+
+        def hosting() -> dict[str, list[str]]:
+            newest = {a.host_id: list(a.modules_hosted) for a in adverts[-10:]}
+            return {h: newest.get(h, []) for h in HOSTS}
+
+        wanted = {h: sorted(m.module_id for m in genuine.modules if m.host_id == h) for h in HOSTS}
+        assert client.spin_until(lambda: {h: sorted(m) for h, m in hosting().items()} == wanted, 120), hosting()
+
+        prompt = ["Name one sensor a mobile robot uses."]
+
+        def answer() -> list[int]:
+            """The chain's answer; retried while the gateway says the chain is not connected yet."""
+            served: list[list[int]] = []
+            errors: list[str] = []
+
+            def one() -> bool:
+                ids = ask(client, requests, results, prompt)
+                assert client.spin_until(lambda: answered(results, ids), 120), "no answer"
+                (final,) = answered(results, ids)
+                if final.error_code == InferenceResult.ERROR_NONE:
+                    served.append(tokens_of(results, final.request_id))
+                errors.append(final.error_message)
+                return bool(served)
+
+            assert client.spin_until(one, 120), f"the chain did not answer: {errors[-3:]}"
+            return served[0]
+
+        before = answer()
+
+        # -- forged plans -----------------------------------------------------------------------------------------
+        forger = client.node.create_publisher(PlacementPlan, plan_topic, LATCHED)
+        now = time.time_ns()
+        intruder = Stamper(load_signing_key(keys / "intruder" / "intruder.key"))
+        posing = Stamper(SigningKey("edge", intruder.key.key))  # the intruder's key under a trusted name
+
+        def empty_plan(version: int) -> PlacementPlan:
+            plan = PlacementPlan(plan_id=uuid.uuid4().hex, version=version, model_id=MODEL, solver="forged")
+            plan.header.stamp = from_ns(now + DAY_NS)
+            return plan
+
+        tampered = deserialize_message(serialize_message(genuine), PlacementPlan)
+        tampered.modules = []
+        forgeries = {
+            "unsigned, stamped a day ahead, no assignments": empty_plan(1),
+            "signed by a key not in the store, a day ahead": sign(empty_plan(2), intruder, now + DAY_NS),
+            "signed as 'edge' with another key": sign(empty_plan(3), posing, now),
+            "the genuine plan with its assignments removed": tampered,
+            "a replay of the genuine plan": deserialize_message(serialize_message(genuine), PlacementPlan),
+        }
+        for forgery in forgeries.values():
+            forger.publish(forgery)
+            client.spin_for(0.2)
+
+        # -- adverts of an invented host, unsigned and signed by the intruder ---------------------------------------
+        advertiser = client.node.create_publisher(ComputeAdvert, adverts_topic, ADVERTS)
+        for i in range(15):
+            advert = ComputeAdvert(host_id="invented", role=ComputeAdvert.ROLE_CLOUD, compute_gflops=1e6,
+                                   memory_total_bytes=64 * 2**30, memory_free_bytes=64 * 2**30)
+            advert.header.stamp = from_ns(time.time_ns())
+            advertiser.publish(sign(advert, intruder, time.time_ns()) if i % 2 else advert)
+            client.spin_for(0.2)
+
+        # -- load and unload requests without a fleet key ---------------------------------------------------------
+        load = client.node.create_client(LoadModule, f"/{ns}/agent_edge/load_module")
+        unload = client.node.create_client(UnloadModule, f"/{ns}/agent_edge/unload_module")
+        assert client.spin_until(lambda: load.service_is_ready() and unload.service_is_ready(), 30)
+        calls = {
+            "load_module, unsigned": load.call_async(LoadModule.Request(module=ModuleAssignment(
+                module_id="edge_trainer", kind=ModuleAssignment.KIND_ENCODER),
+                parameters_yaml="ledger_path: /tmp/owned")),
+            "unload_module, signed by the intruder": unload.call_async(sign(
+                UnloadModule.Request(module_id=wanted["edge"][0]), intruder, time.time_ns())),
+        }
+        assert client.spin_until(lambda: all(f.done() for f in calls.values()), 30)
+        service_answers = {what: (f.result().success, f.result().message) for what, f in calls.items()}
+
+        # -- a forged answer on the chain's output, for a request in flight -------------------------------------
+        chain_output = client.node.create_publisher(ChainPacket, "chain/output", TENSORS)
+        request = InferenceRequest(request_id=uuid.uuid4().hex, prompt=prompt[0])
+        request.options.max_new_tokens = len(before)
+        requests.publish(request)
+        # ... unsigned, by the intruder, and by the fleet host that does not hold the head (trusted, wrong identity)
+        head_host = [p for p in plans if p.solver != "forged" and p.modules][-1].modules[-1].host_id
+        other_host = Stamper(load_signing_key(keys / "private" / f"{next(h for h in HOSTS if h != head_host)}.key"))
+        for step in range(len(before)):
+            forged = ChainPacket(request_id=request.request_id, step=step,
+                                 tensors=[to_msg(np.asarray([FORGED_TOKEN], dtype=np.int64), "next_token")])
+            signer = (None, intruder, other_host)[step % 3]
+            chain_output.publish(sign(forged, signer, time.time_ns()) if signer else forged)
+        assert client.spin_until(lambda: answered(results, {request.request_id: ""}), 120), "no answer"
+        streamed = tokens_of(results, request.request_id)
+
+        # -- hidden states into the second shard: unsigned, and by a fleet host that is not its upstream --------
+        in_force = [p for p in plans if p.solver != "forged" and p.modules][-1]
+        cut = next(i for i in range(1, len(in_force.modules))
+                   if in_force.modules[i].host_id != in_force.modules[i - 1].host_id)
+        downstream = in_force.modules[cut]
+        hidden = client.node.create_publisher(ChainPacket, downstream.input_topic, TENSORS)
+        not_upstream = Stamper(load_signing_key(keys / "private" / f"{downstream.host_id}.key"))
+        for signer in (None, not_upstream):
+            forged = ChainPacket(request_id="forged", session_id="forged", reset=True, tensors=[
+                to_msg(np.zeros((1, 1, 576), np.float16), "hidden_states")])
+            hidden.publish(sign(forged, signer, time.time_ns()) if signer else forged)
+            client.spin_for(0.2)
+
+        # Every agent saw every forged plan (latched, reliable) and refused each; the counts say so.
+        expected = {"unsigned": 1, "unknown signer": 1, "bad signature": 2, "stale or replayed": 1}
+        agents = {h: f"/{ns}/agent_{h}" for h in HOSTS}
+
+        def counted() -> bool:
+            return all(all(refused_counts(diagnostics, a).get(k, 0) >= n for k, n in expected.items())
+                       for a in agents.values())
+
+        assert client.spin_until(counted, 30), {h: refused_counts(diagnostics, a) for h, a in agents.items()}
+        client.spin_for(2.0)  # time for a wrongly accepted plan or advert to have done its harm
+        after = answer()
+        ignored = [f"{log.name}: {log.msg}" for log in logs if log.msg.startswith("ignored a message")]
+    finally:
+        client.close()
+
+    assert after == before, "the chain answered differently after the forgeries"
+    assert streamed == before, f"forged tokens were streamed: {streamed}"
+    # The client hears its own forgeries too; the coordinator's plans are the others (it may have replanned on
+    # fresh link probes, never for the invented host).
+    coordinators = [p for p in plans if p.solver != "forged" and p.modules]
+    assert all("invented" not in hosts_of(p) for p in plans), "the invented host was given modules"
+    in_force = coordinators[-1]
+    assert {h: sorted(m) for h, m in hosting().items()} == \
+        {h: sorted(m.module_id for m in in_force.modules if m.host_id == h) for h in HOSTS}, "shards changed"
+    for what, (success, message) in service_answers.items():
+        assert not success and "refused" in message, (what, message)
+    assert any("coordinator" in line and "adverts" in line for line in ignored), ignored
+    counts = {h: refused_counts(diagnostics, a) for h, a in agents.items()}
+    REPORTED.append(f"trust: forged plans sent: {'; '.join(forgeries)}")
+    REPORTED.append(f"trust: refusals counted by the agents (/diagnostics): {counts}")
+    REPORTED.extend(f"trust: {what} -> success={s}, '{m}'" for what, (s, m) in service_answers.items())
+    REPORTED.extend(f"trust: logged: {line}" for line in dict.fromkeys(ignored))
+    assert any("chain/output: wrong identity" in line for line in ignored), ignored
+    for reason in ("unsigned", "wrong identity"):
+        assert any(f"{downstream.input_topic}: {reason}" in line for line in ignored), (reason, ignored)
+    REPORTED.append(f"trust: {len(before)} forged next_token packets on chain/output for a request in flight "
+                    f"(unsigned, by the intruder, by the trusted host that does not hold the head): none streamed, "
+                    f"the answer was the chain's")
+    REPORTED.append(f"trust: the coordinator's plans: {[(p.version, sorted(hosts_of(p))) for p in coordinators]}; "
+                    f"the chain answered {len(after)} tokens identical to before the forgeries")
