@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import random
 import signal
 import subprocess
 import sys
@@ -29,7 +30,17 @@ from edge_lam.container.services import component_kind
 from edge_lam.descriptors import Host, Link, ModuleSpec
 from edge_lam.fleet.host_measurement import cpu_sample, load_between, mem_available_bytes
 from edge_lam.fleet.plan_following import PlanOrder, ShardLoad, plan_changes
-from edge_lam.link.probing import BULK_PROBE_BYTES, SMALL_PROBE_BYTES, LinkProber, parse_emulated_links
+from edge_lam.link.probing import (
+    BULK_TARGET_S,
+    MAX_BULK_BYTES,
+    MIN_BULK_BYTES,
+    ROUNDS_KEPT,
+    SMALL_PROBE_BYTES,
+    LinkProber,
+    Round,
+    bulk_bytes_for,
+    parse_emulated_links,
+)
 from edge_lam.model.costs import llama_units
 from edge_lam.placement.assignments import ShardGroup, assignments
 from edge_lam.placement.solver import solve
@@ -111,30 +122,94 @@ def test_emulated_links_parse_and_bad_ones_are_refused():
             parse_emulated_links(bad)
 
 
+def probe_round(prober: LinkProber, peer: str, start_s: float, small_rtt_s: float, bulk_rtt_s: float,
+                seq: int = 0) -> int:
+    """One whole round answered after the given round trips; the bulk probe's size."""
+    prober.sent(peer, seq=seq, now_s=start_s)
+    assert prober.answered(peer, seq=seq, now_s=start_s + small_rtt_s, measured_at_ns=0)
+    nbytes = prober.sent(peer, seq=seq + 1, now_s=start_s + small_rtt_s, bulk=True)
+    prober.answered(peer, seq=seq + 1, now_s=start_s + small_rtt_s + bulk_rtt_s, measured_at_ns=seq)
+    return nbytes
+
+
 def test_a_probe_round_gives_latency_from_the_small_trip_and_bandwidth_from_the_bulk_one():
-    prober = LinkProber(timeout_s=1.0)
+    prober = LinkProber(1.0, rng=random.Random(0))
     assert prober.due("b", 0.0)
-    prober.sent("b", seq=1, now_s=10.0)
+    assert prober.sent("b", seq=1, now_s=10.0) == SMALL_PROBE_BYTES
     assert not prober.due("b", 10.5)
     assert not prober.answered("b", seq=99, now_s=10.01, measured_at_ns=0)  # not the probe in flight
     assert prober.answered("b", seq=1, now_s=10.002, measured_at_ns=0)  # small answered: bulk next
-    prober.sent("b", seq=2, now_s=10.002, bulk=True)
+    assert prober.sent("b", seq=2, now_s=10.002, bulk=True) == MIN_BULK_BYTES  # nothing known yet: the least
     assert not prober.answered("b", seq=2, now_s=10.012, measured_at_ns=7)
     measure = prober.measures["b"]
     assert measure.latency_s == pytest.approx(0.001)
-    assert measure.bandwidth_bps == pytest.approx((BULK_PROBE_BYTES - SMALL_PROBE_BYTES) * 8 / 0.008)
+    assert measure.bandwidth_bps == pytest.approx((MIN_BULK_BYTES - SMALL_PROBE_BYTES) * 8 / 0.008)
     assert prober.measured_at_ns["b"] == 7
+    # the next round comes 0.5 to 1.5 periods later, never at once
+    assert not prober.due("b", 10.012 + 0.49) and prober.due("b", 10.012 + 1.51)
     prober.sent("b", seq=3, now_s=20.0)
     assert prober.due("b", 21.5)  # unanswered past the time-out: a new round may start
-    for seq, small_rtt_s, bulk_rtt_s in ((4, 0.005, 0.011), (6, 0.003, 0.009)):  # noise, then a faster bulk
-        prober.sent("b", seq=seq, now_s=30.0)
-        prober.answered("b", seq=seq, now_s=30.0 + small_rtt_s, measured_at_ns=0)
-        prober.sent("b", seq=seq + 1, now_s=31.0, bulk=True)
-        prober.answered("b", seq=seq + 1, now_s=31.0 + bulk_rtt_s, measured_at_ns=seq)
-    assert prober.measures["b"].latency_s == pytest.approx(0.001)  # the least round trips of the last rounds
-    assert prober.measures["b"].bandwidth_bps == pytest.approx(measure.bandwidth_bps * 0.008 / 0.007)
     prober.forget("b")
-    assert "b" not in prober.measures
+    assert "b" not in prober.measures and prober.due("b", 0.0)
+
+
+def test_the_bulk_probe_is_sized_for_the_link_as_last_measured():
+    assert bulk_bytes_for(None) == MIN_BULK_BYTES
+    assert bulk_bytes_for(Link("a", "b", 0.05, 5e6)) == int(5e6 * BULK_TARGET_S / 8)  # 31 kB: 50 ms at 5 Mbit/s
+    assert bulk_bytes_for(Link("a", "b", 0.0, 1e9)) == MAX_BULK_BYTES
+    assert bulk_bytes_for(Link("a", "b", 0.0, 1e5)) == MIN_BULK_BYTES
+    prober = LinkProber(1.0, rng=random.Random(0))
+    first = probe_round(prober, "b", 0.0, 0.001, 0.002)  # 16 kB in 1 ms: 130 Mbit/s
+    second = probe_round(prober, "b", 2.0, 0.001, 0.002, seq=2)
+    assert first == MIN_BULK_BYTES and second == bulk_bytes_for(prober.measures["b"]) > first
+
+
+def test_the_best_of_the_last_rounds_counts_and_noise_does_not():
+    prober = LinkProber(1.0, rng=random.Random(0))
+    rounds = [(0.002, 0.010), (0.004, 0.030), (0.002, 0.012), (0.003, 0.010)]  # some queued behind other traffic
+    sizes = [probe_round(prober, "b", seq * 2.0, small, bulk, seq=seq * 2) for seq, (small, bulk) in enumerate(rounds)]
+    measure = prober.measures["b"]
+    assert measure.latency_s == pytest.approx(0.001)  # the least small round trip
+    # the widest round, each priced beside the least small round trip, whatever its own small trip took
+    assert measure.bandwidth_bps == pytest.approx(max(Round(small, bulk, n).bandwidth_bps(0.002)
+                                                      for (small, bulk), n in zip(rounds, sizes, strict=True)))
+
+
+def test_a_faster_link_shows_at_once_and_a_slower_one_once_the_window_has_moved_on():
+    prober = LinkProber(1.0, rng=random.Random(0))
+    for seq in range(ROUNDS_KEPT):
+        probe_round(prober, "b", seq * 2.0, 0.002, 0.003, seq=seq * 2)
+    assert prober.measures["b"].latency_s == pytest.approx(0.001)
+    for seq in range(ROUNDS_KEPT - 1):  # a busy agent answers late for a few rounds: not a slower link
+        probe_round(prober, "b", 20.0 + seq * 2.0, 0.030, 0.040, seq=20 + seq * 2)
+        assert prober.measures["b"].latency_s == pytest.approx(0.001)
+    probe_round(prober, "b", 40.0, 0.102, 0.104, seq=40)  # every kept round slower: the link reads slower
+    assert prober.measures["b"].latency_s == pytest.approx(0.015)
+    probe_round(prober, "b", 42.0, 0.002, 0.003, seq=42)
+    assert prober.measures["b"].latency_s == pytest.approx(0.001)  # faster again: the least round trip wins at once
+
+
+def test_a_bulk_probe_given_up_bounds_the_bandwidth_so_the_next_one_fits_the_link():
+    prober = LinkProber(1.0, rng=random.Random(0))
+    for seq in range(3):
+        probe_round(prober, "b", seq * 2.0, 0.002, 0.002 + MAX_BULK_BYTES * 8 / 1e9, seq=seq * 2)
+    assert prober.bulk_bytes("b") == MAX_BULK_BYTES
+    for start in (10.0, 20.0):  # 256 kB no longer cross within a period: the link dropped to 1 Mbit/s
+        prober.sent("b", seq=int(start), now_s=start)
+        prober.answered("b", seq=int(start), now_s=start + 0.002, measured_at_ns=0)
+        prober.sent("b", seq=int(start) + 1, now_s=start + 0.002, bulk=True)
+        assert prober.due("b", start + 1.1)
+    prober.sent("b", seq=30, now_s=30.0)  # the next round records the one given up
+    # Each counts as taking the time-out (1 s): 2 Mbit/s at most. Once the fast rounds have left the window, that
+    # is the estimate, and the next bulk probe is sized for it.
+    assert prober.bulk_bytes("b") == MAX_BULK_BYTES
+    for start in (40.0, 50.0, 60.0):
+        prober.sent("b", seq=int(start), now_s=start)
+        prober.answered("b", seq=int(start), now_s=start + 0.002, measured_at_ns=0)
+        prober.sent("b", seq=int(start) + 1, now_s=start + 0.002, bulk=True)
+    prober.sent("b", seq=70, now_s=70.0)
+    assert prober.measures["b"].bandwidth_bps == pytest.approx(Round(0.002, 1.0, MAX_BULK_BYTES).bandwidth_bps(0.002))
+    assert prober.bulk_bytes("b") == MIN_BULK_BYTES
 
 
 def test_yaml_parameters_become_overrides_and_bad_yaml_is_refused():

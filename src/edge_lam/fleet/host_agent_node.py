@@ -43,7 +43,7 @@ from edge_lam.fleet.host_measurement import (
     scaled,
 )
 from edge_lam.fleet.plan_following import Hosting, PlanFollower, ShardLoad
-from edge_lam.link.probing import BULK_PROBE_BYTES, SMALL_PROBE_BYTES, LinkProber, parse_emulated_links
+from edge_lam.link.probing import LinkProber, parse_emulated_links
 from edge_lam.model.loading import MODELS
 from edge_lam.placement.assignments import ShardGroup
 from edge_lam.ros.main import spin_node
@@ -57,6 +57,7 @@ from edge_lam.wire.stamps import to_ns
 
 PEER_TIMEOUT_S = 5 * ADVERT_LEASE_S  # a peer silent this long is forgotten, with its link estimate
 DIAGNOSTICS_DEPTH = 10  # the usual depth of /diagnostics publishers
+PROBE_CHECKS = 4  # looks per probe period for peers whose next (randomly spaced) round is due
 PLAN = "plan"  # who asked for the plan's shards, in the loader's account and on /diagnostics
 
 
@@ -83,7 +84,8 @@ class HostAgentNode(Node):
         advert_period_s = declare(self, "advert_period_s", 0.5,
                                   "Period of adverts and /diagnostics; load is measured over it.")
         probe_period_s = declare(self, "link_probe_period_s", 5.0,
-                                 "Period of link probes to every peer heard in adverts; also a probe's time-out.")
+                                 "Mean period of link probes to every peer heard in adverts (each round drawn from "
+                                 "0.5 to 1.5 of it); also a probe's time-out.")
         emulated = declare(self, "emulated_links", Parameter.Type.STRING_ARRAY,
                            "PEER:LATENCY_S:BANDWIDTH_BPS links advertised instead of measured ones (tests, "
                            "benchmarks), e.g. ['edge_0:0.02:100e6']; those peers are not probed.")
@@ -106,7 +108,7 @@ class HostAgentNode(Node):
         self._cpu = read_cpu_sample()
         self._following = PlanFollower(self._host_id, self._model, frozenset(MODELS))
         self._peers: dict[str, float] = {}  # host id -> time.monotonic() of its last advert
-        self._prober = LinkProber(timeout_s=probe_period_s, host_id=self._host_id)
+        self._prober = LinkProber(probe_period_s, self._host_id)
         self._loader = ComponentLoader(self, namespace or self.get_namespace())
 
         probe_topic = posixpath.join(posixpath.dirname(adverts_topic), "link_probe")
@@ -127,7 +129,7 @@ class HostAgentNode(Node):
         standard = not self._trust.on and add_container_services(
             self, self._container_load, self._container_unload, self._loader.full_names, callback_group=services)
         self.create_timer(advert_period_s, self.advertise)
-        self.create_timer(probe_period_s, self.probe_peers)
+        self.create_timer(probe_period_s / PROBE_CHECKS, self.probe_peers)
         container = f"on {self.get_fully_qualified_name()}/_container" if standard else \
             "off (trust is on: they cannot be signed)" if self._trust.on else "off (not installed)"
         self.get_logger().info(
@@ -188,9 +190,8 @@ class HostAgentNode(Node):
 
     def _send_probe(self, peer: str, *, bulk: bool) -> None:
         sent_ns = self.get_clock().now().nanoseconds
-        self._prober.sent(peer, sent_ns, time.monotonic(), bulk=bulk)
-        self._probes.publish(to_probe_msg(Probe(peer, self._host_id, sent_ns,
-                                                BULK_PROBE_BYTES if bulk else SMALL_PROBE_BYTES)))
+        nbytes = self._prober.sent(peer, sent_ns, time.monotonic(), bulk=bulk)
+        self._probes.publish(to_probe_msg(Probe(peer, self._host_id, sent_ns, nbytes)))
 
     def on_probe(self, msg: TensorList) -> None:
         probe = from_probe_msg(msg)
