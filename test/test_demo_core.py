@@ -51,6 +51,15 @@ def test_processes_live_in_the_robot_host_and_fleet_namespaces():
     assert all(a.startswith(str(LIB)) for a in argv.values())
 
 
+def test_each_process_belongs_to_its_host_robot_processes_to_the_robot_fleet_services_to_the_gateway_host():
+    hosts = (HostSpec.parse("robot:robot:0.5:320"), HostSpec.parse("edge:edge:1:480"), HostSpec.parse("c:cloud:2:900"))
+    specs = demo_processes(config(hosts=hosts), LIB) + replay_processes(config(hosts=hosts), LIB)
+    host_of = {spec.name: spec.host for spec in specs}
+    assert host_of["host_agent[robot]"] == "robot" and host_of["host_agent[c]"] == "c"
+    assert host_of["coordinator"] == host_of["gateway"] == host_of["host_agent[edge]"] == "edge"
+    assert {host_of[n] for n in host_of if "encoder" in n or n == "reporter" or n.startswith("replay")} == {"robot"}
+
+
 def test_replays_remap_under_the_robot_and_start_short_bags_at_their_beginning():
     replays = {spec.name: list(spec.argv) for spec in replay_processes(config(), LIB)}
     camera, odom = replays["replay[cam.mcap]"], replays["replay[run.mcap]"]
