@@ -65,6 +65,17 @@ def demo(args: argparse.Namespace) -> int:
         return 130
 
 
+def hosts(args: argparse.Namespace) -> int:
+    """Emulated hosts on this machine: each host a network namespace with its own address, all joined through a
+    bridge by a forwarder that gives each host's link a latency, jitter, rate and loss per direction (up: host to
+    LAN, down: LAN to host), and can cut it. Every byte between two hosts crosses real IP stacks as UDP or TCP.
+    Needs root (CAP_NET_ADMIN). Sets are named by a prefix (--prefix, default $EDGE_LAM_HOSTS_PREFIX or el), so
+    several can exist at once; the namespaces are PREFIX-HOST and PREFIX-lan (the switch)."""
+    from edge_lam.hosts.command import run_hosts_command
+
+    return run_hosts_command(args)
+
+
 def subcommand(commands: argparse._SubParsersAction, run: Callable[[argparse.Namespace], int], help: str
                ) -> argparse.ArgumentParser:
     """The parser of the subcommand ``main`` runs with ``run``: named after it, described by its docstring."""
@@ -150,6 +161,37 @@ def add_record(commands: argparse._SubParsersAction) -> None:
                         help="how long to wait for a publisher to show a topic's type (default 10)")
 
 
+def add_hosts(commands: argparse._SubParsersAction) -> None:
+    parser = subcommand(commands, hosts, help="emulated hosts: network namespaces joined by shaped links (root)")
+    actions = parser.add_subparsers(dest="action", required=True)
+    prefix = argparse.ArgumentParser(add_help=False)
+    prefix.add_argument("--prefix", metavar="P",
+                        help="the set's name: 1-10 lower-case letters and digits (default $EDGE_LAM_HOSTS_PREFIX "
+                        "or el)")
+    up = actions.add_parser("up", parents=[prefix], help="build a set of hosts and start its forwarder",
+                            description="Build the hosts' namespaces, addresses and the bridge, start the forwarder "
+                            "(it keeps running after this command) and print each host's namespace and address.")
+    up.add_argument("hosts", nargs="+", metavar="HOST", help="host names, e.g. robot edge (addresses .2, .3, ...)")
+    up.add_argument("--subnet", metavar="CIDR",
+                    help="the hosts' IPv4 subnet (default 10.77.N.0/24, N picked by the prefix)")
+    up.add_argument("--mtu", type=int, default=1500, help="MTU of every device (default 1500)")
+    up.add_argument("--seed", type=int, default=0, help="seed of the loss and jitter draws (default 0)")
+    actions.add_parser("down", parents=[prefix], help="take a set apart, also what a crashed run left",
+                       description="Stop the forwarder and every process left in the set's namespaces, delete "
+                       "PREFIX-* namespaces and the run directory /run/edge_lam/PREFIX.")
+    actions.add_parser("status", parents=[prefix], help="hosts, addresses, links and counters of a set")
+    link = actions.add_parser("link", parents=[prefix], help="change a host's link while the set runs",
+                              description="SPEC is KEY=VALUE,... with keys latency and jitter (us, ms, s; bare "
+                              "numbers are ms), rate (bit, kbit, mbit, gbit per second; 0: unlimited) and loss (5%% "
+                              "or 0.05); a key left out is 0. A direction given replaces that direction's shape.")
+    link.add_argument("host", help="the host whose link changes")
+    link.add_argument("--up", metavar="SPEC", help="host -> LAN, e.g. latency=50ms,jitter=5ms,rate=20mbit,loss=5%%")
+    link.add_argument("--down", metavar="SPEC", help="LAN -> host, same form")
+    cut = link.add_mutually_exclusive_group()
+    cut.add_argument("--cut", action="store_true", help="drop everything to and from the host until --restore")
+    cut.add_argument("--restore", action="store_true", help="end a cut")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-lam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     add_demo(commands)
     add_replay(commands)
     add_record(commands)
+    add_hosts(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 
