@@ -4,16 +4,17 @@ memory, in the same run: time to first token, per-token decode latency, request 
 The graph is that of test/test_network.py: embedding and blocks 0-15 on the robot, blocks 15-30, the head and the
 gateway on the edge, so every token crosses the robot's link twice. The ``net`` graph runs in two emulated hosts
 (edge_lam.hosts: network namespaces, a user-space forwarder shaping the robot's link), with the inter-host Fast DDS
-profile (config/fastdds_interhost.xml: UDP only) and SUBNET discovery; the ``shm`` graph runs all three processes
-in the edge host with the one-host profile (config/fastdds.xml: shared memory) and LOCALHOST discovery. This
-process joins the edge host before it creates its participants (a process's participants must start in one
-network namespace: one created after another in a different namespace is never discovered there), asks both
-gateways one request at a time, and times the streamed chunks as they arrive.
+profile (config/fastdds_interhost.xml: UDP only) and SUBNET discovery; the ``shm`` graph runs all three processes in
+a third host of their own with the one-host profile (config/fastdds.xml: shared memory) and LOCALHOST discovery.
+Each graph is asked by a driver process that enters its host's namespace before it creates a participant (a
+process's participants must all start in one network namespace), one request at a time, timing the streamed chunks
+as they arrive.
 
 Link points: the robot's link gets LATENCY each way (a token's round trip robot <-> edge crosses it twice: 2 x
 LATENCY per hop pair) and LOSS each way. By default the two axes (latency 0/10/50/100 ms at 0% loss; loss 1/5/10%
-at 10 ms) and the 50 ms / 5% point; ``--grid`` runs all 16 points. At 0 ms and 0% loss each prompt is asked of
-``shm`` and ``net`` in turn, so the ratio compares runs minutes apart on a machine whose speed drifts. Bytes are
+at 10 ms) and the 50 ms / 5% point; ``--grid`` runs all 16 points. The prompts are asked of the
+``shm`` graph just before the ``net`` graph's first point (0 ms, 0%), so the ratio compares runs a minute apart on a
+machine whose speed drifts. Bytes are
 counted on the robot's veth (rx + tx, as the kernel counts them: DDS headers, fragments, acknowledgements,
 retransmissions and discovery included) over each point's requests. Answers are compared, token for token, with
 the ``shm`` graph's answer to the same prompt (greedy decoding). A request with no final answer in
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import os
 import pathlib
 import statistics
@@ -46,6 +48,7 @@ BACK = ["-p", "modules:=['blocks:15:30', head]", "-p", "input_topic:=chain/hidde
 LATENCIES_MS, LOSSES = (0, 10, 50, 100), (0.0, 0.01, 0.05, 0.10)
 REQUEST_TIMEOUT_S = 120.0
 STARTUP_TIMEOUT_S = 240.0
+DRIVE_TIMEOUT_S = 1800.0
 PREFIX = "elbench"
 
 
@@ -140,17 +143,71 @@ def graph_commands(lib: pathlib.Path, namespace: str) -> list[tuple[str, list[st
             ("edge", [str(lib / "gateway"), *ns, "-p", "plan_topic:=''"])]
 
 
+def in_host(namespace: str, function, *args):
+    """``function(*args)`` in a fresh process that enters ``namespace`` before it creates a participant (a process's
+    participants must all start in one network namespace: one made after another elsewhere is never discovered)."""
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        return pool.apply_async(_joined_call, (namespace, function, args)).get(DRIVE_TIMEOUT_S)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _joined_call(namespace: str, function, args):
+    from edge_lam.hosts.joining import joined
+
+    with joined(namespace):
+        return function(*args)
+
+
+def drive_shm(namespace: str, max_new: int) -> list[tuple[str, dict | None]]:
+    """In the one-host graph's namespace: warm up, then each prompt once."""
+    driver = Driver(namespace, "LOCALHOST")
+    try:
+        driver.wait_until_serving(STARTUP_TIMEOUT_S)
+        for prompt in PROMPTS:
+            driver.ask(prompt, max_new)
+        return [(prompt, driver.ask(prompt, max_new)) for prompt in PROMPTS]
+    finally:
+        driver.close()
+
+
+def drive_net(namespace: str, max_new: int, grid: bool) -> list[dict]:
+    """In the edge host: warm up, then each link point's prompts, with the bytes on the robot's veth."""
+    from edge_lam.hosts import EmulatedHosts, LinkShape
+
+    hosts = EmulatedHosts.attach(PREFIX)
+    driver = Driver(namespace, "SUBNET")
+    try:
+        driver.wait_until_serving(STARTUP_TIMEOUT_S)
+        for prompt in PROMPTS:
+            driver.ask(prompt, max_new)
+        points_run = []
+        for latency_ms, loss in points(grid):
+            shape = LinkShape(latency_ms=latency_ms, loss=loss)
+            hosts.set_link("robot", up=shape, down=shape)
+            before = hosts.counters("robot")
+            answers = [(prompt, driver.ask(prompt, max_new)) for prompt in PROMPTS]
+            after = hosts.counters("robot")
+            points_run.append({"latency_ms": latency_ms, "loss": loss, "answers": answers,
+                               "wire_bytes": (after.rx_bytes - before.rx_bytes) + (after.tx_bytes - before.tx_bytes)})
+            print(f"net {latency_ms} ms {loss:.0%}: done", file=sys.stderr, flush=True)
+        return points_run
+    finally:
+        driver.close()
+
+
 def run(max_new: int, grid: bool) -> dict:
     from ament_index_python.packages import get_package_prefix, get_package_share_directory
 
-    from edge_lam.hosts import EmulatedHosts, LinkShape, down_prefix
-    from edge_lam.hosts.joining import joined
+    from edge_lam.hosts import EmulatedHosts, down_prefix
     from edge_lam.processes import stop_processes
 
     lib = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
     config = pathlib.Path(get_package_share_directory("edge_lam")) / "config"
-    # This process's participants use the one-host profile (shared memory and UDP): they talk shared memory to the
-    # shm graph, and UDP to the net graph, whose processes offer nothing else.
+    # The drivers use the one-host profile (shared memory and UDP): shared memory to the one-host graph, UDP to
+    # the net graph, whose processes offer nothing else.
     os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config / "fastdds.xml")
     shm_env = {"FASTDDS_DEFAULT_PROFILES_FILE": str(config / "fastdds.xml"),
                "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
@@ -158,51 +215,31 @@ def run(max_new: int, grid: bool) -> dict:
                "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- the processes' logs, shown if the run fails
     processes: list[subprocess.Popen] = []
-    drivers: list[Driver] = []
     down_prefix(PREFIX)
     try:
-        with EmulatedHosts(["robot", "edge"], prefix=PREFIX) as hosts:
+        with EmulatedHosts(["robot", "edge", "onehost"], prefix=PREFIX) as hosts:
             shm_ns, net_ns = f"shm_{uuid.uuid4().hex[:6]}", f"net_{uuid.uuid4().hex[:6]}"
-            processes += start_graph([hosts.command("edge", argv) for _, argv in graph_commands(lib, shm_ns)],
+            processes += start_graph([hosts.command("onehost", argv) for _, argv in graph_commands(lib, shm_ns)],
                                      shm_env, log)
             processes += start_graph([hosts.command(host, argv) for host, argv in graph_commands(lib, net_ns)],
                                      net_env, log)
-            with joined(hosts.namespace("edge")):
-                drivers.append(net := Driver(net_ns, "SUBNET"))
-                drivers.append(shm := Driver(shm_ns, "LOCALHOST"))
-            shm.wait_until_serving(STARTUP_TIMEOUT_S)
-            net.wait_until_serving(STARTUP_TIMEOUT_S)
-            reference = {}
-            for prompt in PROMPTS:  # warm-up and the reference answers; not timed
-                answer = shm.ask(prompt, max_new)
-                if answer is None or answer["error"]:
-                    raise RuntimeError(f"the shm graph did not answer {prompt!r}: {answer}")
-                reference[prompt] = answer["tokens"]
-                net.ask(prompt, max_new)
-            rows, shm_answers = [], []
-            for latency_ms, loss in points(grid):
-                shape = LinkShape(latency_ms=latency_ms, loss=loss)
-                hosts.set_link("robot", up=shape, down=shape)
-                before = hosts.counters("robot")
-                answers = []
-                for prompt in PROMPTS:
-                    if (latency_ms, loss) == (0, 0.0):
-                        shm_answers.append(shm.ask(prompt, max_new))
-                    answers.append((prompt, net.ask(prompt, max_new)))
-                after = hosts.counters("robot")
-                rows.append(point_row(f"net {latency_ms} ms {loss:.0%}", latency_ms, loss, answers, reference,
-                                      (after.rx_bytes - before.rx_bytes) + (after.tx_bytes - before.tx_bytes)))
-                print(format_row(rows[-1]), file=sys.stderr, flush=True)
-            shm_row = point_row("shm (one host)", None, None, list(zip(PROMPTS, shm_answers, strict=True)), reference,
-                                None)
+            # One after the other, the one-host graph first: the 0 ms point comes right after it, before the
+            # machine's speed has drifted far.
+            shm_answers = in_host(hosts.namespace("onehost"), drive_shm, shm_ns, max_new)
+            net_points = in_host(hosts.namespace("edge"), drive_net, net_ns, max_new, grid)
     except Exception:
         log.seek(0)
         print(log.read()[-5000:], file=sys.stderr)
         raise
     finally:
-        for driver in drivers:
-            driver.close()
         stop_processes(processes)
+    failed = [p for p, a in shm_answers if a is None or a["error"]]
+    if failed:
+        raise RuntimeError(f"the one-host graph did not answer {failed}")
+    reference = {prompt: answer["tokens"] for prompt, answer in shm_answers}
+    shm_row = point_row("shm (one host)", None, None, shm_answers, reference, None)
+    rows = [point_row(f"net {p['latency_ms']} ms {p['loss']:.0%}", p["latency_ms"], p["loss"], p["answers"],
+                      reference, p["wire_bytes"]) for p in net_points]
     net0 = next(r for r in rows if r["latency_ms"] == 0 and r["loss"] == 0)
     headline = next(r for r in rows if r["latency_ms"] == 50 and r["loss"] == 0.05)
     return {

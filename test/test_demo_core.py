@@ -7,6 +7,7 @@ import pathlib
 import pytest
 
 from edge_lam.demo.graph import DemoConfig, HostSpec, SensorTopic, demo_processes, replay_processes
+from edge_lam.demo.network import network_env
 from edge_lam.demo.summary import DemoRecords, ReportRecord, summarise
 from edge_lam.descriptors import Stage
 from edge_lam.reporting.timings import report_timings, stages_sum_s
@@ -96,3 +97,13 @@ def test_the_summary_flags_stages_that_do_not_add_up_and_counts_unanswered_ticks
     summary = summarise(records, model="m", robot_id="tb3", duration_s=10, period_s=1, bags_started_s=0.5)
     assert summary["consistency"]["stages_add_up"] and summary["reports_failed"] == 1
     assert summary["stages_s"]["module:head@edge"]["median"] == 0.5
+
+
+def test_network_env_names_the_profile_and_the_discovery_of_each_mode():
+    profile = pathlib.Path("/share/config/fastdds_interhost.xml")
+    assert network_env(profile, "subnet", ["10.0.0.2", "10.0.0.3"]) == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
+    assert network_env(profile, "static", ["10.0.0.2", "10.0.0.3"])["ROS_STATIC_PEERS"] == "10.0.0.2;10.0.0.3"
+    assert network_env(profile, "server", [], server="10.0.0.3")["ROS_DISCOVERY_SERVER"] == "10.0.0.3:11811"
+    with pytest.raises(ValueError, match="subnet, static, server"):
+        network_env(profile, "flood", [])

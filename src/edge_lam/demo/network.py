@@ -56,7 +56,7 @@ class DemoNetwork:
     extra: list[ProcessSpec] = field(default_factory=list)  # started first (the discovery server)
 
     def argv(self, spec: ProcessSpec) -> list[str]:
-        return list(spec.argv) if self.hosts is None else list(self.hosts.command(spec.host, list(spec.argv)))
+        return list(spec.argv) if self.hosts is None else self.hosts.command(spec.host, spec.argv)
 
     def monitor(self) -> contextlib.AbstractContextManager:
         """The block in which the demo creates its own ROS participant: inside the monitor's host, if emulated."""
