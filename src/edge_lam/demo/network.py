@@ -88,14 +88,16 @@ def demo_network(network: str, discovery: str, config: DemoConfig, share: pathli
         env = network_env(share / "config" / "fastdds_interhost.xml", discovery, addresses, server)
         extra = []
         if server is not None:
-            extra.append(ProcessSpec("discovery_server", (_discovery_server(), "-i", "0", "-l", server, "-p",
+            extra.append(ProcessSpec("discovery_server", (_fastdds_tool(), "discovery", "-l", server, "-p",
                                                           str(DISCOVERY_SERVER_PORT)), config.gateway_host))
         yield DemoNetwork(env=env, hosts=hosts, monitor_host=config.gateway_host, extra=extra)
 
 
-def _discovery_server() -> str:
-    path = shutil.which("fast-discovery-server")
+def _fastdds_tool() -> str:
+    """The ``fastdds`` tool, whose ``discovery`` verb runs a Discovery Server (the ``fast-discovery-server`` binary
+    beside it refuses to be called directly, and finds its library only through the tool)."""
+    path = shutil.which("fastdds")
     if path is None:
-        raise ValueError("--discovery server needs fast-discovery-server (the ros-fastdds wheel puts it in the "
-                         "virtual environment's bin)")
+        raise ValueError("--discovery server needs the fastdds tool (the ros-fastdds wheel puts it in the virtual "
+                         "environment's bin)")
     return path
