@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import socket
 import statistics
@@ -22,12 +23,13 @@ import subprocess
 import sys
 import time
 
-from edge_lam.hosts import NEEDS_ROOT, EmulatedHosts, LinkShape, down_prefix, has_rights
+from edge_lam.hosts import NEEDS_ROOT, EmulatedHosts, LinkShape, has_rights
 from edge_lam.hosts.netns import run
 
 PORT = 7600
-PREFIX = "elbench"
-BARE = ("elbare-a", "elbare-b")
+# Names of this run's own, so that two runs (or a run beside the tests) never take each other's namespaces.
+PREFIX = f"elb{os.getpid() % 100000}"
+BARE = (f"{PREFIX}bare-a", f"{PREFIX}bare-b")
 HEADER = struct.Struct("!Id")
 
 
@@ -175,7 +177,6 @@ def main() -> int:
     finally:
         for ns in BARE:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-    down_prefix(PREFIX)
     with EmulatedHosts(["robot", "edge"], prefix=PREFIX) as hosts:
         edge = hosts.address("edge")
         results["forwarder"] = measure(hosts.namespace("edge"), hosts.namespace("robot"), edge, args.pings,

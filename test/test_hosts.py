@@ -35,6 +35,7 @@ from edge_lam.hosts import command as hosts_command
 from edge_lam.hosts.links import links_from_json, links_to_json
 from edge_lam.hosts.netns import namespaces_with_prefix
 from edge_lam.hosts.shaping import BACKLOG_S, DirectionShaper
+from edge_lam.hosts.topology import check_prefix
 
 # Prefixes of this test run's own (the domain id is the run's), so runs of other helpers or CI never collide.
 DOMAIN = os.environ["ROS_DOMAIN_ID"]
@@ -199,6 +200,12 @@ def test_bad_sets_are_refused_with_the_reason(hosts, prefix, subnet, mtu, says):
         HostSet.build(hosts, prefix, subnet, mtu)
 
 
+def test_a_prefix_that_is_not_a_plain_name_is_refused_before_anything_is_touched():
+    for prefix in ("../..", "el/x", "el-1", ""):
+        with pytest.raises(TopologyError, match="prefix"):
+            check_prefix(prefix)
+
+
 def test_without_rights_the_command_says_so_and_exits_2(monkeypatch, capsys):
     monkeypatch.setattr("edge_lam.hosts.netns.has_rights", lambda: False)
     for action in ("up", "down"):
@@ -320,6 +327,14 @@ def test_50ms_each_way_makes_round_trips_of_at_least_100ms(perfect_links, echo):
     result = echo(5, gap_s=0.2)
     assert result["received"] == list(range(5))
     assert min(result["rtt_ms"]) >= 100.0
+
+
+@netns_test
+def test_jitter_spreads_round_trips_around_the_latency(perfect_links, echo):
+    perfect_links.set_link("robot", up=LinkShape(latency_ms=30.0, jitter_ms=20.0))
+    rtts = echo(20, gap_s=0.06)["rtt_ms"]  # further apart than the jitter: each datagram draws its own delay
+    assert len(rtts) == 20 and min(rtts) >= 10.0
+    assert max(rtts) - min(rtts) > 5.0
 
 
 @netns_test

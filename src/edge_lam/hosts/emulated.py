@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from edge_lam.hosts import netns
 from edge_lam.hosts.links import HostLink, LinkShape, read_links, write_links
 from edge_lam.hosts.netns import Counters, HostsError
-from edge_lam.hosts.topology import HOST_DEVICE, HostSet
+from edge_lam.hosts.topology import HOST_DEVICE, HostSet, check_prefix
 
 __all__ = ["RUN_ROOT", "EmulatedHosts", "default_prefix", "down_prefix"]
 
@@ -55,13 +55,12 @@ class EmulatedHosts:
     @staticmethod
     def attach(prefix: str | None = None, run_root: pathlib.Path = RUN_ROOT) -> EmulatedHosts:
         """The set a prefix names, as ``up`` (here or in another process) left it; HostsError when it is not up."""
-        prefix = prefix or default_prefix()
+        prefix = check_prefix(prefix or default_prefix())
         try:
             topology = HostSet.from_json((run_root / prefix / "hosts.json").read_text())
         except (OSError, ValueError, KeyError) as err:
             raise HostsError(f"no emulated hosts with prefix {prefix!r} are up ({err})") from None
-        hosts = EmulatedHosts(topology.hosts, topology.prefix, topology.subnet, topology.mtu, run_root=run_root)
-        return hosts
+        return EmulatedHosts(topology.hosts, topology.prefix, topology.subnet, topology.mtu, run_root=run_root)
 
     @property
     def prefix(self) -> str:
@@ -205,7 +204,7 @@ def down_prefix(prefix: str | None = None, run_root: pathlib.Path = RUN_ROOT) ->
     """Take apart every set of a prefix, running or left by a crash: the forwarder (by its pid file), every process
     in a ``<prefix>-*`` namespace, the namespaces, the run directory. Returns the namespaces deleted."""
     netns.require_rights()
-    prefix = prefix or default_prefix()
+    prefix = check_prefix(prefix or default_prefix())
     run_dir = run_root / prefix
     pid = _forwarder_pid(run_dir)
     if pid is not None:

@@ -74,11 +74,10 @@ class Direction:
     """One direction of one host's link: where frames come from, where they go, how they are shaped, what
     happened to them."""
 
-    __slots__ = ("cut", "dropped", "fast", "frames", "host", "name", "queued", "read", "send", "send_failed",
-                 "shaper")
+    __slots__ = ("cut", "dropped", "fast", "frames", "queued", "read", "send", "send_failed", "shaper")
 
-    def __init__(self, host: str, name: str, read, send, rng: random.Random) -> None:
-        self.host, self.name, self.read, self.send = host, name, read, send
+    def __init__(self, read, send, rng: random.Random) -> None:
+        self.read, self.send = read, send
         self.shaper = DirectionShaper(PERFECT, rng)
         self.fast, self.cut, self.queued = True, False, 0
         self.frames = self.dropped = self.send_failed = 0
@@ -108,9 +107,8 @@ class Forwarder:
             sock = open_packet_socket(self.hosts.lan_device(host))
             tap = open_tap(self.hosts.tap_device(host))
             self._closers += [sock.close, lambda fd=tap: os.close(fd)]
-            up = Direction(host, "up", sock.recv_into, lambda data, fd=tap: os.write(fd, data),
-                           random.Random(f"{seed}:{index}:up"))
-            down = Direction(host, "down", lambda buffer, fd=tap: os.readv(fd, [buffer]), sock.send,
+            up = Direction(sock.recv_into, lambda data, fd=tap: os.write(fd, data), random.Random(f"{seed}:{index}:up"))
+            down = Direction(lambda buffer, fd=tap: os.readv(fd, [buffer]), sock.send,
                              random.Random(f"{seed}:{index}:down"))
             self.selector.register(sock, selectors.EVENT_READ, up)
             self.selector.register(tap, selectors.EVENT_READ, down)
@@ -167,9 +165,7 @@ class Forwarder:
                 for _ in range(BATCH):
                     try:
                         size = read(buffer)
-                    except BlockingIOError:
-                        break
-                    except OSError:  # the device went down (the set is being taken apart)
+                    except OSError:  # nothing more to read (EAGAIN), or the set is being taken apart
                         break
                     direction.frames += 1
                     if direction.cut:

@@ -15,7 +15,7 @@ import re
 import zlib
 from collections.abc import Sequence
 
-__all__ = ["HOST_DEVICE", "HostSet", "TopologyError", "default_subnet"]
+__all__ = ["HOST_DEVICE", "HostSet", "TopologyError", "check_prefix", "default_subnet"]
 
 HOST_DEVICE = "eth0"
 BRIDGE = "br0"
@@ -26,6 +26,13 @@ _HOST = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 class TopologyError(ValueError):
     """A set that cannot be built as asked (bad names, addresses or MTU); the message says which part."""
+
+
+def check_prefix(prefix: str) -> str:
+    """The prefix, if it is a valid one (it names namespaces and a run directory: nothing else may slip in)."""
+    if not _PREFIX.fullmatch(prefix):
+        raise TopologyError(f"prefix {prefix!r}: 1 to 10 lower-case letters and digits, starting with a letter")
+    return prefix
 
 
 def default_subnet(prefix: str) -> str:
@@ -47,9 +54,7 @@ class HostSet:
         return HostSet(prefix, tuple(hosts), subnet or default_subnet(prefix), mtu)
 
     def __post_init__(self) -> None:
-        if not _PREFIX.fullmatch(self.prefix):
-            raise TopologyError(f"prefix {self.prefix!r}: 1 to 10 lower-case letters and digits, starting with a "
-                                "letter")
+        check_prefix(self.prefix)
         if not self.hosts:
             raise TopologyError("a set needs at least one host")
         for host in self.hosts:
