@@ -49,7 +49,7 @@ LATENCIES_MS, LOSSES = (0, 10, 50, 100), (0.0, 0.01, 0.05, 0.10)
 REQUEST_TIMEOUT_S = 120.0
 STARTUP_TIMEOUT_S = 240.0
 DRIVE_TIMEOUT_S = 1800.0
-PREFIX = "elbench"
+PREFIX = f"elnet{os.getpid() % 100000}"  # this run's namespaces: two runs never take each other's apart
 
 
 def points(grid: bool) -> list[tuple[int, float]]:
@@ -173,11 +173,11 @@ def drive_shm(namespace: str, max_new: int) -> list[tuple[str, dict | None]]:
         driver.close()
 
 
-def drive_net(namespace: str, max_new: int, grid: bool) -> list[dict]:
+def drive_net(prefix: str, namespace: str, max_new: int, grid: bool) -> list[dict]:
     """In the edge host: warm up, then each link point's prompts, with the bytes on the robot's veth."""
     from edge_lam.hosts import EmulatedHosts, LinkShape
 
-    hosts = EmulatedHosts.attach(PREFIX)
+    hosts = EmulatedHosts.attach(prefix)
     driver = Driver(namespace, "SUBNET")
     try:
         driver.wait_until_serving(STARTUP_TIMEOUT_S)
@@ -201,7 +201,7 @@ def drive_net(namespace: str, max_new: int, grid: bool) -> list[dict]:
 def run(max_new: int, grid: bool) -> dict:
     from ament_index_python.packages import get_package_prefix, get_package_share_directory
 
-    from edge_lam.hosts import EmulatedHosts, down_prefix
+    from edge_lam.hosts import EmulatedHosts
     from edge_lam.processes import stop_processes
 
     lib = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
@@ -215,7 +215,6 @@ def run(max_new: int, grid: bool) -> dict:
                "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- the processes' logs, shown if the run fails
     processes: list[subprocess.Popen] = []
-    down_prefix(PREFIX)
     try:
         with EmulatedHosts(["robot", "edge", "onehost"], prefix=PREFIX) as hosts:
             shm_ns, net_ns = f"shm_{uuid.uuid4().hex[:6]}", f"net_{uuid.uuid4().hex[:6]}"
@@ -226,7 +225,7 @@ def run(max_new: int, grid: bool) -> dict:
             # One after the other, the one-host graph first: the 0 ms point comes right after it, before the
             # machine's speed has drifted far.
             shm_answers = in_host(hosts.namespace("onehost"), drive_shm, shm_ns, max_new)
-            net_points = in_host(hosts.namespace("edge"), drive_net, net_ns, max_new, grid)
+            net_points = in_host(hosts.namespace("edge"), drive_net, PREFIX, net_ns, max_new, grid)
     except Exception:
         log.seek(0)
         print(log.read()[-5000:], file=sys.stderr)
