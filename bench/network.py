@@ -12,9 +12,8 @@ as they arrive.
 
 Link points: the robot's link gets LATENCY each way (a token's round trip robot <-> edge crosses it twice: 2 x
 LATENCY per hop pair) and LOSS each way. By default the two axes (latency 0/10/50/100 ms at 0% loss; loss 1/5/10%
-at 10 ms) and the 50 ms / 5% point; ``--grid`` runs all 16 points. The prompts are asked of the
-``shm`` graph just before the ``net`` graph's first point (0 ms, 0%), so the ratio compares runs a minute apart on a
-machine whose speed drifts. Bytes are
+at 10 ms) and the 50 ms / 5% point; ``--grid`` runs all 16 points. The one-host graph and the 0 ms point are asked
+in turn, ``--pairs`` times (3 prompts each time), so both see the machine's speed drift alike. Bytes are
 counted on the robot's veth (rx + tx, as the kernel counts them: DDS headers, fragments, acknowledgements,
 retransmissions and discovery included) over each point's requests. Answers are compared, token for token, with
 the ``shm`` graph's answer to the same prompt (greedy decoding). A request with no final answer in
@@ -161,30 +160,31 @@ def _joined_call(namespace: str, function, args):
         return function(*args)
 
 
-def drive_shm(namespace: str, max_new: int) -> list[tuple[str, dict | None]]:
-    """In the one-host graph's namespace: warm up, then each prompt once."""
+def drive_shm(namespace: str, max_new: int, warm_up: bool) -> list[tuple[str, dict | None]]:
+    """In the one-host graph's namespace: (warm up, then) each prompt once."""
     driver = Driver(namespace, "LOCALHOST")
     try:
         driver.wait_until_serving(STARTUP_TIMEOUT_S)
-        for prompt in PROMPTS:
+        for prompt in PROMPTS if warm_up else []:
             driver.ask(prompt, max_new)
         return [(prompt, driver.ask(prompt, max_new)) for prompt in PROMPTS]
     finally:
         driver.close()
 
 
-def drive_net(prefix: str, namespace: str, max_new: int, grid: bool) -> list[dict]:
-    """In the edge host: warm up, then each link point's prompts, with the bytes on the robot's veth."""
+def drive_net(prefix: str, namespace: str, max_new: int, link_points: list[tuple[int, float]],
+              warm_up: bool) -> list[dict]:
+    """In the edge host: (warm up, then) each link point's prompts, with the bytes on the robot's veth."""
     from edge_lam.hosts import EmulatedHosts, LinkShape
 
     hosts = EmulatedHosts.attach(prefix)
     driver = Driver(namespace, "SUBNET")
     try:
         driver.wait_until_serving(STARTUP_TIMEOUT_S)
-        for prompt in PROMPTS:
+        for prompt in PROMPTS if warm_up else []:
             driver.ask(prompt, max_new)
         points_run = []
-        for latency_ms, loss in points(grid):
+        for latency_ms, loss in link_points:
             shape = LinkShape(latency_ms=latency_ms, loss=loss)
             hosts.set_link("robot", up=shape, down=shape)
             before = hosts.counters("robot")
@@ -198,7 +198,7 @@ def drive_net(prefix: str, namespace: str, max_new: int, grid: bool) -> list[dic
         driver.close()
 
 
-def run(max_new: int, grid: bool) -> dict:
+def run(max_new: int, grid: bool, pairs: int) -> dict:
     from ament_index_python.packages import get_package_prefix, get_package_share_directory
 
     from edge_lam.hosts import EmulatedHosts
@@ -222,10 +222,15 @@ def run(max_new: int, grid: bool) -> dict:
                                      shm_env, log)
             processes += start_graph([hosts.command(host, argv) for host, argv in graph_commands(lib, net_ns)],
                                      net_env, log)
-            # One after the other, the one-host graph first: the 0 ms point comes right after it, before the
-            # machine's speed has drifted far.
-            shm_answers = in_host(hosts.namespace("onehost"), drive_shm, shm_ns, max_new)
-            net_points = in_host(hosts.namespace("edge"), drive_net, PREFIX, net_ns, max_new, grid)
+            # The one-host graph and the 0 ms point in turn, `pairs` times, so both see the machine's speed drift
+            # alike; then the other points.
+            shm_answers, net_points = [], []
+            for pair in range(pairs):
+                shm_answers += in_host(hosts.namespace("onehost"), drive_shm, shm_ns, max_new, pair == 0)
+                net_points += in_host(hosts.namespace("edge"), drive_net, PREFIX, net_ns, max_new, [(0, 0.0)],
+                                      pair == 0)
+            net_points += in_host(hosts.namespace("edge"), drive_net, PREFIX, net_ns, max_new,
+                                  [p for p in points(grid) if p != (0, 0.0)], False)
     except Exception:
         log.seek(0)
         print(log.read()[-5000:], file=sys.stderr)
@@ -237,12 +242,17 @@ def run(max_new: int, grid: bool) -> dict:
         raise RuntimeError(f"the one-host graph did not answer {failed}")
     reference = {prompt: answer["tokens"] for prompt, answer in shm_answers}
     shm_row = point_row("shm (one host)", None, None, shm_answers, reference, None)
-    rows = [point_row(f"net {p['latency_ms']} ms {p['loss']:.0%}", p["latency_ms"], p["loss"], p["answers"],
-                      reference, p["wire_bytes"]) for p in net_points]
+    by_point: dict[tuple[int, float], dict] = {}
+    for p in net_points:  # the 0 ms point's pairs into one row
+        row = by_point.setdefault((p["latency_ms"], p["loss"]), {"answers": [], "wire_bytes": 0})
+        row["answers"] += p["answers"]
+        row["wire_bytes"] += p["wire_bytes"]
+    rows = [point_row(f"net {latency_ms} ms {loss:.0%}", latency_ms, loss, p["answers"], reference, p["wire_bytes"])
+            for (latency_ms, loss), p in by_point.items()]
     net0 = next(r for r in rows if r["latency_ms"] == 0 and r["loss"] == 0)
     headline = next(r for r in rows if r["latency_ms"] == 50 and r["loss"] == 0.05)
     return {
-        "max_new_tokens": max_new, "prompts": len(PROMPTS), "rows": [shm_row, *rows],
+        "max_new_tokens": max_new, "prompts": len(PROMPTS), "pairs": pairs, "rows": [shm_row, *rows],
         "decode_ratio_net0_vs_shm": shm_row["decode_ms"]["median"] / net0["decode_ms"]["median"],
         "requests_lost": sum(r["lost"] for r in rows),
         "answers_correct_at_50ms_5pct": headline["correct"] / headline["requests"],
@@ -284,6 +294,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens per request (default 16)")
     parser.add_argument("--grid", action="store_true", help="every latency with every loss (16 points)")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="times the one-host graph and the 0 ms point are asked in turn (default 3)")
     parser.add_argument("--json", type=pathlib.Path, help="write the figures to this file")
     args = parser.parse_args()
     from edge_lam.hosts import has_rights
@@ -292,7 +304,7 @@ def main() -> int:
         print("bench/network.py: emulated hosts are network namespaces: run as root (sudo -E)", file=sys.stderr)
         return 2
     os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
-    figures = run(args.max_new_tokens, args.grid)
+    figures = run(args.max_new_tokens, args.grid, args.pairs)
     print(HEADER)
     for row in figures["rows"]:
         print(format_row(row))

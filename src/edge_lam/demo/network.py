@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from edge_lam.demo.graph import DemoConfig, ProcessSpec
+from edge_lam.hosts import EmulatedHosts, has_rights
+from edge_lam.hosts.joining import joined
 
 __all__ = ["DISCOVERY_MODES", "DISCOVERY_SERVER_PORT", "NETWORKS", "DemoNetwork", "demo_network", "network_env"]
 
@@ -51,7 +53,7 @@ class DemoNetwork:
     """How to start a process of a host, with which environment, and where the monitor joins."""
 
     env: dict[str, str] = field(default_factory=dict)
-    hosts: object | None = None  # EmulatedHosts when emulated
+    hosts: EmulatedHosts | None = None
     monitor_host: str | None = None
     extra: list[ProcessSpec] = field(default_factory=list)  # started first (the discovery server)
 
@@ -59,11 +61,10 @@ class DemoNetwork:
         return list(spec.argv) if self.hosts is None else self.hosts.command(spec.host, spec.argv)
 
     def monitor(self) -> contextlib.AbstractContextManager:
-        """The block in which the demo creates its own ROS participant: inside the monitor's host, if emulated."""
+        """The block in which the demo creates its own ROS participant: inside the monitor's host, if emulated (a
+        process's participants must all start in one network namespace, so it creates none before)."""
         if self.hosts is None:
             return contextlib.nullcontext()
-        from edge_lam.hosts.joining import joined
-
         return joined(self.hosts.namespace(self.monitor_host))
 
 
@@ -76,11 +77,9 @@ def demo_network(network: str, discovery: str, config: DemoConfig, share: pathli
         return
     if network != "emulated":
         raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {network!r}")
-    if os.geteuid() != 0:
+    if not has_rights():
         raise ValueError("--network emulated makes network namespaces and needs root (run it as root, or with "
                          "--network onehost)")
-    from edge_lam.hosts import EmulatedHosts
-
     names = [h.host_id for h in config.hosts]
     with EmulatedHosts(names, prefix=EMULATED_PREFIX) as hosts:
         addresses = [hosts.address(name) for name in names]
