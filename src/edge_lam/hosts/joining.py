@@ -1,9 +1,15 @@
 """Joining an emulated host from inside a process: the calling thread enters a named network namespace.
 
 Python 3.11 has no ``os.setns``; libc's ``setns`` does the same. A participant created inside ``joined`` binds its
-sockets and starts its threads in that namespace, and keeps them after the block: so a test, a bench or the demo's
-monitor can talk to one emulated host's peers as a process of that host would, and its ``ip`` commands still run
-from the machine's own namespace once the block ends.
+sockets and starts its threads in that namespace, and keeps them after the block: so the demo's monitor (or a
+bench's driver) can talk to one emulated host's peers as a process of that host would, and its ``ip`` commands
+still run from the machine's own namespace once the block ends.
+
+Join before the process creates its first ROS participant, and create them all in one namespace: Fast DDS 3.2 in
+a process that created a participant in one network namespace (even one destroyed since) gives a participant
+created later in another namespace no discovery there (seen: peers in that namespace never list it). A process
+that has made participants already (pytest's) runs its client in a fresh child that joins first
+(test/test_network.py's ``in_host``).
 """
 
 from __future__ import annotations
