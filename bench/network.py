@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import signal
 import statistics
 import subprocess
 import sys
@@ -304,6 +305,8 @@ def main() -> int:
         print("bench/network.py: emulated hosts are network namespaces: run as root (sudo -E)", file=sys.stderr)
         return 2
     os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
+    # SIGTERM (a timeout, a CI runner) unwinds like Ctrl-C: the processes stop and the hosts come down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     figures = run(args.max_new_tokens, args.grid, args.pairs)
     print(HEADER)
     for row in figures["rows"]:
