@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 
@@ -55,6 +56,7 @@ def demo(args: argparse.Namespace) -> int:
     every tick got its report, 1 otherwise."""
     from edge_lam.demo.run import DemoError, run_demo
 
+    signal.signal(signal.SIGTERM, _interrupt)  # unwind like Ctrl-C: every process stopped, emulated hosts taken down
     try:
         return run_demo(args)
     except (DemoError, ValueError) as err:
@@ -74,6 +76,10 @@ def hosts(args: argparse.Namespace) -> int:
     from edge_lam.hosts.command import run_hosts_command
 
     return run_hosts_command(args)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def subcommand(commands: argparse._SubParsersAction, run: Callable[[argparse.Namespace], int], help: str
