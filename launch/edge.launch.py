@@ -16,11 +16,27 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+# fastdds_profile -> the Fast DDS profile file in config/ (doc/network.md, "Across hosts").
+FASTDDS_PROFILES = {'onehost': 'fastdds.xml', 'interhost': 'fastdds_interhost.xml'}
+
+
+def fastdds_profile(context):
+    """Point FASTDDS_DEFAULT_PROFILES_FILE of every node started after this at the chosen profile: a name of
+    FASTDDS_PROFILES or the path of an XML file of the user's."""
+    choice = LaunchConfiguration('fastdds_profile').perform(context)
+    if choice in FASTDDS_PROFILES:
+        path = os.path.join(get_package_share_directory('edge_lam'), 'config', FASTDDS_PROFILES[choice])
+    elif os.path.isfile(choice):
+        path = choice
+    else:
+        raise RuntimeError(f"fastdds_profile:={choice}: expected onehost, interhost or the path of an XML file")
+    return [SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', path)]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -67,6 +83,11 @@ def generate_launch_description() -> LaunchDescription:
                                           '(doc/trust.md); empty: control plane not authenticated.'),
         DeclareLaunchArgument('enclave', default_value='/',
                               description='SROS2 enclave of the nodes, where ROS_SECURITY_ENABLE=true.'),
+        DeclareLaunchArgument('fastdds_profile', default_value='onehost',
+                              description='Fast DDS profile of the nodes: onehost (shared memory and UDP), interhost '
+                                          '(UDP only, frame-sized fragments: robot and edge on separate machines) '
+                                          'or the path of an XML file.'),
+        OpaqueFunction(function=fastdds_profile),
         host_agent,
         coordinator,
         gateway,

@@ -7,6 +7,7 @@ import pathlib
 import pytest
 
 from edge_lam.demo.graph import DemoConfig, HostSpec, SensorTopic, demo_processes, replay_processes
+from edge_lam.demo.network import network_env
 from edge_lam.demo.summary import DemoRecords, ReportRecord, summarise
 from edge_lam.descriptors import Stage
 from edge_lam.reporting.timings import report_timings, stages_sum_s
@@ -59,6 +60,15 @@ def test_with_keys_every_fleet_node_signs_with_its_hosts_key():
         assert f"signing_key:=/k/{host}.key" in argv[name] and "trusted_keys:=/k" in argv[name], name
 
 
+def test_each_process_belongs_to_its_host_robot_processes_to_the_robot_fleet_services_to_the_gateway_host():
+    hosts = (HostSpec.parse("robot:robot:0.5:320"), HostSpec.parse("edge:edge:1:480"), HostSpec.parse("c:cloud:2:900"))
+    specs = demo_processes(config(hosts=hosts), LIB) + replay_processes(config(hosts=hosts), LIB)
+    host_of = {spec.name: spec.host for spec in specs}
+    assert host_of["host_agent[robot]"] == "robot" and host_of["host_agent[c]"] == "c"
+    assert host_of["coordinator"] == host_of["gateway"] == host_of["host_agent[edge]"] == "edge"
+    assert {host_of[n] for n in host_of if "encoder" in n or n == "reporter" or n.startswith("replay")} == {"robot"}
+
+
 def test_replays_remap_under_the_robot_and_start_short_bags_at_their_beginning():
     replays = {spec.name: list(spec.argv) for spec in replay_processes(config(), LIB)}
     camera, odom = replays["replay[cam.mcap]"], replays["replay[run.mcap]"]
@@ -95,3 +105,13 @@ def test_the_summary_flags_stages_that_do_not_add_up_and_counts_unanswered_ticks
     summary = summarise(records, model="m", robot_id="tb3", duration_s=10, period_s=1, bags_started_s=0.5)
     assert summary["consistency"]["stages_add_up"] and summary["reports_failed"] == 1
     assert summary["stages_s"]["module:head@edge"]["median"] == 0.5
+
+
+def test_network_env_names_the_profile_and_the_discovery_of_each_mode():
+    profile = pathlib.Path("/share/config/fastdds_interhost.xml")
+    assert network_env(profile, "subnet", ["10.0.0.2", "10.0.0.3"]) == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
+    assert network_env(profile, "static", ["10.0.0.2", "10.0.0.3"])["ROS_STATIC_PEERS"] == "10.0.0.2;10.0.0.3"
+    assert network_env(profile, "server", [], server="10.0.0.3")["ROS_DISCOVERY_SERVER"] == "10.0.0.3:11811"
+    with pytest.raises(ValueError, match="subnet, static, server"):
+        network_env(profile, "flood", [])

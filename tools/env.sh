@@ -21,8 +21,20 @@ if [ -f "$_edge_lam_root/install/setup.bash" ]; then
   unset _edge_lam_nounset
 fi
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
-export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$_edge_lam_root/config/fastdds.xml}"
+# EDGE_LAM_NETWORK=interhost selects the profile for traffic between hosts (UDP only, fragments that fit a frame:
+# doc/network.md, "Across hosts"); unset or onehost, the one-host profile (shared memory). A profile file the user
+# chose is kept; one of ours is replaced, so sourcing this again with another EDGE_LAM_NETWORK switches.
+case "${EDGE_LAM_NETWORK:-onehost}" in
+  interhost) _edge_lam_profile="$_edge_lam_root/config/fastdds_interhost.xml" ;;
+  onehost) _edge_lam_profile="$_edge_lam_root/config/fastdds.xml" ;;
+  *) echo "tools/env.sh: EDGE_LAM_NETWORK must be onehost or interhost, not '$EDGE_LAM_NETWORK'" >&2
+     _edge_lam_profile="$_edge_lam_root/config/fastdds.xml" ;;
+esac
+case "${FASTDDS_DEFAULT_PROFILES_FILE:-}" in
+  ""|"$_edge_lam_root/config/fastdds.xml"|"$_edge_lam_root/config/fastdds_interhost.xml")
+    export FASTDDS_DEFAULT_PROFILES_FILE="$_edge_lam_profile" ;;
+esac
 export EDGE_LAM_CACHE="${EDGE_LAM_CACHE:-$_edge_lam_root/.cache}"
 # Models come from the cache folder only; never from a hub.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-unset _edge_lam_root
+unset _edge_lam_root _edge_lam_profile

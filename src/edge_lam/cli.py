@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 
@@ -55,6 +56,7 @@ def demo(args: argparse.Namespace) -> int:
     every tick got its report, 1 otherwise."""
     from edge_lam.demo.run import DemoError, run_demo
 
+    signal.signal(signal.SIGTERM, _interrupt)  # unwind like Ctrl-C: every process stopped, emulated hosts taken down
     try:
         return run_demo(args)
     except (DemoError, ValueError) as err:
@@ -95,6 +97,10 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def subcommand(commands: argparse._SubParsersAction, run: Callable[[argparse.Namespace], int], help: str
                ) -> argparse.ArgumentParser:
     """The parser of the subcommand ``main`` runs with ``run``: named after it, described by its docstring."""
@@ -129,6 +135,15 @@ def add_demo(commands: argparse._SubParsersAction) -> None:
                         help="folder for the summary, plots and logs (default demo_output)")
     parser.add_argument("--params-file", metavar="YAML",
                         help="node parameters (default: config/demo.yaml from the package's share folder)")
+    parser.add_argument("--network", choices=["onehost", "emulated"], default="onehost",
+                        help="onehost: every process on this machine's network, shared memory between them "
+                        "(default); emulated: each host's processes in a network namespace of its own, the hosts "
+                        "joined by emulated links, UDP only (the inter-host Fast DDS profile; needs root)")
+    parser.add_argument("--discovery", choices=["subnet", "static", "server"], default="subnet",
+                        help="with --network emulated, how participants find each other across hosts: subnet "
+                        "(ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET, multicast; default), static (ROS_STATIC_PEERS, "
+                        "the hosts' addresses) or server (a Fast DDS Discovery Server on the gateway's host, "
+                        "ROS_DISCOVERY_SERVER)")
 
 
 def add_replay(commands: argparse._SubParsersAction) -> None:

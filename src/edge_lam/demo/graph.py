@@ -104,6 +104,12 @@ class DemoConfig:
         return next(h.host_id for h in self.hosts if h.role != "robot")
 
     @property
+    def robot_host(self) -> str:
+        """Where the robot's own processes run (encoders, reporter, bag replays): the first robot host, or the
+        gateway's host when no host is a robot."""
+        return next((h.host_id for h in self.hosts if h.role == "robot"), self.gateway_host)
+
+    @property
     def modalities(self) -> list[str]:
         return sorted({s.modality for s in self.sensors})
 
@@ -120,8 +126,11 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class ProcessSpec:
+    """A process of the demo and the host it belongs to (its network namespace when the hosts are emulated)."""
+
     name: str
     argv: tuple[str, ...]
+    host: str
 
 
 def bag_sensors(bag: pathlib.Path) -> list[SensorTopic]:
@@ -149,13 +158,13 @@ def demo_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
         specs.append(ProcessSpec(f"host_agent[{host.host_id}]", (str(lib / "host_agent"), *_ros_args(
             "host_agent", f"/{host.host_id}", config.params_file, f"host_id:={host.host_id}", f"role:={host.role}",
             f"compute_scale:={host.compute_scale}", f"memory_limit_bytes:={host.memory_mib * 2**20}",
-            f"model:={config.model}", f"components_namespace:={ns}", *config.trust(host.host_id)))))
+            f"model:={config.model}", f"components_namespace:={ns}", *config.trust(host.host_id))), host.host_id))
     gateway_trust = config.trust(config.gateway_host)
     specs.append(ProcessSpec("coordinator", (str(lib / "coordinator"), *_ros_args(
         "coordinator", ns, config.params_file, f"model:={config.model}", f"gateway_host:={config.gateway_host}",
-        *gateway_trust))))
+        *gateway_trust)), config.gateway_host))
     specs.append(ProcessSpec("gateway", (str(lib / "gateway"), *_ros_args(
-        "gateway", ns, config.params_file, f"model:={config.model}", *gateway_trust))))
+        "gateway", ns, config.params_file, f"model:={config.model}", *gateway_trust)), config.gateway_host))
     for sensor in config.sensors:
         params = [f"robot_id:={config.robot_id}", f"sensor:={sensor.topic.strip('/').split('/')[0]}"]
         argv = [str(lib / sensor.encoder)]
@@ -168,11 +177,11 @@ def demo_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
         else:  # motion and scan encoders read a fixed relative name: remap it to the bag's topic
             default = {"odometry": "odom", "scan": "scan", "imu": "imu"}[sensor.modality]
             argv += [*_ros_args(sensor.encoder, robot_ns, config.params_file, *params), "-r", f"{default}:={relative}"]
-        specs.append(ProcessSpec(f"{sensor.encoder}[{sensor.topic}]", tuple(argv)))
+        specs.append(ProcessSpec(f"{sensor.encoder}[{sensor.topic}]", tuple(argv), config.robot_host))
     specs.append(ProcessSpec("reporter", (str(lib / "reporter"), *_ros_args(
         "reporter", robot_ns, config.params_file, f"modalities:=[{','.join(config.modalities)}]",
         f"period_s:={config.period_s}", f"max_new_tokens:={config.max_new_tokens}",
-        f"requests_topic:={ns}/requests", f"results_topic:={ns}/results"))))
+        f"requests_topic:={ns}/requests", f"results_topic:={ns}/results")), config.robot_host))
     return specs
 
 
@@ -189,5 +198,5 @@ def replay_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]
                 "--wait-subscribers", "1", "--topics", *(s.topic for s in sensors)]
         for sensor in sensors:
             argv += ["--remap", f"{sensor.topic}:={config.robot_topic(sensor.topic)}"]
-        specs.append(ProcessSpec(f"replay[{bag.name}]", tuple(argv)))
+        specs.append(ProcessSpec(f"replay[{bag.name}]", tuple(argv), config.robot_host))
     return specs

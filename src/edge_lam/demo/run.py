@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 
 from edge_lam.demo.graph import DemoConfig, ProcessSpec
+from edge_lam.demo.network import DemoNetwork, demo_network
+from edge_lam.demo.summary import DemoRecords
 from edge_lam.processes import stop_processes
 
 __all__ = ["DemoError", "ProcessGroup", "run_demo"]
@@ -30,16 +32,21 @@ class DemoError(RuntimeError):
 
 
 class ProcessGroup:
-    """The demo's processes, each logging to its own file; stopped together (SIGINT, then SIGTERM, then SIGKILL)."""
+    """The demo's processes, each logging to its own file; stopped together (SIGINT, then SIGTERM, then SIGKILL).
+    ``argv_of`` turns a process's spec into its command line (inside its host's namespace when hosts are emulated);
+    ``env`` is added to this process's environment for every one of them."""
 
-    def __init__(self, log_dir: pathlib.Path) -> None:
+    def __init__(self, log_dir: pathlib.Path, argv_of: Callable[[ProcessSpec], list[str]] = lambda s: list(s.argv),
+                 env: dict[str, str] | None = None) -> None:
         self.log_dir = log_dir
         self.running: dict[str, subprocess.Popen] = {}
+        self._argv_of = argv_of
+        self._env = {**os.environ, **(env or {})}
 
     def start(self, spec: ProcessSpec) -> None:
         with self.log_of(spec.name).open("w") as out:
-            self.running[spec.name] = subprocess.Popen(spec.argv, stdout=out, stderr=subprocess.STDOUT,
-                                                       stdin=subprocess.DEVNULL)
+            self.running[spec.name] = subprocess.Popen(self._argv_of(spec), stdout=out, stderr=subprocess.STDOUT,
+                                                       stdin=subprocess.DEVNULL, env=self._env)
 
     def log_of(self, name: str) -> pathlib.Path:
         return self.log_dir / (name.replace("/", "_").replace("[", "_").rstrip("]") + ".log")
@@ -77,21 +84,18 @@ def watch_until(monitor, done: Callable[[], bool], timeout_s: float, processes: 
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import rclpy
     from ament_index_python.packages import get_package_prefix, get_package_share_directory
 
-    from edge_lam.demo.graph import HostSpec, bag_sensors, demo_processes, replay_processes
-    from edge_lam.demo.monitor_node import DemoMonitor
+    from edge_lam.demo.graph import HostSpec, bag_sensors
     from edge_lam.demo.plots import plot_latency, plot_placement
     from edge_lam.demo.summary import summarise, write_summary
     from edge_lam.trust.keys import make_keys
 
     output = pathlib.Path(args.output)
     (output / "logs").mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # one machine: keep the LAN out of it
     lib = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
-    params = pathlib.Path(args.params_file or
-                          pathlib.Path(get_package_share_directory("edge_lam")) / "config" / "demo.yaml")
+    share = pathlib.Path(get_package_share_directory("edge_lam"))
+    params = pathlib.Path(args.params_file or share / "config" / "demo.yaml")
     bags = [pathlib.Path(b) for b in (args.bag or default_bags())]
     for bag in bags:
         if not bag.exists():
@@ -109,10 +113,40 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"edge_lam demo: {config.model} on {', '.join(h.host_id for h in config.hosts)}; bags "
           f"{', '.join(b.name for b in bags)} ({', '.join(s.topic for s in config.sensors)}) for {args.duration:g} s; "
           f"a report every {config.period_s:g} s; output in {output}/; control plane signed (keys in {keys_dir})")
-    processes = ProcessGroup(output / "logs")
-    rclpy.init()
-    monitor = DemoMonitor(config)
+    with demo_network(args.network, args.discovery, config, share) as network:
+        if network.hosts is not None:
+            where = ", ".join(f"{h.host_id} {network.hosts.address(h.host_id)} (namespace "
+                              f"{network.hosts.namespace(h.host_id)})" for h in config.hosts)
+            print(f"network: emulated hosts {where}; UDP only; discovery {args.discovery}; the monitor joins "
+                  f"{network.monitor_host}")
+        os.environ.update(network.env)  # this process's own participant (the monitor), before it is created
+        records, bags_started_s = _run_graph(args, config, lib, output, ProcessGroup(
+            output / "logs", network.argv, network.env), network)
+    summary = summarise(records, model=config.model, robot_id=config.robot_id, duration_s=args.duration,
+                        period_s=config.period_s, bags_started_s=bags_started_s)
+    write_summary(summary, output / "summary.json")
+    plot_latency(records.reports, output / "latency_per_stage.png")
+    plot_placement(records.plans, output / "placement.png")
+    print_summary(summary, output)
+    ok = (summary["ticks"] > 0 and summary["reports_ok"] == summary["ticks"] and not summary["unanswered"]
+          and summary["consistency"]["stages_add_up"])
+    return 0 if ok else 1
+
+
+def _run_graph(args: argparse.Namespace, config: DemoConfig, lib: pathlib.Path, output: pathlib.Path,
+               processes: ProcessGroup, network: DemoNetwork) -> tuple[DemoRecords, float | None]:
+    """Start the graph, play the bags, wait for the last report, stop everything: the monitor's records."""
+    import rclpy
+
+    from edge_lam.demo.graph import demo_processes, replay_processes
+    from edge_lam.demo.monitor_node import DemoMonitor
+
+    with network.monitor():
+        rclpy.init()
+        monitor = DemoMonitor(config)
     try:
+        for spec in network.extra:
+            processes.start(spec)
         for spec in demo_processes(config, lib):
             processes.start(spec)
         begun = time.monotonic()
@@ -139,17 +173,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"stopped {count} processes in {time.monotonic() - stopping:.1f} s")
         monitor.destroy_node()
         rclpy.try_shutdown()
-
-    records = monitor.records
-    summary = summarise(records, model=config.model, robot_id=config.robot_id, duration_s=args.duration,
-                        period_s=config.period_s, bags_started_s=monitor.bags_started_s)
-    write_summary(summary, output / "summary.json")
-    plot_latency(records.reports, output / "latency_per_stage.png")
-    plot_placement(records.plans, output / "placement.png")
-    print_summary(summary, output)
-    ok = (summary["ticks"] > 0 and summary["reports_ok"] == summary["ticks"] and not summary["unanswered"]
-          and summary["consistency"]["stages_add_up"])
-    return 0 if ok else 1
+    return monitor.records, monitor.bags_started_s
 
 
 class Progress:
