@@ -67,7 +67,7 @@ class ShardNode(Node):
         self._held = DelayedRelease(self, line, self._process, self._send, packet_bytes) if line.delays else None
         self._sub = self.create_subscription(ChainPacket, input_topic, self.on_packet, TENSORS)
         self._first_module = self._core.module_ids[0]
-        self._upstream_host = ""  # of the module before ours in the plan in force; empty: any fleet host
+        self._upstream_host = ""  # the plan's host upstream of us (the gateway's, if first); empty: any fleet host
         if plan_topic and self._trust.on:
             self._plans = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED)
         self._expiry = self.create_timer(min(idle, 10.0), self.expire_sessions)
