@@ -2,9 +2,10 @@
 key): a participant on the domain without a fleet key publishes forged plans (unsigned and stamped a day ahead
 with no assignments, signed by a key the fleet does not trust, signed in a trusted host's name with another key, a
 genuine plan tampered with, a replay of the genuine plan), adverts of an invented host, forged hidden states into a
-shard and forged tokens on the chain's output, and calls an agent's load and unload services. Every forgery is
-ignored, logged and counted: the agents keep their shards, the chain keeps answering as before, and the invented
-host gets nothing."""
+shard, on the chain's input in the gateway's place and forged tokens on the chain's output, and calls an agent's
+load and unload services. Every forgery is ignored, logged and counted: the agents keep their shards, the chain keeps
+answering as before, and the invented host gets nothing. Then one agent and a peer played by the test: forged link
+probe replies (unsigned, by a fleet host that was not probed, a replay) do not change the link it advertises."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from edge_lam_msgs.msg import (
     ComputeAdvert,
     InferenceRequest,
     InferenceResult,
+    LinkEstimate,
     ModuleAssignment,
     PlacementPlan,
+    TensorList,
 )
 from edge_lam_msgs.srv import LoadModule, UnloadModule
 from rclpy.qos import QoSProfile
@@ -32,8 +35,9 @@ from conftest import REPORTED
 from edge_lam.ros.qos import ADVERTS, ADVERTS_READER, CONTROL, LATCHED, TENSORS
 from edge_lam.trust.checks import Stamper
 from edge_lam.trust.keys import SigningKey, load_signing_key, make_keys
+from edge_lam.wire.probes import Probe, from_probe_msg, to_probe_msg
 from edge_lam.wire.signing import sign
-from edge_lam.wire.stamps import from_ns
+from edge_lam.wire.stamps import from_ns, to_ns
 from edge_lam.wire.tensors import to_msg
 from ros_client import RosClient
 
@@ -90,12 +94,14 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
                                                           f"compute_scale:={scale}",
                                                           f"memory_limit_bytes:={mib * 2**20}"),
                             "-r", f"__node:=agent_{host}")
-        processes.start(LIB / "coordinator", *ros_args("edge", "settle_s:=2.0", "use_load:=false"))
+        processes.start(LIB / "coordinator", *ros_args("edge", "settle_s:=2.0", "use_load:=false",
+                                                       "gateway_host:=edge"))
         processes.start(LIB / "gateway", *ros_args("edge", "step_timeout_s:=5.0"))
         requests = client.publisher(InferenceRequest, "requests", CONTROL, timeout_s=60)
         assert client.spin_until(lambda: plans and hosts_of(plans[-1]) == set(HOSTS), 120), "no split plan"
         genuine = plans[-1]
         assert genuine.signature.signer == "edge" and len(genuine.signature.signature) == 64
+        assert genuine.gateway_host == "edge"  # who may feed the chain's first module
 
         def hosting() -> dict[str, list[str]]:
             newest = {a.host_id: list(a.modules_hosted) for a in adverts[-10:]}
@@ -201,6 +207,15 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
             hidden.publish(sign(forged, signer, time.time_ns()) if signer else forged)
             client.spin_for(0.2)
 
+        # -- a prompt into the first shard, signed by the fleet host that is not the gateway's ------------------
+        first = in_force.modules[0]
+        chain_input = client.node.create_publisher(ChainPacket, first.input_topic, TENSORS)
+        assert client.spin_until(lambda: chain_input.get_subscription_count() > 0, 30), "no first shard"
+        chain_input.publish(sign(ChainPacket(request_id="forged-input", session_id="forged", reset=True, tensors=[
+            to_msg(np.asarray([[1, 2, 3]], np.int64), "input_ids")]), Stamper(load_signing_key(
+                keys / "private" / "robot.key")), time.time_ns()))
+        client.spin_for(0.2)
+
         # Every agent saw every forged plan (latched, reliable) and refused each; the counts say so.
         expected = {"unsigned": 1, "unknown signer": 1, "bad signature": 2, "stale or replayed": 1}
         agents = {h: f"/{ns}/agent_{h}" for h in HOSTS}
@@ -236,8 +251,97 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
     assert any("chain/output: wrong identity" in line for line in ignored), ignored
     for reason in ("unsigned", "wrong identity"):
         assert any(f"{downstream.input_topic}: {reason}" in line for line in ignored), (reason, ignored)
+    assert any(f"{first.input_topic}: wrong identity (signer 'robot', expected 'edge')" in line
+               for line in ignored), ignored
     REPORTED.append(f"trust: {len(before)} forged next_token packets on chain/output for a request in flight "
                     f"(unsigned, by the intruder, by the trusted host that does not hold the head): none streamed, "
                     f"the answer was the chain's")
     REPORTED.append(f"trust: the coordinator's plans: {[(p.version, sorted(hosts_of(p))) for p in coordinators]}; "
                     f"the chain answered {len(after)} tokens identical to before the forgeries")
+
+
+GENUINE_REPLY_DELAY_S = 0.2  # the peer's genuine replies: the link it shows is at least half this one way
+
+
+def test_only_the_probed_host_can_answer_a_link_probe(processes, keys):
+    """The edge agent probes 'robot', a peer played by the test: it answers every probe at once unsigned, at once
+    signed by 'edge' (a fleet key, but not the probed host's) and with a replay of its last genuine reply, and
+    only GENUINE_REPLY_DELAY_S later genuinely. Were any forgery counted, the link advertised would show a round
+    trip of a few ms; it shows the genuine one. A forged probe (unsigned) gets no reply; a signed one does."""
+    ns = f"probes_{uuid.uuid4().hex[:8]}"
+    adverts_topic, probe_topic = f"/{ns}/adverts", f"/{ns}/link_probe"
+    processes.start(LIB / "host_agent", "--ros-args", "-r", f"__ns:=/{ns}", "-r", "__node:=agent_edge", "-p",
+                    "host_id:=edge", "-p", f"adverts_topic:={adverts_topic}", "-p", "link_probe_period_s:=1.0",
+                    "-p", f"signing_key:={keys / 'private' / 'edge.key'}", "-p",
+                    f"trusted_keys:={keys / 'trusted'}")
+    robot, edge = (Stamper(load_signing_key(keys / "private" / f"{h}.key")) for h in ("robot", "edge"))
+    client = RosClient("peer_robot", ns)
+    adverts = client.collect(ComputeAdvert, adverts_topic, ADVERTS_READER)
+    replies_heard = client.collect(TensorList, f"{probe_topic}_reply", CONTROL)
+    diagnostics = client.collect(DiagnosticArray, "/diagnostics", QoSProfile(depth=50))
+    logs = client.collect_logs()
+    replies = client.node.create_publisher(TensorList, f"{probe_topic}_reply", CONTROL)
+    probes = client.node.create_publisher(TensorList, probe_topic, CONTROL)
+    advertiser = client.node.create_publisher(ComputeAdvert, adverts_topic, ADVERTS)
+    pending: list[tuple[float, Probe]] = []  # genuine replies and when they go out
+    genuine: list[TensorList] = []
+
+    def on_probe(msg: TensorList) -> None:
+        probe = from_probe_msg(msg)
+        if probe is None or probe.addressee != "robot":
+            return
+        reply = probe.reply()
+        replies.publish(to_probe_msg(reply))
+        replies.publish(sign(to_probe_msg(reply), edge, time.time_ns()))
+        if genuine:
+            replies.publish(genuine[-1])
+        pending.append((time.monotonic() + GENUINE_REPLY_DELAY_S, reply))
+
+    def advertise() -> None:
+        advert = ComputeAdvert(host_id="robot", role=ComputeAdvert.ROLE_ROBOT, compute_gflops=1.0,
+                               memory_total_bytes=2**30, memory_free_bytes=2**30)
+        advert.header.stamp = from_ns(time.time_ns())
+        advertiser.publish(sign(advert, robot, time.time_ns()))
+
+    def release() -> None:
+        while pending and pending[0][0] <= time.monotonic():
+            genuine.append(sign(to_probe_msg(pending.pop(0)[1]), robot, time.time_ns()))
+            replies.publish(genuine[-1])
+
+    client.node.create_subscription(TensorList, probe_topic, on_probe, CONTROL)
+    client.node.create_timer(0.5, advertise)
+    client.node.create_timer(0.02, release)
+
+    def link() -> LinkEstimate | None:
+        newest = [a for a in adverts if a.host_id == "edge"][-1:]
+        return next((e for a in newest for e in a.links if e.peer_host_id == "robot" and e.bandwidth_bps > 0), None)
+
+    def answers_to(sent_ns: int) -> list[TensorList]:
+        return [r for r in replies_heard if r.header.frame_id == "edge" and to_ns(r.header.stamp) == sent_ns]
+
+    try:
+        # three whole rounds (small and bulk replies) answered genuinely
+        assert client.spin_until(lambda: len(genuine) >= 6 and link() is not None, 90), (len(genuine), adverts[-1:])
+        client.spin_for(1.0)  # the advert after the last round
+        advertised = link()
+        forged_probe, signed_probe = (to_probe_msg(Probe("edge", "robot", time.time_ns() + i, 64)) for i in (0, 1))
+        probes.publish(forged_probe)
+        probes.publish(sign(signed_probe, robot, time.time_ns()))
+        assert client.spin_until(lambda: answers_to(to_ns(signed_probe.header.stamp)), 30), "no reply to a probe"
+        client.spin_for(0.5)
+        ignored = [log.msg for log in logs if log.msg.startswith("ignored a message")]
+        counts = refused_counts(diagnostics, f"/{ns}/agent_edge")
+    finally:
+        client.close()
+
+    assert advertised is not None and advertised.latency_s >= 0.9 * GENUINE_REPLY_DELAY_S / 2, advertised
+    assert not answers_to(to_ns(forged_probe.header.stamp)), "an unsigned probe was answered"
+    (answer,) = answers_to(to_ns(signed_probe.header.stamp))
+    assert answer.signature.signer == "edge" and len(answer.signature.signature) == 64
+    for reason in ("unsigned", "wrong identity (signer 'edge', expected 'robot')", "stale or replayed"):
+        assert any(f"link_probe_reply: {reason}" in line for line in ignored), (reason, ignored)
+    assert any("link_probe: unsigned" in line for line in ignored), ignored
+    assert counts.get("wrong identity", 0) >= 3 and counts.get("stale or replayed", 0) >= 3, counts
+    REPORTED.append(f"trust: link to a peer answering after {GENUINE_REPLY_DELAY_S} s, with forged replies at once "
+                    f"(unsigned, signed by 'edge', replays): advertised {advertised.latency_s * 1e3:.0f} ms one way; "
+                    f"the agent's refusals {counts}")

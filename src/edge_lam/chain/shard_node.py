@@ -52,7 +52,8 @@ class ShardNode(Node):
                               "The same for the link packets leave over (the hop back to the gateway).")
         self._trust = declare_trust(self, "feed this shard hidden states in its upstream module's place")
         plan_topic = declare(self, "plan_topic", "", "PlacementPlan topic: with trust on, a packet is taken only from "
-                             "the host the plan puts the upstream module on; empty: from any fleet host.")
+                             "the host the plan puts the upstream module on (the first module: the plan's "
+                             "gateway_host); empty: from any fleet host.")
         self._host_id = host_id or socket.gethostname()
         wire_dtype_bytes(wire_dtype)  # ValueError naming the choices
         if idle <= 0 or threads < 1:
@@ -66,7 +67,7 @@ class ShardNode(Node):
         self._held = DelayedRelease(self, line, self._process, self._send, packet_bytes) if line.delays else None
         self._sub = self.create_subscription(ChainPacket, input_topic, self.on_packet, TENSORS)
         self._first_module = self._core.module_ids[0]
-        self._upstream_host = ""  # of the module before ours in the plan in force; empty: any fleet host
+        self._upstream_host = ""  # the plan's host upstream of us (the gateway's, if first); empty: any fleet host
         if plan_topic and self._trust.on:
             self._plans = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED)
         self._expiry = self.create_timer(min(idle, 10.0), self.expire_sessions)
@@ -76,13 +77,14 @@ class ShardNode(Node):
         )
 
     def on_plan(self, plan: PlacementPlan) -> None:
-        """Follow who feeds this shard: the host of the module before ours (none before: the gateway, any host)."""
+        """Follow who feeds this shard: the host of the module before ours, or for the first module the gateway's
+        host (any fleet host where the plan names none)."""
         if not self._trust.accept(plan, self._plans.topic_name, max_age=False):
             return
         ids = [m.module_id for m in plan.modules]
         if self._first_module in ids:
             index = ids.index(self._first_module)
-            self._upstream_host = plan.modules[index - 1].host_id if index > 0 else ""
+            self._upstream_host = plan.modules[index - 1].host_id if index > 0 else plan.gateway_host
 
     def on_packet(self, packet: ChainPacket) -> None:
         # With trust on, only the upstream host may feed the chain: a forged packet is dropped here, not computed on.

@@ -147,7 +147,7 @@ class CoordinatorNode(Node):
         self._version += 1
         self._plans.publish(self._trust.sign(to_plan_msg(
             str(uuid.uuid4()), self._version, self._model, self._wire_dtype, assigned, plan.expected_latency_s,
-            plan.solver, self.get_clock().now().nanoseconds)))
+            plan.solver, self.get_clock().now().nanoseconds, core.chain.gateway_host)))
         was = "" if decision.current is None else f"; {in_force(decision)}"
         self.get_logger().info(
             f"plan v{self._version} ({decision.reason}): {plan.expected_latency_s * 1e3:.2f} ms per token expected"

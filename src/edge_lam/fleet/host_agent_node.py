@@ -43,7 +43,7 @@ from edge_lam.fleet.host_measurement import (
     scaled,
 )
 from edge_lam.fleet.plan_following import Hosting, PlanFollower, ShardLoad
-from edge_lam.link.probing import LinkProber, parse_emulated_links
+from edge_lam.link.probing import SMALL_PROBE_BYTES, LinkProber, parse_emulated_links
 from edge_lam.model.loading import MODELS
 from edge_lam.placement.assignments import ShardGroup
 from edge_lam.ros.main import spin_node
@@ -190,19 +190,27 @@ class HostAgentNode(Node):
 
     def _send_probe(self, peer: str, *, bulk: bool) -> None:
         sent_ns = self.get_clock().now().nanoseconds
-        nbytes = self._prober.sent(peer, sent_ns, time.monotonic(), bulk=bulk)
-        self._probes.publish(to_probe_msg(Probe(peer, self._host_id, sent_ns, nbytes)))
+        nbytes = self._prober.bulk_bytes(peer) if bulk else SMALL_PROBE_BYTES
+        probe = self._trust.sign(to_probe_msg(Probe(peer, self._host_id, sent_ns, nbytes)))
+        self._prober.sent(peer, sent_ns, time.monotonic(), bulk=bulk)  # timed after signing: that is not the link
+        self._probes.publish(probe)
 
     def on_probe(self, msg: TensorList) -> None:
         probe = from_probe_msg(msg)
-        if probe is not None and probe.addressee == self._host_id:  # not another agent's
-            self._replies.publish(to_probe_msg(probe.reply()))
+        if probe is None or probe.addressee != self._host_id:
+            return  # another agent's (not verified: a bulk probe costs a hash of its bytes)
+        if self._trust.accept(msg, self._probes.topic_name, identity=probe.sender):
+            self._replies.publish(self._trust.sign(to_probe_msg(probe.reply())))
 
     def on_probe_reply(self, msg: TensorList) -> None:
+        arrived_s = time.monotonic()  # before the signature check: its cost is not the link's
         reply = from_probe_msg(msg)
         if reply is None or reply.addressee != self._host_id:
             return  # a reply to another agent
-        if self._prober.answered(reply.sender, reply.sent_ns, time.monotonic(), self.get_clock().now().nanoseconds):
+        # Only the probed host may answer: a forged reply would skew the link advertised, and the plan with it.
+        if not self._trust.accept(msg, self._replies.topic_name, identity=reply.sender):
+            return
+        if self._prober.answered(reply.sender, reply.sent_ns, arrived_s, self.get_clock().now().nanoseconds):
             self._send_probe(reply.sender, bulk=True)
 
     # -- the plan ------------------------------------------------------------------------------------------------

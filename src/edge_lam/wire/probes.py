@@ -1,6 +1,7 @@
 """Link probes between host agents and their replies, as TensorLists: the header names the sender (frame_id) and
 the time the probe was sent (stamp, which the reply echoes and which identifies the probe); the one tensor is named
-after the addressee and carries the probe's bytes (none in a reply)."""
+after the addressee and carries the probe's bytes (none in a reply). With trust on, an agent signs both (the
+TensorList's ``signature``) and takes a probe only signed by its sender, a reply only by the probed host."""
 
 from __future__ import annotations
 
