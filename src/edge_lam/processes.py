@@ -12,10 +12,11 @@ from collections.abc import Iterable
 __all__ = ["stop_processes"]
 
 
-def stop_processes(processes: Iterable[subprocess.Popen], grace_s: float = 10.0) -> None:
+def stop_processes(processes: Iterable[subprocess.Popen], grace_s: float = 10.0,
+                   signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)) -> None:
     """Signal every live process, wait up to ``grace_s`` for all of them, escalate for those still alive."""
     chosen = list(processes)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+    for signum in signals:
         alive = [p for p in chosen if p.poll() is None]
         if not alive:
             return

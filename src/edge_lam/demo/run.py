@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -59,9 +60,9 @@ class ProcessGroup:
                 raise DemoError(f"{name} exited with {process.returncode}; the end of its log "
                                 f"({self.log_of(name)}):\n{tail}")
 
-    def stop(self, names: list[str] | None = None) -> None:
+    def stop(self, names: list[str] | None = None, signals: tuple[int, ...] | None = None) -> None:
         chosen = [n for n in self.running if names is None or n in names]
-        stop_processes(self.running.pop(n) for n in chosen)
+        stop_processes((self.running.pop(n) for n in chosen), **({"signals": signals} if signals else {}))
 
 
 def watch_until(monitor, done: Callable[[], bool], timeout_s: float, processes: ProcessGroup,
@@ -169,7 +170,9 @@ def _run_graph(args: argparse.Namespace, config: DemoConfig, lib: pathlib.Path, 
                     time.monotonic() - quiet_since > config.period_s + 1.0, 120.0, processes)
     finally:
         stopping, count = time.monotonic(), len(processes.running)
-        processes.stop()
+        last = {spec.name for spec in network.extra}  # the discovery server: nodes leave the graph through it
+        processes.stop([name for name in processes.running if name not in last])
+        processes.stop(signals=(signal.SIGTERM, signal.SIGKILL))  # `fastdds discovery` ignores SIGINT
         print(f"stopped {count} processes in {time.monotonic() - stopping:.1f} s")
         monitor.destroy_node()
         rclpy.try_shutdown()
