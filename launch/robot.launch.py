@@ -21,21 +21,14 @@ from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-# fastdds_profile -> the Fast DDS profile file in config/ (doc/network.md, "Across hosts").
-FASTDDS_PROFILES = {'onehost': 'fastdds.xml', 'interhost': 'fastdds_interhost.xml'}
+from edge_lam.ros.fastdds import profile_path
 
 
 def fastdds_profile(context):
-    """Point FASTDDS_DEFAULT_PROFILES_FILE of every node started after this at the chosen profile: a name of
-    FASTDDS_PROFILES or the path of an XML file of the user's."""
+    """Point FASTDDS_DEFAULT_PROFILES_FILE of every node started after this at the chosen profile."""
+    config = os.path.join(get_package_share_directory('edge_lam'), 'config')
     choice = LaunchConfiguration('fastdds_profile').perform(context)
-    if choice in FASTDDS_PROFILES:
-        path = os.path.join(get_package_share_directory('edge_lam'), 'config', FASTDDS_PROFILES[choice])
-    elif os.path.isfile(choice):
-        path = choice
-    else:
-        raise RuntimeError(f"fastdds_profile:={choice}: expected onehost, interhost or the path of an XML file")
-    return [SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', path)]
+    return [SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile_path(choice, config))]
 
 
 def generate_launch_description() -> LaunchDescription:
