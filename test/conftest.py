@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import multiprocessing
 import os
 import pathlib
 import subprocess
@@ -15,9 +16,12 @@ import rclpy.context
 
 from edge_lam.processes import stop_processes
 
-# Set before anything initialises rclpy, and inherited by every process the tests start.
-os.environ["ROS_DOMAIN_ID"] = os.environ.get("EDGE_LAM_TEST_DOMAIN_ID", str(10 + os.getpid() % 90))
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+# Set before anything initialises rclpy, and inherited by every process the tests start. A process the tests spawn
+# through multiprocessing imports this file again: it keeps what pytest's process set (its own pid would pick another
+# domain, and a test may have widened the discovery range for it).
+if multiprocessing.parent_process() is None:
+    os.environ["ROS_DOMAIN_ID"] = os.environ.get("EDGE_LAM_TEST_DOMAIN_ID", str(10 + os.getpid() % 90))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
 TEST_DIR = pathlib.Path(__file__).resolve().parent
