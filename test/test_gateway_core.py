@@ -67,7 +67,7 @@ class Gateway:
 
     def answer(self, step: ChainStep, token: int, after_s: float = 0.05) -> list[Action]:
         self.now += after_s
-        return self.output(ChainOutput(step.request_id, step.session_id, step.step, next_token=token, timings=(HEAD,)))
+        return self.output(ChainOutput(step.request_id, step.session_id, step.step, tokens=(token,), timings=(HEAD,)))
 
     def generate(self, step: ChainStep, tokens: list[int]) -> list[Action]:
         """Answer ``step`` and every step it leads to with ``tokens`` until the request ends; what the last answer

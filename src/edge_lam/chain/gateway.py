@@ -17,6 +17,11 @@ request. Requests that arrive meanwhile wait for the chain; any that waits longe
 
 A cancelled request ends at once with finish reason ``cancelled`` and the tokens it had; its chain session is
 released, so the shards drop its caches, and packets still on their way for it are dropped.
+
+Each request follows a policy (``edge_lam.chain.flow``): its steps go through the chain, stop at the robot's early
+exit, or both (cascade), or carry drafts for the head to verify (speculative); every token's result says where it was
+decided. Every data step truncates the caches to its position, so drafts a verification rejected (or a cascade's
+positions the gateway no longer needs) never linger.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from dataclasses import dataclass, field, replace
 
 from transformers import AutoConfig, GenerationConfig
 
+from edge_lam.chain import flow
+from edge_lam.chain.drafting import prompt_lookup
+from edge_lam.chain.flow import Flow, FlowSettings
 from edge_lam.chain.generation import Conversation, Limits, TextStream, check_request, prompt_ids
 from edge_lam.chain.requests import (
     CANCELLED,
@@ -38,6 +46,8 @@ from edge_lam.chain.requests import (
     Request,
     Result,
     ResultError,
+    Route,
+    Source,
 )
 from edge_lam.descriptors import Stage
 from edge_lam.model.loading import load_tokenizer, model_path
@@ -45,6 +55,7 @@ from edge_lam.model.loading import load_tokenizer, model_path
 __all__ = ["PROBE_INTERVAL_S", "Action", "GatewayCore", "Timeouts"]
 
 Action = ChainStep | Result | Log
+DEFAULT_FLOWS = FlowSettings()
 PROBE_INTERVAL_S = 1.0  # how often to send a probe through the chain while it is not known to be connected
 
 
@@ -67,6 +78,7 @@ class SessionState:
     attempt: int = 0  # chain sessions used so far; the chain knows this session as chain_session_id()
     last_used: float = 0.0
     pending: deque[Job] = field(default_factory=deque)
+    behind: bool = False  # steps stopped at the exit: the modules after it lack positions the session holds
 
     def chain_session_id(self, session_id: str) -> str:
         return session_id if self.attempt == 0 else f"{session_id}~{self.attempt}"
@@ -81,7 +93,8 @@ class Job:
     reply_to: object = None
     messages: list[dict[str, str]] = field(default_factory=list)
     in_flight: list[int] = field(default_factory=list)  # ids sent in the current step, not yet in the caches
-    step: int = 0
+    step: int = 0  # tokens generated so far: the request step of the next token
+    sent_step: int = 0  # the step number of the packet in flight (a draft's is the step of the token it drafts)
     chunks: int = 0
     sent_at: float | None = None  # when the step in flight was sent; None when none is
     first_token_at: float | None = None
@@ -89,18 +102,31 @@ class Job:
     retries: int = 0  # step timeouts survived by replaying
     waiting_since: float | None = None  # waiting for the chain to be connected again before (re)sending
     module_seconds: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    flow: Flow | None = None
+    route: Route = Route.CHAIN  # of the step in flight
+    drafts: list[int] = field(default_factory=list)  # the step in flight's drafts (verify), or those drafted so far
+    drafting: bool = False  # the step in flight asks the exit for a draft
+    decided_early: dict[int, int] = field(default_factory=dict)  # cascade steps the exit decided -> its token
+    sources: list[Source] = field(default_factory=list)
+    degraded: bool = False
+    drafted: int = 0
+    accepted: int = 0
+    verify_passes: int = 0
 
 
 class GatewayCore:
     """Serves requests for ``model_id`` over a chain: one call per event, the actions it causes returned."""
 
     def __init__(self, tokenizer, model_id: str, limits: Limits, eos: Iterable[int],
-                 timeouts: Timeouts = Timeouts()) -> None:
+                 timeouts: Timeouts = Timeouts(), flows: FlowSettings = DEFAULT_FLOWS) -> None:
         self._tokenizer = tokenizer
         self._model_id = model_id
         self._limits = limits
         self._eos = frozenset(eos)
         self._timeouts = timeouts
+        self._flows = flows
+        self._exit_ready = False  # the robot's exit answered a probe (and no exit step has timed out since)
+        self._exit_probe_sent_at: float | None = None
         self._jobs: dict[str, Job] = {}
         self._sessions: dict[str, SessionState] = {}
         self._chain_ready = False
@@ -112,7 +138,7 @@ class GatewayCore:
 
     @classmethod
     def for_model(cls, model: str, max_new_tokens: int, max_context_tokens: int,
-                  timeouts: Timeouts = Timeouts()) -> GatewayCore:
+                  timeouts: Timeouts = Timeouts(), flows: FlowSettings = DEFAULT_FLOWS) -> GatewayCore:
         """A core for a model id or folder: its tokenizer, vocabulary, context length and end-of-sequence tokens."""
         path = model_path(model)
         config = AutoConfig.from_pretrained(path).get_text_config(decoder=True)
@@ -120,7 +146,7 @@ class GatewayCore:
         eos = GenerationConfig.from_pretrained(path).eos_token_id
         eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
         limits = Limits(config.vocab_size, max_new_tokens, min(max_context_tokens, config.max_position_embeddings))
-        return cls(tokenizer, model, limits, eos_ids, timeouts)
+        return cls(tokenizer, model, limits, eos_ids, timeouts, flows)
 
     # -- events ---------------------------------------------------------------------------------------------------
 
@@ -140,7 +166,8 @@ class GatewayCore:
         session_id = request.session_id or uuid.uuid4().hex
         session = self._sessions.setdefault(session_id, SessionState(last_used=now))
         session.keep = request.keep_session
-        job = Job(request, session_id, TextStream(self._tokenizer, list(request.options.stop)), now, reply_to)
+        job = Job(request, session_id, TextStream(self._tokenizer, list(request.options.stop)), now, reply_to,
+                  flow=Flow.of(request.options, self._flows))
         self._jobs[request.request_id] = job
         if session.busy:
             session.pending.append(job)
@@ -149,31 +176,43 @@ class GatewayCore:
         return self._take()
 
     def chain_output(self, output: ChainOutput, now: float) -> list[Action]:
-        """A packet from the chain's last module: a returning probe, the next token of a step, or an error."""
+        """A packet from the chain's last module: a returning probe, the next token of a step (after a verification:
+        the drafts kept and the next token), or an error."""
         if output.release:
             if output.session_id.startswith(self._probe_prefix) and not self._chain_ready:
                 self._chain_ready = self._ever_ready = True
                 self._log("info", "the chain is connected end to end: serving")
                 self._resume(now)
             return self._take()
-        job = self._jobs.get(output.request_id)
-        session = self._sessions[job.session_id] if job is not None else None
-        if job is None or job.waiting_since is not None or output.step != job.step \
-                or output.session_id != session.chain_session_id(job.session_id):
-            self._log("warning", f"chain output for request '{output.request_id}' step {output.step} that is not "
-                      "awaited" + (f": {output.error_message}" if output.error_code else ""))
+        job = self._awaiting(output)
+        if job is not None and output.step in job.decided_early:  # the whole model's word on an exit's token
+            job.decided_early.pop(output.step)
             return self._take()
-        if output.error_code:
-            self._chain_failed(job, output, now)
+        if job is None or job.drafting or output.step != job.sent_step:
+            self._not_awaited("chain output", output)
             return self._take()
-        for timing in output.timings:
-            job.module_seconds[(timing.stage, timing.host_id)] += timing.seconds
-        if output.next_token is None:
-            self._finish(job, now, "error", (ResultError.INTERNAL, output.problem))
-        else:
-            self._advance(job, output.next_token, now)
+        self._answered(job, output, now)
         return self._take()
 
+    def exit_output(self, output: ChainOutput, now: float) -> list[Action]:
+        """A packet from the robot's early exit: a returning exit probe, or the exit's token for a step that asked."""
+        if output.release:
+            if output.session_id.startswith(self._probe_prefix) and not self._exit_ready:
+                self._exit_ready = True
+                self._log("info", "the robot's early exit answers: it can serve device, cascade and degraded steps")
+            return self._take()
+        job = self._awaiting(output)
+        if job is not None and job.route == Route.CHAIN_AND_EXIT and output.step < job.sent_step:
+            return self._take()  # the chain answered this cascade step first
+        if job is None or job.route == Route.CHAIN or output.step != job.sent_step:
+            self._not_awaited("exit output", output)
+            return self._take()
+        if job.route == Route.CHAIN_AND_EXIT and not output.error_code:
+            if not output.tokens or output.confidence < job.flow.cascade_threshold:
+                return self._take()  # not confident: the chain decides this step
+            job.decided_early[job.step] = output.tokens[0]
+        self._answered(job, output, now, exit_answer=True)
+        return self._take()
     def plan(self, key: tuple[str, int], now: float) -> list[Action]:
         """A placement plan (plan_id, version): a new one moves modules, so probe the chain and hold what is in
         flight until a probe is back, then replay it."""
@@ -207,9 +246,13 @@ class GatewayCore:
     def tick(self, now: float) -> list[Action]:
         """Time passed: time out steps, fail requests that waited too long, probe, and expire idle sessions."""
         timeouts = self._timeouts
+        if self._exit_ready:
+            self._degrade_stalled(now)
         for job in [j for j in self._jobs.values() if j.sent_at is not None and now - j.sent_at > timeouts.step_s]:
             reason = f"step {job.step} got no answer from the chain in {timeouts.step_s} s"
             self._chain_ready = False  # a module may be gone: probe before serving again
+            if job.route == Route.EXIT:
+                self._exit_ready = False
             if job.retries < timeouts.max_retries:
                 job.retries += 1
                 self._log("warning", f"request {job.request.request_id}: {reason}; retrying once the chain is "
@@ -224,6 +267,10 @@ class GatewayCore:
         if not self._chain_ready and (self._probe_sent_at is None or now - self._probe_sent_at > PROBE_INTERVAL_S):
             self._probe_sent_at = now
             self._out.append(ChainStep(self._probe_prefix + uuid.uuid4().hex, release=True))
+        if self._flows.exit and not self._exit_ready and (
+                self._exit_probe_sent_at is None or now - self._exit_probe_sent_at > PROBE_INTERVAL_S):
+            self._exit_probe_sent_at = now
+            self._out.append(ChainStep(self._probe_prefix + uuid.uuid4().hex, release=True, route=Route.EXIT))
         for session_id in [sid for sid, s in self._sessions.items()
                            if not s.busy and not s.pending and now - s.last_used > timeouts.session_idle_s]:
             self._log("info", f"session {session_id} expired (idle)")
@@ -235,7 +282,8 @@ class GatewayCore:
     def _refuse(self, request: Request) -> tuple[ResultError, str] | None:
         options = request.options
         reason = check_request(request.prompt, list(request.input_token_ids), options.max_new_tokens,
-                               options.do_sample, options.temperature, options.top_p, self._limits)
+                               options.do_sample, options.temperature, options.top_p, self._limits) \
+            or flow.check(options.policy, options.drafter, options.cascade_threshold, options.draft_tokens)
         if reason:
             return ResultError.BAD_REQUEST, reason
         if request.model_id and request.model_id != self._model_id:
@@ -244,15 +292,19 @@ class GatewayCore:
             return ResultError.BAD_REQUEST, f"request_id '{request.request_id}' is already being answered"
         if request.session_id and request.session_id not in self._sessions:
             return ResultError.UNKNOWN_SESSION, f"no session '{request.session_id}' (never made, or expired)"
-        if not self._chain_ready and not self._ever_ready:
+        if not self._chain_ready and not self._ever_ready and not (self._exit_ready and options.allow_degraded):
             return ResultError.MODULE_UNAVAILABLE, "the chain is not connected end to end (yet)"
         return None
 
     def _start(self, job: Job, now: float) -> None:
         session = self._sessions[job.session_id]
         session.busy = True
-        if not self._chain_ready:  # failing over: start once the chain is back
-            job.waiting_since = now
+        if not self._chain_ready and self._exit_ready and job.flow.allow_degraded and job.flow.policy != "device":
+            job.flow, job.degraded = replace(job.flow, policy="device"), True
+            self._log("warning", f"request {job.request.request_id}: the chain is not connected: the robot's exit "
+                      "answers it (degraded)")
+        if not self._chain_ready and not (job.flow.policy == "device" and self._exit_ready):
+            job.waiting_since = now  # failing over: start once the chain is back
             return
         request, conversation = job.request, session.conversation
         ids, job.messages = prompt_ids(self._tokenizer, conversation, request.prompt, list(request.input_token_ids),
@@ -265,47 +317,127 @@ class GatewayCore:
         held = conversation.tokens
         # Replay from the start when the caches may be stale, when the new tokens do not extend what they hold, or
         # when there is nothing new to feed (the last token's logits are not kept).
+        route = self._route(job)
         if session.needs_reset or ids[:len(held)] != held or len(ids) == len(held):
             conversation.tokens = []
-            self._send(job, now, ids, position=0, reset=True)
+            self._send(job, now, ids, position=0, reset=True, route=route)
         else:
-            self._send(job, now, ids[len(held):], position=len(held), reset=False)
+            self._send(job, now, ids[len(held):], position=len(held), route=route)
         session.needs_reset = False
 
-    def _send(self, job: Job, now: float, ids: list[int], position: int, reset: bool) -> None:
-        job.in_flight = list(ids)
-        chain_session = self._sessions[job.session_id].chain_session_id(job.session_id)
-        self._out.append(ChainStep(chain_session, job.request.request_id, job.step, position, reset,
-                                   input_ids=tuple(ids), options=job.request.options))
+    @staticmethod
+    def _route(job: Job) -> Route:
+        return {"device": Route.EXIT, "cascade": Route.CHAIN_AND_EXIT}.get(job.flow.policy, Route.CHAIN)
+
+    def _send(self, job: Job, now: float, ids: list[int], position: int, reset: bool = False,
+              route: Route = Route.CHAIN, drafts: list[int] | None = None, drafting: bool = False) -> None:
+        """Send a step: ``ids`` at ``position`` (``drafts`` the last of them, to verify), or with ``drafting`` a
+        token for the exit to draft the next one from (``in_flight`` keeps the round's first token meanwhile)."""
+        session = self._sessions[job.session_id]
+        if not drafting:
+            job.in_flight, job.drafts = list(ids), list(drafts or [])
+        job.drafting, job.route = drafting, route
+        job.sent_step = job.step + (len(job.drafts) if drafting else 0)
+        session.behind |= route == Route.EXIT
+        options = replace(job.request.options, do_sample=False) if drafting else job.request.options
+        self._out.append(ChainStep(session.chain_session_id(job.session_id), job.request.request_id, job.sent_step,
+                                   position, reset, input_ids=tuple(ids), options=options, truncate=not reset,
+                                   verify=bool(job.drafts) and not drafting, draft_ids=tuple(drafts or ()),
+                                   route=route))
         job.sent_at = now
 
-    def _advance(self, job: Job, token: int, now: float) -> None:
+    def _answered(self, job: Job, output: ChainOutput, now: float, exit_answer: bool = False) -> None:
+        """The step in flight got its answer: the exit's or the head's token, the drafts the head kept, or an error."""
+        if output.error_code:
+            self._chain_failed(job, output, now)
+            return
+        for timing in output.timings:
+            job.module_seconds[(timing.stage, timing.host_id)] += timing.seconds
+        tokens = list(output.tokens)
+        if not tokens:
+            self._finish(job, now, "error", (ResultError.INTERNAL, output.problem))
+            return
+        if job.drafting:
+            self._drafted(job, tokens[0], now)
+            return
+        kept = len(tokens) - 1
+        if kept > len(job.drafts) or tokens[:kept] != job.drafts[:kept]:
+            self._finish(job, now, "error", (ResultError.INTERNAL, f"the chain answered {tokens} to drafts "
+                                             f"{job.drafts}: not the drafts it kept and one token"))
+            return
+        if job.drafts:
+            drafter = Source.DRAFT_EXIT if job.flow.drafter == "exit" else Source.DRAFT_NGRAM
+            sources = [drafter] * kept + [Source.CHAIN]
+            job.drafted, job.accepted, job.verify_passes = \
+                job.drafted + len(job.drafts), job.accepted + kept, job.verify_passes + 1
+        else:
+            sources = [Source.EXIT if exit_answer else Source.CHAIN]
+            job.verify_passes += job.flow.policy == "speculative"
+        self._advance(job, tokens, sources, len(job.in_flight) - len(job.drafts) + kept, now)
+
+    def _advance(self, job: Job, tokens: list[int], sources: list[Source], cached: int, now: float) -> None:
+        """Take the step's tokens (``cached``: how many of the step's inputs the caches now hold for good) and send
+        the next step, unless one of them ends the request."""
         session = self._sessions[job.session_id]
-        session.conversation.tokens += job.in_flight
-        job.in_flight = []
+        session.conversation.tokens += job.in_flight[:cached]
+        job.in_flight, job.drafts = [], []
         if job.first_token_at is None:
             job.first_token_at = now
-        text = job.stream.push(token)
-        job.step += 1
-        chunk = Result(job.request.request_id, self._next_chunk(job), (token,), text, session_id=job.session_id,
-                       reply_to=job.reply_to)
-        if token in self._eos:
-            reason = "stop"
-        elif job.stream.stopped:
-            reason = "stop_string"
-        elif len(job.stream.ids) >= job.request.options.max_new_tokens:
-            reason = "length"
-        else:
-            reason = None  # the chain starts on the next token before this one's chunk goes out
-            self._send(job, now, [token], position=len(session.conversation.tokens), reset=False)
+        taken, text, reason = 0, "", None
+        for token in tokens:
+            text += job.stream.push(token)
+            taken += 1
+            job.step += 1
+            reason = self._finish_reason(job, token)
+            if reason is not None:
+                break
+        job.sources += sources[:taken]
+        chunk = Result(job.request.request_id, self._next_chunk(job), tuple(tokens[:taken]), tuple(sources[:taken]),
+                       text, session_id=job.session_id, reply_to=job.reply_to)
+        if reason is None:  # the chain starts on the next token before this one's chunk goes out
+            self._next_step(job, tokens[taken - 1], now)
         self._out.append(chunk)
         if reason is not None:
             self._finish(job, now, reason)
 
+    def _finish_reason(self, job: Job, token: int) -> str | None:
+        if token in self._eos:
+            return "stop"
+        if job.stream.stopped:
+            return "stop_string"
+        if len(job.stream.ids) >= job.request.options.max_new_tokens:
+            return "length"
+        return None
+
+    def _next_step(self, job: Job, token: int, now: float) -> None:
+        """The step after ``token``: as the policy says, with drafts for speculative decoding."""
+        position = len(self._sessions[job.session_id].conversation.tokens)
+        if job.flow.policy != "speculative":
+            self._send(job, now, [token], position, route=self._route(job))
+            return
+        budget = min(job.flow.draft_tokens, job.request.options.max_new_tokens - len(job.stream.ids) - 1)
+        if job.flow.drafter == "exit" and self._exit_ready and budget > 0:  # a round of drafts from the exit
+            job.in_flight, job.drafts = [token], []
+            self._send(job, now, [token], position, route=Route.EXIT, drafting=True)
+            return
+        context = [*self._sessions[job.session_id].conversation.tokens, token]
+        drafts = prompt_lookup(context, budget) if budget > 0 else []
+        self._send(job, now, [token, *drafts], position, drafts=drafts)
+
+    def _drafted(self, job: Job, draft: int, now: float) -> None:
+        """The exit drafted a token: ask for the next, or have the chain verify the round."""
+        job.drafts.append(draft)
+        budget = min(job.flow.draft_tokens, job.request.options.max_new_tokens - len(job.stream.ids) - 1)
+        position = len(self._sessions[job.session_id].conversation.tokens)
+        if len(job.drafts) < budget and draft not in self._eos:
+            self._send(job, now, [draft], position + len(job.drafts), route=Route.EXIT, drafting=True)
+        else:
+            self._send(job, now, [*job.in_flight, *job.drafts], position, drafts=list(job.drafts))
+
     def _finish(self, job: Job, now: float, reason: str, error: tuple[ResultError, str] | None = None) -> None:
         session = self._sessions[job.session_id]
-        if error or reason == CANCELLED:  # the caches may hold more, or less, than the conversation says
-            session.needs_reset = True
+        if error or reason == CANCELLED or session.behind:  # the caches may hold more, or less, than it says
+            session.needs_reset, session.behind = True, False
         if error:
             self._log("error", f"request {job.request.request_id} failed: {error[1]}")
         elif reason != CANCELLED and job.messages:
@@ -332,7 +464,8 @@ class GatewayCore:
             finish_reason=reason, error_code=code, error_message=message,
             session_id=job.session_id if session.keep else "",
             time_to_first_token_s=job.first_token_at - job.started if job.first_token_at is not None else 0.0,
-            timings=self._timings(job, now), reply_to=job.reply_to,
+            timings=self._timings(job, now), reply_to=job.reply_to, policy=job.flow.policy, degraded=job.degraded,
+            drafted=job.drafted, accepted=job.accepted, verify_passes=job.verify_passes,
         )
 
     # -- failover -------------------------------------------------------------------------------------------------
@@ -349,16 +482,34 @@ class GatewayCore:
     def _replay(self, job: Job, why: str, now: float) -> None:
         """Send everything the session holds and the step in flight again, on a fresh chain session."""
         session = self._sessions[job.session_id]
+        job.decided_early.clear()
         if not job.in_flight:  # waited before its first step: start it the ordinary way, caches rebuilt
             session.needs_reset = True
             self._start(job, now)
             return
-        everything = session.conversation.tokens + job.in_flight
+        undrafted = job.in_flight if job.drafting else job.in_flight[:len(job.in_flight) - len(job.drafts)]
+        everything = session.conversation.tokens + undrafted
         self._send_release(session.chain_session_id(job.session_id))  # what the old chain session left behind
         session.attempt += 1
         session.conversation.tokens = []
         self._log("warning", f"request {job.request.request_id}: {why}; replaying {len(everything)} tokens")
-        self._send(job, now, everything, position=0, reset=True)
+        self._send(job, now, everything, position=0, reset=True, route=self._route(job))
+
+    def _degrade_stalled(self, now: float) -> None:
+        """Requests that allow it and wait too long for the chain (a step unanswered, or held for a failover) go on
+        with the robot's exit alone."""
+        patience = self._flows.degrade_after_s
+        for job in list(self._jobs.values()):
+            if not job.flow.allow_degraded or job.flow.policy == "device":
+                continue
+            if job.waiting_since is not None and job in self._sessions[job.session_id].pending:
+                continue  # queued behind its session's request: it starts after that one
+            if job.waiting_since is not None or (job.sent_at is not None and now - job.sent_at > patience):
+                self._chain_ready = False  # probe: until the chain answers, new requests start on the exit
+                job.waiting_since, job.degraded = None, True
+                job.flow = replace(job.flow, policy="device")
+                self._replay(job, f"the chain did not answer step {job.step} in {patience} s: the robot's exit "
+                             "answers the rest (degraded)", now)
 
     def _resume(self, now: float) -> None:
         """The chain is back: (re)start every request that waited for it."""
@@ -371,6 +522,17 @@ class GatewayCore:
         job.sent_at, job.waiting_since = None, now
 
     # -- sessions and actions -------------------------------------------------------------------------------------
+
+    def _awaiting(self, output: ChainOutput) -> Job | None:
+        """The request whose current chain session sent ``output`` (None for a late packet of an old one)."""
+        job = self._jobs.get(output.request_id)
+        if job is None or job.waiting_since is not None:
+            return None
+        return job if output.session_id == self._sessions[job.session_id].chain_session_id(job.session_id) else None
+
+    def _not_awaited(self, what: str, output: ChainOutput) -> None:
+        self._log("warning", f"{what} for request '{output.request_id}' step {output.step} that is not awaited"
+                  + (f": {output.error_message}" if output.error_code else ""))
 
     def _release(self, session_id: str) -> None:
         session = self._sessions.pop(session_id)

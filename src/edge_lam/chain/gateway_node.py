@@ -24,6 +24,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.task import Future
 
+from edge_lam.chain.flow import FlowSettings
 from edge_lam.chain.gateway import Action, GatewayCore, Timeouts
 from edge_lam.chain.requests import CANCELLED, ChainStep, Log, Request, Result, ResultError, merge
 from edge_lam.ros.main import spin_node
@@ -73,19 +74,35 @@ class GatewayNode(Node):
         plan_topic = declare(self, "plan_topic", "/edge_lam/plan",
                              "PlacementPlan topic: a new plan replays the requests in flight; empty to ignore plans.")
         idle_s = declare(self, "session_idle_timeout_s", 600.0, "Forget a kept session after this long unused.")
+        exit_topic = declare(self, "exit_topic", "chain/exit", "Topic the robot's early exit answers on (shard "
+                             "module exit:L); empty: no exit (device and cascade steps then go through the chain).")
+        flows = FlowSettings(
+            policy=declare(self, "default_policy", "chain", "Policy of requests that name none: chain, device, "
+                           "cascade or speculative (doc/flow.md)."),
+            cascade_threshold=declare(self, "cascade_threshold", 0.8, "cascade: the exit decides a token when its "
+                                      "probability reaches this (requests may set their own)."),
+            draft_tokens=declare(self, "draft_tokens", 4, "speculative: drafts checked per pass through the chain."),
+            drafter=declare(self, "drafter", "ngram", "speculative: ngram (prompt lookup) or exit (the robot's "
+                            "early exit)."),
+            degrade_after_s=declare(self, "degrade_after_s", 5.0, "A step the chain leaves unanswered this long "
+                                    "finishes its request on the robot's exit (flagged degraded), if it allows."),
+            exit=bool(exit_topic),
+        )
         self._trust = declare_trust(self, "publish plans that make the gateway replay every request in flight, and "
                                     "answer on the chain's output in its place (the caller gets forged tokens)")
         self._head_host = ""  # host of the plan's last module: with trust on, the only signer of the chain's output
 
         timeouts = Timeouts(step_s=step_timeout_s, max_retries=max_retries, failover_s=failover_timeout_s,
                             session_idle_s=idle_s)
-        self._core = GatewayCore.for_model(model, max_new, max_context, timeouts)
+        self._core = GatewayCore.for_model(model, max_new, max_context, timeouts, flows)
         # The core is not thread-safe, and the callbacks of the reentrant group below may run beside the others
         # under a multi-threaded executor.
         self._lock = threading.Lock()
         self._goals: dict[bytes, tuple[str, Reply]] = {}  # goal id -> its request id and reply, while it runs
         self._chain_in = self.create_publisher(ChainPacket, chain_in, TENSORS)
         self._chain_out = self.create_subscription(ChainPacket, chain_out, self.on_chain_output, TENSORS)
+        if exit_topic:
+            self._exit_out = self.create_subscription(ChainPacket, exit_topic, self.on_exit_output, TENSORS)
         self._results = self.create_publisher(InferenceResult, results, CONTROL)
         self._requests = self.create_subscription(InferenceRequest, requests, self.on_request, CONTROL)
         # A group of their own for the service and the action: a call or goal waits, as a coroutine that holds no
@@ -104,7 +121,8 @@ class GatewayNode(Node):
         self.get_logger().info(
             f"serving {model} through {self._chain_in.topic_name} -> {self._chain_out.topic_name}; "
             f"requests on {self._requests.topic_name}, results on {self._results.topic_name}, "
-            f"service and action {self._service.srv_name}"
+            f"service and action {self._service.srv_name}; requests without a policy: {flows.policy}"
+            + (f"; early exit on {self._exit_out.topic_name}" if exit_topic else "")
         )
 
     # -- events in ------------------------------------------------------------------------------------------------
@@ -117,6 +135,11 @@ class GatewayNode(Node):
         if not self._trust.accept(packet, self._chain_out.topic_name, identity=self._head_host or None):
             return
         self._run(self._core.chain_output, from_output_msg(packet))
+
+    def on_exit_output(self, packet: ChainPacket) -> None:
+        if not self._trust.accept(packet, self._exit_out.topic_name):
+            return
+        self._run(self._core.exit_output, from_output_msg(packet))
 
     def on_plan(self, plan: PlacementPlan) -> None:
         if not self._trust.accept(plan, self._plan_channel, max_age=False):

@@ -13,10 +13,11 @@ from enum import IntEnum
 
 from edge_lam.descriptors import Stage
 
-__all__ = ["CANCELLED", "ChainError", "ChainOutput", "ChainStep", "Log", "Options", "Request", "Result", "ResultError",
-           "merge"]
+__all__ = ["CANCELLED", "DRAFTS", "ChainError", "ChainOutput", "ChainStep", "Log", "Options", "Request", "Result",
+           "ResultError", "Route", "Source", "merge"]
 
 CANCELLED = "cancelled"  # the finish reason of a request its caller cancelled
+DRAFTS = "draft_ids"  # the ChainPacket tensor that carries a verification step's drafts to the head
 
 
 class ResultError(IntEnum):
@@ -39,6 +40,23 @@ class ChainError(IntEnum):
     INTERNAL = 3
 
 
+class Route(IntEnum):
+    """ChainPacket's ROUTE_* constants: how far a step goes."""
+
+    CHAIN = 0  # through every module; the head answers
+    EXIT = 1  # up to the early exit, which answers; the modules after it see nothing
+    CHAIN_AND_EXIT = 2  # the exit answers early and the step goes on through the chain, whose head answers too
+
+
+class Source(IntEnum):
+    """InferenceResult's SOURCE_* constants: where a token was decided."""
+
+    CHAIN = 0
+    EXIT = 1
+    DRAFT_NGRAM = 2
+    DRAFT_EXIT = 3
+
+
 @dataclass(frozen=True)
 class Options:
     """How to generate (GenerationOptions; the defaults are the message's)."""
@@ -50,6 +68,11 @@ class Options:
     seed: int = 0
     stop: tuple[str, ...] = ()
     apply_chat_template: bool = True
+    policy: str = ""  # chain, device, cascade or speculative; empty: the gateway's default
+    allow_degraded: bool = True
+    cascade_threshold: float = 0.0  # 0: the gateway's
+    draft_tokens: int = 0  # 0: the gateway's
+    drafter: str = ""  # ngram or exit; empty: the gateway's
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,7 @@ class Result:
     request_id: str
     chunk_index: int = 0
     token_ids: tuple[int, ...] = ()
+    token_sources: tuple[Source, ...] = ()
     text: str = ""
     final: bool = False
     finish_reason: str = ""
@@ -84,11 +108,19 @@ class Result:
     time_to_first_token_s: float = 0.0
     timings: tuple[Stage, ...] = ()
     reply_to: object = None
+    policy: str = ""
+    degraded: bool = False
+    drafted: int = 0
+    accepted: int = 0
+    verify_passes: int = 0
 
 
 @dataclass(frozen=True)
 class ChainStep:
-    """A packet for the chain's first module: token ids at ``position`` of a chain session, or its release."""
+    """A packet for the chain's first module: token ids at ``position`` of a chain session, or its release.
+
+    ``truncate`` cuts the caches back to ``position`` first; ``draft_ids`` (with ``verify``) are the last of
+    ``input_ids``, drafts for the head to check; ``route`` says how far the step goes."""
 
     session_id: str
     request_id: str = ""
@@ -98,13 +130,19 @@ class ChainStep:
     release: bool = False
     input_ids: tuple[int, ...] = ()
     options: Options = field(default_factory=Options)
+    truncate: bool = False
+    verify: bool = False
+    draft_ids: tuple[int, ...] = ()
+    route: Route = Route.CHAIN
 
 
 @dataclass(frozen=True)
 class ChainOutput:
-    """A packet from the chain's last module: the next token, an error a module reported, or a release passed on.
+    """A packet from the chain's last module (or its early exit): the next token (after a verification, the drafts
+    kept and the next token), an error a module reported, or a release passed on.
 
-    ``problem`` says what is wrong with the packet's tensors when it has no error and no next token.
+    ``problem`` says what is wrong with the packet's tensors when it has no error and no tokens; ``confidence`` is an
+    exit's probability of its token (1.0 from the head).
     """
 
     request_id: str
@@ -113,9 +151,10 @@ class ChainOutput:
     release: bool = False
     error_code: ChainError = ChainError.NONE
     error_message: str = ""
-    next_token: int | None = None
+    tokens: tuple[int, ...] = ()
     problem: str = ""
     timings: tuple[Stage, ...] = ()
+    confidence: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -129,4 +168,5 @@ class Log:
 def merge(chunks: Sequence[Result]) -> Result:
     """One final result holding every chunk's tokens and text (what a caller that waits for the whole answer gets)."""
     return replace(chunks[-1], chunk_index=0, token_ids=tuple(t for c in chunks for t in c.token_ids),
+                   token_sources=tuple(s for c in chunks for s in c.token_sources),
                    text="".join(c.text for c in chunks))

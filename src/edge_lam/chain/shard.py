@@ -1,27 +1,44 @@
-"""The pure core of a shard: a contiguous run of modules (embedding, block ranges, head) and their sessions.
+"""The pure core of a shard: a contiguous run of modules (embedding, block ranges, an early exit, head) and their
+sessions.
 
-One call of :meth:`ShardCore.step` takes the tensors of one packet and returns the tensors to send on, so the
-node around it only converts messages. Sessions are checked out of every block range before anything is computed,
-and a step that fails drops the session in all of them: the gateway then replays it from its tokens.
+One call of :meth:`ShardCore.step` takes the tensors of one packet and returns the tensors to send on (and an early
+exit's answer), so the node around it only converts messages. Sessions are checked out of every block range before
+anything is computed, and a step that fails drops the session in all of them: the gateway then replays it from its
+tokens. A verification step carries drafts (``draft_ids``) past every module to the head, which keeps those the
+whole model agrees with (:func:`~edge_lam.model.sampling.verify_tokens`); the next step truncates the caches past
+them.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 
 import torch
 
+from edge_lam.chain.requests import DRAFTS, Route
 from edge_lam.descriptors import ModuleSpec
 from edge_lam.model.decompose import BlockRange, Embedding, Head, build_module, describe
-from edge_lam.model.sampling import Sampling, choose_token
+from edge_lam.model.sampling import Sampling, choose_token, verify_tokens
 from edge_lam.model.sessions import SessionStore
 
-__all__ = ["BadInput", "ShardCore"]
+__all__ = ["BadInput", "ShardCore", "StepOutput"]
 
 
 class BadInput(ValueError):
     """The packet's tensors do not fit the shard's first module."""
+
+
+@dataclass
+class StepOutput:
+    """What one packet gave: tensors for the next module (None when the step ended at the early exit), the exit's
+    answer (``next_token`` int64 [1] and ``confidence`` float32 [1], its probability) if it was asked, and the
+    seconds each module took."""
+
+    tensors: dict[str, torch.Tensor] | None
+    exit: dict[str, torch.Tensor] | None
+    timings: list[tuple[str, float]]
 
 
 class ShardCore:
@@ -53,16 +70,24 @@ class ShardCore:
     def output_name(self) -> str:
         return "next_token" if isinstance(self.modules[-1], Head) else "hidden_states"
 
+    @property
+    def has_exit(self) -> bool:
+        return any(spec.kind == "exit" for spec in self.specs)
+
     @torch.inference_mode()
     def step(self, tensors: dict[str, torch.Tensor], session_id: str, position: int, reset: bool,
-             sampling: Sampling, step: int) -> tuple[dict[str, torch.Tensor], list[tuple[str, float]]]:
-        """Run the modules on one packet; return the output tensors and the seconds each module took."""
+             sampling: Sampling, step: int, truncate: bool = False, verify: bool = False,
+             route: int = Route.CHAIN) -> StepOutput:
+        """Run the modules on one packet (truncating the caches to ``position`` first if asked)."""
+        if route not in iter(Route):
+            raise BadInput(f"route {route} is not one of {[int(r) for r in Route]}")
         x = self._input(tensors)
         length = x.shape[1]
+        drafts = self._drafts(tensors, length) if verify else None
         position_ids = torch.arange(position, position + length).unsqueeze(0)
-        timings = []
+        timings, exit_answer = [], None
         try:
-            checked_out = [store.checkout(session_id, position, reset) if store is not None else None
+            checked_out = [store.checkout(session_id, position, reset, truncate) if store is not None else None
                            for store in self.sessions]
             for spec, module, session in zip(self.specs, self.modules, checked_out, strict=True):
                 start = time.perf_counter()
@@ -71,6 +96,18 @@ class ShardCore:
                 elif isinstance(module, BlockRange):
                     x = module(x, position_ids, session.cache)
                     session.length += length
+                elif spec.kind == "exit":
+                    if route == Route.CHAIN or verify:
+                        continue  # nobody asked: the hidden states pass through untouched
+                    exit_answer = self._exit_answer(module(x[:, -1:])[0, -1], sampling, step)
+                    timings.append((spec.module_id, time.perf_counter() - start))
+                    if route == Route.EXIT:
+                        return StepOutput(None, exit_answer, timings)
+                    continue
+                elif drafts is not None:
+                    logits = module(x[:, -(len(drafts) + 1):])[0]
+                    x = torch.tensor(verify_tokens(logits, drafts, sampling, step), dtype=torch.int64)
+                    drafts = None
                 else:
                     logits = module(x[:, -1:])[0, -1]
                     x = torch.tensor([choose_token(logits, sampling.do_sample, sampling.temperature,
@@ -79,7 +116,17 @@ class ShardCore:
         except Exception:
             self.release(session_id)  # lost or half extended somewhere: the session must be replayed in full
             raise
-        return {self.output_name: x}, timings
+        out = {self.output_name: x}
+        if drafts is not None:  # the head is further down the chain: the drafts travel on to it
+            out[DRAFTS] = torch.tensor([drafts], dtype=torch.int64)
+        return StepOutput(out, exit_answer, timings)
+
+    @staticmethod
+    def _exit_answer(logits: torch.Tensor, sampling: Sampling, step: int) -> dict[str, torch.Tensor]:
+        token = choose_token(logits, sampling.do_sample, sampling.temperature, sampling.top_p, sampling.seed, step)
+        confidence = torch.softmax(logits.float(), dim=-1)[token]
+        return {"next_token": torch.tensor([token], dtype=torch.int64),
+                "confidence": confidence.reshape(1).to(torch.float32)}
 
     def release(self, session_id: str) -> None:
         for store in self.sessions:
@@ -89,6 +136,18 @@ class ShardCore:
     def expire(self) -> list[str]:
         """Drop idle sessions in every block range; return the ids dropped."""
         return sorted({sid for store in self.sessions if store is not None for sid in store.expire()})
+
+    def _drafts(self, tensors: dict[str, torch.Tensor], length: int) -> list[int]:
+        drafts = tensors.get(DRAFTS)
+        if drafts is None:
+            raise BadInput(f"a verification step needs a tensor named '{DRAFTS}', got {sorted(tensors)}")
+        if drafts.dtype != torch.int64 or drafts.dim() != 2 or drafts.shape[0] != 1 or drafts.shape[1] >= length:
+            raise BadInput(f"{DRAFTS} must be int64 [1, D] with D below the step's {length} tokens, got "
+                           f"{str(drafts.dtype)[6:]} {list(drafts.shape)}")
+        if drafts.numel() and (int(drafts.min()) < 0 or int(drafts.max()) >= self.vocab_size):
+            raise BadInput(f"{DRAFTS} must lie in [0, {self.vocab_size}), got [{int(drafts.min())}, "
+                           f"{int(drafts.max())}]")
+        return drafts[0].tolist()
 
     def _input(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         name = self.input_name
@@ -112,8 +171,8 @@ class ShardCore:
 def _check_contiguous(specs: list[ModuleSpec]) -> None:
     if not specs:
         raise ValueError("a shard needs at least one module")
-    if not all(s.in_text_chain for s in specs):
-        raise ValueError("a shard runs embedding, blocks and head only: the projector feeds a chain from sensor "
+    if not all(s.in_text_chain or s.kind == "exit" for s in specs):
+        raise ValueError("a shard runs embedding, blocks, exits and head only: the projector feeds a chain from sensor "
                          "tokens, and encoders are nodes of their own")
     for before, after in itertools.pairwise(specs):
         if not after.follows(before):

@@ -4,11 +4,18 @@ Parameters are read once at start; see doc/chain.md's table. A malformed packet 
 with an error packet downstream (the gateway turns it into an error result or a replay), never a crash. Given an
 emulated slower host or link (benchmarks), packets are held and released by timers (``link.delayed_release``), never
 by sleeping in the callback: in a host agent the shard shares its executor with the agent and other components.
+
+A shard holding an early exit (``exit:L``) answers on ``exit_topic`` for the steps that ask it (route EXIT or
+CHAIN_AND_EXIT): the exit's token and its probability. A step routed to the exit alone (the ``device`` policy, or a
+probe of the robot's side) ends there: nothing of it goes downstream.
 """
 
 from __future__ import annotations
 
+import collections
+import copy
 import socket
+import time
 
 import torch
 from edge_lam_msgs.msg import ChainPacket, PlacementPlan
@@ -50,6 +57,8 @@ class ShardNode(Node):
                              "[latency_s, bandwidth_bps] of the link packets arrive over; unset for none.")
         output_link = declare(self, "output_link", Parameter.Type.DOUBLE_ARRAY,
                               "The same for the link packets leave over (the hop back to the gateway).")
+        exit_topic = declare(self, "exit_topic", "chain/exit",
+                             "Topic an early exit (module exit:L) answers on; unused without one.")
         self._trust = declare_trust(self, "feed this shard hidden states in its upstream module's place")
         plan_topic = declare(self, "plan_topic", "", "PlacementPlan topic: with trust on, a packet is taken only from "
                              "the host the plan puts the upstream module on (the first module: the plan's "
@@ -64,6 +73,10 @@ class ShardNode(Node):
         self._threads = threads
         self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle)
         self._pub = self.create_publisher(ChainPacket, output_topic, TENSORS)
+        self._exit_pub = self.create_publisher(ChainPacket, exit_topic, TENSORS) if self._core.has_exit else None
+        # exit answers held until an emulated slower host would have computed them: (due, packet)
+        self._exit_outbox: collections.deque[tuple[float, ChainPacket]] = collections.deque()
+        self._exit_timer = self.create_timer(1.0, self._release_exit_answers, autostart=False)
         self._held = DelayedRelease(self, line, self._process, self._send, packet_bytes) if line.delays else None
         self._sub = self.create_subscription(ChainPacket, input_topic, self.on_packet, TENSORS)
         self._first_module = self._core.module_ids[0]
@@ -74,6 +87,7 @@ class ShardNode(Node):
         self.get_logger().info(
             f"modules {self._core.module_ids} of {model} on {self._host_id}: "
             f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
+            + (f"; early exit answers on {self._exit_pub.topic_name}" if self._exit_pub else "")
         )
 
     def on_plan(self, plan: PlacementPlan) -> None:
@@ -96,9 +110,13 @@ class ShardNode(Node):
             self._process(packet)
             self._send(packet)  # releases and errors pass on untouched, so every module and the gateway see them
 
+    def _ends_here(self, packet: ChainPacket) -> bool:
+        return self._exit_pub is not None and packet.route == ChainPacket.ROUTE_EXIT
+
     def _send(self, packet: ChainPacket) -> None:
         """Publish downstream, signed by this host: the next hop checks it came from the chain."""
-        self._pub.publish(self._trust.sign(packet))
+        if not self._ends_here(packet):
+            self._pub.publish(self._trust.sign(packet))
 
     def _process(self, packet: ChainPacket) -> float:
         """Run the packet through the modules (a release frees its session); the seconds the modules computed."""
@@ -106,7 +124,22 @@ class ShardNode(Node):
             self._core.release(packet.session_id)
         elif packet.error_code == ChainPacket.ERROR_NONE:
             return self._run(packet)
+        if self._ends_here(packet):  # a probe of the exit, or an error before it: the gateway hears it here
+            self._answer_exit(packet, 0.0)
         return 0.0
+
+    def _answer_exit(self, answer: ChainPacket, computed_s: float) -> None:
+        """Publish an exit's answer once an emulated slower host would have computed it (at once on a real one)."""
+        self._exit_outbox.append((time.monotonic() + computed_s * (self._slowdown - 1.0), answer))
+        self._release_exit_answers()
+
+    def _release_exit_answers(self) -> None:
+        self._exit_timer.cancel()
+        while self._exit_outbox and self._exit_outbox[0][0] <= time.monotonic():
+            self._exit_pub.publish(self._trust.sign(self._exit_outbox.popleft()[1]))
+        if self._exit_outbox:
+            self._exit_timer.timer_period_ns = max(int((self._exit_outbox[0][0] - time.monotonic()) * 1e9), 1)
+            self._exit_timer.reset()
 
     def _run(self, packet: ChainPacket) -> float:
         where = f"{self.get_name()} ({', '.join(self._core.module_ids)})"
@@ -115,9 +148,9 @@ class ShardNode(Node):
             # that built the shard (a host agent builds components in a loader thread)
             torch.set_num_threads(self._threads)
         try:
-            outputs, timings = self._core.step(
+            out = self._core.step(
                 packet_tensors(packet), packet.session_id, packet.position, packet.reset, sampling(packet.options),
-                packet.step,
+                packet.step, truncate=packet.truncate, verify=packet.verify, route=packet.route,
             )
         except (BadInput, TensorError) as err:
             self.get_logger().error(f"request {packet.request_id}: bad input: {err}")
@@ -129,11 +162,19 @@ class ShardNode(Node):
             self.get_logger().error(f"request {packet.request_id}: {type(err).__name__}: {err}")
             fail(packet, ChainPacket.ERROR_INTERNAL, f"{where}: {type(err).__name__}: {err}")
         else:
-            put_tensors(packet, outputs, self._wire_dtype)
             # an emulated slower host's compute counts as the modules' own time
-            packet.timings.extend(to_stage_msgs(Stage(f"module:{m}", self._host_id, s * self._slowdown)
-                                                for m, s in timings))
-            return sum(s for _, s in timings)
+            stages = [Stage(f"module:{m}", self._host_id, s * self._slowdown) for m, s in out.timings]
+            if out.exit is not None:
+                answer = copy.deepcopy(packet)
+                put_tensors(answer, out.exit, torch.float32)
+                answer.timings.extend(to_stage_msgs(stages))
+                self._answer_exit(answer, sum(s for _, s in out.timings))
+            if out.tensors is not None:
+                put_tensors(packet, out.tensors, self._wire_dtype)
+                packet.timings.extend(to_stage_msgs(stages))
+            return sum(s for _, s in out.timings)
+        if self._ends_here(packet):
+            self._answer_exit(packet, 0.0)
         return 0.0
 
     def expire_sessions(self) -> None:

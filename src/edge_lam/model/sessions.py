@@ -1,5 +1,6 @@
 """Per-session KV caches of one block-range module: created on a session's first packet, checked against the
-position each packet claims, expired when idle, and dropped so the gateway can rebuild them by replaying."""
+position each packet claims, cut back when a packet truncates (drafts a verification rejected), expired when idle,
+and dropped so the gateway can rebuild them by replaying."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ class SessionStore:
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._sessions
 
-    def checkout(self, session_id: str, position: int, reset: bool) -> Session:
-        """The session to extend at ``position``: new when reset (or unknown at position 0), else the cached one."""
+    def checkout(self, session_id: str, position: int, reset: bool, truncate: bool = False) -> Session:
+        """The session to extend at ``position``: new when reset (or unknown at position 0), else the cached one,
+        cut back to ``position`` first when ``truncate`` (its cache must have ``crop(-n)``, as transformers' do)."""
         if reset:
             self._sessions.pop(session_id, None)
         session = self._sessions.get(session_id)
@@ -47,6 +49,9 @@ class SessionStore:
             if position != 0:
                 raise SessionLost(f"session '{session_id}' is not cached here (asked for position {position})")
             session = self._sessions[session_id] = Session(self._new_cache())
+        elif truncate and position < session.length:
+            session.cache.crop(position - session.length)
+            session.length = position
         elif position != session.length:
             raise SessionLost(
                 f"session '{session_id}' holds {session.length} tokens here, the packet starts at {position}"

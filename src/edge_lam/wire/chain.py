@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from builtin_interfaces.msg import Time
 from edge_lam_msgs.msg import ChainPacket, GenerationOptions, StageTiming
 
-from edge_lam.chain.requests import ChainError, ChainOutput, ChainStep, Options
+from edge_lam.chain.requests import DRAFTS, ChainError, ChainOutput, ChainStep, Options
 from edge_lam.descriptors import Stage
 from edge_lam.model.sampling import Sampling
 from edge_lam.wire.tensors import TensorError, to_msg, to_numpy, to_torch
@@ -45,43 +46,57 @@ def sampling(options: GenerationOptions) -> Sampling:
 def to_options_msg(options: Options) -> GenerationOptions:
     return GenerationOptions(max_new_tokens=options.max_new_tokens, do_sample=options.do_sample,
                              temperature=options.temperature, top_p=options.top_p, seed=options.seed,
-                             stop=list(options.stop), apply_chat_template=options.apply_chat_template)
+                             stop=list(options.stop), apply_chat_template=options.apply_chat_template,
+                             policy=options.policy, allow_degraded=options.allow_degraded,
+                             cascade_threshold=options.cascade_threshold, draft_tokens=options.draft_tokens,
+                             drafter=options.drafter)
 
 
 def from_options_msg(msg: GenerationOptions) -> Options:
     return Options(msg.max_new_tokens, msg.do_sample, msg.temperature, msg.top_p, msg.seed, tuple(msg.stop),
-                   msg.apply_chat_template)
+                   msg.apply_chat_template, msg.policy, msg.allow_degraded, msg.cascade_threshold, msg.draft_tokens,
+                   msg.drafter)
 
 
 def to_step_msg(step: ChainStep, stamp: Time) -> ChainPacket:
     """The packet for the chain's first module: ``input_ids`` int64 [1, T], or no tensor for a release."""
     packet = ChainPacket(request_id=step.request_id, session_id=step.session_id, step=step.step,
-                         position=step.position, reset=step.reset, release=step.release,
-                         options=to_options_msg(step.options))
+                         position=step.position, reset=step.reset, release=step.release, truncate=step.truncate,
+                         verify=step.verify, route=int(step.route), options=to_options_msg(step.options))
     packet.header.stamp = stamp
     if step.input_ids:
         packet.tensors = [to_msg(np.asarray([step.input_ids], dtype=np.int64), "input_ids")]
+    if step.verify:
+        packet.tensors.append(to_msg(np.asarray([step.draft_ids], dtype=np.int64).reshape(1, -1), DRAFTS))
     return packet
 
 
 def from_output_msg(packet: ChainPacket) -> ChainOutput:
-    """What the chain's last module sent: its next token, or in ``problem`` why the packet has none."""
-    next_token, problem = None, ""
+    """What the chain's last module (or an early exit) sent: its tokens (and an exit's confidence), or in
+    ``problem`` why the packet has none."""
+    tokens, confidence, problem = (), 1.0, ""
     names = [t.name for t in packet.tensors]
     if "next_token" not in names:
         problem = f"the chain's last module sent {sorted(names)}, not next_token"
     else:
         try:
-            next_token = int(to_numpy(packet.tensors[names.index("next_token")]).reshape(-1)[0])
-        except (TensorError, IndexError) as err:
-            problem = f"the chain's last module sent a malformed next_token: {err or 'no element'}"
+            tokens = tuple(int(t) for t in to_numpy(packet.tensors[names.index("next_token")]).reshape(-1))
+            if "confidence" in names:
+                confidence = float(to_numpy(packet.tensors[names.index("confidence")]).reshape(-1)[0])
+        except (TensorError, IndexError, ValueError) as err:
+            problem = f"the chain's last module sent a malformed next_token or confidence: {err or 'no element'}"
+            tokens = ()
+        if not tokens and not problem:
+            problem = "the chain's last module sent an empty next_token"
     try:
         error = ChainError(packet.error_code)
     except ValueError:  # a code this gateway does not know is still an error
         error = ChainError.INTERNAL
+    if not math.isfinite(confidence):
+        tokens, problem = (), f"the early exit sent a confidence of {confidence}"
     return ChainOutput(packet.request_id, packet.session_id, packet.step, packet.release,
-                       error, packet.error_message, next_token, problem,
-                       tuple(from_stage_msgs(packet.timings)))
+                       error, packet.error_message, tokens, problem,
+                       tuple(from_stage_msgs(packet.timings)), confidence)
 
 
 def fail(packet: ChainPacket, code: int, message: str) -> ChainPacket:

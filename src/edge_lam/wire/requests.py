@@ -32,6 +32,8 @@ def to_result_msg(result: Result, stamp: Time) -> InferenceResult:
                           text=result.text, final=result.final, finish_reason=result.finish_reason,
                           error_code=int(result.error_code), error_message=result.error_message,
                           time_to_first_token_s=result.time_to_first_token_s,
-                          timings=to_stage_msgs(result.timings))
+                          timings=to_stage_msgs(result.timings), token_sources=[int(x) for x in result.token_sources],
+                          policy=result.policy, degraded=result.degraded, drafted=result.drafted,
+                          accepted=result.accepted, verify_passes=result.verify_passes)
     msg.header.stamp = stamp
     return msg
