@@ -77,12 +77,14 @@ def measure_modules(model, repeats: int = 20) -> tuple[list[float], list[float]]
     prefill: list[list[float]] = [[] for _ in specs]
     for _ in range(3):
         session = uuid.uuid4().hex
-        out, timings = core.step({"input_ids": ids}, session, 0, True, Sampling(), 0)
+        done = core.step({"input_ids": ids}, session, 0, True, Sampling(), 0)
+        out, timings = done.tensors, done.timings
         for i, (_, seconds) in enumerate(timings):
             prefill[i].append(seconds)
         token = out["next_token"].view(1, 1)
         for step in range(repeats):
-            out, timings = core.step({"input_ids": token}, session, PROMPT_TOKENS + step, False, Sampling(), step)
+            done = core.step({"input_ids": token}, session, PROMPT_TOKENS + step, False, Sampling(), step)
+            out, timings = done.tensors, done.timings
             token = out["next_token"].view(1, 1)
             for i, (_, seconds) in enumerate(timings):
                 decode[i].append(seconds)

@@ -138,7 +138,7 @@ def modules_in_process(layout: list[list[str]], max_new: int, rounds: int) -> di
     def step(session: dict, ids: torch.Tensor) -> torch.Tensor:
         x = {"input_ids": ids}
         for core in cores:
-            x, _ = core.step(x, session["id"], session["position"], False, Sampling(), 0)
+            x = core.step(x, session["id"], session["position"], False, Sampling(), 0).tensors
         session["position"] += ids.shape[1]
         return x["next_token"].view(1, 1)
 
@@ -162,7 +162,8 @@ def pipe_shard(modules: list[str], first: bool, inbox, outbox) -> None:
     outbox.send("ready")
     while (packet := inbox.recv()) is not None:
         tensors, session_id, position, seconds = packet
-        outputs, timings = core.step(tensors, session_id, position, False, Sampling(), 0)
+        step = core.step(tensors, session_id, position, False, Sampling(), 0)
+        outputs, timings = step.tensors, step.timings
         outbox.send(({k: v.half() if v.is_floating_point() else v for k, v in outputs.items()}, session_id, position,
                      seconds + sum(s for _, s in timings)))
     outbox.send(None)

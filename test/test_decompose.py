@@ -152,7 +152,8 @@ def test_session_store_checks_positions_replays_and_expires():
 
 
 def shard_step(core: ShardCore, ids: list[int], session: str, position: int, reset: bool = False):
-    outputs, timings = core.step({"input_ids": torch.tensor([ids])}, session, position, reset, Sampling(), 0)
+    done = core.step({"input_ids": torch.tensor([ids])}, session, position, reset, Sampling(), 0)
+    outputs, timings = done.tensors, done.timings
     return int(outputs["next_token"]), [m for m, _ in timings]
 
 
@@ -192,8 +193,8 @@ def test_shard_core_refuses_a_hidden_state_of_the_wrong_width():
     core = ShardCore(random_model("qwen2")[0], [ModuleSpec("blocks", 2, 4), ModuleSpec("head")])
     with pytest.raises(BadInput, match=r"floating \[1, T>0, 64\]"):
         core.step({"hidden_states": torch.zeros(1, 2, 63)}, "s", 0, False, Sampling(), 0)
-    outputs, _ = core.step({"hidden_states": torch.zeros(1, 2, 64, dtype=torch.float16)}, "s", 0, False,
-                           Sampling(), 0)
+    outputs = core.step({"hidden_states": torch.zeros(1, 2, 64, dtype=torch.float16)}, "s", 0, False,
+                        Sampling(), 0).tensors
     assert outputs["next_token"].dtype == torch.int64
 
 

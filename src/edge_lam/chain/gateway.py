@@ -368,8 +368,7 @@ class GatewayCore:
         if job.drafts:
             drafter = Source.DRAFT_EXIT if job.flow.drafter == "exit" else Source.DRAFT_NGRAM
             sources = [drafter] * kept + [Source.CHAIN]
-            job.drafted, job.accepted, job.verify_passes = \
-                job.drafted + len(job.drafts), job.accepted + kept, job.verify_passes + 1
+            job.drafted, job.verify_passes = job.drafted + len(job.drafts), job.verify_passes + 1
         else:
             sources = [Source.EXIT if exit_answer else Source.CHAIN]
             job.verify_passes += job.flow.policy == "speculative"
@@ -392,6 +391,7 @@ class GatewayCore:
             if reason is not None:
                 break
         job.sources += sources[:taken]
+        job.accepted += sum(s in (Source.DRAFT_NGRAM, Source.DRAFT_EXIT) for s in sources[:taken])
         chunk = Result(job.request.request_id, self._next_chunk(job), tuple(tokens[:taken]), tuple(sources[:taken]),
                        text, session_id=job.session_id, reply_to=job.reply_to)
         if reason is None:  # the chain starts on the next token before this one's chunk goes out
