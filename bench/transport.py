@@ -8,8 +8,8 @@ rclpy (CDR, as DDS sends it) and adds them up per report period:
 - tokens (the baseline: today's fixed choice): the robot encodes, the report's prompt carries the stream's line;
 - raw: every sensor message to an encoder on the edge (JPEG as the bag holds it; rgb8 as a camera driver's
   ``image_raw``), plus the edge encoder's token messages back to the reporter on the robot;
-- embeddings: the newest frame's SemanticTokens with its 1280-d embedding in float16, one per report (counted, not
-  served: the chain's prompt takes no projector input yet).
+- embeddings: the newest SemanticTokens with its embedding in float16 (a frame's 1280-d one, a motion window's
+  speed and yaw rate), one per report (counted, not served: the chain's prompt takes no projector input yet).
 
 It also prints the chooser's pick (``edge_lam.fleet.transport``) for a few links and robot speeds, and the stream
 profiles it measured (what ``DEFAULT_PROFILES`` holds). No scan row: no bundled bag holds a LaserScan.
@@ -107,12 +107,15 @@ def odometry_events() -> tuple[list[Event], float, object]:
         started = time.perf_counter()
         encoded = core.add(odometry_sample(msg))
         seconds.append(time.perf_counter() - started)
-        tokens = None
+        tokens, embedding_bytes = None, 0
         if encoded is not None:
-            tokens = to_semantic_tokens(encoded, robot_id=ROBOT_ID, sensor="odom", modality="odometry",
-                                        vocabulary=core.vocabulary, seq=published, header=msg.header)
+            common = dict(robot_id=ROBOT_ID, sensor="odom", modality="odometry", vocabulary=core.vocabulary,
+                          seq=published, header=msg.header, encode_seconds=seconds[-1])
+            embedding_bytes = size(to_semantic_tokens(encoded, embedding_dtype="float16", **common))
+            encoded.embedding = None
+            tokens = to_semantic_tokens(encoded, **common)
             published += 1
-        events.append(Event(t_s, {"odometry": odom_bytes}, tokens))
+        events.append(Event(t_s, {"odometry": odom_bytes}, tokens, embedding_bytes))
     return events, statistics.median(seconds), core.vocabulary
 
 

@@ -1,9 +1,22 @@
-"""The transport chooser's decisions (edge_lam.fleet.transport): pure, no ROS."""
+"""The transport chooser's decisions (edge_lam.fleet.transport) and the demo graph's placement of encoders by
+transport: pure, no ROS."""
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
+from edge_lam.demo.graph import (
+    DemoConfig,
+    HostSpec,
+    SensorTopic,
+    demo_processes,
+    encoder_processes,
+    fleet_processes,
+    replay_processes,
+    resolve_transports,
+)
 from edge_lam.descriptors import Advert, Link
 from edge_lam.fleet.transport import (
     DEFAULT_PROFILES,
@@ -18,11 +31,14 @@ IMAGE, ODOMETRY = DEFAULT_PROFILES["image"], DEFAULT_PROFILES["odometry"]
 FAST = Link("robot", "edge", 0.020, 100e6)
 SLOW = Link("robot", "edge", 0.050, 5e6)
 THIN = Link("robot", "edge", 0.100, 1e6)
+NO_EMBEDDING = StreamProfile("scan", raw_hz=10.0, raw_bytes=3000, tokens_hz=10.0, tokens_bytes=200, line_bytes=80,
+                             encode_s=5e-5)
 
 
 def test_a_fast_link_takes_raw_frames_when_the_robot_is_slow():
-    for on_robot in (True, False):
-        decision = choose(IMAGE, FAST, period_s=5.0, robot_scale=0.25, reporter_on_robot=on_robot)
+    # With the reporter on the robot the tokens come back and the prompt goes out again: the robot must be slower.
+    for on_robot, scale in ((False, 0.25), (True, 0.1)):
+        decision = choose(IMAGE, FAST, period_s=5.0, robot_scale=scale, reporter_on_robot=on_robot)
         assert decision.choice == "raw" and decision.served
         assert decision.latency_s["raw"] < decision.latency_s["tokens"]
         assert decision.reason.startswith("raw ")
@@ -85,14 +101,14 @@ def test_bytes_per_report_count_every_crossing():
     at_edge = candidates(IMAGE, period_s=5.0, robot_scale=0.25, reporter_on_robot=False)
     assert at_edge["raw"].bytes_per_report == frames
     assert at_edge["tokens"].bytes_per_report == 50 * IMAGE.tokens_bytes
-    assert "embeddings" not in candidates(ODOMETRY, period_s=5.0, robot_scale=1.0)
+    assert "embeddings" not in candidates(NO_EMBEDDING, period_s=5.0, robot_scale=1.0)
 
 
 def test_bad_input_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="must be one of"):
         choose(IMAGE, FAST, period_s=5.0, robot_scale=1.0, transport="pixels")
     with pytest.raises(ValueError, match="has no embeddings"):
-        choose(ODOMETRY, FAST, period_s=5.0, robot_scale=1.0, transport="embeddings")
+        choose(NO_EMBEDDING, FAST, period_s=5.0, robot_scale=1.0, transport="embeddings")
     with pytest.raises(ValueError, match="> 0"):
         choose(IMAGE, FAST, period_s=0.0, robot_scale=1.0)
     with pytest.raises(ValueError, match="rates, sizes"):
@@ -105,13 +121,13 @@ def advert(host: str, role: str, gflops: float, links: tuple[Link, ...] = ()) ->
 
 def test_from_adverts_the_link_and_the_compute_ratio_decide():
     edge = advert("edge", "edge", 40.0)
-    slow_robot = advert("robot", "robot", 10.0, (Link("robot", "edge", 0.020, 100e6),))
+    slow_robot = advert("robot", "robot", 4.0, (Link("robot", "edge", 0.020, 100e6),))
     assert choose_from_adverts(IMAGE, slow_robot, edge, period_s=5.0).choice == "raw"
     narrow = advert("robot", "robot", 10.0, (Link("robot", "edge", 0.050, 5e6),))
     assert choose_from_adverts(IMAGE, narrow, edge, period_s=5.0).choice == "tokens"
     # Only the edge measured the link: that estimate stands for both directions.
     edge_knows = advert("edge", "edge", 40.0, (Link("edge", "robot", 0.020, 100e6),))
-    assert choose_from_adverts(IMAGE, advert("robot", "robot", 10.0), edge_knows, period_s=5.0).choice == "raw"
+    assert choose_from_adverts(IMAGE, advert("robot", "robot", 4.0), edge_knows, period_s=5.0).choice == "raw"
 
 
 def test_from_adverts_without_a_link_figure_auto_keeps_tokens():
@@ -129,3 +145,53 @@ def test_parse_transports():
         parse_transports(["image:raw"], ["image"])
     with pytest.raises(ValueError, match="no stream 'scan'"):
         parse_transports(["scan=raw"], ["image"])
+
+
+LIB = pathlib.Path("/opt/lib/edge_lam")
+CAMERA = SensorTopic(pathlib.Path("cam.mcap"), "/camera/image_raw/compressed", "sensor_msgs/msg/CompressedImage", 6.0)
+ODOM = SensorTopic(pathlib.Path("run.mcap"), "/odom", "nav_msgs/msg/Odometry", 97.0)
+
+
+def demo_config(**transports: str) -> DemoConfig:
+    return DemoConfig(robot_id="tb3", hosts=(HostSpec.parse("robot:robot:0.25:320"), HostSpec.parse("edge:edge:1:480")),
+                      model="smollm2-135m-instruct", sensors=(CAMERA, ODOM), period_s=5.0, max_new_tokens=40,
+                      start_offset_s=0.0, params_file=pathlib.Path("demo.yaml"), transports=transports)
+
+
+def test_the_demo_runs_an_encoder_on_the_edge_for_raw_in_the_robots_namespace():
+    specs = {s.name: s for s in demo_processes(demo_config(image="raw"), LIB)}
+    camera, odometry = specs["camera_encoder[/camera/image_raw/compressed]"], specs["odometry_encoder[/odom]"]
+    assert camera.host == "edge" and odometry.host == "robot"
+    argv = " ".join(camera.argv)
+    assert "__ns:=/tb3" in argv and "compressed_topic:=camera/image_raw/compressed" in argv
+    assert "embedding_dtype:=none" in argv  # its tokens go back to the robot's reporter: words only
+    assert {s.host for s in replay_processes(demo_config(image="raw"), LIB)} == {"robot"}
+    tokens = {s.name: s for s in demo_processes(demo_config(), LIB)}
+    assert tokens["camera_encoder[/camera/image_raw/compressed]"].host == "robot"
+    assert "embedding_dtype" not in " ".join(tokens["camera_encoder[/camera/image_raw/compressed]"].argv)
+
+
+def test_the_demo_refuses_transports_it_cannot_serve_and_decides_auto_before_starting_encoders():
+    with pytest.raises(ValueError, match="not served"):
+        demo_config(image="embeddings")
+    with pytest.raises(ValueError, match="no such stream"):
+        demo_config(scan="raw")
+    auto = demo_config(image="auto")
+    assert auto.needs_adverts and not demo_config(image="raw").needs_adverts
+    with pytest.raises(ValueError, match="decide it first"):
+        demo_processes(auto, LIB)
+    assert not any("encoder" in s.name for s in fleet_processes(auto, LIB))
+
+
+def test_the_demo_resolves_auto_from_the_adverts():
+    edge = advert("edge", "edge", 40.0)
+    robot = advert("robot", "robot", 4.0, (Link("robot", "edge", 0.020, 100e6),))
+    decisions = resolve_transports(demo_config(image="auto", odometry="auto"), {"robot": robot, "edge": edge})
+    assert decisions["image"].choice == "raw" and decisions["odometry"].choice == "tokens"
+    specs = encoder_processes(demo_config(), LIB, {m: d.choice for m, d in decisions.items()})
+    assert {s.name: s.host for s in specs} == {"camera_encoder[/camera/image_raw/compressed]": "edge",
+                                               "odometry_encoder[/odom]": "robot"}
+    narrow = advert("robot", "robot", 4.0, (Link("robot", "edge", 0.050, 5e6),))
+    assert resolve_transports(demo_config(image="auto"), {"robot": narrow, "edge": edge})["image"].choice == "tokens"
+    unknown = resolve_transports(demo_config(image="auto"), {"edge": edge})["image"]
+    assert unknown.choice == "tokens" and "no robot and edge adverts" in unknown.reason

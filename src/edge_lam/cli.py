@@ -135,6 +135,11 @@ def add_demo(commands: argparse._SubParsersAction) -> None:
                         help="folder for the summary, plots and logs (default demo_output)")
     parser.add_argument("--params-file", metavar="YAML",
                         help="node parameters (default: config/demo.yaml from the package's share folder)")
+    parser.add_argument("--transport", action="append", default=[], metavar="STREAM=CHOICE",
+                        help="what of a sensor stream crosses the robot's link: tokens (its encoder on the robot; "
+                        "the default), raw (its encoder on the gateway's host, the sensor messages cross) or auto "
+                        "(chosen from the hosts' adverts once they are in); e.g. image=auto; repeatable "
+                        "(doc/encoders.md)")
     parser.add_argument("--network", choices=["onehost", "emulated"], default="onehost",
                         help="onehost: every process on this machine's network, shared memory between them "
                         "(default); emulated: each host's processes in a network namespace of its own, the hosts "
