@@ -200,11 +200,12 @@ def parse_transports(items: list[str], streams: list[str]) -> dict[str, str]:
 
 
 # Measured by bench/transport.py (2026-11-30, 2 cores) on the bundled bags: the camera bag's 640x480 JPEG frames at
-# 10 Hz through EfficientNet-Lite0 at 1 thread (JPEG decode + encode, median), evo's Nav2 TurtleBot odometry through
-# the 0.5 s motion windows. Rerun the bench for other sensors or encoders.
+# 10 Hz through EfficientNet-Lite0 at 1 thread (JPEG decode + encode, median CPU time, on a machine shared with
+# other work: bench/encoders.py measured the classifier alone at 6.8 ms on a quiet one), evo's Nav2 TurtleBot
+# odometry through the 0.5 s motion windows. Rerun the bench for other sensors or encoders.
 DEFAULT_PROFILES: dict[str, StreamProfile] = {
     "image": StreamProfile("image", raw_hz=10.0, raw_bytes=48623, tokens_hz=10.0, tokens_bytes=172, line_bytes=66,
-                           encode_s=0.01437, embedding_bytes=2756),
+                           encode_s=0.01361, embedding_bytes=2756),
     "odometry": StreamProfile("odometry", raw_hz=27.1, raw_bytes=724, tokens_hz=1.93, tokens_bytes=252,
                               line_bytes=38, encode_s=1e-05, embedding_bytes=276),
 }
