@@ -84,6 +84,7 @@ def _listen(namespace: str) -> dict:
             after, count = hosts.counters("robot"), len(tokens) - first
             return {"stamps": [t.header.stamp.sec * 10**9 + t.header.stamp.nanosec for t in tokens],
                     "encoders": {t.encoder for t in tokens}, "tokens": count,
+                    "embedding_shapes": {tuple(t.embedding.shape) for t in tokens},
                     "link_bytes": (after.rx_bytes - before.rx_bytes) + (after.tx_bytes - before.tx_bytes)}
         finally:
             client.close()
@@ -114,11 +115,13 @@ def test_raw_frames_cross_the_link_to_the_edge_encoder_and_tokens_alone_do_not(p
     assert raw["encoder_host"] == "edge"
     assert raw["encoders"] == {"efficientnet-lite0"}
     assert set(raw["stamps"]) <= stamps  # made from the bag's frames, which crossed to the edge host
+    assert raw["embedding_shapes"] == {()}  # embedding_dtype none: words go back to the reporter, not features
     raw_per_token = raw["link_bytes"] / raw["tokens"]
     assert raw_per_token > 0.8 * frame_bytes, raw  # 25 frames in a row: about the bag's mean
 
     tokens = carried(processes, hosts, "tokens")
     assert tokens["encoder_host"] == "robot" and set(tokens["stamps"]) <= stamps
+    assert tokens["embedding_shapes"] == {(1, 1280)}
     tokens_per_token = tokens["link_bytes"] / tokens["tokens"]
     assert tokens_per_token < frame_bytes / 4, tokens  # a token message (with its float32 embedding)
     REPORTED.append(f"transport across emulated hosts: {raw_per_token / 1e3:.1f} KB on the robot's link per image "
