@@ -81,7 +81,8 @@ class DemoMonitor(Node):
 
     def on_advert(self, msg: ComputeAdvert) -> None:
         advert = from_advert_msg(msg)
-        self.adverts[advert.host_id] = advert
+        # Without the load, as the demo's coordinator takes them (use_load false): its hosts share one machine.
+        self.adverts[advert.host_id] = from_advert_msg(msg, use_load=False)
         known = advert.host_id in self.records.hosts
         self.records.hosts[advert.host_id] = {
             "role": advert.role, "gflops": advert.compute_gflops,
