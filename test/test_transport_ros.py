@@ -1,11 +1,12 @@
 """The chosen transport really carries the stream, across emulated hosts (network namespaces: every byte between the
-robot and the edge is UDP through the robot's link, the inter-host Fast DDS profile, SUBNET discovery).
+robot and the edge is UDP through the robot's link, the inter-host Fast DDS profile, SUBNET discovery); and
+``edge-lam transport`` gives its advice from a fleet's adverts.
 
 The camera bag is replayed in the robot host and the demo graph's camera encoder started where its transport puts it
 (``encoder_processes``); a listener in the edge host takes the tokens and reads the robot link's byte counters
 between its first and its last token. With ``raw`` the encoder runs in the edge host and makes its tokens from the
 frames that crossed: about a JPEG frame per token crosses. With ``tokens`` it runs in the robot host and only token
-messages cross. Needs root (network namespaces); skipped otherwise.
+messages cross. That test needs root (network namespaces) and is skipped otherwise.
 """
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pathlib
+import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
-from edge_lam_msgs.msg import SemanticTokens
+from edge_lam_msgs.msg import ComputeAdvert, SemanticTokens
 
-from conftest import REPORTED
+from conftest import REPORTED, finish
 from edge_lam.assets.cache import camera_bag_dir
 from edge_lam.demo.graph import DemoConfig, HostSpec, bag_sensors, encoder_processes, replay_processes
+from edge_lam.descriptors import Advert, Link
 from edge_lam.hosts import EmulatedHosts, down_prefix, has_rights
 from edge_lam.hosts.joining import joined
-from edge_lam.ros.qos import TOKENS
+from edge_lam.ros.qos import ADVERTS, TOKENS
+from edge_lam.wire.fleet import to_advert_msg
 from ros_client import RosClient
 
-pytestmark = pytest.mark.skipif(not has_rights(), reason="emulated hosts are network namespaces: needs root "
+needs_root = pytest.mark.skipif(not has_rights(), reason="emulated hosts are network namespaces: needs root "
                                 "(CAP_NET_ADMIN and CAP_SYS_ADMIN)")
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
@@ -109,6 +114,7 @@ def carried(processes, hosts: EmulatedHosts, transport: str) -> dict:
     return {**seen, "encoder_host": encoder.host}
 
 
+@needs_root
 def test_raw_frames_cross_the_link_to_the_edge_encoder_and_tokens_alone_do_not(processes, hosts):
     stamps, frame_bytes = bag_frames()
     raw = carried(processes, hosts, "raw")
@@ -127,3 +133,36 @@ def test_raw_frames_cross_the_link_to_the_edge_encoder_and_tokens_alone_do_not(p
     REPORTED.append(f"transport across emulated hosts: {raw_per_token / 1e3:.1f} KB on the robot's link per image "
                     f"token with raw frames, {tokens_per_token / 1e3:.1f} KB with tokens (mean frame "
                     f"{frame_bytes / 1e3:.1f} KB)")
+
+
+def test_the_transport_command_advises_from_a_fleets_adverts(processes):
+    namespace = f"advice_{uuid.uuid4().hex[:8]}"
+    client = RosClient("advert_source", f"/{namespace}")
+    try:
+        publisher = client.node.create_publisher(ComputeAdvert, "adverts", ADVERTS)
+        gib = 2**30
+        robot = Advert("tb3_0", "robot", 4.0, 0.0, gib, gib, (Link("tb3_0", "edge_0", 0.020, 100e6),))
+        edge = Advert("edge_0", "edge", 40.0, 0.0, gib, gib)
+        command = processes.start(LIB / "edge-lam", "transport", "--adverts-topic", f"/{namespace}/adverts",
+                                  "--wait", "60")
+
+        def advised() -> bool:  # advertise as host agents do, until the command has its answer
+            for advert in (robot, edge):
+                publisher.publish(to_advert_msg(advert, time.time_ns()))
+            return command.poll() is not None
+
+        assert client.spin_until(advised, 90), "edge-lam transport did not end"
+    finally:
+        client.close()
+    rc, output = finish(command)
+    assert rc == 0, output
+    assert "link 20.0 ms, 100.0 Mbit/s" in output
+    assert "image: raw (" in output and "odometry: tokens (" in output  # a robot at 0.1x of the edge
+    assert "camera_transport:=raw" in output and "camera_for_robot:=tb3_0" in output
+
+
+def test_the_transport_command_says_when_no_fleet_advertises(processes):
+    command = processes.start(LIB / "edge-lam", "transport", "--adverts-topic", f"/nobody_{uuid.uuid4().hex[:8]}",
+                              "--wait", "1")
+    rc, output = finish(command)
+    assert rc == 1 and "no robot and edge adverts" in output and "heard: none" in output
