@@ -31,6 +31,15 @@ def fastdds_profile(context):
     return [SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile_path(choice, config))]
 
 
+def check_camera_transport(context):
+    """Refuse a camera_transport other than tokens or raw, which would leave the camera without any encoder."""
+    choice = LaunchConfiguration('camera_transport').perform(context)
+    if choice not in ('tokens', 'raw'):
+        raise ValueError(f"camera_transport must be tokens or raw, not '{choice}' (auto: ask `edge-lam transport` "
+                         "once the fleet runs; embeddings are not served yet)")
+    return []
+
+
 def generate_launch_description() -> LaunchDescription:
     robot_id = LaunchConfiguration('robot_id')
     namespace = LaunchConfiguration('namespace')
@@ -98,6 +107,7 @@ def generate_launch_description() -> LaunchDescription:
                                           '(UDP only, frame-sized fragments: robot and edge on separate machines) '
                                           'or the path of an XML file.'),
         OpaqueFunction(function=fastdds_profile),
+        OpaqueFunction(function=check_camera_transport),
         camera,
         odometry,
         scan,
