@@ -193,5 +193,6 @@ def test_the_demo_resolves_auto_from_the_adverts():
                                                "odometry_encoder[/odom]": "robot"}
     narrow = advert("robot", "robot", 4.0, (Link("robot", "edge", 0.050, 5e6),))
     assert resolve_transports(demo_config(image="auto"), {"robot": narrow, "edge": edge})["image"].choice == "tokens"
+    assert resolve_transports(demo_config(), {"robot": robot, "edge": edge})["image"].reason == "the default"
     unknown = resolve_transports(demo_config(image="auto"), {"edge": edge})["image"]
     assert unknown.choice == "tokens" and "no robot and edge adverts" in unknown.reason

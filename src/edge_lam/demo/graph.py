@@ -246,7 +246,8 @@ def resolve_transports(config: DemoConfig, adverts: Mapping[str, Advert]) -> dic
         transport = config.transport(modality)
         profile = DEFAULT_PROFILES.get(modality)
         if transport != "auto":
-            decisions[modality] = Decision(modality, transport, "set on the command line", {}, {}, {})
+            given = "set on the command line" if modality in config.transports else "the default"
+            decisions[modality] = Decision(modality, transport, given, {}, {}, {})
         elif profile is None or robot is None or edge is None or robot.host_id == edge.host_id:
             why = "no measured profile" if profile is None else "no robot and edge adverts to compare"
             decisions[modality] = Decision(modality, "tokens", f"{why}: tokens", {}, {}, {})
