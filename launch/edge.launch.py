@@ -4,7 +4,8 @@
 
 The host agent lives in ``/<host_id>``; the coordinator, the gateway (``requests``, ``results``, ``generate``) and the
 model chain live in the fleet's namespace, with the adverts and the plan on ``/edge_lam/adverts`` and
-``/edge_lam/plan``.
+``/edge_lam/plan``. With ``camera_for_robot:=<robot_id>`` it also encodes that robot's raw camera frames (the
+robot's ``camera_transport:=raw``).
 
 With ``keys_dir:=DIR`` (this host's ``<host_id>.key`` and every fleet host's ``.pub``, see doc/trust.md) the host
 agent, the coordinator and the gateway sign with the host's key and trust the fleet's; empty, the control plane is
@@ -57,6 +58,12 @@ def generate_launch_description() -> LaunchDescription:
     gateway = Node(package='edge_lam', executable='gateway', name='gateway', namespace=fleet, output='screen',
                    condition=IfCondition(LaunchConfiguration('coordinator')), ros_arguments=enclave,
                    parameters=[params, model, trust])
+    # A robot's camera encoder on this host (that robot's camera_transport:=raw): in the robot's namespace, reading
+    # its frames across the link; its tokens go back to the robot's reporter without the embedding.
+    robot = LaunchConfiguration('camera_for_robot')
+    camera = Node(package='edge_lam', executable='camera_encoder', name='camera_encoder', namespace=robot,
+                  parameters=[params, {'robot_id': robot, 'embedding_dtype': 'none'}], output='screen',
+                  ros_arguments=enclave, condition=IfCondition(PythonExpression(["'", robot, "' != ''"])))
     return LaunchDescription([
         DeclareLaunchArgument('host_id', default_value='edge', description='Name of this host in adverts and plans.'),
         DeclareLaunchArgument('fleet_namespace', default_value='edge_lam',
@@ -80,8 +87,12 @@ def generate_launch_description() -> LaunchDescription:
                               description='Fast DDS profile of the nodes: onehost (shared memory and UDP), interhost '
                                           '(UDP only, frame-sized fragments: robot and edge on separate machines) '
                                           'or the path of an XML file.'),
+        DeclareLaunchArgument('camera_for_robot', default_value='',
+                              description='Robot id whose raw camera frames this host encodes (that robot runs '
+                                          'with camera_transport:=raw); empty: none.'),
         OpaqueFunction(function=fastdds_profile),
         host_agent,
         coordinator,
         gateway,
+        camera,
     ])

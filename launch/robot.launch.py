@@ -31,6 +31,15 @@ def fastdds_profile(context):
     return [SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile_path(choice, config))]
 
 
+def check_camera_transport(context):
+    """Refuse a camera_transport other than tokens or raw, which would leave the camera without any encoder."""
+    choice = LaunchConfiguration('camera_transport').perform(context)
+    if choice not in ('tokens', 'raw'):
+        raise ValueError(f"camera_transport must be tokens or raw, not '{choice}' (auto: ask `edge-lam transport` "
+                         "once the fleet runs; embeddings are not served yet)")
+    return []
+
+
 def generate_launch_description() -> LaunchDescription:
     robot_id = LaunchConfiguration('robot_id')
     namespace = LaunchConfiguration('namespace')
@@ -41,9 +50,12 @@ def generate_launch_description() -> LaunchDescription:
     trust = {'signing_key': ParameterValue(own_key, value_type=str),
              'trusted_keys': ParameterValue(keys, value_type=str)}
     enclave = ['--enclave', LaunchConfiguration('enclave')]  # used only where ROS_SECURITY_ENABLE=true
+    # camera_transport raw: the edge encodes this robot's frames (edge.launch.py camera_for_robot:=<robot_id>).
+    camera_here = PythonExpression(["'", LaunchConfiguration('camera'), "'.lower() in ('true', '1') and '",
+                                    LaunchConfiguration('camera_transport'), "' == 'tokens'"])
     camera = Node(package='edge_lam', executable='camera_encoder', name='camera_encoder', namespace=namespace,
                   parameters=[params, {'robot_id': robot_id}], output='screen', ros_arguments=enclave,
-                  condition=IfCondition(LaunchConfiguration('camera')))
+                  condition=IfCondition(camera_here))
     odometry = Node(package='edge_lam', executable='odometry_encoder', name='odometry_encoder', namespace=namespace,
                     parameters=[params, {'robot_id': robot_id}], output='screen', ros_arguments=enclave,
                     condition=IfCondition(LaunchConfiguration('odometry')))
@@ -78,6 +90,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('memory_limit_bytes', default_value='0',
                               description='Memory offered to model modules; 0 = what is available at start.'),
         DeclareLaunchArgument('camera', default_value='true', description='Start the camera encoder.'),
+        DeclareLaunchArgument('camera_transport', default_value='tokens',
+                              description='What of the camera crosses the link: tokens (encoded here) or raw '
+                                          '(frames to the camera encoder edge.launch.py starts with '
+                                          'camera_for_robot:=<robot_id>); doc/encoders.md.'),
         DeclareLaunchArgument('odometry', default_value='true', description='Start the odometry encoder.'),
         DeclareLaunchArgument('scan', default_value='false', description='Start the scan encoder.'),
         DeclareLaunchArgument('reporter', default_value='true', description='Start the reporter.'),
@@ -91,6 +107,7 @@ def generate_launch_description() -> LaunchDescription:
                                           '(UDP only, frame-sized fragments: robot and edge on separate machines) '
                                           'or the path of an XML file.'),
         OpaqueFunction(function=fastdds_profile),
+        OpaqueFunction(function=check_camera_transport),
         camera,
         odometry,
         scan,

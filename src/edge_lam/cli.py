@@ -47,6 +47,14 @@ def run_bag_command(function: Callable[..., int], args: argparse.Namespace) -> i
         return 2
 
 
+def transport(args: argparse.Namespace) -> int:
+    """Listen to a running fleet's adverts and print, per sensor stream, the transport the chooser picks for the
+    robot's link to the edge (tokens or raw), why, and the launch arguments that put it in place."""
+    from edge_lam.fleet.transport_advice import advise
+
+    return advise(args.robot, args.edge, args.adverts_topic, args.period, args.reporter == "robot", args.wait)
+
+
 def demo(args: argparse.Namespace) -> int:
     """Run a robot host and an edge host as separate processes (a host agent each), the coordinator that places the
     LAM's modules on them, the gateway, the encoders the bags need and the reporter; replay the bags under the
@@ -135,6 +143,11 @@ def add_demo(commands: argparse._SubParsersAction) -> None:
                         help="folder for the summary, plots and logs (default demo_output)")
     parser.add_argument("--params-file", metavar="YAML",
                         help="node parameters (default: config/demo.yaml from the package's share folder)")
+    parser.add_argument("--transport", action="append", default=[], metavar="STREAM=CHOICE",
+                        help="what of a sensor stream crosses the robot's link: tokens (its encoder on the robot; "
+                        "the default), raw (its encoder on the gateway's host, the sensor messages cross) or auto "
+                        "(chosen from the hosts' adverts once they are in); e.g. image=auto; repeatable "
+                        "(doc/encoders.md)")
     parser.add_argument("--network", choices=["onehost", "emulated"], default="onehost",
                         help="onehost: every process on this machine's network, shared memory between them "
                         "(default); emulated: each host's processes in a network namespace of its own, the hosts "
@@ -217,6 +230,22 @@ def add_hosts(commands: argparse._SubParsersAction) -> None:
     cut.add_argument("--restore", action="store_true", help="end a cut")
 
 
+def add_transport(commands: argparse._SubParsersAction) -> None:
+    parser = subcommand(commands, transport, help="per sensor stream, raw or tokens over the robot's link, from a "
+                        "running fleet's adverts")
+    parser.add_argument("--robot", metavar="HOST", help="the robot's host id (default: the first robot advertised)")
+    parser.add_argument("--edge", metavar="HOST",
+                        help="the host that runs the LAM (default: the first host advertised that is not a robot)")
+    parser.add_argument("--adverts-topic", default="/edge_lam/adverts", metavar="TOPIC",
+                        help="where the host agents advertise (default /edge_lam/adverts)")
+    parser.add_argument("--period", type=float, default=5.0, metavar="S",
+                        help="seconds between reports, as the reporter's period_s (default 5)")
+    parser.add_argument("--reporter", choices=["robot", "edge"], default="robot",
+                        help="where the reporter runs (default robot, as robot.launch.py starts it)")
+    parser.add_argument("--wait", type=float, default=20.0, metavar="S",
+                        help="how long to listen for the adverts (default 20)")
+
+
 def add_keys(commands: argparse._SubParsersAction) -> None:
     parser = subcommand(commands, keys, help="make or list the Ed25519 keys that sign the control plane")
     actions = parser.add_subparsers(dest="action", required=True)
@@ -237,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     add_replay(commands)
     add_record(commands)
     add_hosts(commands)
+    add_transport(commands)
 
 
     add_keys(commands)

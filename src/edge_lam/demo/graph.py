@@ -4,12 +4,21 @@ The commands are what ``launch/demo.launch.py`` starts on a ROS install: install
 way), parameters from ``config/demo.yaml``, and ``-p`` overrides for what differs per host. Robot nodes live in the
 robot's namespace (``/<robot_id>/tokens/<modality>``, ``/<robot_id>/reports``), each host agent in its host's, and
 the model's chain, the coordinator and the gateway in the fleet's (``/edge_lam``).
+
+Each sensor stream has a transport (``edge_lam.fleet.transport``): ``tokens`` runs its encoder on the robot, ``raw``
+on the gateway's host (still in the robot's namespace, reading the robot's sensor topic: the sensor messages cross
+the link, the tokens come back to the reporter), ``auto`` picks one of the two from the hosts' adverts once they are
+in (``resolve_transports``).
 """
 
 from __future__ import annotations
 
 import pathlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from edge_lam.descriptors import Advert
+from edge_lam.fleet.transport import DEFAULT_PROFILES, SERVED, TRANSPORTS, Decision, choose_from_adverts
 
 __all__ = [
     "SENSOR_TYPES",
@@ -19,7 +28,10 @@ __all__ = [
     "SensorTopic",
     "bag_sensors",
     "demo_processes",
+    "encoder_processes",
+    "fleet_processes",
     "replay_processes",
+    "resolve_transports",
 ]
 
 FLEET_NAMESPACE = "/edge_lam"
@@ -89,6 +101,8 @@ class DemoConfig:
     # Folder with NAME.key and NAME.pub of every host: trust on, each host signing with its own key (the
     # coordinator and the gateway with the gateway host's). None: trust off.
     keys_dir: pathlib.Path | None = None
+    # Per modality: auto, raw or tokens (edge_lam.fleet.transport); a modality not named keeps tokens.
+    transports: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ids = [h.host_id for h in self.hosts]
@@ -98,6 +112,15 @@ class DemoConfig:
             raise ValueError("the gateway and the coordinator need a host that is not a robot (role edge or cloud)")
         if not self.sensors:
             raise ValueError("the bags hold no sensor topic an encoder reads (" + ", ".join(SENSOR_TYPES) + ")")
+        for modality, transport in self.transports.items():
+            if modality not in self.modalities:
+                raise ValueError(f"transport for '{modality}': the bags hold no such stream ({self.modalities})")
+            if transport not in TRANSPORTS:
+                raise ValueError(f"transport for '{modality}' must be one of {', '.join(TRANSPORTS)}, "
+                                 f"not '{transport}'")
+            if transport != "auto" and transport not in SERVED:
+                raise ValueError(f"transport {transport} for '{modality}' is counted (bench/transport.py) but not "
+                                 "served: the chain's prompt takes no projector input yet")
 
     @property
     def gateway_host(self) -> str:
@@ -112,6 +135,14 @@ class DemoConfig:
     @property
     def modalities(self) -> list[str]:
         return sorted({s.modality for s in self.sensors})
+
+    def transport(self, modality: str) -> str:
+        return self.transports.get(modality, "tokens")
+
+    @property
+    def needs_adverts(self) -> bool:
+        """Whether a transport is ``auto``: then the encoders start once the hosts' adverts are in."""
+        return any(self.transport(m) == "auto" for m in self.modalities)
 
     def trust(self, host_id: str) -> list[str]:
         """The trust parameters of a node on ``host_id`` (none with trust off)."""
@@ -151,7 +182,14 @@ def _ros_args(name: str, namespace: str, params_file: pathlib.Path, *params: str
 
 
 def demo_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
-    """Host agents, coordinator, gateway, the encoders the bags need, and the reporter (bag replays start later)."""
+    """Host agents, coordinator, gateway, the encoders the bags need, and the reporter (bag replays start later);
+    every transport must be decided (not ``auto``)."""
+    return fleet_processes(config, lib) + encoder_processes(config, lib, {m: config.transport(m)
+                                                                          for m in config.modalities})
+
+
+def fleet_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
+    """Host agents, coordinator, gateway and the reporter: what runs whatever the transports."""
     ns, robot_ns = FLEET_NAMESPACE, f"/{config.robot_id}"
     specs = []
     for host in config.hosts:
@@ -165,7 +203,22 @@ def demo_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
         *gateway_trust)), config.gateway_host))
     specs.append(ProcessSpec("gateway", (str(lib / "gateway"), *_ros_args(
         "gateway", ns, config.params_file, f"model:={config.model}", *gateway_trust)), config.gateway_host))
+    specs.append(ProcessSpec("reporter", (str(lib / "reporter"), *_ros_args(
+        "reporter", robot_ns, config.params_file, f"modalities:=[{','.join(config.modalities)}]",
+        f"period_s:={config.period_s}", f"max_new_tokens:={config.max_new_tokens}",
+        f"requests_topic:={ns}/requests", f"results_topic:={ns}/results")), config.robot_host))
+    return specs
+
+
+def encoder_processes(config: DemoConfig, lib: pathlib.Path, transports: Mapping[str, str]) -> list[ProcessSpec]:
+    """The encoder of each sensor topic, in the robot's namespace, on the robot's host for ``tokens`` and on the
+    gateway's for ``raw`` (which then sends its tokens to the reporter without the embedding nobody there reads)."""
+    robot_ns = f"/{config.robot_id}"
+    specs = []
     for sensor in config.sensors:
+        transport = transports[sensor.modality]
+        if transport not in SERVED:
+            raise ValueError(f"transport of '{sensor.modality}' is '{transport}': decide it first (raw or tokens)")
         params = [f"robot_id:={config.robot_id}", f"sensor:={sensor.topic.strip('/').split('/')[0]}"]
         argv = [str(lib / sensor.encoder)]
         relative = sensor.topic.lstrip("/")
@@ -173,16 +226,34 @@ def demo_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
             compressed = sensor.msgtype.endswith("CompressedImage")
             params += [f"compressed_topic:={relative if compressed else EMPTY}",
                        f"image_topic:={EMPTY if compressed else relative}"]
+            if transport == "raw":
+                params.append("embedding_dtype:=none")
             argv += _ros_args("camera_encoder", robot_ns, config.params_file, *params)
         else:  # motion and scan encoders read a fixed relative name: remap it to the bag's topic
             default = {"odometry": "odom", "scan": "scan", "imu": "imu"}[sensor.modality]
             argv += [*_ros_args(sensor.encoder, robot_ns, config.params_file, *params), "-r", f"{default}:={relative}"]
-        specs.append(ProcessSpec(f"{sensor.encoder}[{sensor.topic}]", tuple(argv), config.robot_host))
-    specs.append(ProcessSpec("reporter", (str(lib / "reporter"), *_ros_args(
-        "reporter", robot_ns, config.params_file, f"modalities:=[{','.join(config.modalities)}]",
-        f"period_s:={config.period_s}", f"max_new_tokens:={config.max_new_tokens}",
-        f"requests_topic:={ns}/requests", f"results_topic:={ns}/results")), config.robot_host))
+        host = config.gateway_host if transport == "raw" else config.robot_host
+        specs.append(ProcessSpec(f"{sensor.encoder}[{sensor.topic}]", tuple(argv), host))
     return specs
+
+
+def resolve_transports(config: DemoConfig, adverts: Mapping[str, Advert]) -> dict[str, Decision]:
+    """Each modality's transport: as configured, or for ``auto`` the chooser's pick from the robot's and the
+    gateway host's adverts with the measured stream profiles (tokens for a stream no profile was measured for)."""
+    decisions = {}
+    robot, edge = adverts.get(config.robot_host), adverts.get(config.gateway_host)
+    for modality in config.modalities:
+        transport = config.transport(modality)
+        profile = DEFAULT_PROFILES.get(modality)
+        if transport != "auto":
+            given = "set on the command line" if modality in config.transports else "the default"
+            decisions[modality] = Decision(modality, transport, given, {}, {}, {})
+        elif profile is None or robot is None or edge is None or robot.host_id == edge.host_id:
+            why = "no measured profile" if profile is None else "no robot and edge adverts to compare"
+            decisions[modality] = Decision(modality, "tokens", f"{why}: tokens", {}, {}, {})
+        else:
+            decisions[modality] = choose_from_adverts(profile, robot, edge, period_s=config.period_s)
+    return decisions
 
 
 def replay_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:

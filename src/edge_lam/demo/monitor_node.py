@@ -15,6 +15,7 @@ from rclpy.node import Node
 from edge_lam.chain.requests import Options, Request
 from edge_lam.demo.graph import FLEET_NAMESPACE, DemoConfig
 from edge_lam.demo.summary import DemoRecords, PlacedModule, PlanRecord, ReportRecord
+from edge_lam.descriptors import Advert
 from edge_lam.ros.qos import ADVERTS_READER, CONTROL, LATCHED, TOKENS
 from edge_lam.wire.chain import from_stage_msgs
 from edge_lam.wire.fleet import from_advert_msg, plan_assignments
@@ -52,6 +53,7 @@ class DemoMonitor(Node):
     def __init__(self, config: DemoConfig, console: Callable[[str], None] = print) -> None:
         super().__init__("demo_monitor", namespace=FLEET_NAMESPACE)
         self.records = DemoRecords()
+        self.adverts: dict[str, Advert] = {}  # the newest of each host, for the transports' choice
         self.started = time.monotonic()
         self.bags_started_s: float | None = None  # since ``started``, once the bags play
         self._console = console
@@ -79,6 +81,8 @@ class DemoMonitor(Node):
 
     def on_advert(self, msg: ComputeAdvert) -> None:
         advert = from_advert_msg(msg)
+        # Without the load, as the demo's coordinator takes them (use_load false): its hosts share one machine.
+        self.adverts[advert.host_id] = from_advert_msg(msg, use_load=False)
         known = advert.host_id in self.records.hosts
         self.records.hosts[advert.host_id] = {
             "role": advert.role, "gflops": advert.compute_gflops,

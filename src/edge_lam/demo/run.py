@@ -90,6 +90,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from edge_lam.demo.graph import HostSpec, bag_sensors
     from edge_lam.demo.plots import plot_latency, plot_placement
     from edge_lam.demo.summary import summarise, write_summary
+    from edge_lam.fleet.transport import parse_transports
     from edge_lam.trust.keys import make_keys
 
     output = pathlib.Path(args.output)
@@ -106,10 +107,11 @@ def run_demo(args: argparse.Namespace) -> int:
     # which is every host's trust store here; on real hosts only the .pub files are copied).
     keys_dir = (output / "keys").resolve()
     make_keys(keys_dir, [h.host_id for h in hosts], force=True)
+    sensors = tuple(s for bag in bags for s in bag_sensors(bag))
     config = DemoConfig(
-        robot_id=args.robot_id, hosts=hosts, model=args.model,
-        sensors=tuple(s for bag in bags for s in bag_sensors(bag)), period_s=args.period,
+        robot_id=args.robot_id, hosts=hosts, model=args.model, sensors=sensors, period_s=args.period,
         max_new_tokens=args.max_new_tokens, start_offset_s=args.start_offset, params_file=params, keys_dir=keys_dir,
+        transports=parse_transports(args.transport, sorted({s.modality for s in sensors})),
     )
     print(f"edge_lam demo: {config.model} on {', '.join(h.host_id for h in config.hosts)}; bags "
           f"{', '.join(b.name for b in bags)} ({', '.join(s.topic for s in config.sensors)}) for {args.duration:g} s; "
@@ -139,7 +141,13 @@ def _run_graph(args: argparse.Namespace, config: DemoConfig, lib: pathlib.Path, 
     """Start the graph, play the bags, wait for the last report, stop everything: the monitor's records."""
     import rclpy
 
-    from edge_lam.demo.graph import demo_processes, replay_processes
+    from edge_lam.demo.graph import (
+        demo_processes,
+        encoder_processes,
+        fleet_processes,
+        replay_processes,
+        resolve_transports,
+    )
     from edge_lam.demo.monitor_node import DemoMonitor
 
     with network.monitor():
@@ -148,13 +156,20 @@ def _run_graph(args: argparse.Namespace, config: DemoConfig, lib: pathlib.Path, 
     try:
         for spec in network.extra:
             processes.start(spec)
-        for spec in demo_processes(config, lib):
+        # With a transport on auto the encoders wait for the adverts the choice is made from (the chain serving).
+        for spec in fleet_processes(config, lib) if config.needs_adverts else demo_processes(config, lib):
             processes.start(spec)
         begun = time.monotonic()
         print(f"started {len(processes.running)} processes; waiting for the placement and the chain to answer")
         if not watch_until(monitor, monitor.chain_serves, STARTUP_TIMEOUT_S, processes):
             raise DemoError(f"the chain did not answer within {STARTUP_TIMEOUT_S:g} s; see {output}/logs")
         print(f"the chain answers ({time.monotonic() - begun:.1f} s after start); playing the bags")
+        decisions = resolve_transports(config, monitor.adverts)
+        for modality, decision in decisions.items():
+            print(f"transport of {modality}: {decision.choice} ({decision.reason})")
+        if config.needs_adverts:
+            for spec in encoder_processes(config, lib, {m: d.choice for m, d in decisions.items()}):
+                processes.start(spec)
 
         replays = replay_processes(config, lib)
         for spec in replays:

@@ -31,7 +31,9 @@ class CameraEncoderNode(EncoderNode):
         top_k = declare(self, "top_k", 5, "efficientnet_lite0: how many classes per frame.")
         threads = declare(self, "num_threads", 1, "efficientnet_lite0: onnxruntime intra-op threads.")
         self._embedding_dtype = declare(
-            self, "embedding_dtype", "float32", "Wire dtype of the embedding: float32 or float16 (half the bytes)."
+            self, "embedding_dtype", "float32",
+            "Wire dtype of the embedding: float32, float16 (half the bytes) or none (not sent: for an encoder whose "
+            "tokens cross a link to a reader of words, such as the reporter).",
         )
         image_topic = declare(self, "image_topic", "image_raw", "sensor_msgs/Image input; empty to not subscribe.")
         compressed_topic = declare(
@@ -39,8 +41,8 @@ class CameraEncoderNode(EncoderNode):
         )
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got '{encoder}'")
-        if self._embedding_dtype not in ("float32", "float16"):
-            raise ValueError(f"embedding_dtype must be float32 or float16, got '{self._embedding_dtype}'")
+        if self._embedding_dtype not in ("float32", "float16", "none"):
+            raise ValueError(f"embedding_dtype must be float32, float16 or none, got '{self._embedding_dtype}'")
         if encoder == "efficientnet_lite0":
             self._core = EfficientNetClassifier(threads=threads, top_k=top_k)
         else:
@@ -75,7 +77,11 @@ class CameraEncoderNode(EncoderNode):
         except EncoderInputError as err:
             self.reject("image", err, msg.header.stamp)
             return
-        self.publish_tokens(encoded, msg.header, started, self._embedding_dtype)
+        if self._embedding_dtype == "none":
+            encoded.embedding = None
+            self.publish_tokens(encoded, msg.header, started)
+        else:
+            self.publish_tokens(encoded, msg.header, started, self._embedding_dtype)
 
 
 def main(args: list[str] | None = None) -> None:
