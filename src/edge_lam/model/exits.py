@@ -66,7 +66,8 @@ class ExitInfo:
     the true next token (``whole_nll``: the whole model's, for reference); ``threshold``: the least max-probability at
     which the exit's confident positions agree with the whole model at least ``target_agreement`` of the time
     (``confident_share``: the share of positions at or above it); ``entropy_threshold`` / ``entropy_share``: the
-    same with entropy (nats; confident at or below). A threshold of 1.01 / -1 means no threshold reaches the target.
+    same with entropy (nats; confident at or below). A threshold of inf (-inf for entropy) means none reaches the
+    target.
     """
 
     model: str

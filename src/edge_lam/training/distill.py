@@ -32,7 +32,7 @@ class DistillSettings:
     """How exits are trained: adapter rank, optimizer steps, positions per step, learning rate, temperature."""
 
     rank: int = 64
-    steps: int = 60
+    steps: int = 200
     batch_positions: int = 256
     lr: float = 3e-3
     temperature: float = 1.0
@@ -54,6 +54,12 @@ class TeacherStates:
     @property
     def positions(self) -> int:
         return int(self.next_ids.shape[0])
+
+    def first(self, count: int) -> TeacherStates:
+        """The first ``count`` positions alone (a cheaper look, e.g. at untrained exits)."""
+        part = slice(0, count)
+        return TeacherStates({k: v[part] for k, v in self.exits.items()}, self.final[part], self.next_ids[part],
+                             self.top_ids[part], self.nll[part])
 
     def candidates(self, extra: int, seed: int = 0) -> torch.Tensor:
         """The tokens training computes logits for: every teacher top token and true next token, and ``extra``
