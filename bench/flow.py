@@ -5,7 +5,8 @@ Emulated layout (one machine, the shards' emulation parameters): the robot is a 
 4) running the embedding, blocks 0-15 and the early exit ``exit:15`` with the gateway composed into the same process
 (a robot asks its own questions); the edge is a 1x host running blocks 15-30 and the head behind a 20 ms / 100 Mbit/s
 link each way (``input_link``, ``output_link``). Requests are reports: the reporter's prompt over real sensor
-observations (``edge_lam.training.distill.report_prompts``, held-out ones), greedy, ``--max-new-tokens`` each.
+observations (``edge_lam.training.fleet_text``: camera bag classes and odometry windows; the reports the exits were
+not trained on), greedy, ``--max-new-tokens`` each.
 Per policy: time to first token, decode tokens/s, report latency, the share of tokens decided on the robot, the bytes
 that crossed the robot's link per report (serialized ChainPackets on the two link topics), and quality against the
 whole model (greedy token agreement position by position, exact reports, NLL per token of held-out text). Then the
@@ -41,12 +42,15 @@ from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
 from transformers import DynamicCache
 
-from edge_lam.model.exits import load_exit
+from edge_lam.assets.cache import camera_bag_dir, evo_bags_dir
+from edge_lam.model.decompose import describe
+from edge_lam.model.exits import available_exits, load_exit
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.processes import stop_processes
+from edge_lam.reporting.verbalize import report_prompt
 from edge_lam.ros.qos import CONTROL, TENSORS
 from edge_lam.ros.spin import spin_until
-from edge_lam.training.distill import report_prompts
+from edge_lam.training.fleet_text import ODOMETRY_BAG, report_observations
 
 MODEL = "smollm2-135m-instruct"
 EXIT_LAYER = 15
@@ -66,6 +70,13 @@ ONE_HOST = [["embedding", "blocks:0:10"], ["blocks:10:20"], ["blocks:20:30", "he
 
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) > 1 else values[0]
+
+
+def heldout_report_prompts(count: int) -> list[str]:
+    """Reporter prompts over real observations that the exits' training held out (every 4th of 32, then more)."""
+    observations = report_observations(camera_bag_dir(), evo_bags_dir() / ODOMETRY_BAG, 32 + count)
+    held = [o for i, o in enumerate(observations[:32]) if i % 4 == 2] + observations[32:]
+    return [report_prompt(o) for o in held[:count]]
 
 
 def chat(tokenizer, prompt: str) -> list[int]:
@@ -98,7 +109,7 @@ class WholeModel:
 def heldout_nll(whole: WholeModel, texts: list[str], threshold: float) -> dict[str, float]:
     """Mean NLL per token of held-out text (nats) under each policy's model: the whole model (chain, speculative),
     the exit (device), and per position the exit where it is confident, else the whole model (cascade)."""
-    exit_head = load_exit(whole.model, EXIT_LAYER)
+    exit_head = load_exit(describe(whole.model), EXIT_LAYER)
     sums = {"whole": 0.0, "device": 0.0, "cascade": 0.0}
     count = 0
     for text in texts:
@@ -108,10 +119,11 @@ def heldout_nll(whole: WholeModel, texts: list[str], threshold: float) -> dict[s
         whole_lp = torch.log_softmax(out.logits[0, :-1].float(), -1)
         exit_lp = torch.log_softmax(exit_head(out.hidden_states[EXIT_LAYER])[0, :-1].float(), -1)
         confident = exit_lp.exp().max(-1).values >= threshold
-        pick = lambda lp: -lp.gather(1, targets[:, None])[:, 0]  # noqa: E731
-        sums["whole"] += float(pick(whole_lp).sum())
-        sums["device"] += float(pick(exit_lp).sum())
-        sums["cascade"] += float(torch.where(confident, pick(exit_lp), pick(whole_lp)).sum())
+        whole_nll = -whole_lp.gather(1, targets[:, None])[:, 0]
+        exit_nll = -exit_lp.gather(1, targets[:, None])[:, 0]
+        sums["whole"] += float(whole_nll.sum())
+        sums["device"] += float(exit_nll.sum())
+        sums["cascade"] += float(torch.where(confident, exit_nll, whole_nll).sum())
         count += targets.numel()
     return {name: total / count for name, total in sums.items()}
 
@@ -138,10 +150,12 @@ class Driver:
         self.executor.add_node(self.node)
         self.chunks: list[tuple[float, InferenceResult]] = []
         self.link_bytes = 0
-        self.node.create_subscription(InferenceResult, "results", lambda r: self.chunks.append((time.perf_counter(), r)),
-                                      CONTROL)
+        self.node.create_subscription(InferenceResult, "results", self._chunk, CONTROL)
         self.requests = self.node.create_publisher(InferenceRequest, "requests", CONTROL)
         self.counters = []
+
+    def _chunk(self, result: InferenceResult) -> None:
+        self.chunks.append((time.perf_counter(), result))
 
     def count(self, topics: list[str]) -> None:
         self.counters = [self.node.create_subscription(ChainPacket, t, self._count, TENSORS, raw=True) for t in topics]
@@ -181,8 +195,8 @@ class Driver:
     def wait_until_serving(self, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            request_id = self.send("Hi", 1)
-            if self.wait(lambda: self.finished(request_id), 5) and not self.answer(request_id, 0).result.error_code:
+            asked = self.send("Hi", 1)
+            if self.wait(lambda asked=asked: self.finished(asked), 5) and not self.answer(asked, 0).result.error_code:
                 return
             time.sleep(0.5)
         raise TimeoutError("the chain did not come up")
@@ -343,8 +357,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     whole = WholeModel()
-    prompts = report_prompts(heldout=True)[:args.reports]
-    threshold = args.threshold if args.threshold is not None else load_exit(whole.model, EXIT_LAYER).threshold
+    prompts = heldout_report_prompts(args.reports)
+    threshold = args.threshold if args.threshold is not None else available_exits(MODEL)[EXIT_LAYER].threshold
     reference = [whole.answer(p, args.max_new_tokens)[0] for p in prompts]
     nll = heldout_nll(whole, prompts, threshold)
     print(f"emulated robot {1 / ROBOT_SLOWDOWN:.2f}x + edge 1x, link {LINK[0] * 1e3:.0f} ms / "
@@ -355,8 +369,8 @@ def main() -> int:
         f["nll"] = nll["device"] if name == "device" else nll["cascade"] if name == "cascade" else nll["whole"]
     host = one_host(prompts, whole, args.max_new_tokens, args.draft_tokens)
     chain = figures["chain"]
-    print(f"\n| policy | TTFT p50 (s) | p99 | decode tok/s p50 | vs chain | report p50 (s) | p99 | on robot | "
-          f"link bytes/report | agreement | exact | NLL | tokens/pass |")
+    print("\n| policy | TTFT p50 (s) | p99 | decode tok/s p50 | vs chain | report p50 (s) | p99 | on robot | "
+          "link bytes/report | agreement | exact | NLL | tokens/pass |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, f in figures.items():
         print(f"| {name} | {f['ttft_s_p50']:.3f} | {f['ttft_s_p99']:.3f} | {f['tokens_per_s_p50']:.1f} | "

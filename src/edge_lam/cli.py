@@ -105,6 +105,25 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def exits(args: argparse.Namespace) -> int:
+    """The early exits trained for a model (edge-lam prepare trains SmolLM2's), one row per exit layer: top-1
+    agreement with the whole model and NLL on held-out fleet text, and the confidence threshold at which the exit's
+    confident tokens agree with the whole model at the target rate (0.95), with the share of tokens that confident.
+    Pick the layer whose agreement and share suit the robot's blocks; the placement puts the deepest trained exit
+    the robot's blocks reach."""
+    from edge_lam.model.exits import available_exits, exit_table, exits_dir
+
+    found = available_exits(args.model)
+    if not found:
+        print(f"edge-lam exits: no exits prepared in {exits_dir(args.model)}; run `edge-lam prepare`",
+              file=sys.stderr)
+        return 1
+    print(exit_table(found))
+    info = next(iter(found.values()))
+    print(f"\nmodel {info.model}; trained on {info.training.get('data', '?')}")
+    return 0
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -267,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     add_record(commands)
     add_hosts(commands)
     add_transport(commands)
-
-
+    parser_exits = subcommand(commands, exits, help="the early exits trained for a model and how well each agrees")
+    parser_exits.add_argument("--model", default="smollm2-135m-instruct",
+                              help="model id from the cache, or a transformers folder (default smollm2-135m-instruct)")
     add_keys(commands)
     args = parser.parse_args(argv)
     return args.run(args)

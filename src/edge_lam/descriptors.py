@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # Kinds of module. ModuleAssignment has a KIND_* constant for each (edge_lam.wire.fleet maps them by name).
-MODULE_KINDS = ("embedding", "blocks", "head", "projector", "encoder")
+MODULE_KINDS = ("embedding", "blocks", "head", "projector", "encoder", "exit")
 # What a host is. ComputeAdvert has a ROLE_* constant for each.
 ROLES = ("robot", "edge", "cloud")
 # Dtypes hidden states may travel in between modules, with their bytes per element: the coordinator prices hops
@@ -37,7 +37,7 @@ WIRE_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
 DEFAULT_WIRE_DTYPE = "float16"  # also what a plan that names none means
 MIN_COMPUTE_SHARE = 0.05  # a host at full load is slow, not gone: it keeps this share of its compute
 
-_TEXT = re.compile(r"blocks:(\d+):(\d+)|encoder:([A-Za-z0-9_]+)|([a-z]+)")
+_TEXT = re.compile(r"blocks:(\d+):(\d+)|encoder:([A-Za-z0-9_]+)|exit:(\d+)|([a-z]+)")
 
 
 def wire_dtype_bytes(name: str) -> int:
@@ -49,11 +49,12 @@ def wire_dtype_bytes(name: str) -> int:
 
 @dataclass(frozen=True)
 class ModuleSpec:
-    """One module of a cut model: ``embedding``, ``blocks`` [layer_start, layer_end), ``head``, ``projector``, or a
-    sensor ``encoder`` (with a name).
+    """One module of a cut model: ``embedding``, ``blocks`` [layer_start, layer_end), ``head``, ``projector``, a
+    sensor ``encoder`` (with a name), or an early ``exit`` at layer L (``layer_start == layer_end == L``): a trained
+    head that reads the hidden states coming out of the blocks that end at L.
 
-    ``str(spec)`` is its text form (``blocks:0:30``, ``encoder:camera``), what parameters and plans carry;
-    ``module_id`` (``blocks_0_30``) names it in node names, timings and adverts.
+    ``str(spec)`` is its text form (``blocks:0:30``, ``encoder:camera``, ``exit:15``), what parameters and plans
+    carry; ``module_id`` (``blocks_0_30``, ``exit_15``) names it in node names, timings and adverts.
     """
 
     kind: str
@@ -66,7 +67,10 @@ class ModuleSpec:
             raise ValueError(f"unknown module kind '{self.kind}' (expected one of {MODULE_KINDS})")
         if self.kind == "blocks" and not 0 <= self.layer_start < self.layer_end:
             raise ValueError(f"bad layer range [{self.layer_start}, {self.layer_end})")
-        if self.kind != "blocks" and (self.layer_start or self.layer_end):
+        if self.kind == "exit" and not 0 < self.layer_start == self.layer_end:
+            raise ValueError(f"an exit sits after a layer L > 0 (layer_start == layer_end == L), got "
+                             f"[{self.layer_start}, {self.layer_end})")
+        if self.kind not in ("blocks", "exit") and (self.layer_start or self.layer_end):
             raise ValueError(f"a {self.kind} module has no layer range")
         if (self.kind == "encoder") != bool(self.name):
             raise ValueError("an encoder module needs a name, and only an encoder has one")
@@ -74,6 +78,8 @@ class ModuleSpec:
     def __str__(self) -> str:
         if self.kind == "blocks":
             return f"blocks:{self.layer_start}:{self.layer_end}"
+        if self.kind == "exit":
+            return f"exit:{self.layer_end}"
         return f"encoder:{self.name}" if self.kind == "encoder" else self.kind
 
     @property
@@ -85,25 +91,45 @@ class ModuleSpec:
         """Whether the module is a link of the token chain (embedding -> blocks -> head)."""
         return self.kind in ("embedding", "blocks", "head")
 
+    @property
+    def is_exit(self) -> bool:
+        """Whether the module is an early exit: a side branch of the chain that hidden states pass through."""
+        return self.kind == "exit"
+
+    @staticmethod
+    def exit_at(layer: int) -> ModuleSpec:
+        """The exit that reads the hidden states out of layer ``layer - 1``."""
+        return ModuleSpec("exit", layer, layer)
+
     def follows(self, before: ModuleSpec) -> bool:
-        """Whether this module takes what ``before`` gives, so both can run as one shard."""
+        """Whether this module takes what ``before`` gives, so both can run as one shard.
+
+        An exit passes its input hidden states on unchanged, so ``blocks:L:M`` (or the head, at the last layer)
+        follows ``exit:L`` as it would follow the blocks that end at L.
+        """
+        if before.kind == "exit" and self.kind in ("blocks", "head"):
+            return self.kind == "head" or self.layer_start == before.layer_end
         return (
             (before.kind == "embedding" and self.kind == "blocks" and self.layer_start == 0)
             or (before.kind == "blocks" and self.kind == "blocks" and self.layer_start == before.layer_end)
             or (before.kind == "blocks" and self.kind == "head")
+            or (before.kind == "blocks" and self.kind == "exit" and self.layer_end == before.layer_end)
         )
 
     @staticmethod
     def parse(text: str) -> ModuleSpec:
-        """'embedding', 'head', 'projector', 'blocks:START:END' (END exclusive) or 'encoder:NAME'."""
+        """'embedding', 'head', 'projector', 'blocks:START:END' (END exclusive), 'encoder:NAME' or 'exit:LAYER'."""
         match = _TEXT.fullmatch(text.strip())
         if match is None:
-            raise ValueError(f"'{text}' is not a module (embedding, blocks:START:END, head, projector, encoder:NAME)")
+            raise ValueError(f"'{text}' is not a module (embedding, blocks:START:END, head, projector, encoder:NAME, "
+                             "exit:LAYER)")
         if match[1] is not None:
             return ModuleSpec("blocks", int(match[1]), int(match[2]))
         if match[3] is not None:
             return ModuleSpec("encoder", name=match[3])
-        return ModuleSpec(match[4])
+        if match[4] is not None:
+            return ModuleSpec.exit_at(int(match[4]))
+        return ModuleSpec(match[5])
 
 
 def chain_specs(num_layers: int, cuts: list[int]) -> list[ModuleSpec]:

@@ -76,3 +76,9 @@ def camera_bag_dir() -> pathlib.Path:
 def evo_bags_dir() -> pathlib.Path:
     """The real bags from evo's test data: nav2_turtlebot.mcap, tf_example/ (sqlite3) and two ROS 1 bags."""
     return require(asset_dir("data", "evo"), "evo's bags")
+
+
+def exits_folder(model: str) -> pathlib.Path:
+    """Where a model's trained early exits live (not required here: a model without exits is normal), by the
+    model's id or the name of its folder."""
+    return asset_dir("models", f"{pathlib.Path(model).name}-exits")

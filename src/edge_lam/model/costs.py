@@ -12,7 +12,9 @@ from edge_lam.descriptors import DEFAULT_WIRE_DTYPE, ModuleSpec, wire_dtype_byte
 from edge_lam.model.decompose import Architecture, Head, describe
 from edge_lam.placement.types import TOKEN_ID_BYTES, Unit
 
-__all__ = ["ModuleCost", "chain_units", "llama_units", "module_cost"]
+__all__ = ["ModuleCost", "chain_units", "exit_unit", "llama_exit_unit", "llama_units", "module_cost"]
+
+DEFAULT_EXIT_RANK = 64  # what the prepare step trains (model/exits.py)
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,21 @@ class ModuleCost:
     attention_flops_per_context_token: int  # added per token of context already in the cache
 
 
-def module_cost(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 384) -> ModuleCost:
-    """The cost of ``spec`` without building it."""
+def module_cost(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 384,
+                exit_rank: int = DEFAULT_EXIT_RANK, shares_head: bool = False) -> ModuleCost:
+    """The cost of ``spec`` without building it.
+
+    An exit costs its adapter (``exit_rank``) and the final norm and head; ``shares_head``: its host already holds
+    the head's matrix (the head, or the embedding when the two are tied), so only the adapter and norm add memory.
+    Its FLOPs are the adapter's and the vocabulary projection's, per token it decides.
+    """
     config, itemsize = arch.config, arch.dtype.itemsize
+    if spec.kind == "exit":
+        head = Head(arch)
+        adapter = 2 * arch.hidden_size * exit_rank
+        matrix = head.lm_head.weight.numel()
+        held = adapter + sum(p.numel() for p in head.parameters()) - (matrix if shares_head else 0)
+        return ModuleCost(held, held * itemsize, 0, 2 * (adapter + matrix), 0)
     if spec.kind == "embedding":
         parts = [arch.model.get_input_embeddings(), *(getattr(arch.base, n) for n in arch.position_embeddings)]
         params = sum(p.numel() for m in parts for p in m.parameters())
@@ -89,6 +103,21 @@ def llama_units(
         Unit(ModuleSpec("head"), 0, head_params * dtype_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
              flops_per_step=2 * head_params),
     ]
+
+
+def llama_exit_unit(layer: int, *, hidden_size: int, vocab_size: int, rank: int = DEFAULT_EXIT_RANK,
+                    dtype_bytes: int = 4, shares_head: bool = True) -> Unit:
+    """The exit at ``layer`` of a Llama-style model from its sizes alone, counted as :func:`module_cost` counts it.
+    It sends nothing down the chain (hidden states pass through it), so its out bytes are zero."""
+    adapter, matrix = 2 * hidden_size * rank, vocab_size * hidden_size
+    held = adapter + hidden_size + (0 if shares_head else matrix)
+    return Unit(ModuleSpec.exit_at(layer), 2 * (adapter + matrix), held * dtype_bytes)
+
+
+def exit_unit(model: PreTrainedModel, layer: int, rank: int = DEFAULT_EXIT_RANK, shares_head: bool = True) -> Unit:
+    """The exit at ``layer`` of any model ``decompose`` can cut, priced by :func:`module_cost`."""
+    cost = module_cost(describe(model), ModuleSpec.exit_at(layer), exit_rank=rank, shares_head=shares_head)
+    return Unit(ModuleSpec.exit_at(layer), cost.flops_per_token, cost.weight_bytes)
 
 
 def chain_units(model: PreTrainedModel, wire_dtype: str = DEFAULT_WIRE_DTYPE) -> list[Unit]:

@@ -189,7 +189,8 @@ class Projector(nn.Module):
 
 
 def build_module(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 384) -> nn.Module:
-    """The runnable module for ``spec`` (a model module: encoders are nodes of their own)."""
+    """The runnable module for ``spec`` (a model module: encoders are nodes of their own). An exit is loaded from
+    the exits prepared for the model (AssetMissingError naming the command that trains them when there are none)."""
     if spec.kind == "embedding":
         return Embedding(arch)
     if spec.kind == "blocks":
@@ -198,4 +199,8 @@ def build_module(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 3
         return Head(arch)
     if spec.kind == "projector":
         return Projector(projector_in_dim, arch.hidden_size, arch.dtype)
+    if spec.kind == "exit":
+        from edge_lam.model.exits import load_exit  # exits builds on this module's Head: imported when needed
+
+        return load_exit(arch, spec.layer_end)
     raise ValueError(f"{spec} is a node of its own, not a module of the model")

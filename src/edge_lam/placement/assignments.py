@@ -61,6 +61,8 @@ def chain_topics(module: ModuleSpec, num_layers: int) -> tuple[str, str]:
         return f"chain/hidden_{module.layer_start}", f"chain/hidden_{module.layer_end}"
     if module.kind == "head":
         return f"chain/hidden_{num_layers}", CHAIN_OUTPUT
+    if module.kind == "exit":  # a side branch: reads the hidden states and passes them on unchanged
+        return f"chain/hidden_{module.layer_end}", f"chain/hidden_{module.layer_end}"
     raise ValueError(f"a {module.kind} module has no place in the text chain")
 
 

@@ -1,5 +1,5 @@
 """Prepare the cache once: SmolLM2 converted from its GGUF, EfficientNet-Lite0 exported to ONNX, evo's bags,
-scikit-image's photos, the patch codebook trained on them, and a camera bag made from them.
+scikit-image's photos, the patch codebook trained on them, a camera bag made from them, and SmolLM2's early exits.
 
 Each step builds into a temporary folder and renames it when whole, so an interrupted run leaves nothing that
 looks finished. A step whose folder is complete is skipped, which keeps a second setup fast.
@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edge_lam.assets.cache import COMPLETE_MARKER, asset_dir, is_complete
+from edge_lam.assets.cache import COMPLETE_MARKER, asset_dir, exits_folder, is_complete
+from edge_lam.prepare.exits import EXIT_MODEL, build_exits
 
 if TYPE_CHECKING:  # numpy is imported by the steps that need it, so `prepare` starts fast
     import numpy as np
@@ -284,6 +285,8 @@ def steps() -> list[Step]:
         Step(f"scikit-image {SKIMAGE_VERSION} photos", asset_dir("data", "skimage-photos"), build_skimage_photos),
         Step("patch codebook (k-means on the photos)", asset_dir("models", "patch-vq"), build_patch_codebook),
         Step("camera bag (MCAP, from the photos)", asset_dir("data", "camera-bag"), build_camera_bag),
+        # Trained on report prompts over the camera bag and on the domain set (evo's bags): after both.
+        Step("SmolLM2 early exits (self-distillation)", exits_folder(EXIT_MODEL), build_exits),
     ]
 
 

@@ -54,8 +54,8 @@ def module_of(msg: ModuleAssignment) -> ModuleSpec:
     kind = _KINDS.get(msg.kind)
     if kind is None or kind == "encoder":
         raise ValueError(f"module {msg.module_id}: kind {msg.kind} is not a module of the model")
-    if kind == "blocks":
-        return ModuleSpec("blocks", msg.layer_start, msg.layer_end)
+    if kind in ("blocks", "exit"):
+        return ModuleSpec(kind, msg.layer_start, msg.layer_end)
     return ModuleSpec(kind)
 
 
