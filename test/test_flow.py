@@ -11,11 +11,18 @@ import time
 import uuid
 
 import pytest
+import torch
 from ament_index_python.packages import get_package_prefix
-from edge_lam_msgs.msg import InferenceResult
+from edge_lam_msgs.msg import InferenceRequest, InferenceResult
 from edge_lam_msgs.srv import Generate
 
 from conftest import REPORTED, Processes
+from edge_lam.chain.requests import Route
+from edge_lam.chain.shard import ShardCore
+from edge_lam.descriptors import ModuleSpec
+from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.model.sampling import Sampling
+from edge_lam.ros.qos import CONTROL
 from model_reference import greedy_tokens
 from ros_client import RosClient
 
@@ -26,7 +33,7 @@ MAX_NEW = 24
 # the list), so every draft is wrong; the third is a question.
 PROMPTS = ['Write the sentence "The robot is moving forward slowly and turning left near the charging station" again.',
            "Repeat this list exactly: red, green, blue, red, green, blue, red, green, blue.", "What is a robot?"]
-FRONT = ["embedding", "blocks:0:15"]
+FRONT = ["embedding", "blocks:0:15", "exit:15"]  # the robot's part of the model, and its early exit
 BACK = ["-p", "modules:=['blocks:15:30', head]", "-p", "input_topic:=chain/hidden_15"]
 
 
@@ -70,6 +77,26 @@ def reference() -> dict[str, list[int]]:
 
 
 @pytest.fixture(scope="module")
+def exit_reference() -> dict[str, list[int]]:
+    """What the robot's exit alone answers (greedy), computed in this process with the shard's own core."""
+    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
+    core = ShardCore(model, [ModuleSpec.parse(m) for m in FRONT])
+    answers = {}
+    for prompt in PROMPTS:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=False)
+        tokens, position, step_ids = [], 0, list(ids)
+        while len(tokens) < MAX_NEW and (not tokens or tokens[-1] != tokenizer.eos_token_id):
+            out = core.step({"input_ids": torch.tensor([step_ids])}, prompt, position, position == 0, Sampling(),
+                            len(tokens), route=Route.EXIT)
+            position += len(step_ids)
+            step_ids = [int(out.exit["next_token"][0])]
+            tokens += step_ids
+        answers[prompt] = tokens
+    return answers
+
+
+@pytest.fixture(scope="module")
 def split():
     namespace = f"flow_{uuid.uuid4().hex[:6]}"
     processes = Processes()
@@ -105,3 +132,67 @@ def test_chain_policy_and_default_give_the_whole_models_tokens_from_the_chain(sp
         result = split.generate(PROMPTS[1], policy=policy)
         assert list(result.token_ids) == reference[PROMPTS[1]]
         assert set(result.token_sources) == {InferenceResult.SOURCE_CHAIN} and result.policy == "chain"
+
+
+def test_device_answers_with_the_robots_exit_alone(split, exit_reference):
+    for prompt in PROMPTS[1:]:
+        result = split.generate(prompt, policy="device")
+        assert result.error_code == InferenceResult.ERROR_NONE, result.error_message
+        assert list(result.token_ids) == exit_reference[prompt]
+        assert set(result.token_sources) == {InferenceResult.SOURCE_EXIT} and not result.degraded
+
+
+def test_cascade_takes_the_exit_where_it_is_sure_and_the_chain_elsewhere(split, reference, exit_reference):
+    prompt = PROMPTS[2]
+    always_exit = split.generate(prompt, policy="cascade", cascade_threshold=1e-6)
+    assert list(always_exit.token_ids) == exit_reference[prompt]
+    assert set(always_exit.token_sources) == {InferenceResult.SOURCE_EXIT}
+    never_sure = split.generate(prompt, policy="cascade", cascade_threshold=1.0)
+    assert list(never_sure.token_ids) == reference[prompt]
+    assert set(never_sure.token_sources) == {InferenceResult.SOURCE_CHAIN}
+    mixed = split.generate(prompt, policy="cascade", cascade_threshold=0.5)
+    sources = list(mixed.token_sources)
+    assert mixed.error_code == InferenceResult.ERROR_NONE and len(sources) == len(mixed.token_ids)
+    on_robot = sources.count(InferenceResult.SOURCE_EXIT)
+    REPORTED.append(f"flow: cascade at 0.5 on {prompt!r}: {on_robot} of {len(sources)} tokens decided on the robot")
+
+
+def test_speculative_with_the_exit_drafting_answers_the_whole_models_greedy_tokens(split, reference):
+    for prompt in PROMPTS[1:]:
+        result = split.generate(prompt, policy="speculative", drafter="exit", draft_tokens=3)
+        assert result.error_code == InferenceResult.ERROR_NONE, result.error_message
+        assert list(result.token_ids) == reference[prompt]
+        assert result.drafted > 0 and result.accepted == result.token_sources.count(InferenceResult.SOURCE_DRAFT_EXIT)
+        REPORTED.append(f"flow: speculative (exit drafts, 3) on {prompt!r}: {len(result.token_ids)} tokens in "
+                        f"{result.verify_passes} passes, {result.accepted}/{result.drafted} drafts kept")
+
+
+def test_with_the_edge_taken_away_mid_request_the_robot_finishes_the_answer_flagged_degraded(processes, reference):
+    namespace = f"flow_cut_{uuid.uuid4().hex[:6]}"
+    started = start_split(processes, namespace, FRONT, "-p", "degrade_after_s:=2.0")
+    client = Client(namespace)
+    try:
+        client.wait_until_serving()
+        results = client.collect(InferenceResult, "results", CONTROL)
+        requests = client.publisher(InferenceRequest, "requests", CONTROL)
+        request = InferenceRequest(request_id=uuid.uuid4().hex, prompt=PROMPTS[2])
+        request.options.max_new_tokens = MAX_NEW
+        requests.publish(request)
+        assert client.spin_until(lambda: sum(len(r.token_ids) for r in results) >= 3, 120), "no tokens"
+        started["back"].kill()  # the edge's shard, gone mid-request
+        started["back"].wait(10)
+        assert client.spin_until(lambda: any(r.final for r in results), 120), "no final result"
+        final = next(r for r in results if r.final)
+        assert final.error_code == InferenceResult.ERROR_NONE, final.error_message
+        assert final.degraded and final.policy == "device"
+        sources = [s for r in results for s in r.token_sources]
+        tokens = [t for r in results for t in r.token_ids]
+        first_exit = sources.index(InferenceResult.SOURCE_EXIT)
+        assert first_exit >= 3 and set(sources[:first_exit]) == {InferenceResult.SOURCE_CHAIN}
+        assert tokens[:first_exit] == reference[PROMPTS[2]][:first_exit]
+        after = client.generate(PROMPTS[1], max_new_tokens=4)  # the chain is gone: a new request starts on the exit
+        assert after.error_code == InferenceResult.ERROR_NONE and after.degraded
+        REPORTED.append(f"flow: edge shard killed after {first_exit} tokens: {len(tokens) - first_exit} more from "
+                        "the robot's exit, result degraded")
+    finally:
+        client.close()
