@@ -57,6 +57,9 @@ __all__ = ["PROBE_INTERVAL_S", "Action", "GatewayCore", "Timeouts"]
 Action = ChainStep | Result | Log
 DEFAULT_FLOWS = FlowSettings()
 PROBE_INTERVAL_S = 1.0  # how often to send a probe through the chain while it is not known to be connected
+# How often to probe for the robot's early exit while none has answered: rarer, since a chain may have none (its
+# probes then go through the whole chain and back, ignored).
+EXIT_PROBE_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -268,7 +271,7 @@ class GatewayCore:
             self._probe_sent_at = now
             self._out.append(ChainStep(self._probe_prefix + uuid.uuid4().hex, release=True))
         if self._flows.exit and not self._exit_ready and (
-                self._exit_probe_sent_at is None or now - self._exit_probe_sent_at > PROBE_INTERVAL_S):
+                self._exit_probe_sent_at is None or now - self._exit_probe_sent_at > EXIT_PROBE_INTERVAL_S):
             self._exit_probe_sent_at = now
             self._out.append(ChainStep(self._probe_prefix + uuid.uuid4().hex, release=True, route=Route.EXIT))
         for session_id in [sid for sid, s in self._sessions.items()
