@@ -193,3 +193,25 @@ def test_hosts_that_die_or_go_silent_lose_their_modules_and_no_fit_keeps_the_las
     late = fleet.client.collect(PlacementPlan, fleet.plan_topic, LATCHED)
     assert fleet.client.spin_until(lambda: late, 10) and late[-1].plan_id == third.plan_id
     assert "an advert writer lost liveliness" in fleet.output()
+
+
+def test_robot_exit_puts_the_deepest_trained_exit_the_first_hosts_blocks_reach(start_fleet):
+    from edge_lam.model.exits import available_exits  # torch: not at collection
+
+    trained = sorted(available_exits("smollm2-135m-instruct"))
+    assert trained, "run `edge-lam prepare` to train the exits"
+    fleet = start_fleet(robot_exit=True)
+    fleet.hosts.set("robot", 10.0, 450 * MB, peers=("edge",))
+    fleet.hosts.set("edge", 30.0, 450 * MB)
+    plan = fleet.wait_plan(1, 60)
+    first = plan.modules[0].host_id
+    reach = max(m.layer_end for m in plan.modules if m.host_id == first and m.kind == ModuleAssignment.KIND_BLOCKS)
+    (exit_module,) = [m for m in plan.modules if m.kind == ModuleAssignment.KIND_EXIT]
+    layer = max(t for t in trained if t <= reach)  # neither host holds the 746 MB: the first one reaches layer 11+
+    assert (exit_module.host_id, exit_module.layer_start, exit_module.layer_end) == (first, layer, layer)
+    assert exit_module.input_topic == exit_module.output_topic == f"chain/hidden_{layer}"
+    assert exit_module.memory_bytes == (2 * 576 * 64 + 576) * 4  # adapter and norm: the robot holds the tied head
+    # The rest is still the whole chain, each module reading what the one before writes.
+    assert all(a.output_topic == b.input_topic for a, b in itertools.pairwise(plan.modules))
+    blocks = [(m.layer_start, m.layer_end) for m in plan.modules if m.kind == ModuleAssignment.KIND_BLOCKS]
+    assert blocks[0][0] == 0 and blocks[-1][1] == 30 and all(a[1] == b[0] for a, b in itertools.pairwise(blocks))

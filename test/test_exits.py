@@ -186,5 +186,8 @@ def test_smollm2_exits_are_prepared_with_sane_figures():
         assert 0.0 <= info.agreement <= 1.0 and 0.0 <= info.confident_share <= 1.0
         assert math.isfinite(info.nll) and math.isfinite(info.whole_nll) and info.nll > info.whole_nll
         assert info.agreement > info.logit_lens_agreement  # training paid
-    deepest = found[max(found)]
-    assert deepest.agreement == max(i.agreement for i in found.values())
+    # Deeper exits see more of the model: the deepest has the lowest NLL (smoother than top-1 agreement, whose
+    # order between neighbouring layers the ~2k held-out positions do not settle) and beats the shallowest.
+    deepest, shallowest = found[max(found)], found[min(found)]
+    assert deepest.nll == min(i.nll for i in found.values())
+    assert deepest.agreement > shallowest.agreement

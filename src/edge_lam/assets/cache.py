@@ -78,7 +78,10 @@ def evo_bags_dir() -> pathlib.Path:
     return require(asset_dir("data", "evo"), "evo's bags")
 
 
+EXITS_VERSION = "v2"  # bumped when the exits' training recipe changes, so a cache made by an older setup is rebuilt
+
+
 def exits_folder(model: str) -> pathlib.Path:
     """Where a model's trained early exits live (not required here: a model without exits is normal), by the
     model's id or the name of its folder."""
-    return asset_dir("models", f"{pathlib.Path(model).name}-exits")
+    return asset_dir("models", f"{pathlib.Path(model).name}-exits-{EXITS_VERSION}")

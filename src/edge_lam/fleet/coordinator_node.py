@@ -16,13 +16,15 @@ import torch
 from edge_lam_msgs.msg import ComputeAdvert, PlacementPlan
 from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from edge_lam.descriptors import wire_dtype_bytes
 from edge_lam.fleet.coordination import Chain, Coordinator, Decision, Policy, placement_table
-from edge_lam.model.costs import chain_units
+from edge_lam.model.costs import chain_units, exit_unit
+from edge_lam.model.exits import available_exits
 from edge_lam.model.loading import model_path
-from edge_lam.placement.assignments import assignments
+from edge_lam.placement.assignments import Assignment, assignments
+from edge_lam.placement.exits import with_exit
 from edge_lam.placement.types import Unit
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
@@ -33,12 +35,17 @@ from edge_lam.wire.fleet import from_advert_msg, to_plan_msg
 TICK_S = 0.1  # how often timeouts and the settling are checked; a look at the fleet costs far more than this check
 
 
-def model_chain(model: str, wire_dtype: str) -> tuple[list[Unit], int]:
-    """The model's units and number of layers, from its config: a meta-device model has shapes but no weights."""
+def model_shapes(model: str) -> PreTrainedModel:
+    """The model built from its config on the meta device: shapes, no weights."""
     config = AutoConfig.from_pretrained(model_path(model))
     with torch.device("meta"):
-        shapes = AutoModelForCausalLM.from_config(config)
-    return chain_units(shapes, wire_dtype), config.get_text_config(decoder=True).num_hidden_layers
+        return AutoModelForCausalLM.from_config(config)
+
+
+def model_chain(model: str, wire_dtype: str) -> tuple[list[Unit], int]:
+    """The model's units and number of layers."""
+    shapes = model_shapes(model)
+    return chain_units(shapes, wire_dtype), shapes.config.get_text_config(decoder=True).num_hidden_layers
 
 
 def in_force(decision: Decision) -> str:
@@ -83,6 +90,16 @@ class CoordinatorNode(Node):
         wire_dtype_bytes(self._wire_dtype)  # ValueError naming the choices
         units, num_layers = model_chain(self._model, self._wire_dtype)
         self._core = Coordinator(Chain(tuple(units), num_layers, gateway, context), policy)
+        self._exit_layers: tuple[int, ...] = ()
+        if declare(self, "robot_exit", False, "Add to every plan the deepest trained early exit that the blocks of "
+                   "the chain's first host (the robot) reach (edge-lam exits lists them)."):
+            self._exit_layers = tuple(available_exits(self._model))
+            if not self._exit_layers:
+                self.get_logger().warning(f"robot_exit: no exits trained for {self._model} (run `edge-lam prepare`); "
+                                          "plans carry none")
+            shapes = model_shapes(self._model)
+            self._exit_shapes = shapes  # the robot holds the embedding: with tied weights, also the head's matrix
+            self._exit_shares_head = bool(getattr(shapes.config, "tie_word_embeddings", False))
         self._version = 0
         self._last_error = ""
 
@@ -143,7 +160,8 @@ class CoordinatorNode(Node):
         plan = decision.plan
         assert plan is not None
         core = self._core
-        assigned = assignments(plan, core.chain.units, decision.hosts, core.chain.num_layers)
+        assigned = self.with_robot_exit(
+            assignments(plan, core.chain.units, decision.hosts, core.chain.num_layers), decision)
         self._version += 1
         self._plans.publish(self._trust.sign(to_plan_msg(
             str(uuid.uuid4()), self._version, self._model, self._wire_dtype, assigned, plan.expected_latency_s,
@@ -153,6 +171,14 @@ class CoordinatorNode(Node):
             f"plan v{self._version} ({decision.reason}): {plan.expected_latency_s * 1e3:.2f} ms per token expected"
             f"{was}; solver {plan.solver}; hosts {', '.join(core.host_ids)}\n{placement_table(plan, assigned)}"
         )
+
+    def with_robot_exit(self, assigned: list[Assignment], decision: Decision) -> list[Assignment]:
+        if not self._exit_layers or not assigned:
+            return assigned
+        first = assigned[0].host_id
+        gflops = next((h.gflops for h in decision.hosts if h.host_id == first), 0.0)
+        return with_exit(assigned, self._exit_layers,
+                         lambda layer: exit_unit(self._exit_shapes, layer, shares_head=self._exit_shares_head), gflops)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -34,7 +34,7 @@ class DistillSettings:
     rank: int = 64
     steps: int = 200
     batch_positions: int = 256
-    lr: float = 3e-3
+    lr: float = 1e-2
     temperature: float = 1.0
     extra_candidates: int = 2048
     seed: int = 0
