@@ -209,7 +209,7 @@ class Driver:
 
 @contextlib.contextmanager
 def fleet(params: dict, commands: list[list[str]]) -> Iterator[tuple[Driver, list[subprocess.Popen]]]:
-    """Start ``commands`` (``{params}`` and ``{ns}`` filled in), and a driver in their namespace; stop them all."""
+    """Start ``commands`` with ``params`` in a namespace of their own, and a driver there; stop them all."""
     namespace = f"flow_{uuid.uuid4().hex[:8]}"
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
         yaml.safe_dump(params, file)
@@ -241,7 +241,8 @@ def emulated_params(threshold: float, draft_tokens: int) -> dict:
                                                 "host_id": "robot"}},
         "/**/edge_shard": {"ros__parameters": {**shard, "modules": ["blocks:15:30", "head"],
                                                "input_topic": LINK_TOPICS[0], "output_topic": LINK_TOPICS[1],
-                                               "input_link": LINK, "output_link": LINK, "host_id": "edge"}},
+                                               "input_link": list(LINK), "output_link": list(LINK),
+                                               "host_id": "edge"}},
         "/**/gateway": {"ros__parameters": {"model": MODEL, "plan_topic": "", "chain_output_topic": LINK_TOPICS[1],
                                             "cascade_threshold": threshold, "draft_tokens": draft_tokens,
                                             "degrade_after_s": 2.0}},
@@ -277,7 +278,7 @@ class PolicyRun:
 
 def emulated(prompts: list[str], reference: list[list[int]], max_new: int, threshold: float,
              draft_tokens: int, cut_requests: int) -> tuple[dict[str, dict], float]:
-    commands = [[LIB / "compose", "shard:robot_shard", "gateway:gateway"], [LIB / "shard", "-r", "__node:=edge_shard"]]
+    commands = [[LIB / "compose", "shard:robot_shard", "gateway:gateway"], [LIB / "compose", "shard:edge_shard"]]
     with fleet(emulated_params(threshold, draft_tokens), commands) as (driver, processes):
         driver.count(LINK_TOPICS)
         driver.ask(prompts[0], 4)  # warm-up, not counted
@@ -309,7 +310,7 @@ def one_host(prompts: list[str], whole: WholeModel, max_new: int, draft_tokens: 
     params["/**/gateway"] = {"ros__parameters": {"model": MODEL, "plan_topic": "", "exit_topic": "",
                                                  "draft_tokens": draft_tokens}}
     commands = [[LIB / "compose", "shard:shard_0", "gateway:gateway"],
-                *([LIB / "shard", "-r", f"__node:=shard_{i}"] for i in (1, 2))]
+                *([LIB / "compose", f"shard:shard_{i}"] for i in (1, 2))]
     speculative, chain, baseline, identical = [], [], [], True
     with fleet(params, commands) as (driver, _):
         driver.ask(prompts[0], 4)
