@@ -30,7 +30,8 @@ LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 MODEL = "smollm2-135m-instruct"
 MAX_NEW = 24
 # The first answer copies its prompt (prompt lookup drafts it well); the second does not (this model does not repeat
-# the list), so every draft is wrong; the third is a question.
+# the list: what drafts it gets are wrong); the third is a question. Drafts wrong at once, every time: the exit's
+# (test_speculative_with_the_exit_drafting_...), and test_flow_core's shards with wrong drafts.
 PROMPTS = ['Write the sentence "The robot is moving forward slowly and turning left near the charging station" again.',
            "Repeat this list exactly: red, green, blue, red, green, blue, red, green, blue.", "What is a robot?"]
 FRONT = ["embedding", "blocks:0:15", "exit:15"]  # the robot's part of the model, and its early exit
@@ -122,9 +123,8 @@ def test_speculative_decoding_answers_the_whole_models_greedy_tokens(split, refe
         assert 0 <= result.verify_passes - (len(result.token_ids) - accepted) <= 1
         REPORTED.append(f"flow: speculative (prompt lookup, 4 drafts) on {prompt[:30]!r}: {len(result.token_ids)} "
                         f"tokens in {result.verify_passes} passes, {result.accepted}/{result.drafted} drafts kept")
-    copy, wrong = (split.generate(p, policy="speculative", drafter="ngram", draft_tokens=4) for p in PROMPTS[:2])
+    copy = split.generate(PROMPTS[0], policy="speculative", drafter="ngram", draft_tokens=4)
     assert copy.verify_passes < len(copy.token_ids) * 0.7  # copying: most tokens come as kept drafts
-    assert wrong.drafted > 0 and wrong.accepted == 0  # every draft rejected, the answer still the whole model's
 
 
 def test_chain_policy_and_default_give_the_whole_models_tokens_from_the_chain(split, reference):
@@ -159,7 +159,7 @@ def test_cascade_takes_the_exit_where_it_is_sure_and_the_chain_elsewhere(split, 
 
 def test_speculative_with_the_exit_drafting_answers_the_whole_models_greedy_tokens(split, reference):
     for prompt in PROMPTS[1:]:
-        result = split.generate(prompt, policy="speculative", drafter="exit", draft_tokens=3)
+        result = split.generate(prompt, policy="speculative", drafter="exit", draft_tokens=3, cascade_threshold=0.3)
         assert result.error_code == InferenceResult.ERROR_NONE, result.error_message
         assert list(result.token_ids) == reference[prompt]
         assert result.drafted > 0 and result.accepted == result.token_sources.count(InferenceResult.SOURCE_DRAFT_EXIT)
@@ -169,7 +169,8 @@ def test_speculative_with_the_exit_drafting_answers_the_whole_models_greedy_toke
 
 def test_with_the_edge_taken_away_mid_request_the_robot_finishes_the_answer_flagged_degraded(processes, reference):
     namespace = f"flow_cut_{uuid.uuid4().hex[:6]}"
-    started = start_split(processes, namespace, FRONT, "-p", "degrade_after_s:=2.0")
+    # patient enough that a loaded machine's prefill is not taken for a cut
+    started = start_split(processes, namespace, FRONT, "-p", "degrade_after_s:=10.0")
     client = Client(namespace)
     try:
         client.wait_until_serving()

@@ -12,7 +12,7 @@ import torch
 from edge_lam_msgs.msg import ChainPacket, GenerationOptions, InferenceResult
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from edge_lam.chain.drafting import prompt_lookup
+from edge_lam.chain.drafting import AnswerHistory, prompt_lookup
 from edge_lam.chain.flow import FlowSettings
 from edge_lam.chain.gateway import PROBE_INTERVAL_S, GatewayCore, Timeouts
 from edge_lam.chain.requests import ChainOutput, ChainStep, Options, Request, Result, ResultError, Route, Source
@@ -64,8 +64,19 @@ def test_prompt_lookup_continues_the_latest_earlier_occurrence_of_the_longest_re
     tokens = [5, 6, 7, 8, 1, 5, 6, 9, 2, 5, 6]
     assert prompt_lookup(tokens, 2) == [9, 2]  # "5 6" last seen before at 5: followed by 9 2
     assert prompt_lookup([1, 2, 3, 4], 3) == []  # nothing repeats
-    assert prompt_lookup([4, 1, 2, 4], 5) == [1, 2, 4]  # what follows may run into the suffix itself
+    assert prompt_lookup([4, 1, 2, 4], 3) == []  # a one-token match is too weak a guess
+    assert prompt_lookup([4, 1, 2, 4], 3, min_ngram=1) == [1, 2, 4]  # what follows may run into the suffix itself
     assert prompt_lookup(tokens, 0) == []
+
+
+def test_prompt_lookup_falls_back_to_earlier_answers():
+    history = AnswerHistory(size=2)
+    for answer in ([1, 2, 3, 4], [7, 8, 9], [5, 6, 10, 11]):
+        history.add(answer)
+    assert history.tokens == [7, 8, 9, 5, 6, 10, 11]  # the oldest answer is forgotten
+    assert prompt_lookup([20, 5, 6], 2, history=history.tokens) == [10, 11]
+    assert prompt_lookup([5, 6, 30, 5, 6], 2, history=history.tokens) == [30, 5]  # the session's own first
+    assert prompt_lookup([20, 2, 3], 2, history=history.tokens) == []
 
 
 def test_a_truncating_checkout_cuts_the_cache_back_and_refuses_positions_past_its_end():
@@ -256,6 +267,16 @@ def test_speculative_with_the_exit_drafting_gives_the_whole_models_tokens_even_w
     assert Source.DRAFT_EXIT in sources and final.accepted < final.drafted
     drafting = [s for s in flows.sent if s.route == Route.EXIT]
     assert drafting and not any(s.options.do_sample for s in drafting)  # drafts are the exit's greedy choice
+
+
+def test_an_unsure_exit_ends_its_draft_round_and_the_chain_decides_alone():
+    flows = Flows(TRUTH, FlowSettings(policy="speculative", drafter="exit", draft_tokens=3, cascade_threshold=0.8,
+                                      exit=True), exit_confidence=0.5)
+    flows.connect()
+    final = flows.run(flows.ask())
+    tokens, sources = flows.tokens()
+    assert tokens == TRUTH and set(sources) == {Source.CHAIN} and final.drafted == 0
+    assert not [s for s in flows.sent if s.verify]  # nothing to verify: plain steps after each unsure draft
 
 
 def test_cascade_takes_confident_exit_tokens_without_waiting_and_the_rest_from_the_chain():

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from transformers import AutoConfig, GenerationConfig
 
 from edge_lam.chain import flow
-from edge_lam.chain.drafting import prompt_lookup
+from edge_lam.chain.drafting import AnswerHistory, prompt_lookup
 from edge_lam.chain.flow import Flow, FlowSettings
 from edge_lam.chain.generation import Conversation, Limits, TextStream, check_request, prompt_ids
 from edge_lam.chain.requests import (
@@ -130,6 +130,7 @@ class GatewayCore:
         self._flows = flows
         self._exit_ready = False  # the robot's exit answered a probe (and no exit step has timed out since)
         self._exit_probe_sent_at: float | None = None
+        self._answers = AnswerHistory()  # where prompt lookup finds drafts the session does not hold
         self._jobs: dict[str, Job] = {}
         self._sessions: dict[str, SessionState] = {}
         self._chain_ready = False
@@ -361,7 +362,7 @@ class GatewayCore:
             self._finish(job, now, "error", (ResultError.INTERNAL, output.problem))
             return
         if job.drafting:
-            self._drafted(job, tokens[0], now)
+            self._drafted(job, tokens[0], output.confidence, now)
             return
         kept = len(tokens) - 1
         if kept > len(job.drafts) or tokens[:kept] != job.drafts[:kept]:
@@ -424,15 +425,18 @@ class GatewayCore:
             self._send(job, now, [token], position, route=Route.EXIT, drafting=True)
             return
         context = [*self._sessions[job.session_id].conversation.tokens, token]
-        drafts = prompt_lookup(context, budget) if budget > 0 else []
+        drafts = prompt_lookup(context, budget, history=self._answers.tokens) if budget > 0 else []
         self._send(job, now, [token, *drafts], position, drafts=drafts)
 
-    def _drafted(self, job: Job, draft: int, now: float) -> None:
-        """The exit drafted a token: ask for the next, or have the chain verify the round."""
-        job.drafts.append(draft)
+    def _drafted(self, job: Job, draft: int, confidence: float, now: float) -> None:
+        """The exit drafted a token: ask for the next, or have the chain verify the round. A draft the exit is not
+        sure of (below the cascade threshold) ends the round unsent: it would most likely be rejected."""
+        sure = confidence >= job.flow.cascade_threshold
+        if sure:
+            job.drafts.append(draft)
         budget = min(job.flow.draft_tokens, job.request.options.max_new_tokens - len(job.stream.ids) - 1)
         position = len(self._sessions[job.session_id].conversation.tokens)
-        if len(job.drafts) < budget and draft not in self._eos:
+        if sure and len(job.drafts) < budget and draft not in self._eos:
             self._send(job, now, [draft], position + len(job.drafts), route=Route.EXIT, drafting=True)
         else:
             self._send(job, now, [*job.in_flight, *job.drafts], position, drafts=list(job.drafts))
@@ -445,6 +449,8 @@ class GatewayCore:
             self._log("error", f"request {job.request.request_id} failed: {error[1]}")
         elif reason != CANCELLED and job.messages:
             session.conversation.messages = [*job.messages, {"role": "assistant", "content": job.stream.text}]
+        if not error and reason != CANCELLED and not job.degraded:
+            self._answers.add(job.stream.ids)
         result = self._final(job, now, reason, error, session)
         self._out.append(result)
         if not error and reason != CANCELLED:
