@@ -82,7 +82,8 @@ def exit_reference() -> dict[str, list[int]]:
     """What the robot's exit alone answers (greedy), computed in this process with the shard's own core."""
     model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
     core = ShardCore(model, [ModuleSpec.parse(m) for m in FRONT])
-    answers = {}
+    answers, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)  # as the shard computes (num_threads 1): the same sums in the same order
     for prompt in PROMPTS:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             tokenize=True, return_dict=False)
@@ -94,6 +95,7 @@ def exit_reference() -> dict[str, list[int]]:
             step_ids = [int(out.exit["next_token"][0])]
             tokens += step_ids
         answers[prompt] = tokens
+    torch.set_num_threads(threads)
     return answers
 
 
