@@ -99,16 +99,22 @@ def test_a_participant_without_a_key_cannot_change_what_the_fleet_runs(processes
         processes.start(LIB / "gateway", *ros_args("edge", "step_timeout_s:=5.0"))
         requests = client.publisher(InferenceRequest, "requests", CONTROL, timeout_s=60)
         assert client.spin_until(lambda: plans and hosts_of(plans[-1]) == set(HOSTS), 120), "no split plan"
-        genuine = plans[-1]
-        assert genuine.signature.signer == "edge" and len(genuine.signature.signature) == 64
-        assert genuine.gateway_host == "edge"  # who may feed the chain's first module
 
         def hosting() -> dict[str, list[str]]:
             newest = {a.host_id: list(a.modules_hosted) for a in adverts[-10:]}
             return {h: newest.get(h, []) for h in HOSTS}
 
-        wanted = {h: sorted(m.module_id for m in genuine.modules if m.host_id == h) for h in HOSTS}
-        assert client.spin_until(lambda: {h: sorted(m) for h, m in hosting().items()} == wanted, 120), hosting()
+        def wanted_by(plan: PlacementPlan) -> dict[str, list[str]]:
+            return {h: sorted(m.module_id for m in plan.modules if m.host_id == h) for h in HOSTS}
+
+        # The hosts follow the newest plan: the coordinator may re-place the model once its first measurements of
+        # the hosts come in (a loaded machine measures its compute differently from one second to the next).
+        assert client.spin_until(lambda: hosts_of(plans[-1]) == set(HOSTS) and {
+            h: sorted(m) for h, m in hosting().items()} == wanted_by(plans[-1]), 120), hosting()
+        genuine = plans[-1]
+        wanted = wanted_by(genuine)
+        assert genuine.signature.signer == "edge" and len(genuine.signature.signature) == 64
+        assert genuine.gateway_host == "edge"  # who may feed the chain's first module
 
         prompt = ["Name one sensor a mobile robot uses."]
 
