@@ -1,5 +1,7 @@
 """Parameters are read once at start, so a later set must be refused rather than shown and ignored."""
 
+import math
+
 import rclpy
 from rclpy.parameter import Parameter
 
@@ -55,6 +57,19 @@ def test_a_start_value_out_of_range_is_refused_with_the_parameter_named():
             assert "period_s" in str(err)
         else:
             raise AssertionError("a negative period was accepted")
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
+def test_a_read_only_parameter_may_be_nan_and_a_bounded_one_may_not():
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node("parameters_nan_probe", context=context)
+        assert math.isnan(declare(node, "battery_fraction", float("nan"), "no battery"))
+        declare(node, "gain", 1.0, "gain", on_change=print, low=0.0)
+        assert not node.set_parameters([Parameter("gain", value=float("nan"))])[0].successful
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
