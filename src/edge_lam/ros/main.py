@@ -3,13 +3,15 @@ shutdown as the normal end; ``compose`` does the same for several components in 
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Sequence
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.node import Node
 
-__all__ = ["spin_node", "spin_nodes"]
+__all__ = ["spin_logging_failures", "spin_node", "spin_nodes"]
 
 
 def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
@@ -26,12 +28,24 @@ def spin_nodes(makers: Sequence[Callable[[], Node]], args: list[str] | None = No
                 for make in makers:
                     nodes.append(make())
                     executor.add_node(nodes[-1])
-                executor.spin()
-            except RuntimeError:  # rclpy's RCLError from a call that a signal's shutdown overtook is a normal end too
-                if executor.context.ok():
-                    raise
+                spin_logging_failures(executor, nodes[0].get_logger())
             finally:
                 for node in nodes:
                     node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+
+
+def spin_logging_failures(executor: Executor, logger: RcutilsLogger) -> None:
+    """Spin until shutdown. A callback that raises is logged with its traceback and skipped, so one bad message
+    cannot end every node of the process (rclpy's own parameter services raise on a parameter of an unknown type).
+    An error once the context is shut down (a publish that a signal's shutdown overtook) is the normal end."""
+    while executor.context.ok():
+        try:
+            executor.spin_once()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            raise
+        except Exception:
+            if not executor.context.ok():
+                return
+            logger.error(f"a callback failed and was skipped:\n{traceback.format_exc()}")
