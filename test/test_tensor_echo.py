@@ -61,3 +61,25 @@ def test_echo_round_trip_is_exact_and_malformed_input_is_dropped_with_a_log(clie
     processes.stop_all()
     _, log = finish(echo, timeout_s=10)
     assert "15 bytes for shape [4] of float32, expected 16" in log
+
+
+def test_a_set_parameters_call_of_an_unknown_type_is_logged_and_the_node_goes_on(client, processes):
+    """rclpy's own parameter service raises on a parameter type it does not know; that must end no process."""
+    from rcl_interfaces.msg import Parameter, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    echo = processes.start(EXECUTABLE, "--ros-args", "-r", "__node:=echo_params", "-r", "ping:=/test_echo_p/ping",
+                           "-r", "pong:=/test_echo_p/pong")
+    logs = client.collect_logs()
+    setter = client.node.create_client(SetParameters, "/echo_params/set_parameters")
+    assert client.spin_until(setter.service_is_ready, 30), "tensor_echo did not come up"
+    setter.call_async(SetParameters.Request(parameters=[Parameter(name="x", value=ParameterValue(type=255))]))
+    assert client.spin_until(lambda: any("callback failed" in m.msg for m in logs), 30), "no log of the failure"
+    assert echo.poll() is None, "the node ended"
+
+    received: list[TensorList] = []
+    client.node.create_subscription(TensorList, "/test_echo_p/pong", received.append, TENSORS)
+    publisher = client.node.create_publisher(TensorList, "/test_echo_p/ping", TENSORS)
+    assert client.spin_until(lambda: publisher.get_subscription_count() > 0)
+    publisher.publish(tensor_list(torch.ones(3), seq=7))
+    assert client.spin_until(lambda: bool(received)), "the node no longer echoes"
