@@ -215,15 +215,16 @@ def plot(samples: list[dict], warmup_minutes: float, path: pathlib.Path) -> None
     import matplotlib.pyplot as plt
 
     minutes = [s["t_s"] / 60 for s in samples]
-    fig, (rss, other) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
+    fig, (rss, answered, other) = plt.subplots(3, 1, figsize=(10, 10), sharex=True)
     for name in samples[-1]["rss_mb"]:
         rss.plot(minutes, [s["rss_mb"].get(name, float("nan")) for s in samples], label=name)
     rss.axvline(warmup_minutes, color="grey", linestyle="--", label="end of warm-up")
     rss.set_ylabel("resident memory, MB")
     rss.legend(fontsize=6, ncol=3)
-    other.plot(minutes, [sum(s["reports"].values()) for s in samples], label="reports answered (all robots)")
+    answered.plot(minutes, [sum(s["reports"].values()) for s in samples])
+    answered.set_ylabel("reports answered (all robots)")
     other.plot(minutes, [s["shm_bytes"] / 1e6 for s in samples], label="/dev/shm Fast DDS, MB")
-    other.plot(minutes, [s["queue"] for s in samples], label="gateway queue")
+    other.plot(minutes, [s["queue"] for s in samples], label="gateway queue, requests")
     other.set_xlabel("minutes")
     other.legend(fontsize=8)
     fig.tight_layout()
