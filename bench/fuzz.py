@@ -548,6 +548,13 @@ def seed_messages(bench: Bench, topics: list[tuple[str, str, str]]) -> dict[str,
     return seeds
 
 
+def note_growth(figures: Figures, endpoint: str, before_mb: float, after_mb: float, threshold_mb: float = 50.0
+                ) -> None:
+    """Name the endpoint whose messages grew the target's memory by more than ``threshold_mb``."""
+    if after_mb - before_mb > threshold_mb:
+        figures.notes.append(f"{endpoint}: RSS {before_mb:.0f} -> {after_mb:.0f} MB")
+
+
 def run_target(target: Target, args, work: pathlib.Path, log) -> Figures:
     figures = Figures(target.name)
     started = time.monotonic()
@@ -573,15 +580,19 @@ def run_target(target: Target, args, work: pathlib.Path, log) -> Figures:
                 figures.crashes += 1
                 figures.notes.append(f"died before {topic}: exit codes {bench.stop()}")
                 bench.start(target)
+            before_mb = bench.rss_mb()
             fuzz_topic(bench, gen, node, topic, type_name, args.per_endpoint, time.monotonic() + share,
                        seeds[topic], figures)
+            note_growth(figures, topic, before_mb, bench.rss_mb())
         for service, type_name in services:
             if not bench.alive():
                 figures.crashes += 1
                 figures.notes.append(f"died before {service}: exit codes {bench.stop()}")
                 bench.start(target)
+            before_mb = bench.rss_mb()
             fuzz_service(bench, gen, service, type_name, args.per_endpoint, time.monotonic() + share,
                          service_seeds.setdefault(service, []), figures)
+            note_growth(figures, service, before_mb, bench.rss_mb())
         bench.spin_until(lambda: False, 1.0)
         if not bench.alive():
             figures.crashes += 1
