@@ -210,3 +210,24 @@ def test_the_placement_table_lists_every_module_with_its_host_and_the_hops():
     first, second = plan.segments
     assert f"blocks:0:2     {first.host_id}" in table and f"head           {second.host_id}" in table
     assert f"gateway->{first.host_id} 0.00, {first.host_id}->{second.host_id} 2.00" in table
+
+
+def test_a_flood_of_invented_hosts_costs_one_look_per_interval_and_stops_at_max_hosts():
+    from edge_lam.fleet.coordination import FleetFull
+
+    coordinator = settled(advert("a", 10.0), policy=Policy(host_timeout_s=100.0, max_hosts=40,
+                                                           min_look_interval_s=0.25))
+    looks, refused = 0, 0
+    for i in range(1500):
+        now = 1.0 + i * 0.001  # 1,500 adverts in 1.5 s, each from a new host
+        try:
+            looks += coordinator.advert(advert(f"invented_{i}", 1.0), now) is not None
+        except FleetFull:
+            refused += 1
+        looks += coordinator.tick(now) is not None
+    assert len(coordinator.host_ids) == 40 and refused == 1500 - 39
+    assert looks <= 1.5 / 0.25 + 1  # at most one look per interval, not one per join
+    with pytest.raises(ValueError, match="host_id"):
+        advert("h" * 65, 1.0)
+    with pytest.raises(ValueError, match="links"):
+        Advert("a", "edge", 1.0, 0.0, 1, 1, tuple(Link("a", f"p{i}", 0.0, 1.0) for i in range(257)))

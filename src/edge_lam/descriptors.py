@@ -36,6 +36,8 @@ ROLES = ("robot", "edge", "cloud")
 WIRE_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
 DEFAULT_WIRE_DTYPE = "float16"  # also what a plan that names none means
 MIN_COMPUTE_SHARE = 0.05  # a host at full load is slow, not gone: it keeps this share of its compute
+MAX_HOST_ID_CHARS = 64  # host ids name namespaces and topics
+MAX_ADVERT_ITEMS = 256  # links or modules one advert may list
 
 _TEXT = re.compile(r"blocks:(\d+):(\d+)|encoder:([A-Za-z0-9_]+)|exit:(\d+)|([a-z]+)")
 
@@ -204,8 +206,12 @@ class Advert:
     modules_hosted: tuple[str, ...] = ()  # module ids
 
     def __post_init__(self) -> None:
-        if not self.host_id:
-            raise ValueError("an advert needs a host_id")
+        if not self.host_id or len(self.host_id) > MAX_HOST_ID_CHARS:
+            raise ValueError(f"an advert needs a host_id of 1 to {MAX_HOST_ID_CHARS} characters, got "
+                             f"{len(self.host_id)}")
+        if len(self.links) > MAX_ADVERT_ITEMS or len(self.modules_hosted) > MAX_ADVERT_ITEMS:
+            raise ValueError(f"host '{self.host_id}' advertises {len(self.links)} links and "
+                             f"{len(self.modules_hosted)} modules (at most {MAX_ADVERT_ITEMS} each)")
         if not (math.isfinite(self.compute_gflops) and self.compute_gflops >= 0):
             raise ValueError(f"host '{self.host_id}' advertises compute {self.compute_gflops} GFLOP/s")
         if not math.isfinite(self.load):

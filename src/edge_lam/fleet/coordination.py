@@ -22,7 +22,7 @@ from edge_lam.placement.policy import should_move
 from edge_lam.placement.solver import evaluate, solve
 from edge_lam.placement.types import PlacementError, Plan, Unit
 
-__all__ = ["Chain", "Coordinator", "Decision", "Policy", "placement_table", "solver_memory"]
+__all__ = ["Chain", "Coordinator", "Decision", "FleetFull", "Policy", "placement_table", "solver_memory"]
 
 FREE_GATEWAY = "(gateway)"  # the chain's ends when no gateway host is named: every host reaches it for free
 MISSED_ADVERTS = 2.0  # after a liveliness loss, a host silent for this many of its advert intervals is the lost one
@@ -57,6 +57,8 @@ class Policy:
     min_gain_s: float = 0.0
     replan_period_s: float = 1.0
     settle_s: float = 1.0
+    max_hosts: int = 64
+    min_look_interval_s: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ class _Heard:
     interval_s: float | None = None  # time between this host's last two adverts
 
 
+class FleetFull(ValueError):
+    """An advert from a new host when ``max_hosts`` hosts are already heard: it is not taken."""
+
+
 class Coordinator:
     """The fleet as heard, the plan in force, and the decisions to replace it. Times are seconds on one clock."""
 
@@ -98,6 +104,7 @@ class Coordinator:
         self._first_advert_at: float | None = None
         self._liveliness_lost_at: float | None = None
         self._changed = False  # an advert changed since the last look
+        self._joined: list[str] = []  # hosts that joined since the last look
         self._looked_at: float | None = None
 
     @property
@@ -109,15 +116,29 @@ class Coordinator:
         return self._first_advert_at is not None and now - self._first_advert_at >= self.policy.settle_s
 
     def advert(self, advert: Advert, now: float) -> Decision | None:
-        """Record an advert; a host heard for the first time after the settling gets a look at once."""
+        """Record an advert; a host heard for the first time after the settling gets a look at once, or at the
+        next tick when the last look was less than ``min_look_interval_s`` ago (a flood of joins costs one look
+        per interval). FleetFull for a new host beyond ``max_hosts``."""
         heard = self._heard.get(advert.host_id)
+        if heard is None and len(self._heard) >= self.policy.max_hosts:
+            raise FleetFull(f"host '{advert.host_id}' not taken: {len(self._heard)} hosts heard, max_hosts is "
+                            f"{self.policy.max_hosts}")
         self._heard[advert.host_id] = _Heard(advert, now, None if heard is None else now - heard.at)
         if self._first_advert_at is None:
             self._first_advert_at = now
         if heard is None and self.settled(now):
-            return self._look(f"host '{advert.host_id}' joined", now)
+            self._joined.append(advert.host_id)
+            if self._looked_at is None or now - self._looked_at >= self.policy.min_look_interval_s:
+                return self._look(self._joins(), now)
+            return None
         self._changed = self._changed or heard is None or heard.advert != advert
         return None
+
+    def _joins(self) -> str:
+        joined, self._joined = self._joined, []
+        if len(joined) == 1:
+            return f"host '{joined[0]}' joined"
+        return f"{len(joined)} hosts joined ({', '.join(joined[:5])}{', ...' if len(joined) > 5 else ''})"
 
     def liveliness_lost(self, now: float) -> None:
         """An advert writer lost liveliness (its process died or it was destroyed); whose, the next ticks tell."""
@@ -130,6 +151,8 @@ class Coordinator:
             return None
         if gone:
             return self._look("; ".join(f"host {host_id!r} left, {why}" for host_id, why in gone), now)
+        if self._joined and now - (self._looked_at or 0.0) >= self.policy.min_look_interval_s:
+            return self._look(self._joins(), now)
         if self._looked_at is None:
             return self._look(f"first plan, {len(self._heard)} hosts heard", now)
         if self._changed and now - self._looked_at >= self.policy.replan_period_s:

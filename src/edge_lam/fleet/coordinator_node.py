@@ -19,7 +19,7 @@ from rclpy.node import Node
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from edge_lam.descriptors import wire_dtype_bytes
-from edge_lam.fleet.coordination import Chain, Coordinator, Decision, Policy, placement_table
+from edge_lam.fleet.coordination import Chain, Coordinator, Decision, FleetFull, Policy, placement_table
 from edge_lam.model.costs import chain_units, exit_unit
 from edge_lam.model.exits import available_exits
 from edge_lam.model.loading import model_path
@@ -84,6 +84,10 @@ class CoordinatorNode(Node):
                                     "re-evaluated (joins and leaves are at once)."),
             settle_s=declare(self, "settle_s", 1.0, "After the first advert, wait this long for other hosts before "
                              "the first plan."),
+            max_hosts=declare(self, "max_hosts", 64, "Hosts the fleet may have; adverts of new hosts beyond it are "
+                              "not taken (a flood of invented hosts costs nothing).", low=1),
+            min_look_interval_s=declare(self, "min_look_interval_s", 0.25, "Joins are placed at once, but no more "
+                                        "often than this, s: a burst of joins costs one look.", low=0.0),
         )
         self._trust = declare_trust(self, "advertise invented hosts and be given the model's modules, and publish "
                                     "plans in the coordinator's place")
@@ -123,7 +127,10 @@ class CoordinatorNode(Node):
         except ValueError as error:
             self.get_logger().warning(f"rejected advert: {error}", throttle_duration_sec=10.0)
             return
-        self.act(self._core.advert(advert, time.monotonic()))
+        try:
+            self.act(self._core.advert(advert, time.monotonic()))
+        except FleetFull as full:
+            self.get_logger().warning(str(full), throttle_duration_sec=10.0)
 
     def on_liveliness_changed(self, info: QoSLivelinessChangedInfo) -> None:
         if info.alive_count_change < 0 or info.not_alive_count_change > 0:
