@@ -15,9 +15,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from edge_lam.assets.cache import patch_codebook_npz
 from edge_lam.encoders.classifier import EfficientNetClassifier
 from edge_lam.encoders.encoder_node import EncoderNode
-from edge_lam.encoders.image import compressed_to_rgb, image_to_rgb
+from edge_lam.encoders.image import MAX_PIXELS, compressed_to_rgb, image_to_rgb
 from edge_lam.encoders.patches import PatchTokenizer
-from edge_lam.encoders.tokens import EncoderInputError
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 
@@ -39,6 +38,12 @@ class CameraEncoderNode(EncoderNode):
         compressed_topic = declare(
             self, "compressed_topic", "image_raw/compressed", "CompressedImage input; empty: none."
         )
+        self._max_pixels = declare(
+            self, "max_image_pixels", MAX_PIXELS,
+            "Most pixels (width x height) a frame may have; larger ones are refused, compressed ones before decoding "
+            "(by the size their header declares).",
+            on_change=self._set_max_pixels, low=1,
+        )
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got '{encoder}'")
         if self._embedding_dtype not in ("float32", "float16", "none"):
@@ -53,11 +58,14 @@ class CameraEncoderNode(EncoderNode):
         if compressed_topic:
             self.create_subscription(CompressedImage, compressed_topic, self.encode_compressed, self.input_qos)
 
+    def _set_max_pixels(self, value: int) -> None:
+        self._max_pixels = value
+
     def encode_raw(self, msg: Image) -> None:
         started = time.perf_counter()
         try:
-            frame = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data)
-        except EncoderInputError as err:
+            frame = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data, self._max_pixels)
+        except Exception as err:  # EncoderInputError, or anything else: logged, never the node's end
             self.reject("image", err, msg.header.stamp)
             return
         self._encode(frame, msg, started)
@@ -65,8 +73,8 @@ class CameraEncoderNode(EncoderNode):
     def encode_compressed(self, msg: CompressedImage) -> None:
         started = time.perf_counter()
         try:
-            frame = compressed_to_rgb(msg.format, msg.data)
-        except EncoderInputError as err:
+            frame = compressed_to_rgb(msg.format, msg.data, self._max_pixels)
+        except Exception as err:  # EncoderInputError, or anything else: logged, never the node's end
             self.reject("compressed image", err, msg.header.stamp)
             return
         self._encode(frame, msg, started)
@@ -74,7 +82,7 @@ class CameraEncoderNode(EncoderNode):
     def _encode(self, frame: np.ndarray, msg: Image | CompressedImage, started: float) -> None:
         try:
             encoded = self._core.encode(frame)
-        except EncoderInputError as err:
+        except Exception as err:  # EncoderInputError, or anything else: logged, never the node's end
             self.reject("image", err, msg.header.stamp)
             return
         if self._embedding_dtype == "none":
