@@ -201,6 +201,11 @@ def bad_activations() -> list[tuple[str, TensorList]]:
                    "activation/topk:0.1/scale": np.ones(1, np.float32),
                    "activation/topk:0.1/shape": np.array([10**6, 10**6, 10**6])}
     del huge_sparse["activation/fp32/data"]
+    long_sparse = {**huge_sparse, "activation/topk:0.1/shape": np.array([1, 4200, HIDDEN]),
+                   "targets": np.full((1, 4200), 7, np.int32)}  # 16.8 KB of targets: the 9.8 GB of the findings
+    negative = {**huge_sparse, "activation/topk:0.1/shape": np.array([1, 5, HIDDEN]),
+                "activation/topk:0.1/indices": np.full(1, -1, np.int32)}
+    extreme = {**good, "activation/fp32/data": np.full((1, 5, HIDDEN), 3e38, np.float32)}  # finite, overflows
     return [
         ("expected 20", truncated),
         ("integer scalar 'step'", pack("probe", {"round": 0, "cut": CUT}, good)[0]),
@@ -212,6 +217,9 @@ def bad_activations() -> list[tuple[str, TensorList]]:
         ("no robot id", pack("", fields, good)[0]),
         ("token ids", pack("probe", fields, {**good, "targets": np.array([[10**9, 0, 0, 0, 0]], np.int32)})[0]),
         ("no answer tokens", pack("probe", fields, {**good, "targets": np.full((1, 5), IGNORE, np.int32)})[0]),
+        ("over max_tokens_per_message=2048", pack("probe", fields, long_sparse)[0]),
+        ("indices outside", pack("probe", fields, negative)[0]),
+        ("not finite", pack("probe", fields, extreme)[0]),
     ]
 
 

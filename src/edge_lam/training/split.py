@@ -181,6 +181,12 @@ class SplitTop(_TrainedRange):
         loss = answer_loss(self.head, self.run_blocks(x, positions_for(targets)), targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # Finite activations can still overflow inside the blocks; a step on inf or NaN would ruin the top for every
+        # robot, and the gradient could not be sent, so such a batch is refused before the step.
+        if not (torch.isfinite(loss) and torch.isfinite(x.grad).all()):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise ValueError(f"the loss ({float(loss.detach()):.3g}) or its gradient is not finite: "
+                             "batch not trained on")
         self.optimizer.step()
         return float(loss.detach()), x.grad
 
