@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from ament_index_python.packages import get_package_prefix
+from diagnostic_msgs.msg import DiagnosticArray
 from edge_lam_msgs.msg import SemanticTokens, Vocabulary
 from parameter_calls import set_parameters
 from sensor_msgs.msg import CompressedImage, Image
@@ -17,6 +18,7 @@ from test_vision_encoders import claiming
 
 from conftest import Processes, finish
 from edge_lam.assets.cache import skimage_photos_dir
+from edge_lam.ros.bounds import DIAGNOSTICS_DEPTH
 from edge_lam.ros.qos import TOKENS, VOCABULARIES
 from ros_client import RosClient
 
@@ -138,6 +140,7 @@ def test_max_image_pixels_is_live(camera):
     """`ros2 param set` of max_image_pixels takes effect on the next frame; a value out of range is refused."""
     client, tokens, _, process, rejections = camera
     namespace = client.node.get_namespace()
+    diagnostics = client.collect(DiagnosticArray, "/diagnostics", DIAGNOSTICS_DEPTH)
     refused = len(rejections())
     assert all(r.successful for r in set_parameters(client, f"{namespace}/camera_patches", max_image_pixels=1000))
     assert not set_parameters(client, f"{namespace}/camera_patches", max_image_pixels=0)[0].successful
@@ -151,7 +154,15 @@ def test_max_image_pixels_is_live(camera):
     assert client.spin_until(lambda: len(by_encoder(tokens[before:], "patch-vq")) == 1, 60)
     assert [m.header.stamp.sec for m in by_encoder(tokens[before:], "patch-vq")] == [89]
     assert [m.header.stamp.sec for m in by_encoder(tokens[before:], "efficientnet-lite0")][:1] == [88]
+    # the node's diagnostics show how close frames come to the bound
+    assert client.spin_until(lambda: bound_shown(diagnostics, f"{namespace}/camera_patches", "image_pixels",
+                                                 f"{640 * 480} / {4096 * 4096}"), 30)
     assert process.poll() is None
+
+
+def bound_shown(diagnostics: list[DiagnosticArray], node: str, key: str, value: str) -> bool:
+    return any(status.name == f"{node}: bounds" and any(kv.key == key and kv.value == value for kv in status.values)
+               for array in diagnostics for status in array.status)
 
 
 def test_rejections_are_in_the_log(camera):

@@ -10,6 +10,7 @@ import uuid
 import numpy as np
 import pytest
 from ament_index_python.packages import get_package_prefix
+from diagnostic_msgs.msg import DiagnosticArray
 from edge_lam_msgs.msg import SemanticTokens, Vocabulary
 from parameter_calls import set_parameters
 from sensor_msgs.msg import Imu, LaserScan
@@ -17,6 +18,7 @@ from std_msgs.msg import String
 
 from conftest import finish
 from edge_lam.model.loading import load_tokenizer
+from edge_lam.ros.bounds import DIAGNOSTICS_DEPTH
 from edge_lam.ros.qos import TOKENS, VOCABULARIES
 from ros_client import RosClient
 
@@ -150,6 +152,7 @@ def test_text_is_bounded_before_it_is_tokenized_and_the_bounds_are_live(encoders
     max_text_chars is refused untokenized; `ros2 param set` of max_text_chars and stats_period_s takes effect."""
     client, tokens, _, _ = encoders
     logs = client.collect_logs()
+    diagnostics = client.collect(DiagnosticArray, "/diagnostics", DIAGNOSTICS_DEPTH)
     node = f"{client.node.get_namespace()}/text_encoder"
     publisher = client.publisher(String, "text", TOKENS)
 
@@ -168,6 +171,11 @@ def test_text_is_bounded_before_it_is_tokenized_and_the_bounds_are_live(encoders
     assert client.spin_until(lambda: len(tokens["text"]) > before, 30)
     assert "".join(load_tokenizer("smollm2-135m-instruct").decode(tokens["text"][before].token_ids)) == \
         "Turn left now."
+    # the node's diagnostics show how close texts come to the bounds
+    assert client.spin_until(lambda: any(
+        status.name == f"{node}: bounds" and {(kv.key, kv.value) for kv in status.values} == {
+            ("text_chars", "14 / 8192"), ("text_tokens", f"{len(tokens['text'][before].token_ids)} / 512")}
+        for array in diagnostics for status in array.status), 30)
 
     def stats_lines() -> int:
         return sum(log.name.endswith("text_encoder") and " text inputs, " in log.msg for log in logs)

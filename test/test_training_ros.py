@@ -15,6 +15,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
+from diagnostic_msgs.msg import DiagnosticArray
 from edge_lam_msgs.msg import Tensor, TensorList
 from parameter_calls import set_parameters
 from rclpy.serialization import serialize_message
@@ -23,6 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from conftest import finish
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.ros.bounds import DIAGNOSTICS_DEPTH
 from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.training.adapters import LoraSettings
 from edge_lam.training.compression import codec_from_spec
@@ -313,6 +315,7 @@ def test_the_edge_survives_a_fuzz_of_its_activations_and_its_token_bound_is_live
     client = RosClient("fuzzer", namespace)
     try:
         logs = client.collect_logs()
+        diagnostics = client.collect(DiagnosticArray, "/diagnostics", DIAGNOSTICS_DEPTH)
         globals_seen = client.collect(TensorList, "training/global_adapter", LATCHED)
         gradients = client.collect(TensorList, "training/gradients", TENSORS)
         edge = start_edge(processes, namespace, tiny_model, "-p", "rounds:=1")
@@ -343,6 +346,11 @@ def test_the_edge_survives_a_fuzz_of_its_activations_and_its_token_bound_is_live
         publisher.publish(good(1))
         assert client.spin_until(lambda: answered(1), 60.0), "no gradient for a good activation after the fuzz"
         assert not answered(0)
+        # the edge's diagnostics show how close activations come to the bound (the last one: 2 x 5 tokens)
+        assert client.spin_until(lambda: any(
+            status.name == f"{namespace}/edge_trainer: bounds"
+            and [(kv.key, kv.value) for kv in status.values] == [("tokens_per_message", "10 / 2048")]
+            for array in diagnostics for status in array.status), 30.0)
         assert edge.poll() is None, "the edge died"
         fuzz_answers = [m for m in gradients if m.header.frame_id == "fuzz"]
         for reply in fuzz_answers:  # what the edge did answer is finite

@@ -17,6 +17,7 @@ from edge_lam.encoders.classifier import EfficientNetClassifier
 from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.image import MAX_PIXELS, compressed_to_rgb, image_to_rgb
 from edge_lam.encoders.patches import PatchTokenizer
+from edge_lam.ros.bounds import Bounds
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 
@@ -53,6 +54,8 @@ class CameraEncoderNode(EncoderNode):
         else:
             self._core = PatchTokenizer.from_file(patch_codebook_npz())
         self.publish_vocabulary(self._core.vocabulary)
+        self._last_pixels = 0  # of the last frame encoded: how close frames come to max_image_pixels
+        Bounds(self).add("image_pixels", lambda: self._last_pixels, lambda: self._max_pixels)
         if image_topic:
             self.create_subscription(Image, image_topic, self.encode_raw, self.input_qos)
         if compressed_topic:
@@ -80,6 +83,7 @@ class CameraEncoderNode(EncoderNode):
         self._encode(frame, msg, started)
 
     def _encode(self, frame: np.ndarray, msg: Image | CompressedImage, started: float) -> None:
+        self._last_pixels = frame.shape[0] * frame.shape[1]
         try:
             encoded = self._core.encode(frame)
         except Exception as err:  # EncoderInputError, or anything else: logged, never the node's end

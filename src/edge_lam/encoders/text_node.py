@@ -9,6 +9,7 @@ from std_msgs.msg import String
 from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.text import MAX_CHARS, TextEncoder
 from edge_lam.model.loading import load_tokenizer
+from edge_lam.ros.bounds import Bounds
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 
@@ -25,6 +26,10 @@ class TextEncoderNode(EncoderNode):
         self._core = TextEncoder(load_tokenizer(model), name=f"{model}-tokenizer", max_tokens=max_tokens,
                                  max_chars=max_chars)
         self.publish_vocabulary(self._core.vocabulary)
+        self._last = (0, 0)  # characters and tokens of the last text encoded: how close texts come to the bounds
+        bounds = Bounds(self)
+        bounds.add("text_chars", lambda: self._last[0], lambda: self._core.max_chars)
+        bounds.add("text_tokens", lambda: self._last[1], lambda: self._core.max_tokens)
         self.create_subscription(String, "text", self.encode, self.input_qos)
 
     def encode(self, msg: String) -> None:
@@ -34,6 +39,7 @@ class TextEncoderNode(EncoderNode):
         except Exception as err:  # EncoderInputError, or anything else: logged, never the node's end
             self.reject("text", err)
             return
+        self._last = (len(msg.data), encoded.ids.size)
         self.publish_tokens(encoded, None, started)
 
 

@@ -36,6 +36,7 @@ from rclpy.node import Node
 
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model
+from edge_lam.ros.bounds import Bounds
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
@@ -106,6 +107,8 @@ class EdgeTrainerNode(Node):
         self._adapters_channel = self.create_subscription(TensorList, split.adapters_topic, self.on_adapter,
                                                           TENSORS).topic_name
         self.create_timer(ROUND_CHECK_PERIOD_S, self.check_round)
+        self._last_tokens = 0  # of the last activation trained on: how close robots come to max_tokens_per_message
+        Bounds(self).add("tokens_per_message", lambda: self._last_tokens, lambda: self._max_tokens)
         self._run = {**split.record(), "rounds": self._rounds_total,
                      "gradient_codec": self._gradient_codec.spec, "adapter_codec": self._adapter_codec.spec,
                      "seed": seed}
@@ -161,6 +164,7 @@ class EdgeTrainerNode(Node):
             self.get_logger().error(f"activation from '{robot}': {type(err).__name__}: {err}")
             return
         self._heard(robot)
+        self._last_tokens = targets.numel()
         self._losses[round_].append(loss)
         self._answered[robot] = (round_, step, reply, nbytes)
         self._send_gradient(robot, round_, reply, nbytes)
