@@ -148,8 +148,8 @@ class RobotTrainerNode(Node):
         self._ledger.record(max(round_ - 1, 0), "down", EDGE, self._robot, "global_adapter", got.nbytes)
         if self._waiting == "gradient":
             self.get_logger().warning(f"round {self._round} closed without this robot's update; following")
-        before = (self._bottom.trainable_state(), self._base, self._round, self._rounds_total, self._step,
-                  self._losses, self._waiting, self._waiting_since)
+        before = (self._bottom.trainable_state(), self._bottom.pending, self._activation_shape, self._base,
+                  self._round, self._rounds_total, self._step, self._losses, self._waiting, self._waiting_since)
         self._bottom.load_trainable_state(state)
         self._base = state
         self._round, self._rounds_total, self._step, self._losses = round_, got.fields["rounds"], 0, []
@@ -157,9 +157,10 @@ class RobotTrainerNode(Node):
             if round_ < self._rounds_total:
                 self.send_activation()
         except Exception as err:  # bounded weights can still overflow the forward pass: keep what trained so far
-            trained, self._base, self._round, self._rounds_total, self._step, self._losses, self._waiting, \
-                self._waiting_since = before
+            trained, pending, self._activation_shape, self._base, self._round, self._rounds_total, self._step, \
+                self._losses, self._waiting, self._waiting_since = before
             self._bottom.load_trainable_state(trained)
+            self._bottom.pending = pending  # the activation in flight still gets its gradient
             self.get_logger().error(f"global adapter of round {round_} ignored: training from it fails "
                                     f"({type(err).__name__}: {err})")
             return
@@ -197,7 +198,7 @@ class RobotTrainerNode(Node):
             return
         try:
             self._bottom.backward(decode_stream(got.arrays, "gradient", self._activation_shape))
-        except (BadMessage, ValueError) as err:
+        except (BadMessage, ValueError, RuntimeError) as err:
             self.get_logger().error(f"gradient for round {where[0]} step {where[1]}: {err}")
             return
         if "loss" in got.arrays and got.arrays["loss"].size == 1:
