@@ -267,6 +267,7 @@ def test_the_edge_logs_malformed_activations_and_keeps_serving(processes, tiny_m
 
 
 FUZZ_MESSAGES = 300
+FUZZ_ADAPTERS = 100
 
 
 def fuzz_activations(rng: np.random.Generator, count: int) -> list[TensorList]:
@@ -307,6 +308,28 @@ def fuzz_activations(rng: np.random.Generator, count: int) -> list[TensorList]:
     return messages
 
 
+def fuzz_adapters(rng: np.random.Generator, count: int, shapes: dict[str, tuple[int, ...]]) -> list[TensorList]:
+    """Seeded random adapter updates: every weight or some, of its shape or another, magnitudes from 1e-40 to 1e38,
+    any codec, any sample count."""
+    specs = ("fp32", "fp16", "int8", "topk:0.25")
+    messages = []
+    for _ in range(count):
+        state = {}
+        for name, shape in shapes.items():
+            if rng.random() < 0.05:
+                continue
+            if rng.random() < 0.05:
+                shape = (*shape[:-1], shape[-1] + 1)
+            state[name] = torch.from_numpy((rng.standard_normal(shape) * 10.0 ** rng.uniform(-40, 38)).astype(
+                np.float32))
+        if rng.random() < 0.05:
+            state["layers.0.extra"] = torch.ones(2)
+        samples = int(rng.choice([0, -1, 1, 33, 2**62]))
+        arrays = encode_state(state, codec_from_spec(specs[int(rng.integers(len(specs)))]))
+        messages.append(pack("fuzz", {"round": 0, "samples": samples, "cut": CUT}, arrays)[0])
+    return messages
+
+
 def test_the_edge_survives_a_fuzz_of_its_activations_and_its_token_bound_is_live(processes, tiny_model):
     """Crash 6 of the findings: the edge trainer ended during a fuzz of its activations topic (a finite activation
     of 3e38 overflowed the top: NaN weights, a gradient that could not be encoded). After a seeded fuzz the edge
@@ -318,12 +341,21 @@ def test_the_edge_survives_a_fuzz_of_its_activations_and_its_token_bound_is_live
         diagnostics = client.collect(DiagnosticArray, "/diagnostics", DIAGNOSTICS_DEPTH)
         globals_seen = client.collect(TensorList, "training/global_adapter", LATCHED)
         gradients = client.collect(TensorList, "training/gradients", TENSORS)
-        edge = start_edge(processes, namespace, tiny_model, "-p", "rounds:=1")
+        # two robots make a round: the fuzzer's valid updates alone do not close it
+        edge = start_edge(processes, namespace, tiny_model, "-p", "rounds:=1", "-p", "min_robots:=2")
         assert client.spin_until(lambda: globals_seen, TIMEOUT_S), "the edge published no global adapter"
         publisher = client.publisher(TensorList, "training/activations", TENSORS)
+        uploads = client.publisher(TensorList, "training/adapters", TENSORS)
         assert client.spin_until(lambda: client.node.count_publishers(f"{namespace}/training/gradients") == 1, 30.0)
-        for msg in fuzz_activations(np.random.default_rng(15), FUZZ_MESSAGES):
+        rng = np.random.default_rng(15)
+        shapes = {name: tuple(t.shape) for name, t in initial_adapter(tiny_model).items()}
+        for msg in fuzz_activations(rng, FUZZ_MESSAGES):
             publisher.publish(msg)
+            client.spin_for(0.002)
+        with np.errstate(over="ignore", invalid="ignore"):
+            adapter_fuzz = fuzz_adapters(rng, FUZZ_ADAPTERS, shapes)
+        for msg in adapter_fuzz:
+            uploads.publish(msg)
             client.spin_for(0.002)
         activation = np.random.default_rng(0).standard_normal((2, 5, HIDDEN)).astype(np.float32)
         targets = np.array([[IGNORE, IGNORE, 7, 8, 9], [IGNORE, 3, 4, IGNORE, IGNORE]], np.int32)
@@ -356,7 +388,9 @@ def test_the_edge_survives_a_fuzz_of_its_activations_and_its_token_bound_is_live
         for reply in fuzz_answers:  # what the edge did answer is finite
             assert torch.isfinite(weights(reply, ("round", "step"))[1]["gradient"]).all()
         refused = [log.msg for log in logs if log.name.endswith("edge_trainer") and log.level >= 40]
-        assert len(fuzz_answers) + len(refused) >= FUZZ_MESSAGES, (len(fuzz_answers), len(refused))
+        taken = [log.msg for log in logs if log.name.endswith("edge_trainer") and "update from 'fuzz'" in log.msg]
+        assert len(fuzz_answers) + len(refused) + len(taken) >= FUZZ_MESSAGES + FUZZ_ADAPTERS, \
+            (len(fuzz_answers), len(refused), len(taken))
     finally:
         client.close()
     edge.send_signal(signal.SIGINT)
