@@ -10,11 +10,15 @@ import numpy as np
 import pytest
 import yaml
 from ament_index_python.packages import get_package_prefix
+from diagnostic_msgs.msg import DiagnosticArray
 from edge_lam_msgs.msg import SemanticTokens, Vocabulary
+from parameter_calls import set_parameters
 from sensor_msgs.msg import CompressedImage, Image
+from test_vision_encoders import claiming
 
 from conftest import Processes, finish
 from edge_lam.assets.cache import skimage_photos_dir
+from edge_lam.ros.bounds import DIAGNOSTICS_DEPTH
 from edge_lam.ros.qos import TOKENS, VOCABULARIES
 from ros_client import RosClient
 
@@ -94,8 +98,13 @@ def test_a_photo_gives_its_class_and_a_patch_grid_from_raw_and_compressed_frames
 
 
 @pytest.mark.parametrize(("case", "reason"), [("unknown encoding", "yuv422"), ("truncated", "truncated"),
-                                              ("zero size", "no pixels"), ("bad jpeg", "cannot decode")])
+                                              ("zero size", "no pixels"), ("bad jpeg", "cannot decode"),
+                                              ("longer", "longer than its rows"),
+                                              ("png claiming 65535x65535", "max_image_pixels"),
+                                              ("jpeg claiming 30000x30000", "max_image_pixels")])
 def test_bad_frames_are_logged_and_the_next_frame_still_encodes(camera, case, reason):
+    """Crash 2 of the findings among them: a PNG whose header claims 65535x65535 ended the node; a JPEG claiming
+    30000x30000 took gigabytes. Both are refused by their declared size, before decoding."""
     client, tokens, _, process, rejections = camera
     before, refused = len(tokens), len(rejections())
     frame = photo("coffee")
@@ -106,9 +115,15 @@ def test_bad_frames_are_logged_and_the_next_frame_still_encodes(camera, case, re
         bad.data = bytes(bad.data[: len(bad.data) // 2])
     elif case == "zero size":
         bad.height, bad.width, bad.step, bad.data = 0, 0, 0, b""
+    elif case == "longer":
+        bad.data = bytes(bad.data) + bytes(7)
     if case == "bad jpeg":
         publisher = client.publisher(CompressedImage, "image_raw/compressed", TOKENS)
         publisher.publish(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"))
+    elif "claiming" in case:
+        publisher = client.publisher(CompressedImage, "image_raw/compressed", TOKENS)
+        size = (65535, 65535) if "png" in case else (30000, 30000)
+        publisher.publish(CompressedImage(format=case[:4], data=claiming(size, ".png" if "png" in case else ".jpg")))
     else:
         client.publisher(Image, "image_raw", TOKENS).publish(bad)
     # Both encoders refuse the bad frame before the good one is sent: tokens of the bad one would come first.
@@ -121,9 +136,38 @@ def test_bad_frames_are_logged_and_the_next_frame_still_encodes(camera, case, re
     assert process.poll() is None
 
 
+def test_max_image_pixels_is_live(camera):
+    """`ros2 param set` of max_image_pixels takes effect on the next frame; a value out of range is refused."""
+    client, tokens, _, process, rejections = camera
+    namespace = client.node.get_namespace()
+    diagnostics = client.collect(DiagnosticArray, "/diagnostics", DIAGNOSTICS_DEPTH)
+    refused = len(rejections())
+    assert all(r.successful for r in set_parameters(client, f"{namespace}/camera_patches", max_image_pixels=1000))
+    assert not set_parameters(client, f"{namespace}/camera_patches", max_image_pixels=0)[0].successful
+    before = len(tokens)
+    client.publisher(Image, "image_raw", TOKENS).publish(raw(photo("coffee"), stamp_s=88))
+    assert client.spin_until(lambda: len(tokens) > before and len(rejections()) > refused, 60)
+    assert "640x480 has more than max_image_pixels=1000" in rejections()[refused]
+    assert all(r.successful for r in set_parameters(client, f"{namespace}/camera_patches",
+                                                     max_image_pixels=4096 * 4096))
+    client.publisher(Image, "image_raw", TOKENS).publish(raw(photo("coffee"), stamp_s=89))
+    assert client.spin_until(lambda: len(by_encoder(tokens[before:], "patch-vq")) == 1, 60)
+    assert [m.header.stamp.sec for m in by_encoder(tokens[before:], "patch-vq")] == [89]
+    assert [m.header.stamp.sec for m in by_encoder(tokens[before:], "efficientnet-lite0")][:1] == [88]
+    # the node's diagnostics show how close frames come to the bound
+    assert client.spin_until(lambda: bound_shown(diagnostics, f"{namespace}/camera_patches", "image_pixels",
+                                                 f"{640 * 480} / {4096 * 4096}"), 30)
+    assert process.poll() is None
+
+
+def bound_shown(diagnostics: list[DiagnosticArray], node: str, key: str, value: str) -> bool:
+    return any(status.name == f"{node}: bounds" and any(kv.key == key and kv.value == value for kv in status.values)
+               for array in diagnostics for status in array.status)
+
+
 def test_rejections_are_in_the_log(camera):
     _, _, _, process, _ = camera
     process.send_signal(2)
     _, output = finish(process, timeout_s=15)
-    for reason in ("yuv422", "truncated", "no pixels", "cannot decode"):
+    for reason in ("yuv422", "truncated", "no pixels", "cannot decode", "max_image_pixels"):
         assert reason in output.lower(), f"no log line about {reason}:\n{output[-3000:]}"

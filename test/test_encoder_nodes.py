@@ -10,12 +10,15 @@ import uuid
 import numpy as np
 import pytest
 from ament_index_python.packages import get_package_prefix
+from diagnostic_msgs.msg import DiagnosticArray
 from edge_lam_msgs.msg import SemanticTokens, Vocabulary
+from parameter_calls import set_parameters
 from sensor_msgs.msg import Imu, LaserScan
 from std_msgs.msg import String
 
 from conftest import finish
 from edge_lam.model.loading import load_tokenizer
+from edge_lam.ros.bounds import DIAGNOSTICS_DEPTH
 from edge_lam.ros.qos import TOKENS, VOCABULARIES
 from ros_client import RosClient
 
@@ -114,6 +117,23 @@ def test_imu_windows_give_turn_tokens_and_a_nan_sample_is_rejected(encoders):
     assert tokens["imu"][0].header.stamp.sec == 100 and tokens["imu"][0].header.stamp.nanosec == 490_000_000
 
 
+def test_a_raw_imu_as_drivers_publish_it_gives_tokens(encoders):
+    """Real data: imu/data_raw carries an all-zero orientation and all-zero covariances (not -1); every sample was
+    rejected. The encoder reads angular velocity and acceleration only, so it must give tokens."""
+    client, tokens, vocabularies, _ = encoders
+    before = len(tokens["imu"])
+    publisher = client.publisher(Imu, "imu", TOKENS)
+    for i in range(120):  # 1.2 s at 100 Hz, after the stamps of the test above
+        msg = imu(200.0 + i / 100, -0.8)
+        msg.orientation.w = 0.0
+        msg.orientation_covariance[0] = 0.0
+        publisher.publish(msg)
+        client.spin_for(0.01)
+    # The first sample closes the window the test above left open; two windows of raw samples follow.
+    assert client.spin_until(lambda: len(tokens["imu"]) >= before + 3, 30), "a raw IMU gave no tokens"
+    assert [words(m, vocabularies["imu"]) for m in tokens["imu"][before + 1:before + 3]] == [["steady right-fast"]] * 2
+
+
 def test_text_becomes_the_models_token_ids_and_empty_text_is_rejected(encoders):
     client, tokens, vocabularies, _ = encoders
     publisher = client.publisher(String, "text", TOKENS)
@@ -125,6 +145,43 @@ def test_text_becomes_the_models_token_ids_and_empty_text_is_rejected(encoders):
     expected = load_tokenizer("smollm2-135m-instruct")("Turn left at the charging dock.", add_special_tokens=False)
     assert list(msg.token_ids) == expected.input_ids
     assert "".join(words(msg, vocabularies["text"])) == "Turn left at the charging dock."
+
+
+def test_text_is_bounded_before_it_is_tokenized_and_the_bounds_are_live(encoders):
+    """A 10 MB string was tokenized whole before max_tokens was checked (seconds, a gigabyte): text over
+    max_text_chars is refused untokenized; `ros2 param set` of max_text_chars and stats_period_s takes effect."""
+    client, tokens, _, _ = encoders
+    logs = client.collect_logs()
+    diagnostics = client.collect(DiagnosticArray, "/diagnostics", DIAGNOSTICS_DEPTH)
+    node = f"{client.node.get_namespace()}/text_encoder"
+    publisher = client.publisher(String, "text", TOKENS)
+
+    def refused(bound: str) -> bool:
+        return any(log.name.endswith("text_encoder") and bound in log.msg for log in logs)
+
+    publisher.publish(String(data="go " * 1_000_000))
+    assert client.spin_until(lambda: refused("longer than max_text_chars=8192: refused untokenized"), 30)
+    assert all(r.successful for r in set_parameters(client, node, max_text_chars=10, stats_period_s=0.2))
+    assert not set_parameters(client, node, max_text_chars=0)[0].successful
+    before = len(tokens["text"])
+    publisher.publish(String(data="Turn left now."))
+    assert client.spin_until(lambda: refused("max_text_chars=10"), 30)
+    assert all(r.successful for r in set_parameters(client, node, max_text_chars=8192))
+    publisher.publish(String(data="Turn left now."))
+    assert client.spin_until(lambda: len(tokens["text"]) > before, 30)
+    assert "".join(load_tokenizer("smollm2-135m-instruct").decode(tokens["text"][before].token_ids)) == \
+        "Turn left now."
+    # the node's diagnostics show how close texts come to the bounds
+    assert client.spin_until(lambda: any(
+        status.name == f"{node}: bounds" and {(kv.key, kv.value) for kv in status.values} == {
+            ("text_chars", "14 / 8192"), ("text_tokens", f"{len(tokens['text'][before].token_ids)} / 512")}
+        for array in diagnostics for status in array.status), 30)
+
+    def stats_lines() -> int:
+        return sum(log.name.endswith("text_encoder") and " text inputs, " in log.msg for log in logs)
+
+    assert client.spin_until(lambda: stats_lines() >= 3, 5), "stats_period_s=0.2 did not take effect"
+    assert all(r.successful for r in set_parameters(client, node, stats_period_s=0.0))
 
 
 def test_rejected_input_is_logged_and_the_process_keeps_running(encoders):

@@ -19,13 +19,14 @@ from ament_index_python.packages import get_package_prefix
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from edge_lam_msgs.msg import ChainPacket, ComputeAdvert, ModuleAssignment, PlacementPlan, TensorList, Vocabulary
 from edge_lam_msgs.srv import LoadModule, UnloadModule
+from parameter_calls import set_parameters
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from std_msgs.msg import Header
 
 import edge_lam
 from conftest import Processes, finish
-from edge_lam.container.parameters import yaml_parameters
+from edge_lam.container.parameters import YamlBounds, yaml_parameters
 from edge_lam.container.services import component_kind
 from edge_lam.descriptors import Host, Link, ModuleSpec
 from edge_lam.fleet.host_measurement import cpu_sample, load_between, mem_available_bytes
@@ -221,6 +222,22 @@ def test_yaml_parameters_become_overrides_and_bad_yaml_is_refused():
             yaml_parameters(bad)
 
 
+def test_yaml_parameters_are_bounded_before_anything_is_built():
+    """Crash 3 of the findings: a recursive alias looped until memory ran out; an alias bomb expanded to a million
+    parameters. Aliases, size, depth and count are refused, with the bound named, before values are built."""
+    bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(6))
+    bounds = YamlBounds(max_bytes=1000, max_depth=3, max_parameters=4)
+    for bad, why in (("a: &a {b: *a, c: 1}", "aliases"), (bomb, "aliases"), ("x: &x 1\ny: 2", "aliases"),
+                     ("a: '" + "x" * 1000 + "'", "bytes"), ("a: {b: {c: {d: 1}}}", "deeper than 3"),
+                     ("a: [[[[1]]]]", "deeper than 3"), ("{a: 1, b: 2, c: 3, d: 4, e: 5}", "more than 4")):
+        with pytest.raises(ValueError, match=why):
+            yaml_parameters(bad, bounds)
+    assert len(yaml_parameters("{a: 1, b: {c: [1, 2]}, d: x, e: 2.5}", bounds)) == 4
+    with pytest.raises(ValueError, match="aliases"):
+        yaml_parameters(bomb)  # the default bounds too
+
+
 # -- agents over DDS ---------------------------------------------------------------------------------------------
 
 
@@ -411,6 +428,7 @@ def test_load_module_and_unload_module_serve_good_requests_and_refuse_bad_ones(p
         "kind 9": load_request(9, "x"),
         "valid YAML": load_request(ModuleAssignment.KIND_BLOCKS, **blocks, yaml="a: ["),
         "mapping": load_request(ModuleAssignment.KIND_BLOCKS, **blocks, yaml="- 1"),
+        "aliases": load_request(ModuleAssignment.KIND_BLOCKS, **blocks, yaml="a: &a {b: *a, c: 1}"),
         "names no component": load_request(ModuleAssignment.KIND_ENCODER, "warp_drive"),
         "does not match": load_request(ModuleAssignment.KIND_BLOCKS, "blocks_0_3", (0, 2), blocks["topics"]),
         "bad layer range": load_request(ModuleAssignment.KIND_BLOCKS, "", (4, 2), blocks["topics"]),
@@ -421,8 +439,13 @@ def test_load_module_and_unload_module_serve_good_requests_and_refuse_bad_ones(p
         assert not answer.success and why in answer.message, (why, answer.message)
     answer = call(ros, unload, UnloadModule.Request(module_id="blocks_0_2"), agent)
     assert not answer.success and "not hosted" in answer.message
-
+    # the YAML bounds are live: `ros2 param set` holds the next request to the new bound
     good = load_request(ModuleAssignment.KIND_BLOCKS, **blocks, yaml="num_threads: 1", memory_bytes=1000)
+    assert all(r.successful for r in set_parameters(ros, f"/{ns}/agent_svc", max_parameters_yaml_bytes=5))
+    answer = call(ros, load, good, agent)
+    assert not answer.success and "14 bytes, more than the 5 allowed" in answer.message, answer.message
+    assert all(r.successful for r in set_parameters(ros, f"/{ns}/agent_svc", max_parameters_yaml_bytes=65536))
+
     answer = call(ros, load, good, agent)
     assert answer.success, answer.message
     answer = call(ros, load, good, agent)

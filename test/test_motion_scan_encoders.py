@@ -281,7 +281,6 @@ BAD_IMU = [
     (ImuSample(0.305, (0.0, math.nan, 0.6), (0.5, 0.0, 9.8)), "angular_velocity holds a non-finite"),
     (ImuSample(0.305, (0.0, 0.6), (0.5, 0.0, 9.8)), "angular_velocity has 2 elements"),
     (ImuSample(0.305, (0.0, 0.0, 0.6), (0.5, 0.0, 9.8), orientation_covariance=(0.0,) * 8), "has 8 elements"),
-    (ImuSample(0.305, (0.0, 0.0, 0.6), (0.5, 0.0, 9.8), (0, 0, 0, 0), (0.0,) * 9), "zero length"),
     (ImuSample(0.305, (0.0, 0.0, 0.6), (0.5, 0.0, 9.8), angular_velocity_covariance=(-1.0,) * 9), "no angular"),
     (ImuSample(0.305, (0.0, 0.0, 0.6), (0.5, 0.0, 9.8), linear_acceleration_covariance=(-1.0,) * 9), "no linear"),
     (ImuSample(0.300, (0.0, 0.0, 0.6), (0.5, 0.0, 9.8)), "not after"),
@@ -306,6 +305,21 @@ def test_a_rejected_sample_changes_nothing(make_encoder, good, bad, message):
     assert [(w, span, e.tolist()) for w, span, e in before + after] == [
         (w, span, e.tolist()) for w, span, e in reference
     ]
+
+
+def test_a_raw_imu_without_orientation_gives_the_tokens_of_one_that_says_so():
+    """Real data: drivers publish imu/data_raw with an all-zero quaternion and all-zero covariances (not -1); the
+    encoder reads only angular velocity and acceleration, so it must not refuse those samples."""
+    rng = np.random.default_rng(7)
+    declared = imu_window(rng, seconds=2.0, yaw_rate=0.8, forward=0.5, orientation=False)
+    raw = [dataclasses.replace(s, orientation=(0.0,) * 4, orientation_covariance=(0.0,) * 9,
+                               angular_velocity_covariance=(0.0,) * 9, linear_acceleration_covariance=(0.0,) * 9)
+           for s in declared]
+    nan_orientation = [dataclasses.replace(s, orientation=(math.nan,) * 4) for s in raw]
+    expected = [(w, span, e.tolist()) for w, span, e in run(ImuMotionEncoder(), declared)]
+    assert len(expected) >= 3
+    for samples in (raw, nan_orientation):
+        assert [(w, span, e.tolist()) for w, span, e in run(ImuMotionEncoder(), samples)] == expected
 
 
 def test_yaw_from_quaternion_ignores_length_and_refuses_zero():

@@ -27,6 +27,7 @@ from edge_lam.training.compression import Encoded, ErrorFeedback, codec_from_spe
 from edge_lam.training.domain_data import PROMPT, build_domain_set, make_batch
 from edge_lam.training.ledger import ByteLedger
 from edge_lam.training.split import IGNORE, AnswerScores, SplitBottom, SplitTop, answer_scores
+from edge_lam.wire.training import BadMessage, decode_activation, decode_state, decode_stream, encode_state
 
 BAG = "nav2_turtlebot.mcap"
 
@@ -178,6 +179,53 @@ def test_codec_sizes_and_refusals():
         codec_from_spec("fp16").decode(codec_from_spec("int8").encode(x))
 
 
+def malformed_parts() -> list[tuple[str, dict[str, np.ndarray], str]]:
+    """(codec, parts, why) for a tensor of shape [2, 3, 8]: each set of parts is small, and decoding any without
+    the check would allocate what the parts claim, index out of range or give a tensor of another shape."""
+    shape = np.array([2, 3, 8], np.int64)
+    sparse = {"values": np.ones(2, np.float16), "indices": np.array([0, 5], np.int32),
+              "scale": np.ones(1, np.float32), "shape": shape}
+    return [
+        ("topk:0.1", {**sparse, "shape": np.array([10**6, 10**6, 8], np.int64)}, "stated shape"),
+        ("topk:0.1", {**sparse, "indices": np.array([0, 48], np.int32)}, "indices outside"),
+        ("topk:0.1", {**sparse, "indices": np.array([-1, 0], np.int32)}, "indices outside"),
+        ("topk:0.1", {**sparse, "values": np.ones(49, np.float16), "indices": np.zeros(49, np.int32)}, "48 elements"),
+        ("topk:0.1", {**sparse, "values": np.ones(3, np.float16)}, "indices for"),
+        ("topk:0.1", {**sparse, "scale": np.full(1, np.nan, np.float32)}, "scale is inf or NaN"),
+        ("topk:0.1", {**sparse, "indices": np.array([0, 5], np.int64)}, "expected int32"),
+        ("int8", {"q": np.zeros((2, 3, 1), np.int8), "scale": np.ones(8, np.float32)}, "part 'q'"),
+        ("int8", {"q": np.zeros((2, 3, 8), np.int8), "scale": np.ones(10**4, np.float32)}, "part 'scale'"),
+        ("fp16", {"data": np.zeros((2, 3, 8), np.float16), "scale": np.full(1, np.inf, np.float32)}, "inf or NaN"),
+        ("fp16", {"data": np.zeros((2, 3, 8), np.float16)}, "parts"),
+        ("fp32", {"data": np.zeros((2, 3, 8), np.float64)}, "expected float32"),
+    ]
+
+
+@pytest.mark.parametrize(("spec", "parts", "why"), malformed_parts())
+def test_codec_parts_are_checked_against_the_expected_shape_before_decoding(spec, parts, why):
+    """Findings: a 16.8 KB training message made the edge allocate 9.8 GB. What a receiver expects is checked first."""
+    with pytest.raises(ValueError, match=why):
+        codec_from_spec(spec).decode(Encoded(spec, parts), (2, 3, 8))
+    with pytest.raises(BadMessage, match=why):
+        decode_stream(Encoded(spec, parts).wire("activation"), "activation", (2, 3, 8))
+    good = codec_from_spec(spec).encode(torch.randn(2, 3, 8))
+    assert decode_stream(good.wire("activation"), "activation", (2, 3, 8)).shape == (2, 3, 8)
+
+
+def test_activation_messages_are_bounded_in_tokens_and_weights_in_magnitude():
+    targets = np.full((1, 4200), 7, np.int32)  # 16.8 KB: what made the edge allocate 9.8 GB
+    arrays = {"targets": targets, **codec_from_spec("topk:0.1").encode(torch.zeros(1, 1, 64)).wire("activation")}
+    with pytest.raises(BadMessage, match="4200 tokens, over max_tokens_per_message=2048"):
+        decode_activation(arrays, hidden_size=64, vocab_size=256, max_tokens=2048)
+    arrays = {"targets": targets[:, :5], **codec_from_spec("fp16").encode(torch.ones(1, 5, 64)).wire("activation")}
+    activation, wide = decode_activation(arrays, hidden_size=64, vocab_size=256, max_tokens=5)
+    assert activation.shape == (1, 5, 64) and wide.dtype == torch.int64
+    state = {"w": torch.full((2, 2), 1e30)}
+    with pytest.raises(BadMessage, match="magnitude 1e\\+30, over 100"):
+        decode_state(encode_state(state, codec_from_spec("fp16")), {"w": (2, 2)}, max_abs=100.0)
+    assert decode_state(encode_state(state, codec_from_spec("fp16")), {"w": (2, 2)})["w"].max() == 1e30
+
+
 @pytest.mark.parametrize("spec", ["int8", "topk:0.05"])
 def test_error_feedback_keeps_the_accumulated_error_bounded(spec):
     """Sending a slowly changing weight update every step: with feedback, the sum of what arrived stays a bounded
@@ -291,6 +339,18 @@ def test_split_refuses_bad_cuts_and_gradients():
         bottom.backward(torch.zeros(1, 4, 64))
     with pytest.raises(ValueError, match="no answer tokens"):
         SplitTop(arch, 2, LoraSettings(rank=2)).step(activation, torch.full((1, 3), IGNORE))
+
+
+def test_a_step_that_would_not_be_finite_is_refused_and_trains_nothing():
+    """Finite but extreme activations (3e38) overflow inside the top: the edge's gradient could not be encoded and
+    the step would have made the top's weights NaN for every robot."""
+    top = SplitTop(describe(tiny_llama()), 2, LoraSettings(rank=2), lr=0.1)
+    before = top.trainable_state()
+    with pytest.raises(ValueError, match="not finite"):
+        top.step(torch.full((1, 3, 64), 3e38), torch.tensor([[IGNORE, 5, 6]]))
+    assert all(torch.equal(before[n], t) for n, t in top.trainable_state().items())
+    loss, grad = top.step(torch.randn(1, 3, 64), torch.tensor([[IGNORE, 5, 6]]))
+    assert math.isfinite(loss) and torch.isfinite(grad).all()
 
 
 # Training on the domain set

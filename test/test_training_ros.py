@@ -15,13 +15,16 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
+from diagnostic_msgs.msg import DiagnosticArray
 from edge_lam_msgs.msg import Tensor, TensorList
+from parameter_calls import set_parameters
 from rclpy.serialization import serialize_message
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import finish
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.ros.bounds import DIAGNOSTICS_DEPTH
 from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.training.adapters import LoraSettings
 from edge_lam.training.compression import codec_from_spec
@@ -201,6 +204,11 @@ def bad_activations() -> list[tuple[str, TensorList]]:
                    "activation/topk:0.1/scale": np.ones(1, np.float32),
                    "activation/topk:0.1/shape": np.array([10**6, 10**6, 10**6])}
     del huge_sparse["activation/fp32/data"]
+    long_sparse = {**huge_sparse, "activation/topk:0.1/shape": np.array([1, 4200, HIDDEN]),
+                   "targets": np.full((1, 4200), 7, np.int32)}  # 16.8 KB of targets: the 9.8 GB of the findings
+    negative = {**huge_sparse, "activation/topk:0.1/shape": np.array([1, 5, HIDDEN]),
+                "activation/topk:0.1/indices": np.full(1, -1, np.int32)}
+    extreme = {**good, "activation/fp32/data": np.full((1, 5, HIDDEN), 3e38, np.float32)}  # finite, overflows
     return [
         ("expected 20", truncated),
         ("integer scalar 'step'", pack("probe", {"round": 0, "cut": CUT}, good)[0]),
@@ -212,6 +220,9 @@ def bad_activations() -> list[tuple[str, TensorList]]:
         ("no robot id", pack("", fields, good)[0]),
         ("token ids", pack("probe", fields, {**good, "targets": np.array([[10**9, 0, 0, 0, 0]], np.int32)})[0]),
         ("no answer tokens", pack("probe", fields, {**good, "targets": np.full((1, 5), IGNORE, np.int32)})[0]),
+        ("over max_tokens_per_message=2048", pack("probe", fields, long_sparse)[0]),
+        ("indices outside", pack("probe", fields, negative)[0]),
+        ("not finite", pack("probe", fields, extreme)[0]),
     ]
 
 
@@ -253,6 +264,176 @@ def test_the_edge_logs_malformed_activations_and_keeps_serving(processes, tiny_m
     assert len(errors) == len(bad), output
     for (word, _), line in zip(bad, errors, strict=True):
         assert word in line, (word, line)
+
+
+FUZZ_MESSAGES = 300
+FUZZ_ADAPTERS = 100
+
+
+def fuzz_activations(rng: np.random.Generator, count: int) -> list[TensorList]:
+    """Seeded random activation messages, extreme-but-valid and malformed: codecs and their parts with shapes
+    that fit or not, magnitudes from 1e-40 to 3e38, inf and NaN, targets of any integer (or float) dtype and range,
+    parts missing or stated far larger than sent. Each is either trained on and answered, or logged and dropped."""
+    specs = ("fp32", "fp16", "int8", "topk:0.25")
+    messages = []
+    for step in range(count):
+        batch, length = int(rng.integers(1, 4)), int(rng.integers(1, 9))
+        hidden = HIDDEN if rng.random() < 0.8 else int(rng.integers(1, 2 * HIDDEN))
+        activation = rng.standard_normal((batch, length, hidden)) * 10.0 ** rng.uniform(-40, 38.5)
+        if rng.random() < 0.1:
+            activation.flat[int(rng.integers(activation.size))] = rng.choice([np.inf, -np.inf, np.nan])
+        spec = specs[int(rng.integers(len(specs)))]
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 on purpose: inf
+            wide = activation.astype(np.float32)
+        try:
+            arrays = codec_from_spec(spec).encode(torch.from_numpy(wide)).wire("activation")
+        except ValueError:  # inf or NaN: sent raw instead
+            arrays = {"activation/fp32/data": wide}
+        dtype = rng.choice(["int32", "int64", "int8", "uint8", "float32"])
+        targets = rng.integers(-200, 49_300, (batch, length)).astype(dtype)
+        targets[:, : max(1, length // 2)] = IGNORE if dtype in ("int32", "int64", "float32") else 0
+        arrays["targets"] = targets
+        mutation = rng.random()
+        if mutation < 0.1 and arrays:
+            arrays.pop(sorted(arrays)[int(rng.integers(len(arrays)))])
+        elif mutation < 0.2:
+            name = sorted(arrays)[int(rng.integers(len(arrays)))]
+            if name.endswith("/shape"):
+                arrays[name] = rng.integers(-2**40, 2**40, arrays[name].shape)
+            else:
+                arrays[name] = arrays[name].reshape(-1)[: int(rng.integers(0, arrays[name].size + 1))]
+        fields = {"round": 0 if rng.random() < 0.9 else int(rng.integers(-2**62, 2**62)), "step": step,
+                  "cut": CUT if rng.random() < 0.95 else int(rng.integers(-5, 5))}
+        messages.append(pack("fuzz", fields, arrays)[0])
+    return messages
+
+
+def fuzz_adapters(rng: np.random.Generator, count: int, shapes: dict[str, tuple[int, ...]]) -> list[TensorList]:
+    """Seeded random adapter updates: every weight or some, of its shape or another, magnitudes from 1e-40 to 1e38,
+    any codec, any sample count."""
+    specs = ("fp32", "fp16", "int8", "topk:0.25")
+    messages = []
+    for _ in range(count):
+        state = {}
+        for name, shape in shapes.items():
+            if rng.random() < 0.05:
+                continue
+            if rng.random() < 0.05:
+                shape = (*shape[:-1], shape[-1] + 1)
+            state[name] = torch.from_numpy((rng.standard_normal(shape) * 10.0 ** rng.uniform(-40, 38)).astype(
+                np.float32))
+        if rng.random() < 0.05:
+            state["layers.0.extra"] = torch.ones(2)
+        samples = int(rng.choice([0, -1, 1, 33, 2**62]))
+        arrays = encode_state(state, codec_from_spec(specs[int(rng.integers(len(specs)))]))
+        messages.append(pack("fuzz", {"round": 0, "samples": samples, "cut": CUT}, arrays)[0])
+    return messages
+
+
+def test_the_edge_survives_a_fuzz_of_its_activations_and_its_token_bound_is_live(processes, tiny_model):
+    """Crash 6 of the findings: the edge trainer ended during a fuzz of its activations topic (a finite activation
+    of 3e38 overflowed the top: NaN weights, a gradient that could not be encoded). After a seeded fuzz the edge
+    still answers a good activation; max_tokens_per_message set through ROS takes effect at once."""
+    namespace = f"/training_{uuid.uuid4().hex[:8]}"
+    client = RosClient("fuzzer", namespace)
+    try:
+        logs = client.collect_logs()
+        diagnostics = client.collect(DiagnosticArray, "/diagnostics", DIAGNOSTICS_DEPTH)
+        globals_seen = client.collect(TensorList, "training/global_adapter", LATCHED)
+        gradients = client.collect(TensorList, "training/gradients", TENSORS)
+        # two robots make a round: the fuzzer's valid updates alone do not close it
+        edge = start_edge(processes, namespace, tiny_model, "-p", "rounds:=1", "-p", "min_robots:=2")
+        assert client.spin_until(lambda: globals_seen, TIMEOUT_S), "the edge published no global adapter"
+        publisher = client.publisher(TensorList, "training/activations", TENSORS)
+        uploads = client.publisher(TensorList, "training/adapters", TENSORS)
+        assert client.spin_until(lambda: client.node.count_publishers(f"{namespace}/training/gradients") == 1, 30.0)
+        rng = np.random.default_rng(15)
+        shapes = {name: tuple(t.shape) for name, t in initial_adapter(tiny_model).items()}
+        for msg in fuzz_activations(rng, FUZZ_MESSAGES):
+            publisher.publish(msg)
+            client.spin_for(0.002)
+        with np.errstate(over="ignore", invalid="ignore"):
+            adapter_fuzz = fuzz_adapters(rng, FUZZ_ADAPTERS, shapes)
+        for msg in adapter_fuzz:
+            uploads.publish(msg)
+            client.spin_for(0.002)
+        activation = np.random.default_rng(0).standard_normal((2, 5, HIDDEN)).astype(np.float32)
+        targets = np.array([[IGNORE, IGNORE, 7, 8, 9], [IGNORE, 3, 4, IGNORE, IGNORE]], np.int32)
+
+        def good(step: int) -> TensorList:
+            return pack("probe", {"round": 0, "step": step, "cut": CUT},
+                        {"activation/fp32/data": activation, "targets": targets})[0]
+
+        def answered(step: int) -> bool:
+            return any(m.header.frame_id == "probe" and unpack(m, ("round", "step")).fields["step"] == step
+                       for m in gradients)
+
+        assert all(r.successful for r in set_parameters(client, f"{namespace}/edge_trainer", max_tokens_per_message=9))
+        publisher.publish(good(0))
+        assert client.spin_until(lambda: any(log.msg.startswith("activation from 'probe'") and
+                                             "10 tokens, over max_tokens_per_message=9" in log.msg for log in logs),
+                                 60.0), "the lowered bound was not applied"
+        assert all(r.successful for r in set_parameters(client, f"{namespace}/edge_trainer",
+                                                         max_tokens_per_message=2048))
+        publisher.publish(good(1))
+        assert client.spin_until(lambda: answered(1), 60.0), "no gradient for a good activation after the fuzz"
+        assert not answered(0)
+        # the edge's diagnostics show how close activations come to the bound (the last one: 2 x 5 tokens)
+        assert client.spin_until(lambda: any(
+            status.name == f"{namespace}/edge_trainer: bounds"
+            and [(kv.key, kv.value) for kv in status.values] == [("tokens_per_message", "10 / 2048")]
+            for array in diagnostics for status in array.status), 30.0)
+        assert edge.poll() is None, "the edge died"
+        fuzz_answers = [m for m in gradients if m.header.frame_id == "fuzz"]
+        for reply in fuzz_answers:  # what the edge did answer is finite
+            assert torch.isfinite(weights(reply, ("round", "step"))[1]["gradient"]).all()
+        refused = [log.msg for log in logs if log.name.endswith("edge_trainer") and log.level >= 40]
+        taken = [log.msg for log in logs if log.name.endswith("edge_trainer") and "update from 'fuzz'" in log.msg]
+        assert len(fuzz_answers) + len(refused) + len(taken) >= FUZZ_MESSAGES + FUZZ_ADAPTERS, \
+            (len(fuzz_answers), len(refused), len(taken))
+    finally:
+        client.close()
+    edge.send_signal(signal.SIGINT)
+    _, output = finish(edge, 10.0)
+    assert "Traceback" not in output, output[-3000:]
+
+
+def test_a_robot_ignores_a_global_adapter_it_cannot_train_from_and_goes_on(processes, tiny_model, tmp_path):
+    """Crash 4 of the findings: a global adapter of weights 1e30 ended the robot (its activation could not be
+    encoded). It is refused by max_adapter_weight; with the bound raised through ROS, the forward overflows and the
+    adapter is ignored; the genuine adapter that follows is trained from."""
+    namespace = f"/training_{uuid.uuid4().hex[:8]}"
+    client = RosClient("fake_edge", namespace)
+    try:
+        logs = client.collect_logs()
+        activations = client.collect(TensorList, "training/activations", TENSORS)
+        gradients = client.node.create_publisher(TensorList, "training/gradients", TENSORS)
+        robot = start_robot(processes, namespace, tiny_model, "robot_a", 0, tmp_path / "ledger.json")
+        adapters = client.publisher(TensorList, "training/global_adapter", LATCHED, timeout_s=TIMEOUT_S)
+        assert client.spin_until(lambda: gradients.get_subscription_count() > 0, TIMEOUT_S)
+        initial = {name: tensor.float() for name, tensor in initial_adapter(tiny_model).items()}
+        codec = codec_from_spec("fp32")
+
+        def robot_logged(text: str) -> bool:
+            return any(log.name.endswith("robot_a") and text in log.msg for log in logs)
+
+        huge = pack("", {"round": 0, "rounds": 1},
+                    encode_state({n: torch.full_like(t, 1e30) for n, t in initial.items()}, codec))[0]
+        adapters.publish(huge)
+        assert client.spin_until(lambda: robot_logged("magnitude 1e+30, over 100"), TIMEOUT_S), "not refused"
+        results = set_parameters(client, f"{namespace}/robot_a", max_adapter_weight=1e31)
+        assert all(r.successful for r in results)
+        adapters.publish(huge)
+        assert client.spin_until(lambda: robot_logged("global adapter of round 0 ignored: training from it fails"),
+                                 TIMEOUT_S), "the overflowing adapter was not ignored"
+        assert not activations and robot.poll() is None
+        adapters.publish(pack("", {"round": 0, "rounds": 1}, encode_state(initial, codec))[0])
+        assert client.spin_until(lambda: activations, TIMEOUT_S), "no activation from the genuine adapter"
+        fields, sent = weights(activations[0], ("round", "step", "cut"))
+        assert fields == {"round": 0, "step": 0, "cut": CUT} and torch.isfinite(sent["activation"]).all()
+        assert robot.poll() is None
+    finally:
+        client.close()
 
 
 def test_with_trust_on_forged_uploads_and_a_forged_global_adapter_change_nothing(processes, tiny_model, tmp_path):

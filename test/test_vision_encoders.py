@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import array
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from edge_lam.assets.cache import camera_bag_dir, patch_codebook_npz, skimage_photos_dir
 from edge_lam.encoders.classifier import EfficientNetClassifier, imagenet_vocabulary
 from edge_lam.encoders.image import compressed_to_rgb, image_to_rgb, shrink
+from edge_lam.encoders.image_size import declared_size
 from edge_lam.encoders.patches import PatchCodebook, PatchTokenizer, load_codebook
 from edge_lam.encoders.tokens import EncoderInputError
 from edge_lam.prepare.codebook import describe_code, hue_turned, kmeans, photo_paths, training_patches
@@ -175,6 +178,8 @@ BAD_RAW = {
     "truncated data": ("rgb8", 4, 4, 12, bytes(47)),
     "truncated padded data": ("bgr8", 4, 4, 16, bytes(60)),
     "not a buffer": ("mono8", 2, 2, 2, [1, 2, 3, 4]),
+    "data longer than its rows": ("rgb8", 4, 4, 12, bytes(49)),
+    "more pixels than allowed": ("mono8", 600, 2000, 2000, bytes(1_200_000), 1_000_000),
 }
 
 
@@ -197,8 +202,39 @@ def jpeg_bytes() -> bytes:
     return encoded.tobytes()
 
 
+def claiming(size: tuple[int, int], extension: str) -> bytes:
+    """A small valid file of ``extension`` whose header is rewritten to claim ``size`` (width, height)."""
+    ok, encoded = cv2.imencode(extension, photo("coffee.png")[:16, :16])
+    assert ok
+    data = bytearray(encoded.tobytes())
+    width, height = size
+    if extension == ".png":
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # a valid IHDR CRC: only the size lies
+    else:
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("extension", [".png", ".jpg"])
+def test_the_size_a_file_declares_is_checked_before_it_is_decoded(extension):
+    """Crash 2 of the findings: a PNG claiming 65535x65535 made OpenCV raise; an 811-byte JPEG claiming 30000x30000
+    took 5.4 GB. The declared size is read from the header and refused over max_pixels, decoding nothing."""
+    assert declared_size(claiming((16, 16), extension)) == (16, 16)
+    for size in ((65535, 65535), (30000, 30000), (2000, 600)):
+        data = claiming(size, extension)
+        assert declared_size(data) == size
+        with pytest.raises(EncoderInputError, match="max_image_pixels=1000000"):
+            compressed_to_rgb("png" if extension == ".png" else "jpeg", data, max_pixels=1_000_000)
+    assert compressed_to_rgb("jpeg", claiming((16, 16), extension), max_pixels=256).shape == (16, 16, 3)
+
+
 BAD_COMPRESSED = {
     "empty": ("jpeg", b""),
+    "neither PNG nor JPEG": ("bmp", lambda: cv2.imencode(".bmp", photo("coffee.png"))[1].tobytes()),
+    "JPEG without a frame header": ("jpeg", b"\xff\xd8\xff\xe0\x00\x04ab\xff\xda\x00\x02" + bytes(100)),
+    "JPEG stating no height": ("jpeg", lambda: claiming((16, 0), ".jpg")),
     "not an image": ("jpeg", b"this is not a jpeg at all" * 20),
     "header only": ("jpeg", lambda: jpeg_bytes()[:20]),
     "compressed depth": ("16UC1; compressedDepth png", lambda: jpeg_bytes()),

@@ -15,9 +15,9 @@ from sensor_msgs.msg import CompressedImage, Image
 from edge_lam.assets.cache import patch_codebook_npz
 from edge_lam.encoders.classifier import EfficientNetClassifier
 from edge_lam.encoders.encoder_node import EncoderNode
-from edge_lam.encoders.image import compressed_to_rgb, image_to_rgb
+from edge_lam.encoders.image import MAX_PIXELS, compressed_to_rgb, image_to_rgb
 from edge_lam.encoders.patches import PatchTokenizer
-from edge_lam.encoders.tokens import EncoderInputError
+from edge_lam.ros.bounds import Bounds
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 
@@ -39,6 +39,12 @@ class CameraEncoderNode(EncoderNode):
         compressed_topic = declare(
             self, "compressed_topic", "image_raw/compressed", "CompressedImage input; empty: none."
         )
+        self._max_pixels = declare(
+            self, "max_image_pixels", MAX_PIXELS,
+            "Most pixels (width x height) a frame may have; larger ones are refused, compressed ones before decoding "
+            "(by the size their header declares).",
+            on_change=self._set_max_pixels, low=1,
+        )
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got '{encoder}'")
         if self._embedding_dtype not in ("float32", "float16", "none"):
@@ -48,16 +54,21 @@ class CameraEncoderNode(EncoderNode):
         else:
             self._core = PatchTokenizer.from_file(patch_codebook_npz())
         self.publish_vocabulary(self._core.vocabulary)
+        self._last_pixels = 0  # of the last frame encoded: how close frames come to max_image_pixels
+        Bounds(self).add("image_pixels", lambda: self._last_pixels, lambda: self._max_pixels)
         if image_topic:
             self.create_subscription(Image, image_topic, self.encode_raw, self.input_qos)
         if compressed_topic:
             self.create_subscription(CompressedImage, compressed_topic, self.encode_compressed, self.input_qos)
 
+    def _set_max_pixels(self, value: int) -> None:
+        self._max_pixels = value
+
     def encode_raw(self, msg: Image) -> None:
         started = time.perf_counter()
         try:
-            frame = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data)
-        except EncoderInputError as err:
+            frame = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data, self._max_pixels)
+        except Exception as err:  # EncoderInputError, or anything else: logged, never the node's end
             self.reject("image", err, msg.header.stamp)
             return
         self._encode(frame, msg, started)
@@ -65,16 +76,17 @@ class CameraEncoderNode(EncoderNode):
     def encode_compressed(self, msg: CompressedImage) -> None:
         started = time.perf_counter()
         try:
-            frame = compressed_to_rgb(msg.format, msg.data)
-        except EncoderInputError as err:
+            frame = compressed_to_rgb(msg.format, msg.data, self._max_pixels)
+        except Exception as err:  # EncoderInputError, or anything else: logged, never the node's end
             self.reject("compressed image", err, msg.header.stamp)
             return
         self._encode(frame, msg, started)
 
     def _encode(self, frame: np.ndarray, msg: Image | CompressedImage, started: float) -> None:
+        self._last_pixels = frame.shape[0] * frame.shape[1]
         try:
             encoded = self._core.encode(frame)
-        except EncoderInputError as err:
+        except Exception as err:  # EncoderInputError, or anything else: logged, never the node's end
             self.reject("image", err, msg.header.stamp)
             return
         if self._embedding_dtype == "none":

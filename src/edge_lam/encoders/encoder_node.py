@@ -16,9 +16,10 @@ from edge_lam_msgs.msg import SemanticTokens
 from edge_lam_msgs.msg import Vocabulary as VocabularyMsg
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
+from rclpy.timer import Timer
 from std_msgs.msg import Header
 
-from edge_lam.encoders.tokens import Encoded, Vocabulary
+from edge_lam.encoders.tokens import Encoded, EncoderInputError, Vocabulary
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import RELIABLE_SENSOR_DATA, SENSOR_DATA, TOKENS, VOCABULARIES
 from edge_lam.wire.stamps import to_seconds
@@ -41,7 +42,9 @@ class EncoderNode(Node):
             "(sensor data QoS), matches every publisher and keeps only the newest messages when the encoder lags.",
         )
         stats_period_s = declare(
-            self, "stats_period_s", 10.0, "Seconds between log lines with message counts and latency; 0 turns them off."
+            self, "stats_period_s", 10.0,
+            "Seconds between log lines with message counts and latency; 0 turns them off.",
+            on_change=self._start_stats, low=0.0,
         )
         self.input_qos: QoSProfile = RELIABLE_SENSOR_DATA if reliable else SENSOR_DATA
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
@@ -51,8 +54,16 @@ class EncoderNode(Node):
         self._vocabulary: Vocabulary | None = None
         self._tokens_pub = self.create_publisher(SemanticTokens, f"tokens/{modality}", TOKENS)
         self._vocabulary_pub = self.create_publisher(VocabularyMsg, f"tokens/{modality}/vocabulary", VOCABULARIES)
-        if stats_period_s > 0:
-            self.create_timer(stats_period_s, self.log_stats)
+        self._stats_timer: Timer | None = None
+        self._start_stats(stats_period_s)
+
+    def _start_stats(self, period_s: float) -> None:
+        """Log the stats every ``period_s`` from now on (never for 0); live, so `ros2 param set` takes effect."""
+        if self._stats_timer is not None:
+            self.destroy_timer(self._stats_timer)
+            self._stats_timer = None
+        if period_s > 0:
+            self._stats_timer = self.create_timer(period_s, self.log_stats)
 
     def publish_vocabulary(self, vocabulary: Vocabulary) -> None:
         self._vocabulary = vocabulary
@@ -84,11 +95,14 @@ class EncoderNode(Node):
         self.latencies_s.append(time.perf_counter() - started)
 
     def reject(self, what: str, error: Exception, stamp: Time | None = None) -> None:
-        """Log input the core refused; the node keeps running and the sequence numbers have no gap."""
+        """Log input the core refused, or that failed in any other way (then with the error's type: a bug or a
+        resource running out, which must not end the node either); the node keeps running and the sequence numbers
+        have no gap."""
         self.rejected += 1
         self.handled += 1
         when = f" stamped {to_seconds(stamp):.9f}" if stamp is not None else ""
-        self.get_logger().error(f"rejected {what}{when} ({self.rejected} so far): {error}")
+        why = str(error) if isinstance(error, EncoderInputError) else f"{type(error).__name__}: {error}"
+        self.get_logger().error(f"rejected {what}{when} ({self.rejected} so far): {why}")
 
     def log_stats(self) -> None:
         if not self.latencies_s:

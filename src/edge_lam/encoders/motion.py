@@ -309,17 +309,15 @@ class ImuMotionEncoder(_WindowEncoder):
         """Take one sample; return the token of the window it closes, if any. Bad samples raise EncoderInputError."""
         _, _, wz = _vector("angular_velocity", sample.angular_velocity, 3)
         ax, ay, az = _vector("linear_acceleration", sample.linear_acceleration, 3)
-        qx, qy, qz, qw = _vector("orientation", sample.orientation, 4)
-        orientation_given = _covariance_given("orientation", sample.orientation_covariance)
         if not _covariance_given("angular_velocity", sample.angular_velocity_covariance):
             raise EncoderInputError("IMU gives no angular velocity (its covariance[0] is -1): no turn can be read")
         if not _covariance_given("linear_acceleration", sample.linear_acceleration_covariance):
             raise EncoderInputError("IMU gives no linear acceleration (its covariance[0] is -1)")
         forward = ax
-        if orientation_given:
+        orientation = _orientation(sample)
+        if orientation is not None:
+            qx, qy, qz, qw = orientation
             norm2 = qx * qx + qy * qy + qz * qz + qw * qw
-            if norm2 < 1e-12:
-                raise EncoderInputError("IMU orientation quaternion has zero length but its covariance says given")
             # x of gravity's reaction seen in the body frame: g times row 3, column 1 of the rotation matrix.
             forward = ax - STANDARD_GRAVITY * 2.0 * (qx * qz - qw * qy) / norm2
         encoded = self._accept_stamp("IMU", sample.stamp)
@@ -353,6 +351,20 @@ def _vector(name: str, values: Sequence[float], size: int) -> tuple[float, ...]:
 
 
 def _covariance_given(name: str, covariance: Sequence[float]) -> bool:
-    """Whether REP 145 says the field is given (element 0 is not -1); a covariance that is no 3x3 raises."""
-    first = _vector(f"{name}_covariance", covariance, 9)[0]
-    return first != -1.0
+    """Whether REP 145 says the field is given (element 0 is not -1); a covariance that is no 3x3 raises. The other
+    elements are not used, so they are not checked."""
+    if len(covariance) != 9:
+        raise EncoderInputError(f"IMU {name}_covariance has {len(covariance)} elements, expected 9")
+    return float(covariance[0]) != -1.0
+
+
+def _orientation(sample: ImuSample) -> tuple[float, ...] | None:
+    """The orientation quaternion when the IMU gives one; None when it says it does not (covariance[0] = -1) or
+    gives no rotation: a raw IMU (``imu/data_raw``) publishes an all-zero quaternion with an all-zero covariance,
+    and its angular velocity and acceleration are what the encoder reads anyway."""
+    if not _covariance_given("orientation", sample.orientation_covariance) or len(sample.orientation) != 4:
+        return None
+    q = tuple(float(v) for v in sample.orientation)
+    if not all(math.isfinite(v) for v in q) or sum(v * v for v in q) < 1e-12:
+        return None
+    return q

@@ -16,7 +16,6 @@ from std_msgs.msg import Header
 
 from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.motion import ImuMotionEncoder, MotionBins, OdometryMotionEncoder
-from edge_lam.encoders.tokens import EncoderInputError
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.wire.sensors import imu_sample, odometry_sample
@@ -70,7 +69,7 @@ class MotionEncoderNode(EncoderNode):
                 )
                 self._core.reset()
             encoded = self._core.add(sample)
-        except EncoderInputError as err:
+        except Exception as err:  # EncoderInputError, or anything else: logged, never the node's end
             self.reject(f"{self.modality} sample", err, msg.header.stamp)
             return
         window_end, self._last_header, self._last_stamp = self._last_header, msg.header, sample.stamp

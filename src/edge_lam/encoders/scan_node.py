@@ -9,7 +9,6 @@ from sensor_msgs.msg import LaserScan
 
 from edge_lam.encoders.encoder_node import EncoderNode
 from edge_lam.encoders.scan import ScanBins, ScanEncoder
-from edge_lam.encoders.tokens import EncoderInputError
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 
@@ -38,7 +37,7 @@ class ScanEncoderNode(EncoderNode):
                 msg.angle_min, msg.angle_max, msg.angle_increment, msg.range_min, msg.range_max,
                 msg.ranges, msg.intensities,
             )
-        except EncoderInputError as err:
+        except Exception as err:  # EncoderInputError, or anything else: logged, never the node's end
             self.reject("scan", err, msg.header.stamp)
             return
         self.publish_tokens(encoded, msg.header, started)

@@ -7,6 +7,7 @@ Kept free of ROS so the cores can be tested and benchmarked alone; the encoder n
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class Encoded:
 
     def __post_init__(self) -> None:
         self.ids = np.ascontiguousarray(self.ids, dtype=np.uint32).reshape(-1)
-        if self.shape and int(np.prod(self.shape)) != self.ids.size:
+        if self.shape and math.prod(int(n) for n in self.shape) != self.ids.size:  # numpy's product would wrap
             raise ValueError(f"token grid {self.shape} does not hold {self.ids.size} ids")
         if self.scores is not None:
             self.scores = np.ascontiguousarray(self.scores, dtype=np.float32).reshape(-1)

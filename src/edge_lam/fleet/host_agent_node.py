@@ -17,6 +17,7 @@ and launch_ros's ComposableNodeContainer can drive it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import posixpath
 import socket
@@ -31,7 +32,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from edge_lam.container.loader import ComponentLoader, ComponentRequest, Hosted
-from edge_lam.container.parameters import parameter_overrides, yaml_parameters
+from edge_lam.container.parameters import YamlBounds, parameter_overrides, yaml_parameters
 from edge_lam.container.registry import COMPONENTS
 from edge_lam.container.services import add_container_services
 from edge_lam.descriptors import ROLES, Advert
@@ -93,6 +94,20 @@ class HostAgentNode(Node):
                                 "Battery charge 0..1 to advertise; NaN for a host without a battery.")
         self._trust = declare_trust(self, "publish plans that make this host load or unload shards, and call its "
                                     "load_module and unload_module services")
+
+        def bound_yaml(**bound: int) -> None:  # live: the next load_module request is held to the new bound
+            self._yaml_bounds = dataclasses.replace(self._yaml_bounds, **bound)
+
+        self._yaml_bounds = YamlBounds(
+            declare(self, "max_parameters_yaml_bytes", YamlBounds.max_bytes,
+                    "Longest parameters_yaml a load_module request may carry, bytes.", low=0,
+                    on_change=lambda v: bound_yaml(max_bytes=v)),
+            declare(self, "max_parameters_yaml_depth", YamlBounds.max_depth,
+                    "Deepest nesting of mappings and lists in a parameters_yaml.", low=1,
+                    on_change=lambda v: bound_yaml(max_depth=v)),
+            declare(self, "max_parameters_yaml_parameters", YamlBounds.max_parameters,
+                    "Most parameters one parameters_yaml may set.", low=0,
+                    on_change=lambda v: bound_yaml(max_parameters=v)))
         if role not in ROLES:
             raise ValueError(f"role '{role}' must be one of {ROLES}")
         if not (compute_scale > 0 and advert_period_s > 0 and probe_period_s > 0 and memory_limit >= 0):
@@ -272,7 +287,7 @@ class HostAgentNode(Node):
     def _requested(self, request: LoadModule.Request) -> Hosted:
         """What a load_module request asks for, or ValueError saying why it cannot be loaded."""
         module = request.module
-        extra = tuple(yaml_parameters(request.parameters_yaml))
+        extra = tuple(yaml_parameters(request.parameters_yaml, self._yaml_bounds))
         if module.kind == ModuleAssignment.KIND_ENCODER:
             # module_id names a component as compose does: KIND or KIND:NODE_NAME
             kind, _, node_name = module.module_id.partition(":")

@@ -82,13 +82,37 @@ class Codec(ABC):
     @abstractmethod
     def encode(self, tensor: torch.Tensor) -> Encoded: ...
 
-    def decode(self, encoded: Encoded) -> torch.Tensor:
+    def decode(self, encoded: Encoded, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """The tensor; with ``shape``, its parts are first checked against what a tensor of that shape takes
+        (names, dtypes, sizes, index ranges), so a received message allocates nothing its receiver did not expect."""
         if encoded.codec != self.spec:
             raise ValueError(f"codec '{self.spec}' cannot decode a tensor encoded by '{encoded.codec}'")
+        if shape is not None:
+            self.check(encoded.arrays, shape)
         return self._decode(encoded.arrays)
 
     @abstractmethod
+    def check(self, arrays: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> None:
+        """ValueError unless ``arrays`` are the parts this codec makes of a tensor of ``shape``."""
+
+    @abstractmethod
     def _decode(self, arrays: dict[str, np.ndarray]) -> torch.Tensor: ...
+
+
+def _expect(arrays: Mapping[str, np.ndarray], parts: Mapping[str, tuple[str, tuple[int, ...] | None]]) -> None:
+    """The parts named, no others, each of its dtype and (where given) shape."""
+    if set(arrays) != set(parts):
+        raise ValueError(f"parts {sorted(arrays)}, expected {sorted(parts)}")
+    for name, (dtype, shape) in parts.items():
+        array = arrays[name]
+        if array.dtype.name != dtype or (shape is not None and array.shape != shape):
+            raise ValueError(f"part '{name}' is {array.dtype.name} of shape {list(array.shape)}, expected {dtype} "
+                             f"of shape {'any' if shape is None else list(shape)}")
+
+
+def _finite_scale(scale: np.ndarray) -> None:
+    if not np.isfinite(scale).all():
+        raise ValueError("a scale is inf or NaN")
 
 
 def _float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -111,6 +135,9 @@ class Float32Codec(Codec):
     def encode(self, tensor: torch.Tensor) -> Encoded:
         return Encoded(self.spec, {"data": _float32(tensor).numpy()})
 
+    def check(self, arrays: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> None:
+        _expect(arrays, {"data": ("float32", shape)})
+
     def _decode(self, arrays: dict[str, np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.array(arrays["data"], dtype=np.float32))
 
@@ -124,6 +151,10 @@ class Float16Codec(Codec):
         x = _float32(tensor)
         scale = _max_magnitude(x)
         return Encoded(self.spec, {"data": (x / float(scale[0])).half().numpy(), "scale": scale})
+
+    def check(self, arrays: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> None:
+        _expect(arrays, {"data": ("float16", shape), "scale": ("float32", (1,))})
+        _finite_scale(arrays["scale"])
 
     def _decode(self, arrays: dict[str, np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(arrays["data"].astype(np.float32)) * float(arrays["scale"][0])
@@ -145,6 +176,12 @@ class Int8Codec(Codec):
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         q = torch.round(x / safe).clamp_(-127, 127).to(torch.int8)
         return Encoded(self.spec, {"q": q.reshape(tensor.shape).numpy(), "scale": scale.numpy()})
+
+    def check(self, arrays: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> None:
+        if not shape:
+            raise ValueError("int8 needs a channel axis; a scalar has none")
+        _expect(arrays, {"q": ("int8", shape), "scale": ("float32", shape[-1:])})
+        _finite_scale(arrays["scale"])
 
     def _decode(self, arrays: dict[str, np.ndarray]) -> torch.Tensor:
         q = torch.from_numpy(arrays["q"].astype(np.float32))
@@ -173,6 +210,18 @@ class TopKCodec(Codec):
             "values": values.numpy(), "indices": indices.to(torch.int32).numpy(), "scale": scale,
             "shape": np.array(x.shape, dtype=np.int64),
         })
+
+    def check(self, arrays: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> None:
+        _expect(arrays, {"values": ("float16", None), "indices": ("int32", None), "scale": ("float32", (1,)),
+                         "shape": ("int64", (len(shape),))})
+        if tuple(int(n) for n in arrays["shape"]) != shape:
+            raise ValueError(f"stated shape {arrays['shape'].tolist()}, expected {list(shape)}")
+        values, indices, numel = arrays["values"], arrays["indices"], math.prod(shape)
+        if values.ndim != 1 or indices.shape != values.shape or values.size > numel:
+            raise ValueError(f"{list(values.shape)} values and {list(indices.shape)} indices for {numel} elements")
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= numel):
+            raise ValueError(f"indices outside 0..{numel - 1}")
+        _finite_scale(arrays["scale"])
 
     def _decode(self, arrays: dict[str, np.ndarray]) -> torch.Tensor:
         shape = tuple(int(n) for n in arrays["shape"])
@@ -215,8 +264,8 @@ class ErrorFeedback:
         self._residuals[stream] = corrected - self.codec.decode(encoded)
         return encoded
 
-    def decode(self, encoded: Encoded) -> torch.Tensor:
-        return self.codec.decode(encoded)
+    def decode(self, encoded: Encoded, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        return self.codec.decode(encoded, shape)
 
     def reset(self, stream: str | None = None) -> None:
         """Forget one stream's residual (e.g. after the weights it tracks were replaced), or every stream's."""

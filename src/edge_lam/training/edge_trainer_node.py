@@ -36,17 +36,20 @@ from rclpy.node import Node
 
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model
+from edge_lam.ros.bounds import Bounds
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.ros.trust import declare_trust
 from edge_lam.training.adapters import FederatedAdapters
 from edge_lam.training.ledger import ByteLedger
-from edge_lam.training.split import IGNORE, SplitBottom, SplitTop
+from edge_lam.training.split import SplitBottom, SplitTop
 from edge_lam.training.split_parameters import declare_codec, declare_split
-from edge_lam.wire.training import BadMessage, Unpacked, decode_state, decode_stream, encode_state, pack, unpack
+from edge_lam.wire.training import BadMessage, Unpacked, decode_activation, decode_state, encode_state, pack, unpack
 
 ROUND_CHECK_PERIOD_S = 0.5
+MAX_TOKENS_PER_MESSAGE = 2048  # a robot's batch of 8 question/answer pairs takes a few hundred
+MAX_ADAPTER_WEIGHT = 100.0  # LoRA weights and their updates stay far below 1; 1e30 overflows the first forward
 
 
 class EdgeTrainerNode(Node):
@@ -60,7 +63,17 @@ class EdgeTrainerNode(Node):
         self._rounds_total = declare(self, "rounds", 3, "Federated rounds of the run.")
         self._min_robots = declare(self, "min_robots", 1, "Updates a round needs before it closes (or times out).")
         self._round_timeout_s = declare(self, "round_timeout_s", 120.0,
-                                        "Close a round this long after its first update, with the updates it has.")
+                                        "Close a round this long after its first update, with the updates it has.",
+                                        on_change=lambda value: setattr(self, "_round_timeout_s", value), low=1e-3)
+        self._max_tokens = declare(
+            self, "max_tokens_per_message", MAX_TOKENS_PER_MESSAGE,
+            "Most tokens (batch x length) one activation message may carry: the work and memory of one training "
+            "step grow with them (attention with the length squared); larger messages are refused before decoding.",
+            on_change=lambda value: setattr(self, "_max_tokens", value), low=1)
+        self._max_weight = declare(
+            self, "max_adapter_weight", MAX_ADAPTER_WEIGHT,
+            "Largest magnitude an adapter update's weights may have; an update with a larger one is refused.",
+            on_change=lambda value: setattr(self, "_max_weight", value), low=0.0)
         seed = declare(self, "seed", 0, "Seed of the initial adapters: the robots' (sent to them) and the top's.")
         self._trust = declare_trust(self, "send adapter updates and activations into a training round in any "
                                     "robot's name")
@@ -94,6 +107,8 @@ class EdgeTrainerNode(Node):
         self._adapters_channel = self.create_subscription(TensorList, split.adapters_topic, self.on_adapter,
                                                           TENSORS).topic_name
         self.create_timer(ROUND_CHECK_PERIOD_S, self.check_round)
+        self._last_tokens = 0  # of the last activation trained on: how close robots come to max_tokens_per_message
+        Bounds(self).add("tokens_per_message", lambda: self._last_tokens, lambda: self._max_tokens)
         self._run = {**split.record(), "rounds": self._rounds_total,
                      "gradient_codec": self._gradient_codec.spec, "adapter_codec": self._adapter_codec.spec,
                      "seed": seed}
@@ -136,20 +151,21 @@ class EdgeTrainerNode(Node):
             self._send_gradient(robot, round_, answered[2], answered[3])
             return
         try:
-            activation, targets = self._decode_activation(got)
+            activation, targets = decode_activation(got.arrays, self._hidden_size, self._vocab_size, self._max_tokens)
             loss, grad = self._top.step(activation, targets)
-        except BadMessage as err:
+            reply, nbytes = pack(robot, {"round": round_, "step": step},
+                                 {**self._gradient_codec.encode(grad).wire("gradient"),
+                                  "loss": np.array(loss, dtype=np.float32)}, self.get_clock().now().to_msg(),
+                                 self._trust.signer)
+        except (BadMessage, ValueError) as err:  # malformed, over a bound, or a step that would not be finite
             self.get_logger().error(f"activation from '{robot}' (round {round_}, step {step}): {err}")
             return
         except Exception as err:  # a bug or resource error must not end the run for every robot
             self.get_logger().error(f"activation from '{robot}': {type(err).__name__}: {err}")
             return
         self._heard(robot)
+        self._last_tokens = targets.numel()
         self._losses[round_].append(loss)
-        reply, nbytes = pack(robot, {"round": round_, "step": step},
-                             {**self._gradient_codec.encode(grad).wire("gradient"),
-                              "loss": np.array(loss, dtype=np.float32)}, self.get_clock().now().to_msg(),
-                             self._trust.signer)
         self._answered[robot] = (round_, step, reply, nbytes)
         self._send_gradient(robot, round_, reply, nbytes)
 
@@ -168,16 +184,6 @@ class EdgeTrainerNode(Node):
             self.get_logger().error(f"{what} from '{got.robot}' dropped: {problem}")
         return not problem
 
-    def _decode_activation(self, got: Unpacked) -> tuple[torch.Tensor, torch.Tensor]:
-        targets = got.arrays.get("targets")
-        if targets is None or targets.ndim != 2 or targets.dtype.kind not in "iu" or 0 in targets.shape:
-            raise BadMessage("needs integer 'targets' of shape [batch, length]")
-        targets = torch.from_numpy(targets.astype(np.int64))
-        if not (((targets >= 0) & (targets < self._vocab_size)) | (targets == IGNORE)).all():
-            raise BadMessage(f"targets must be token ids below {self._vocab_size} or {IGNORE}")
-        activation = decode_stream(got.arrays, "activation", (*targets.shape, self._hidden_size))
-        return activation, targets
-
     def _send_gradient(self, robot: str, round_: int, reply: TensorList, nbytes: int) -> None:
         self._gradients.publish(self._trust.sign(reply))  # signed afresh: a repeated answer is no replay
         self._ledger.record(round_, "down", self.get_name(), robot, "gradient", nbytes)
@@ -190,11 +196,14 @@ class EdgeTrainerNode(Node):
             return
         robot, round_ = got.robot, got.fields["round"]
         try:
-            update = decode_state(got.arrays, self._shapes)
+            update = decode_state(got.arrays, self._shapes, self._max_weight)
             self._fed.contribute(robot, {n: self._fed.state[n] + update[n] for n in self._shapes},
                                  got.fields["samples"])
         except ValueError as err:  # BadMessage, or a layout or sample count the core refuses
             self.get_logger().error(f"adapter from '{robot}' (round {round_}): {err}")
+            return
+        except Exception as err:  # a bug or resource error must not end the run for every robot
+            self.get_logger().error(f"adapter from '{robot}' (round {round_}): {type(err).__name__}: {err}")
             return
         self._heard(robot)
         self._samples[round_][robot] = got.fields["samples"]
@@ -217,13 +226,16 @@ class EdgeTrainerNode(Node):
         if self.finished or self._first_update is None:
             return
         have = set(self._fed.contributors)
-        if self._expected <= have and len(have) >= self._min_robots:
-            self.close_round()
-        elif time.monotonic() - self._first_update > self._round_timeout_s:
-            missing = sorted(self._expected - have)
-            self.get_logger().warning(f"round {self._fed.round} timed out after {self._round_timeout_s:g} s: "
-                                      f"averaging {sorted(have)} without {missing or 'the minimum'}")
-            self.close_round()
+        try:
+            if self._expected <= have and len(have) >= self._min_robots:
+                self.close_round()
+            elif time.monotonic() - self._first_update > self._round_timeout_s:
+                missing = sorted(self._expected - have)
+                self.get_logger().warning(f"round {self._fed.round} timed out after {self._round_timeout_s:g} s: "
+                                          f"averaging {sorted(have)} without {missing or 'the minimum'}")
+                self.close_round()
+        except Exception as err:  # e.g. the ledger's disk full: logged, and the run goes on
+            self.get_logger().error(f"closing round {self._fed.round}: {type(err).__name__}: {err}")
 
     def close_round(self) -> None:
         closed, recipients = self._fed.round, set(self._fed.contributors)

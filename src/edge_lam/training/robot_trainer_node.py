@@ -49,6 +49,7 @@ from edge_lam.wire.training import BadMessage, decode_state, decode_stream, enco
 BAG = "nav2_turtlebot.mcap"  # the bundled TurtleBot run (evo's test data)
 TICK_S = 0.1  # how often held messages are retried and waits checked
 EDGE = "edge"  # the other end in this robot's ledger
+MAX_ADAPTER_WEIGHT = 100.0  # LoRA weights stay far below 1; a global adapter of 1e30 overflows the first forward
 
 
 class RobotTrainerNode(Node):
@@ -73,9 +74,15 @@ class RobotTrainerNode(Node):
                                     "robot learns")
         self._ledger_path = declare(self, "ledger_path", "", "JSON file of this robot's byte ledger; empty: none.")
         self._reply_timeout_s = declare(self, "reply_timeout_s", 10.0,
-                                        "Send an activation again when no gradient came back in this long, s.")
+                                        "Send an activation again when no gradient came back in this long, s.",
+                                        on_change=lambda value: setattr(self, "_reply_timeout_s", value), low=1e-3)
         self._edge_timeout_s = declare(self, "edge_timeout_s", 300.0,
-                                       "Give up when the edge sent nothing awaited (adapter, gradient) this long, s.")
+                                       "Give up when the edge sent nothing awaited (adapter, gradient) this long, s.",
+                                       on_change=lambda value: setattr(self, "_edge_timeout_s", value), low=1e-3)
+        self._max_weight = declare(
+            self, "max_adapter_weight", MAX_ADAPTER_WEIGHT,
+            "Largest magnitude a global adapter's weights may have; an adapter with a larger one is ignored.",
+            on_change=lambda value: setattr(self, "_max_weight", value), low=0.0)
         self._robot = robot_id or self.get_name()
         if not re.fullmatch(r"[A-Za-z0-9_]+", self._robot):
             raise ValueError(f"robot_id '{self._robot}' must be letters, digits and underscores")
@@ -129,7 +136,7 @@ class RobotTrainerNode(Node):
             return
         try:
             got = unpack(msg, ("round", "rounds"))
-            state = decode_state(got.arrays, self._shapes)
+            state = decode_state(got.arrays, self._shapes, self._max_weight)
         except BadMessage as err:
             self.get_logger().error(f"global adapter: {err} (does the edge use the same model, cut and LoRA?)")
             return
@@ -141,15 +148,26 @@ class RobotTrainerNode(Node):
         self._ledger.record(max(round_ - 1, 0), "down", EDGE, self._robot, "global_adapter", got.nbytes)
         if self._waiting == "gradient":
             self.get_logger().warning(f"round {self._round} closed without this robot's update; following")
+        before = (self._bottom.trainable_state(), self._bottom.pending, self._activation_shape, self._base,
+                  self._round, self._rounds_total, self._step, self._losses, self._waiting, self._waiting_since)
         self._bottom.load_trainable_state(state)
         self._base = state
         self._round, self._rounds_total, self._step, self._losses = round_, got.fields["rounds"], 0, []
+        try:
+            if round_ < self._rounds_total:
+                self.send_activation()
+        except Exception as err:  # bounded weights can still overflow the forward pass: keep what trained so far
+            trained, pending, self._activation_shape, self._base, self._round, self._rounds_total, self._step, \
+                self._losses, self._waiting, self._waiting_since = before
+            self._bottom.load_trainable_state(trained)
+            self._bottom.pending = pending  # the activation in flight still gets its gradient
+            self.get_logger().error(f"global adapter of round {round_} ignored: training from it fails "
+                                    f"({type(err).__name__}: {err})")
+            return
         l1 = sum(float(t.double().abs().sum()) for t in state.values())
         self.get_logger().info(f"loaded the global adapter of round {round_}: {len(state)} tensors, L1 {l1:.9e}")
         if round_ >= self._rounds_total:
             self.finish(True, f"the run's {self._rounds_total} rounds are over")
-        else:
-            self.send_activation()
 
     def send_activation(self) -> None:
         batch = make_batch(next(self._batches), self._tokenizer)
@@ -180,16 +198,20 @@ class RobotTrainerNode(Node):
             return
         try:
             self._bottom.backward(decode_stream(got.arrays, "gradient", self._activation_shape))
-        except BadMessage as err:
+        except (BadMessage, ValueError, RuntimeError) as err:
             self.get_logger().error(f"gradient for round {where[0]} step {where[1]}: {err}")
             return
         if "loss" in got.arrays and got.arrays["loss"].size == 1:
             self._losses.append(float(got.arrays["loss"].reshape(-1)[0]))
         self._step += 1
-        if self._step < self._steps:
-            self.send_activation()
-        else:
-            self.send_update()
+        try:
+            if self._step < self._steps:
+                self.send_activation()
+            else:
+                self.send_update()
+        except Exception as err:  # e.g. weights a step made non-finite: logged; the edge's time-out ends the round
+            self.get_logger().error(f"round {self._round} step {self._step}: cannot send ({type(err).__name__}: "
+                                    f"{err})")
 
     def send_update(self) -> None:
         trained = self._bottom.trainable_state()

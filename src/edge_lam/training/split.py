@@ -143,25 +143,27 @@ class SplitBottom(_TrainedRange):
             raise ValueError(f"cut {cut} must leave layers on both sides: 0 < cut < {arch.num_layers}")
         super().__init__(arch, 0, cut, lora, lr, seed)
         self.embedding = Embedding(arch)
-        self._output: torch.Tensor | None = None
+        # The last activation sent, with its graph, until its gradient comes; public so that a caller that must
+        # undo a forward (a global adapter it cannot train from) can put the previous one back.
+        self.pending: torch.Tensor | None = None
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The activation at the cut [B, L, hidden] to send up; the graph behind it is kept for :meth:`backward`."""
         positions = positions_for(input_ids)
         output = self.run_blocks(self.embedding(input_ids, positions), positions)
-        self._output = output if output.requires_grad else None
+        self.pending = output if output.requires_grad else None
         return output.detach()
 
     def backward(self, grad: torch.Tensor) -> None:
         """Back-propagate the gradient of the loss with respect to the last activation sent, and take a step."""
-        if self._output is None:
+        if self.pending is None:
             raise RuntimeError("backward needs a forward with gradients enabled before it")
-        if tuple(grad.shape) != tuple(self._output.shape):
-            raise ValueError(f"gradient of shape {tuple(grad.shape)} for an activation of {tuple(self._output.shape)}")
+        if tuple(grad.shape) != tuple(self.pending.shape):
+            raise ValueError(f"gradient of shape {tuple(grad.shape)} for an activation of {tuple(self.pending.shape)}")
         self.optimizer.zero_grad(set_to_none=True)
-        self._output.backward(grad.to(self._output.dtype))
+        self.pending.backward(grad.to(self.pending.dtype))
         self.optimizer.step()
-        self._output = None
+        self.pending = None
 
 
 class SplitTop(_TrainedRange):
@@ -181,6 +183,12 @@ class SplitTop(_TrainedRange):
         loss = answer_loss(self.head, self.run_blocks(x, positions_for(targets)), targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # Finite activations can still overflow inside the blocks; a step on inf or NaN would ruin the top for every
+        # robot, and the gradient could not be sent, so such a batch is refused before the step.
+        if not (torch.isfinite(loss) and torch.isfinite(x.grad).all()):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise ValueError(f"the loss ({float(loss.detach()):.3g}) or its gradient is not finite: "
+                             "batch not trained on")
         self.optimizer.step()
         return float(loss.detach()), x.grad
 

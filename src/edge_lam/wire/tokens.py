@@ -43,7 +43,8 @@ def to_semantic_tokens(
 
 
 def from_semantic_tokens(msg: SemanticTokens) -> Encoded:
-    """The tokens of a message as arrays (the embedding as float32 whatever its wire dtype)."""
+    """The tokens of a message as arrays (the embedding as float32 whatever its wire dtype); ValueError when the
+    message's parts disagree (grid, scores or embedding against the ids), for the caller to log and drop."""
     ids = np.frombuffer(msg.token_ids, dtype=np.uint32)
     scores = np.frombuffer(msg.scores, dtype=np.float32) if len(msg.scores) else None
     embedding = to_numpy(msg.embedding).astype(np.float32) if msg.embedding.shape else None

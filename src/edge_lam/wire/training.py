@@ -13,6 +13,7 @@ Sizes are those of the serialized message (:func:`~edge_lam.training.compression
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -23,10 +24,12 @@ from edge_lam_msgs.msg import TensorList
 from std_msgs.msg import Header
 
 from edge_lam.training.compression import Codec, Encoded, ErrorFeedback, codec_from_spec, wire_bytes
+from edge_lam.training.split import IGNORE
 from edge_lam.trust.checks import SIGNATURE_BYTES
 from edge_lam.wire.tensors import TensorError, to_msg, to_numpy
 
-__all__ = ["BadMessage", "Unpacked", "decode_state", "decode_stream", "encode_state", "pack", "unpack"]
+__all__ = ["BadMessage", "Unpacked", "decode_activation", "decode_state", "decode_stream", "encode_state", "pack",
+           "unpack"]
 
 _SEPARATOR = "/"
 
@@ -74,22 +77,42 @@ def unpack(msg: TensorList, fields: Iterable[str]) -> Unpacked:
     return Unpacked(msg.header.frame_id, values, named, nbytes)
 
 
-def decode_stream(arrays: Mapping[str, np.ndarray], stream: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    """One codec-encoded tensor of a message, as float32; BadMessage when it is absent, malformed, not finite or
-    (``shape`` given) of another shape. A sparse tensor's stated shape is checked before it is expanded."""
+def decode_stream(arrays: Mapping[str, np.ndarray], stream: str, shape: tuple[int, ...] | None = None,
+                  max_abs: float = math.inf) -> torch.Tensor:
+    """One codec-encoded tensor of a message, as float32; BadMessage when it is absent, malformed, not finite,
+    larger in magnitude than ``max_abs`` or (``shape`` given) of another shape. With ``shape``, the codec's parts
+    (sizes, indices, stated shape) are checked before anything is allocated for the tensor."""
     try:
         encoded = Encoded.from_wire(arrays, stream)
-        stated = encoded.arrays.get("shape")
-        if shape is not None and stated is not None and tuple(int(n) for n in stated.reshape(-1)) != shape:
-            raise ValueError(f"shape {stated.tolist()}, expected {list(shape)}")
-        tensor = codec_from_spec(encoded.codec).decode(encoded)
+        tensor = codec_from_spec(encoded.codec).decode(encoded, shape)
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
         raise BadMessage(f"'{stream}': {type(err).__name__}: {err}") from None
     if shape is not None and tuple(tensor.shape) != shape:
         raise BadMessage(f"'{stream}' has shape {list(tensor.shape)}, expected {list(shape)}")
     if not torch.isfinite(tensor).all():
         raise BadMessage(f"'{stream}' holds inf or NaN")
+    if tensor.numel() and float(tensor.abs().max()) > max_abs:
+        raise BadMessage(f"'{stream}' holds a value of magnitude {float(tensor.abs().max()):.3g}, over {max_abs:g}")
     return tensor
+
+
+def decode_activation(arrays: Mapping[str, np.ndarray], hidden_size: int, vocab_size: int, max_tokens: int,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The activation ``[B, L, hidden_size]`` and targets ``[B, L]`` of an activation message; BadMessage unless
+    the targets are token ids below ``vocab_size`` (or IGNORE) and ``B * L`` at most ``max_tokens``, checked before
+    the activation is decoded: the work of a training step grows with the tokens (and attention with L squared),
+    so the targets' few bytes must not buy gigabytes (a 16.8 KB message once made the edge allocate 9.8 GB)."""
+    targets = arrays.get("targets")
+    if targets is None or targets.ndim != 2 or targets.dtype.kind not in "iu" or 0 in targets.shape:
+        raise BadMessage("needs integer 'targets' of shape [batch, length]")
+    if targets.size > max_tokens:
+        raise BadMessage(f"{targets.shape[0]}x{targets.shape[1]} = {targets.size} tokens, over "
+                         f"max_tokens_per_message={max_tokens}")
+    wide = targets.astype(np.int64)
+    if not (((wide >= 0) & (wide < vocab_size)) | (wide == IGNORE)).all():
+        raise BadMessage(f"targets must be token ids below {vocab_size} or {IGNORE}")
+    activation = decode_stream(arrays, "activation", (*targets.shape, hidden_size))
+    return activation, torch.from_numpy(wide)
 
 
 def encode_state(state: Mapping[str, torch.Tensor], codec: Codec | ErrorFeedback) -> dict[str, np.ndarray]:
@@ -101,9 +124,10 @@ def encode_state(state: Mapping[str, torch.Tensor], codec: Codec | ErrorFeedback
     return arrays
 
 
-def decode_state(arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """The weights named in ``shapes`` from a message's arrays, which must hold those streams, of those shapes, and
-    nothing else."""
+def decode_state(arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]],
+                 max_abs: float = math.inf) -> dict[str, torch.Tensor]:
+    """The weights named in ``shapes`` from a message's arrays, which must hold those streams, of those shapes, no
+    magnitude over ``max_abs`` (finite weights of 1e30 overflow the first forward pass), and nothing else."""
     streams: dict[str, dict[str, np.ndarray]] = {}
     for key, array in arrays.items():
         stream = key.rsplit(_SEPARATOR, 2)[0] if key.count(_SEPARATOR) >= 2 else key
@@ -111,4 +135,4 @@ def decode_state(arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[in
     missing, extra = sorted(set(shapes) - set(streams)), sorted(set(streams) - set(shapes))
     if missing or extra:
         raise BadMessage(f"weights do not match: missing {missing[:3]}, unexpected {extra[:3]}")
-    return {name: decode_stream(streams[name], name, shape) for name, shape in shapes.items()}
+    return {name: decode_stream(streams[name], name, shape, max_abs) for name, shape in shapes.items()}
