@@ -10,6 +10,7 @@ import rclpy
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.node import Node
+from rclpy.task import Future
 
 __all__ = ["spin_logging_failures", "spin_node", "spin_nodes"]
 
@@ -36,11 +37,12 @@ def spin_nodes(makers: Sequence[Callable[[], Node]], args: list[str] | None = No
         pass
 
 
-def spin_logging_failures(executor: Executor, logger: RcutilsLogger) -> None:
-    """Spin until shutdown. A callback that raises is logged with its traceback and skipped, so one bad message
-    cannot end every node of the process (rclpy's own parameter services raise on a parameter of an unknown type).
-    An error once the context is shut down (a publish that a signal's shutdown overtook) is the normal end."""
-    while executor.context.ok():
+def spin_logging_failures(executor: Executor, logger: RcutilsLogger, until: Future | None = None) -> None:
+    """Spin until shutdown (or until ``until`` is done). A callback that raises is logged with its traceback and
+    skipped, so one bad message cannot end every node of the process (rclpy's own parameter services raise on a
+    parameter of an unknown type). An error once the context is shut down (a publish that a signal's shutdown
+    overtook) is the normal end."""
+    while executor.context.ok() and (until is None or not until.done()):
         try:
             executor.spin_once()
         except (KeyboardInterrupt, ExternalShutdownException):

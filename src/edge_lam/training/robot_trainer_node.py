@@ -27,7 +27,7 @@ import numpy as np
 import rclpy
 import torch
 from edge_lam_msgs.msg import TensorList
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 from rclpy.subscription_content_filter_options import ContentFilterOptions
@@ -36,6 +36,7 @@ from rclpy.task import Future
 from edge_lam.assets import evo_bags_dir
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.ros.main import spin_logging_failures
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.ros.trust import declare_trust
@@ -273,10 +274,12 @@ class RobotTrainerNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     try:
-        with rclpy.init(args=args):
+        with rclpy.init(args=args), SingleThreadedExecutor() as executor:
             node = RobotTrainerNode()
-            rclpy.spin_until_future_complete(node, node.done)
-            raise SystemExit(0 if node.done.result() else 1)
+            executor.add_node(node)
+            spin_logging_failures(executor, node.get_logger(), until=node.done)
+            if node.done.done():
+                raise SystemExit(0 if node.done.result() else 1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
 
