@@ -1,9 +1,11 @@
 """A shard: one or more consecutive modules of a model chain, fed from one topic and publishing to the next.
 
-Parameters are read once at start; see doc/chain.md's table. A malformed packet or a lost session is answered
-with an error packet downstream (the gateway turns it into an error result or a replay), never a crash. Given an
-emulated slower host or link (benchmarks), packets are held and released by timers (``link.delayed_release``), never
-by sleeping in the callback: in a host agent the shard shares its executor with the agent and other components.
+Parameters are read at start, and those doc/chain.md's table marks live (bounds, idle timeout, threads) take effect
+on `ros2 param set`; the sessions and KV bytes held against their bounds are on /diagnostics. A malformed packet,
+one longer than ``max_context_tokens`` or a lost session is answered with an error packet downstream (the gateway
+turns it into an error result or a replay), never a crash. Given an emulated slower host or link (benchmarks),
+packets are held and released by timers (``link.delayed_release``), never by sleeping in the callback: in a host
+agent the shard shares its executor with the agent and other components.
 
 A shard holding an early exit (``exit:L``) answers on ``exit_topic`` for the steps that ask it (route EXIT or
 CHAIN_AND_EXIT): the exit's token and its probability. A step routed to the exit alone (the ``device`` policy, or a
@@ -28,6 +30,7 @@ from edge_lam.link.delayed_release import DelayedRelease
 from edge_lam.link.emulation import DelayLine, link_parameter
 from edge_lam.model.loading import load_model
 from edge_lam.model.sessions import SessionLost
+from edge_lam.ros.bounds import Bounds
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
@@ -48,8 +51,19 @@ class ShardNode(Node):
         output_topic = declare(self, "output_topic", "chain/output", "Topic the last module publishes packets to.")
         wire_dtype = declare(self, "wire_dtype", "float16",
                              "Dtype of hidden states on the wire: float16, bfloat16 or float32 (exact).")
-        idle = declare(self, "session_idle_timeout_s", 600.0, "Drop a session's KV cache after this long unused.")
-        threads = declare(self, "num_threads", 1, "Torch threads (decode is memory-bound: more rarely help).")
+        idle = declare(self, "session_idle_timeout_s", 600.0, "Drop a session's KV cache after this long unused.",
+                       on_change=lambda v: self._core.set_idle_timeout(v), check=_positive)
+        threads = declare(self, "num_threads", 1, "Torch threads (decode is memory-bound: more rarely help).",
+                          on_change=lambda v: setattr(self, "_threads", v), low=1)
+        max_context = declare(self, "max_context_tokens", 2048, "Longest session a packet may build here, tokens: "
+                              "a longer packet is refused before any compute.",
+                              on_change=lambda v: setattr(self._core, "max_context_tokens", v), low=1)
+        max_sessions = declare(self, "max_sessions", 64, "Sessions held at once; beyond, the least recently used is "
+                               "dropped (the gateway replays it when asked again).",
+                               on_change=lambda v: self._bound("max_sessions", v), low=1)
+        max_kv_bytes = declare(self, "max_kv_bytes", 512 * 2**20, "KV-cache bytes the sessions may hold; beyond, the "
+                               "least recently used are dropped.",
+                               on_change=lambda v: self._bound("max_kv_bytes", v), low=1)
         host_id = declare(self, "host_id", "", "Host name reported in timings; empty for the machine's.")
         slowdown = declare(self, "compute_slowdown", 1.0, "Emulation for benchmarks: each step takes this many times "
                            "its measured compute (4.0 makes this host a 0.25x one); 1.0 for none.")
@@ -65,13 +79,15 @@ class ShardNode(Node):
                              "gateway_host); empty: from any fleet host.")
         self._host_id = host_id or socket.gethostname()
         wire_dtype_bytes(wire_dtype)  # ValueError naming the choices
-        if idle <= 0 or threads < 1:
-            raise ValueError(f"session_idle_timeout_s must be > 0 and num_threads >= 1, got {idle} and {threads}")
         line = DelayLine(slowdown, link_parameter(input_link or []), link_parameter(output_link or []))
         self._slowdown = slowdown
         self._wire_dtype = getattr(torch, wire_dtype)
         self._threads = threads
-        self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle)
+        self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle,
+                               max_context_tokens=max_context, max_sessions=max_sessions, max_kv_bytes=max_kv_bytes)
+        self._bounds = Bounds(self)
+        self._bounds.add("sessions", lambda: self._core.session_count, lambda: self._core.max_sessions)
+        self._bounds.add("kv_bytes", lambda: self._core.kv_bytes, lambda: self._core.max_kv_bytes)
         self._pub = self.create_publisher(ChainPacket, output_topic, TENSORS)
         self._exit_pub = self.create_publisher(ChainPacket, exit_topic, TENSORS) if self._core.has_exit else None
         # exit answers held until an emulated slower host would have computed them: (due, packet)
@@ -149,8 +165,9 @@ class ShardNode(Node):
             torch.set_num_threads(self._threads)
         try:
             out = self._core.step(
-                packet_tensors(packet), packet.session_id, packet.position, packet.reset, sampling(packet.options),
-                packet.step, truncate=packet.truncate, verify=packet.verify, route=packet.route,
+                packet_tensors(packet, self._core.max_context_tokens), packet.session_id, packet.position,
+                packet.reset, sampling(packet.options), packet.step, truncate=packet.truncate, verify=packet.verify,
+                route=packet.route,
             )
         except (BadInput, TensorError) as err:
             self.get_logger().error(f"request {packet.request_id}: bad input: {err}")
@@ -162,6 +179,10 @@ class ShardNode(Node):
             self.get_logger().error(f"request {packet.request_id}: {type(err).__name__}: {err}")
             fail(packet, ChainPacket.ERROR_INTERNAL, f"{where}: {type(err).__name__}: {err}")
         else:
+            for session_id in out.dropped:
+                self.get_logger().info(f"session {session_id} dropped (least recently used) to stay within "
+                                       f"max_sessions {self._core.max_sessions} and max_kv_bytes "
+                                       f"{self._core.max_kv_bytes}")
             # an emulated slower host's compute counts as the modules' own time
             stages = [Stage(f"module:{m}", self._host_id, s * self._slowdown) for m, s in out.timings]
             if out.exit is not None:
@@ -177,9 +198,19 @@ class ShardNode(Node):
             self._answer_exit(packet, 0.0)
         return 0.0
 
+    def _bound(self, name: str, value: int) -> None:
+        """A lowered bound applies at once, not at the next packet."""
+        setattr(self._core, name, value)
+        for session_id in self._core.evict():
+            self.get_logger().info(f"session {session_id} dropped: {name} lowered to {value}")
+
     def expire_sessions(self) -> None:
         for session_id in self._core.expire():
             self.get_logger().info(f"session {session_id} expired (idle)")
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value}"
 
 
 def main(args: list[str] | None = None) -> None:
