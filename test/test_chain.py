@@ -20,6 +20,7 @@ from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 
 from conftest import REPO, REPORTED, Processes, finish
+from edge_lam.chain.shard_node import TRIM_PERIOD_S
 from edge_lam.ros.qos import CONTROL, TENSORS
 from edge_lam.wire.tensors import to_msg
 from model_reference import greedy_tokens
@@ -111,12 +112,15 @@ class Client(RosClient):
         self.publishers[topic].publish(packet)
 
 
-def start_chain(processes: Processes, namespace: str, wire_dtype: str) -> None:
+def start_chain(processes: Processes, namespace: str, wire_dtype: str) -> dict[str, int]:
+    """Start the chain; the process id of each of its nodes."""
     args = ["--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", PARAMS, "-p", f"wire_dtype:={wire_dtype}"]
-    processes.start(LIB / "compose", "shard:embed_shard", "shard:blocks_shard", *args)  # two components, one process
-    processes.start(LIB / "shard", *args, "-r", "__node:=middle_shard")
-    processes.start(LIB / "shard", *args, "-r", "__node:=head_shard")
-    processes.start(LIB / "gateway", *args)
+    front = processes.start(LIB / "compose", "shard:embed_shard", "shard:blocks_shard", *args)  # one process
+    middle = processes.start(LIB / "shard", *args, "-r", "__node:=middle_shard")
+    head = processes.start(LIB / "shard", *args, "-r", "__node:=head_shard")
+    gateway = processes.start(LIB / "gateway", *args)
+    return {"embed_shard": front.pid, "blocks_shard": front.pid, "middle_shard": middle.pid, "head_shard": head.pid,
+            "gateway": gateway.pid}
 
 
 def wait_until_serving(client: Client) -> None:
@@ -138,7 +142,7 @@ def chain(request):
     processes = Processes()
     client = Client(namespace)
     try:
-        start_chain(processes, namespace, wire_dtype)
+        client.pids = start_chain(processes, namespace, wire_dtype)
         wait_until_serving(client)
         yield wire_dtype, client
     finally:
@@ -443,6 +447,13 @@ def test_beyond_max_queued_requests_the_gateway_answers_busy_at_once_and_read_on
         assert client.wait_for_bound("gateway", "requests_running", lambda used, limit: (used, limit) == (1, 1))
         busy = client.generate("Hi")
         assert busy.final and busy.error_code == InferenceResult.ERROR_BUSY and "busy" in busy.error_message
+        status, refused = client.goal_result(client.send_goal(goal_request("Hi"), []))  # the action: the same
+        assert status == GoalStatus.STATUS_ABORTED and refused.error_code == InferenceResult.ERROR_BUSY
+        request = InferenceRequest(request_id=f"busy-{uuid.uuid4().hex[:6]}", prompt="Hi")  # and the topic
+        client.requests.publish(request)
+        assert client.spin_until(lambda: any(r.request_id == request.request_id for r in client.results), 30)
+        (answer,) = [r for r in client.results if r.request_id == request.request_id]
+        assert answer.final and answer.error_code == InferenceResult.ERROR_BUSY
     finally:
         cancelling = handle.cancel_goal_async()
         assert client.spin_until(cancelling.done, 30)
@@ -461,6 +472,7 @@ def test_sessions_beyond_max_sessions_are_dropped_replayed_when_asked_and_their_
     wire_dtype, client = chain
     only_once(wire_dtype)
     assert client.set_parameter("middle_shard", "max_sessions", 2) == (True, "")  # older tests' sessions go
+    rss = [rss_mb(client.pids["middle_shard"])]
     try:
         first, second = (client.generate(p, max_new_tokens=4, keep_session=True).session_id for p in PROMPTS[:2])
         sessions, _ = client.wait_for_bound("middle_shard", "sessions", lambda used, limit: limit == 2)
@@ -468,6 +480,7 @@ def test_sessions_beyond_max_sessions_are_dropped_replayed_when_asked_and_their_
         assert sessions == 2 and held > 0
         third = client.generate(PROMPTS[2], max_new_tokens=4, keep_session=True).session_id
         assert client.wait_for_bound("middle_shard", "sessions", lambda used, limit: used == 2)
+        rss.append(rss_mb(client.pids["middle_shard"]))
 
         # The least recently used (the first) was dropped: asked again, the middle shard says so and the gateway
         # replays the conversation.
@@ -482,6 +495,16 @@ def test_sessions_beyond_max_sessions_are_dropped_replayed_when_asked_and_their_
             assert client.generate("Bye", max_new_tokens=1, session_id=session).error_code == InferenceResult.ERROR_NONE
         assert client.wait_for_bound("middle_shard", "kv_bytes", lambda used, limit: used == 0)
         assert client.bound("middle_shard", "sessions")[0] == 0
+        client.spin_for(TRIM_PERIOD_S + 1.0)  # the shard gives released memory back to the system
+        rss.append(rss_mb(client.pids["middle_shard"]))
+        REPORTED.append(f"middle shard RSS: {rss[0]} MB, {rss[1]} MB holding 2 sessions ({held} KV bytes), "
+                        f"{rss[2]} MB once they were released")
         assert second  # dropped by the shard while the gateway keeps it: its next request would replay it
     finally:
         assert client.set_parameter("middle_shard", "max_sessions", 64) == (True, "")
+
+
+def rss_mb(pid: int) -> int:
+    """A process's resident memory (reported, never asserted on: the allocator decides it)."""
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024

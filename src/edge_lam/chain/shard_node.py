@@ -29,7 +29,7 @@ from edge_lam.descriptors import ModuleSpec, Stage, wire_dtype_bytes
 from edge_lam.link.delayed_release import DelayedRelease
 from edge_lam.link.emulation import DelayLine, link_parameter
 from edge_lam.model.loading import load_model
-from edge_lam.model.sessions import SessionLost
+from edge_lam.model.sessions import SessionLost, give_back_memory
 from edge_lam.ros.bounds import Bounds
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
@@ -37,6 +37,8 @@ from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.chain import fail, packet_bytes, packet_tensors, put_tensors, sampling, to_stage_msgs
 from edge_lam.wire.tensors import TensorError
+
+TRIM_PERIOD_S = 2.0  # how soon a released session's memory leaves the process
 
 
 class ShardNode(Node):
@@ -100,6 +102,10 @@ class ShardNode(Node):
         if plan_topic and self._trust.on:
             self._plans = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED)
         self._expiry = self.create_timer(min(idle, 10.0), self.expire_sessions)
+        # Caches released since memory was last given back to the system (trimming after each would cost every
+        # request's end some milliseconds)
+        self._released = False
+        self._trim = self.create_timer(TRIM_PERIOD_S, self.give_back_memory)
         self.get_logger().info(
             f"modules {self._core.module_ids} of {model} on {self._host_id}: "
             f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
@@ -138,6 +144,7 @@ class ShardNode(Node):
         """Run the packet through the modules (a release frees its session); the seconds the modules computed."""
         if packet.release:
             self._core.release(packet.session_id)
+            self._released = True
         elif packet.error_code == ChainPacket.ERROR_NONE:
             return self._run(packet)
         if self._ends_here(packet):  # a probe of the exit, or an error before it: the gateway hears it here
@@ -179,6 +186,7 @@ class ShardNode(Node):
             self.get_logger().error(f"request {packet.request_id}: {type(err).__name__}: {err}")
             fail(packet, ChainPacket.ERROR_INTERNAL, f"{where}: {type(err).__name__}: {err}")
         else:
+            self._released |= bool(out.dropped)
             for session_id in out.dropped:
                 self.get_logger().info(f"session {session_id} dropped (least recently used) to stay within "
                                        f"max_sessions {self._core.max_sessions} and max_kv_bytes "
@@ -202,11 +210,19 @@ class ShardNode(Node):
         """A lowered bound applies at once, not at the next packet."""
         setattr(self._core, name, value)
         for session_id in self._core.evict():
+            self._released = True
             self.get_logger().info(f"session {session_id} dropped: {name} lowered to {value}")
 
     def expire_sessions(self) -> None:
         for session_id in self._core.expire():
+            self._released = True
             self.get_logger().info(f"session {session_id} expired (idle)")
+
+    def give_back_memory(self) -> None:
+        """Released caches' memory back to the system, not only to the heap."""
+        if self._released:
+            self._released = False
+            give_back_memory()
 
 
 def _positive(value: float) -> str | None:

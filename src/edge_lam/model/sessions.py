@@ -8,12 +8,28 @@ counted from the tokens held (``bytes_per_token``), which a dropped session give
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Session", "SessionLost", "SessionStore"]
+__all__ = ["Session", "SessionLost", "SessionStore", "give_back_memory"]
+
+
+def give_back_memory() -> bool:
+    """Return the heap's free pages to the system; False where the C library cannot (not glibc).
+
+    A released cache's tensors go back to glibc's heap, not to the system: 100 sessions of 128 tokens on a 10-layer
+    SmolLM2 shard left 195 of 244 MB in the process after release, and ``malloc_trim`` gave it all back."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim(0)
+    return True
 
 
 class SessionLost(LookupError):
