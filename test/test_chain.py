@@ -508,3 +508,28 @@ def rss_mb(pid: int) -> int:
     """A process's resident memory (reported, never asserted on: the allocator decides it)."""
     status = pathlib.Path(f"/proc/{pid}/status").read_text()
     return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+
+def test_a_burst_beyond_max_queued_requests_is_served_up_to_the_bound_and_the_rest_refused_busy(chain):
+    wire_dtype, client = chain
+    only_once(wire_dtype)
+    assert client.spin_until(lambda: client.requests.get_subscription_count() > 0, 30)
+    burst = [InferenceRequest(request_id=f"burst-{i}-{uuid.uuid4().hex[:6]}", prompt=f"Say {i}.") for i in range(100)]
+    for request in burst:
+        request.options.max_new_tokens = 2
+    ids = {r.request_id for r in burst}
+    started = time.monotonic()
+    for request in burst:
+        client.requests.publish(request)
+
+    def finals() -> dict[str, InferenceResult]:
+        return {r.request_id: r for r in client.results if r.final and r.request_id in ids}
+    assert client.spin_until(lambda: len(finals()) >= 100 - 32, 60)  # those beyond the bound: answered at once
+    refused_after = time.monotonic() - started
+    assert client.spin_until(lambda: len(finals()) == 100, 180), f"{len(finals())} of 100 answered"
+    answered = time.monotonic() - started
+    codes = [r.error_code for r in finals().values()]
+    served, busy = codes.count(InferenceResult.ERROR_NONE), codes.count(InferenceResult.ERROR_BUSY)
+    assert served >= 32 and busy >= 1 and served + busy == 100, codes
+    REPORTED.append(f"burst of 100 requests (max_queued_requests 32): {served} served, {busy} refused as busy "
+                    f"(those within {refused_after:.1f} s), all answered in {answered:.1f} s")
