@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 from action_msgs.msg import GoalStatus
 from ament_index_python.packages import get_package_prefix
+from diagnostic_msgs.msg import DiagnosticArray
 from edge_lam_msgs.action import Generate as GenerateAction
 from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
 from edge_lam_msgs.srv import Generate
 from rclpy.action import ActionClient
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
 
 from conftest import REPO, REPORTED, Processes, finish
+from edge_lam.chain.shard_node import TRIM_PERIOD_S
 from edge_lam.ros.qos import CONTROL, TENSORS
 from edge_lam.wire.tensors import to_msg
 from model_reference import greedy_tokens
@@ -43,6 +47,37 @@ class Client(RosClient):
         self.node.create_subscription(ChainPacket, "chain/output", self.chain_output.append, TENSORS)
         self.requests = self.node.create_publisher(InferenceRequest, "requests", CONTROL)
         self.publishers = {}
+        self.diagnostics: list[DiagnosticArray] = []
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.parameter_clients: dict[str, AsyncParameterClient] = {}
+
+    def set_parameter(self, node: str, name: str, value) -> tuple[bool, str]:
+        """``ros2 param set`` on ``node`` of the chain: whether it was accepted, and the reason when not."""
+        if node not in self.parameter_clients:
+            self.parameter_clients[node] = AsyncParameterClient(self.node, node)
+        client = self.parameter_clients[node]
+        assert client.wait_for_services(timeout_sec=30), f"no parameter services on {node}"
+        future = client.set_parameters([Parameter(name, value=value)])
+        assert self.spin_until(future.done, 30), f"{node} did not answer the parameter set"
+        (result,) = future.result().results
+        return result.successful, result.reason
+
+    def bound(self, node: str, key: str) -> tuple[int, int] | None:
+        """The latest ``used / limit`` ``node`` of the chain shows for bound ``key`` on /diagnostics."""
+        name = f"{self.node.get_namespace()}/{node}: bounds"
+        for array in reversed(self.diagnostics):
+            for status in array.status:
+                if status.name == name:
+                    value = next(v.value for v in status.values if v.key == key)
+                    used, limit = value.split(" / ")
+                    return int(used), int(limit)
+        return None
+
+    def wait_for_bound(self, node: str, key: str, check, timeout_s: float = 15.0) -> tuple[int, int]:
+        self.diagnostics.clear()
+        assert self.spin_until(lambda: (b := self.bound(node, key)) is not None and check(*b), timeout_s), \
+            f"{node} {key}: {self.bound(node, key)}"
+        return self.bound(node, key)
 
     def generate(self, prompt: str = "", max_new_tokens: int = MAX_NEW, **fields) -> InferenceResult:
         call = Generate.Request()
@@ -77,12 +112,15 @@ class Client(RosClient):
         self.publishers[topic].publish(packet)
 
 
-def start_chain(processes: Processes, namespace: str, wire_dtype: str) -> None:
+def start_chain(processes: Processes, namespace: str, wire_dtype: str) -> dict[str, int]:
+    """Start the chain; the process id of each of its nodes."""
     args = ["--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", PARAMS, "-p", f"wire_dtype:={wire_dtype}"]
-    processes.start(LIB / "compose", "shard:embed_shard", "shard:blocks_shard", *args)  # two components, one process
-    processes.start(LIB / "shard", *args, "-r", "__node:=middle_shard")
-    processes.start(LIB / "shard", *args, "-r", "__node:=head_shard")
-    processes.start(LIB / "gateway", *args)
+    front = processes.start(LIB / "compose", "shard:embed_shard", "shard:blocks_shard", *args)  # one process
+    middle = processes.start(LIB / "shard", *args, "-r", "__node:=middle_shard")
+    head = processes.start(LIB / "shard", *args, "-r", "__node:=head_shard")
+    gateway = processes.start(LIB / "gateway", *args)
+    return {"embed_shard": front.pid, "blocks_shard": front.pid, "middle_shard": middle.pid, "head_shard": head.pid,
+            "gateway": gateway.pid}
 
 
 def wait_until_serving(client: Client) -> None:
@@ -104,7 +142,7 @@ def chain(request):
     processes = Processes()
     client = Client(namespace)
     try:
-        start_chain(processes, namespace, wire_dtype)
+        client.pids = start_chain(processes, namespace, wire_dtype)
         wait_until_serving(client)
         yield wire_dtype, client
     finally:
@@ -310,7 +348,9 @@ def test_a_bad_goal_gets_an_error_result(chain):
 
 def malformed(kind: str) -> ChainPacket:
     tensor = to_msg(np.zeros((1, 2, 576), np.float16), "hidden_states")
-    if kind == "shape":
+    if kind == "nan":
+        tensor = to_msg(np.full((1, 2, 576), np.nan, np.float16), "hidden_states")
+    elif kind == "shape":
         tensor = to_msg(np.zeros((1, 2, 100), np.float16), "hidden_states")
     elif kind == "dtype":
         tensor.dtype = "complex64"
@@ -319,7 +359,7 @@ def malformed(kind: str) -> ChainPacket:
     return ChainPacket(request_id=f"bad-{kind}", session_id=f"bad-{kind}", tensors=[tensor])
 
 
-@pytest.mark.parametrize("kind", ["shape", "dtype", "bytes"])
+@pytest.mark.parametrize("kind", ["shape", "dtype", "bytes", "nan"])
 def test_a_malformed_tensor_gets_an_error_and_the_chain_keeps_serving(chain, reference, kind):
     _, client = chain
     client.chain_output.clear()
@@ -334,7 +374,7 @@ def test_a_malformed_tensor_gets_an_error_and_the_chain_keeps_serving(chain, ref
 
 @pytest.mark.parametrize(("parameter", "message"), [
     ("wire_dtype:=float8", "wire_dtype 'float8' is not one of"),
-    ("session_idle_timeout_s:=0.0", "session_idle_timeout_s must be > 0"),
+    ("session_idle_timeout_s:=0.0", "'session_idle_timeout_s': must be > 0"),
     ("compute_slowdown:=0.5", "compute_slowdown must be >= 1"),
     ("input_link:=[0.02]", "an emulated link is [latency_s, bandwidth_bps]"),
     ("output_link:=[0.02,0.0]", "emulated link [0.02, 0.0]: link ?->? needs a finite latency >= 0 and a bandwidth > 0"),
@@ -343,3 +383,153 @@ def test_a_shard_with_a_bad_parameter_stops_with_a_clear_error(processes, parame
     shard = processes.start(LIB / "shard", "--ros-args", "-p", parameter)
     rc, output = finish(shard, timeout_s=60)
     assert rc not in (0, -9) and message in output
+
+
+# -- bounds, bad input and live parameters (on one chain: the float32 one) ----------------------------------------
+
+def only_once(wire_dtype: str) -> None:
+    if wire_dtype != "float32":
+        pytest.skip("checked on the float32 chain: the wire dtype changes nothing here")
+
+
+def test_forged_next_tokens_while_a_step_is_awaited_are_dropped_and_the_answer_comes(chain):
+    wire_dtype, client = chain
+    only_once(wire_dtype)
+    session = client.generate("Hi", max_new_tokens=1, keep_session=True).session_id
+    request_id = f"forged-{uuid.uuid4().hex[:6]}"
+    call = Generate.Request()
+    call.request.request_id, call.request.session_id = request_id, session
+    call.request.prompt = "Describe the sea in one sentence. " * 40  # a long prefill: the step stays awaited
+    call.request.options.max_new_tokens = 3
+    client.publish_packet("chain/output", ChainPacket(session_id="nobody", release=True))  # ignored
+    assert client.spin_until(lambda: client.publishers["chain/output"].get_subscription_count() >= 2, 30)  # gateway
+    client.chain_input.clear()
+    future = client.generate_client.call_async(call)
+    assert client.spin_until(lambda: any(p.request_id == request_id for p in client.chain_input), 30)
+    step = next(p for p in client.chain_input if p.request_id == request_id)
+    bfloat16 = to_msg(np.asarray([5], np.int16), "next_token")
+    bfloat16.dtype = "bfloat16"
+    short = to_msg(np.asarray([5], np.int64), "next_token")
+    short.data = bytes(3)
+    for tensor in (bfloat16, to_msg(np.zeros((0,), np.int64), "next_token"), short,
+                   to_msg(np.asarray([np.nan]), "next_token"), to_msg(np.asarray([2**62], np.int64), "next_token"),
+                   to_msg(np.asarray([-5], np.int64), "next_token")):
+        client.publish_packet("chain/output", ChainPacket(request_id=request_id, session_id=step.session_id,
+                                                          step=step.step, tensors=[tensor]))
+    assert client.spin_until(future.done, 120), "the gateway did not answer"
+    result = future.result().result
+    assert result.error_code == InferenceResult.ERROR_NONE and len(result.token_ids) >= 1, result.error_message
+    assert client.generate(PROMPTS[1]).error_code == InferenceResult.ERROR_NONE
+
+
+def test_a_packet_longer_than_a_shards_context_is_refused_at_once_with_an_error_packet(chain):
+    wire_dtype, client = chain
+    only_once(wire_dtype)
+    client.chain_output.clear()
+    ids = to_msg(np.ones((1, 4096), np.int64), "input_ids")
+    client.publish_packet("chain/input", ChainPacket(request_id="too-long", session_id="too-long", tensors=[ids]))
+    assert client.spin_until(lambda: any(p.request_id == "too-long" for p in client.chain_output), 30)
+    error = next(p for p in client.chain_output if p.request_id == "too-long")
+    assert error.error_code == ChainPacket.ERROR_BAD_INPUT and "4096 tokens" in error.error_message
+    assert "embed_shard" in error.error_message  # the first shard refused it: nothing was computed downstream
+    assert client.generate(PROMPTS[1]).error_code == InferenceResult.ERROR_NONE
+
+
+def test_beyond_max_queued_requests_the_gateway_answers_busy_at_once_and_read_only_parameters_refuse(chain):
+    wire_dtype, client = chain
+    only_once(wire_dtype)
+    assert client.wait_for_bound("gateway", "requests_running", lambda used, limit: limit == 32)
+    assert client.set_parameter("gateway", "max_queued_requests", 1) == (True, "")
+    feedback: list[InferenceResult] = []
+    handle = client.send_goal(goal_request("Write a long story about a robot.", max_new_tokens=400), feedback)
+    try:
+        assert client.spin_until(lambda: len(feedback) >= 2, 60), "no tokens came"
+        assert client.wait_for_bound("gateway", "requests_running", lambda used, limit: (used, limit) == (1, 1))
+        busy = client.generate("Hi")
+        assert busy.final and busy.error_code == InferenceResult.ERROR_BUSY and "busy" in busy.error_message
+        status, refused = client.goal_result(client.send_goal(goal_request("Hi"), []))  # the action: the same
+        assert status == GoalStatus.STATUS_ABORTED and refused.error_code == InferenceResult.ERROR_BUSY
+        request = InferenceRequest(request_id=f"busy-{uuid.uuid4().hex[:6]}", prompt="Hi")  # and the topic
+        client.requests.publish(request)
+        assert client.spin_until(lambda: any(r.request_id == request.request_id for r in client.results), 30)
+        (answer,) = [r for r in client.results if r.request_id == request.request_id]
+        assert answer.final and answer.error_code == InferenceResult.ERROR_BUSY
+    finally:
+        cancelling = handle.cancel_goal_async()
+        assert client.spin_until(cancelling.done, 30)
+        client.goal_result(handle)
+        assert client.set_parameter("gateway", "max_queued_requests", 32) == (True, "")
+    assert client.generate("Hi", max_new_tokens=1).error_code == InferenceResult.ERROR_NONE
+    accepted, reason = client.set_parameter("gateway", "max_queued_requests", 0)
+    assert not accepted and "range" in reason
+    accepted, reason = client.set_parameter("gateway", "model", "gpt-17")
+    assert not accepted and "read-only" in reason.lower()
+    accepted, _ = client.set_parameter("middle_shard", "modules", ["blocks:0:30"])
+    assert not accepted
+
+
+def test_sessions_beyond_max_sessions_are_dropped_replayed_when_asked_and_their_kv_bytes_given_back(chain):
+    wire_dtype, client = chain
+    only_once(wire_dtype)
+    assert client.set_parameter("middle_shard", "max_sessions", 2) == (True, "")  # older tests' sessions go
+    rss = [rss_mb(client.pids["middle_shard"])]
+    try:
+        first, second = (client.generate(p, max_new_tokens=4, keep_session=True).session_id for p in PROMPTS[:2])
+        sessions, _ = client.wait_for_bound("middle_shard", "sessions", lambda used, limit: limit == 2)
+        held, _ = client.bound("middle_shard", "kv_bytes")
+        assert sessions == 2 and held > 0
+        third = client.generate(PROMPTS[2], max_new_tokens=4, keep_session=True).session_id
+        assert client.wait_for_bound("middle_shard", "sessions", lambda used, limit: used == 2)
+        rss.append(rss_mb(client.pids["middle_shard"]))
+
+        # The least recently used (the first) was dropped: asked again, the middle shard says so and the gateway
+        # replays the conversation.
+        client.chain_output.clear()
+        again = client.generate("And again?", max_new_tokens=4, session_id=first, keep_session=True)
+        assert again.error_code == InferenceResult.ERROR_NONE, again.error_message
+        assert any(p.session_id == first and p.error_code == ChainPacket.ERROR_SESSION_LOST
+                   and "middle_shard" in p.error_message for p in client.chain_output)
+
+        # Ended sessions give their KV bytes back: the shard's own count returns to zero.
+        for session in (first, third):
+            assert client.generate("Bye", max_new_tokens=1, session_id=session).error_code == InferenceResult.ERROR_NONE
+        assert client.wait_for_bound("middle_shard", "kv_bytes", lambda used, limit: used == 0)
+        assert client.bound("middle_shard", "sessions")[0] == 0
+        client.spin_for(TRIM_PERIOD_S + 1.0)  # the shard gives released memory back to the system
+        rss.append(rss_mb(client.pids["middle_shard"]))
+        REPORTED.append(f"middle shard RSS: {rss[0]} MB, {rss[1]} MB holding 2 sessions ({held} KV bytes), "
+                        f"{rss[2]} MB once they were released")
+        assert second  # dropped by the shard while the gateway keeps it: its next request would replay it
+    finally:
+        assert client.set_parameter("middle_shard", "max_sessions", 64) == (True, "")
+
+
+def rss_mb(pid: int) -> int:
+    """A process's resident memory (reported, never asserted on: the allocator decides it)."""
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+
+def test_a_burst_beyond_max_queued_requests_is_served_up_to_the_bound_and_the_rest_refused_busy(chain):
+    wire_dtype, client = chain
+    only_once(wire_dtype)
+    assert client.spin_until(lambda: client.requests.get_subscription_count() > 0, 30)
+    burst = [InferenceRequest(request_id=f"burst-{i}-{uuid.uuid4().hex[:6]}", prompt=f"Say {i}.") for i in range(100)]
+    for request in burst:
+        request.options.max_new_tokens = 2
+    ids = {r.request_id for r in burst}
+    started = time.monotonic()
+    for request in burst:
+        client.requests.publish(request)
+
+    def finals() -> dict[str, InferenceResult]:
+        return {r.request_id: r for r in client.results if r.final and r.request_id in ids}
+    assert client.spin_until(lambda: len(finals()) >= 100 - 32, 60)  # those beyond the bound: answered at once
+    refused_after = time.monotonic() - started
+    assert client.spin_until(lambda: len(finals()) == 100, 180), f"{len(finals())} of 100 answered"
+    answered = time.monotonic() - started
+    codes = [r.error_code for r in finals().values()]
+    served, busy = codes.count(InferenceResult.ERROR_NONE), codes.count(InferenceResult.ERROR_BUSY)
+    assert served >= 32 and busy >= 1 and served + busy == 100, codes
+    REPORTED.append(f"burst of 100 requests (max_queued_requests 32): {served} served, {busy} refused as busy "
+                    f"(those within {refused_after:.1f} s), all answered in {answered:.1f} s")

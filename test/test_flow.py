@@ -15,6 +15,8 @@ import torch
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import InferenceRequest, InferenceResult
 from edge_lam_msgs.srv import Generate
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
 
 from conftest import REPORTED, Processes
 from edge_lam.chain.requests import Route
@@ -159,6 +161,31 @@ def test_cascade_takes_the_exit_where_it_is_sure_and_the_chain_elsewhere(split, 
     assert mixed.error_code == InferenceResult.ERROR_NONE and len(sources) == len(mixed.token_ids)
     on_robot = sources.count(InferenceResult.SOURCE_EXIT)
     REPORTED.append(f"flow: cascade at 0.5 on {prompt!r}: {on_robot} of {len(sources)} tokens decided on the robot")
+
+
+def test_the_gateways_cascade_threshold_and_default_policy_change_live_where_tokens_are_decided(split):
+    parameters = AsyncParameterClient(split.node, "gateway")
+    assert parameters.wait_for_services(timeout_sec=30)
+
+    def set_gateway(name: str, value) -> None:
+        future = parameters.set_parameters([Parameter(name, value=value)])
+        assert split.spin_until(future.done, 30)
+        assert future.result().results[0].successful, future.result().results[0].reason
+
+    prompt = PROMPTS[2]
+    try:
+        set_gateway("cascade_threshold", 1e-6)  # the request names no threshold: the gateway's decides
+        assert set(split.generate(prompt, 6, policy="cascade").token_sources) == {InferenceResult.SOURCE_EXIT}
+        set_gateway("cascade_threshold", 1.0)
+        assert set(split.generate(prompt, 6, policy="cascade").token_sources) == {InferenceResult.SOURCE_CHAIN}
+        set_gateway("default_policy", "device")
+        device = split.generate(prompt, 6)
+        assert device.policy == "device" and set(device.token_sources) == {InferenceResult.SOURCE_EXIT}
+    finally:
+        set_gateway("cascade_threshold", 0.8)
+        set_gateway("default_policy", "chain")
+    refused = parameters.set_parameters([Parameter("default_policy", value="telepathy")])
+    assert split.spin_until(refused.done, 30) and not refused.result().results[0].successful
 
 
 def test_speculative_with_the_exit_drafting_answers_the_whole_models_greedy_tokens(split, reference):

@@ -4,6 +4,8 @@ processes and no ROS."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from edge_lam_msgs.msg import ChainPacket, InferenceResult
 
@@ -190,7 +192,12 @@ def test_a_request_is_prefilled_then_stepped_token_by_token_and_gets_one_final(g
     ({"prompt": " "}, ResultError.BAD_REQUEST, "empty request"),
     ({"prompt": "Hi", "max_new_tokens": 0}, ResultError.BAD_REQUEST, "max_new_tokens"),
     ({"input_token_ids": (1, 49152)}, ResultError.BAD_REQUEST, "vocabulary"),
-    ({"prompt": "Hi", "options": Options(do_sample=True, temperature=0.0)}, ResultError.BAD_REQUEST, "temperature"),
+    ({"prompt": "Hi", "options": Options(do_sample=True, temperature=1e-45)}, ResultError.BAD_REQUEST, "temperature"),
+    ({"prompt": "Hi", "options": Options(do_sample=True, top_p=0.0, temperature=0.0)}, ResultError.BAD_REQUEST,
+     "top_p"),
+    ({"prompt": "x" * 40_000}, ResultError.BAD_REQUEST, "max_prompt_chars"),
+    ({"prompt": "Hi", "options": Options(stop=("END",) * 17)}, ResultError.BAD_REQUEST, "max_stop_strings"),
+    ({"prompt": "Hi", "options": Options(stop=("E" * 257,))}, ResultError.BAD_REQUEST, "max_stop_chars"),
     ({"prompt": "Hi", "model_id": "gpt-17"}, ResultError.BAD_REQUEST, "serves"),
     ({"prompt": "Hi", "session_id": "no-such-session"}, ResultError.UNKNOWN_SESSION, "no session"),
 ])
@@ -431,3 +438,42 @@ def test_a_cancel_of_a_queued_request_or_a_kept_session_keeps_the_rest_going(gat
     (again,) = steps(gateway.request("Hi", request_id="next", session_id=chunk.session_id))
     assert again.reset and again.position == 0  # the next request rebuilds them
     gateway.assert_one_final_each()
+
+
+def test_beyond_max_queued_requests_a_request_is_refused_at_once_as_busy(gateway):
+    gateway.core.limits = replace(gateway.core.limits, max_queued_requests=2)  # as a live parameter does
+    (first,) = steps(gateway.request("Hi", request_id="a", session_id="", keep_session=True))
+    session = results(gateway.generate(first, [EOS]))[-1].session_id
+    (running,) = steps(gateway.request("Hi", request_id="b", session_id=session, keep_session=True))
+    assert not steps(gateway.request("Hi again", request_id="c", session_id=session))  # behind b: queued
+    assert gateway.core.load() == (1, 1)
+    refused = gateway.request("Hi", request_id="d")
+    assert not steps(refused)
+    (busy,) = results(refused)
+    assert busy.final and busy.error_code == ResultError.BUSY and "busy" in busy.error_message
+    gateway.generate(running, [EOS])  # b ends: c starts, and there is room again
+    assert gateway.core.load() == (1, 0)
+    assert steps(gateway.request("Hi", request_id="e"))
+    gateway.assert_one_final_each()
+
+
+@pytest.mark.parametrize("output", [
+    ChainOutput("r", "s", problem="next_token must be int64 [n], got bfloat16 [1]"),
+    ChainOutput("r", "s"),  # no tokens, no error: nothing to take
+])
+def test_a_malformed_chain_output_is_dropped_and_the_step_still_gets_its_answer(gateway, output):
+    (step,) = steps(gateway.request("Hi", request_id="r"))
+    dropped = gateway.output(replace(output, session_id=step.session_id, step=step.step))
+    assert not results(dropped) and not steps(dropped) and "dropped" in logs(dropped, "warning")[0]
+    assert results(gateway.generate(step, [7, EOS]))[-1].finish_reason == "stop"
+    gateway.assert_one_final_each()
+
+
+def test_changed_timeouts_and_flows_apply_to_what_follows(gateway):
+    gateway.core.timeouts = replace(gateway.core.timeouts, step_s=1.0)
+    gateway.core.flows = replace(gateway.core.flows, draft_tokens=2, policy="speculative")
+    assert steps(gateway.request("Hi", request_id="t"))
+    assert not logs(gateway.tick(0.5), "warning")
+    assert "no answer from the chain in 1.0 s" in logs(gateway.tick(1.0), "warning")[0]
+    gateway.output(ChainOutput("", steps(gateway.tick(PROBE_INTERVAL_S + 0.1))[0].session_id, release=True))
+    assert results(gateway.request("Hi", request_id="u")) == [] and gateway.core._jobs["u"].flow.draft_tokens == 2

@@ -18,6 +18,11 @@ request. Requests that arrive meanwhile wait for the chain; any that waits longe
 A cancelled request ends at once with finish reason ``cancelled`` and the tokens it had; its chain session is
 released, so the shards drop its caches, and packets still on their way for it are dropped.
 
+The gateway holds at most ``Limits.max_queued_requests`` requests (running or waiting): beyond that a request is
+refused at once as busy, so a burst gets a clear answer instead of waiting behind a backlog until its steps time out.
+``limits``, ``timeouts`` and ``flows`` may be replaced between events (live parameters): requests already accepted
+keep the policy settings they started with.
+
 Each request follows a policy (``edge_lam.chain.flow``): its steps go through the chain, stop at the robot's early
 exit, or both (cascade), or carry drafts for the head to verify (speculative); every token's result says where it was
 decided. Every data step truncates the caches to its position, so drafts a verification rejected (or a cascade's
@@ -124,10 +129,10 @@ class GatewayCore:
                  timeouts: Timeouts = Timeouts(), flows: FlowSettings = DEFAULT_FLOWS) -> None:
         self._tokenizer = tokenizer
         self._model_id = model_id
-        self._limits = limits
+        self.limits = limits
         self._eos = frozenset(eos)
-        self._timeouts = timeouts
-        self._flows = flows
+        self.timeouts = timeouts
+        self.flows = flows
         self._exit_ready = False  # the robot's exit answered a probe (and no exit step has timed out since)
         self._exit_probe_sent_at: float | None = None
         self._answers = AnswerHistory()  # where prompt lookup finds drafts the session does not hold
@@ -142,15 +147,26 @@ class GatewayCore:
 
     @classmethod
     def for_model(cls, model: str, max_new_tokens: int, max_context_tokens: int,
-                  timeouts: Timeouts = Timeouts(), flows: FlowSettings = DEFAULT_FLOWS) -> GatewayCore:
-        """A core for a model id or folder: its tokenizer, vocabulary, context length and end-of-sequence tokens."""
+                  timeouts: Timeouts = Timeouts(), flows: FlowSettings = DEFAULT_FLOWS, **bounds: int) -> GatewayCore:
+        """A core for a model id or folder: its tokenizer, vocabulary, context length and end-of-sequence tokens;
+        ``bounds`` are the other fields of :class:`Limits`."""
         path = model_path(model)
         config = AutoConfig.from_pretrained(path).get_text_config(decoder=True)
         tokenizer = load_tokenizer(model)
         eos = GenerationConfig.from_pretrained(path).eos_token_id
         eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
-        limits = Limits(config.vocab_size, max_new_tokens, min(max_context_tokens, config.max_position_embeddings))
+        limits = Limits(config.vocab_size, max_new_tokens, min(max_context_tokens, config.max_position_embeddings),
+                        **bounds)
         return cls(tokenizer, model, limits, eos_ids, timeouts, flows)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.limits.vocab_size
+
+    def load(self) -> tuple[int, int]:
+        """Requests held: (running, with a step in flight; queued, waiting for their session or the chain)."""
+        running = sum(job.sent_at is not None for job in self._jobs.values())
+        return running, len(self._jobs) - running
 
     # -- events ---------------------------------------------------------------------------------------------------
 
@@ -171,7 +187,7 @@ class GatewayCore:
         session = self._sessions.setdefault(session_id, SessionState(last_used=now))
         session.keep = request.keep_session
         job = Job(request, session_id, TextStream(self._tokenizer, list(request.options.stop)), now, reply_to,
-                  flow=Flow.of(request.options, self._flows))
+                  flow=Flow.of(request.options, self.flows))
         self._jobs[request.request_id] = job
         if session.busy:
             session.pending.append(job)
@@ -181,7 +197,10 @@ class GatewayCore:
 
     def chain_output(self, output: ChainOutput, now: float) -> list[Action]:
         """A packet from the chain's last module: a returning probe, the next token of a step (after a verification:
-        the drafts kept and the next token), or an error."""
+        the drafts kept and the next token), or an error. A malformed packet is dropped: whoever sent it, the step
+        it claims to answer waits for a proper answer (or its timeout)."""
+        if self._malformed("chain output", output):
+            return self._take()
         if output.release:
             if output.session_id.startswith(self._probe_prefix) and not self._chain_ready:
                 self._chain_ready = self._ever_ready = True
@@ -200,6 +219,8 @@ class GatewayCore:
 
     def exit_output(self, output: ChainOutput, now: float) -> list[Action]:
         """A packet from the robot's early exit: a returning exit probe, or the exit's token for a step that asked."""
+        if self._malformed("exit output", output):
+            return self._take()
         if output.release:
             if output.session_id.startswith(self._probe_prefix) and not self._exit_ready:
                 self._exit_ready = True
@@ -249,7 +270,7 @@ class GatewayCore:
 
     def tick(self, now: float) -> list[Action]:
         """Time passed: time out steps, fail requests that waited too long, probe, and expire idle sessions."""
-        timeouts = self._timeouts
+        timeouts = self.timeouts
         if self._exit_ready:
             self._degrade_stalled(now)
         for job in [j for j in self._jobs.values() if j.sent_at is not None and now - j.sent_at > timeouts.step_s]:
@@ -271,7 +292,7 @@ class GatewayCore:
         if not self._chain_ready and (self._probe_sent_at is None or now - self._probe_sent_at > PROBE_INTERVAL_S):
             self._probe_sent_at = now
             self._out.append(ChainStep(self._probe_prefix + uuid.uuid4().hex, release=True))
-        if self._flows.exit and not self._exit_ready and (
+        if self.flows.exit and not self._exit_ready and (
                 self._exit_probe_sent_at is None or now - self._exit_probe_sent_at > EXIT_PROBE_INTERVAL_S):
             self._exit_probe_sent_at = now
             self._out.append(ChainStep(self._probe_prefix + uuid.uuid4().hex, release=True, route=Route.EXIT))
@@ -285,8 +306,7 @@ class GatewayCore:
 
     def _refuse(self, request: Request) -> tuple[ResultError, str] | None:
         options = request.options
-        reason = check_request(request.prompt, list(request.input_token_ids), options.max_new_tokens,
-                               options.do_sample, options.temperature, options.top_p, self._limits) \
+        reason = check_request(request.prompt, request.input_token_ids, options, self.limits) \
             or flow.check(options.policy, options.drafter, options.cascade_threshold, options.draft_tokens)
         if reason:
             return ResultError.BAD_REQUEST, reason
@@ -298,6 +318,9 @@ class GatewayCore:
             return ResultError.UNKNOWN_SESSION, f"no session '{request.session_id}' (never made, or expired)"
         if not self._chain_ready and not self._ever_ready and not (self._exit_ready and options.allow_degraded):
             return ResultError.MODULE_UNAVAILABLE, "the chain is not connected end to end (yet)"
+        if len(self._jobs) >= self.limits.max_queued_requests:
+            return ResultError.BUSY, (f"busy: the gateway holds {len(self._jobs)} requests, its max_queued_requests; "
+                                      "try again later")
         return None
 
     def _start(self, job: Job, now: float) -> None:
@@ -313,10 +336,10 @@ class GatewayCore:
         request, conversation = job.request, session.conversation
         ids, job.messages = prompt_ids(self._tokenizer, conversation, request.prompt, list(request.input_token_ids),
                                        request.options.apply_chat_template)
-        if len(ids) + request.options.max_new_tokens > self._limits.max_context_tokens:
+        if len(ids) + request.options.max_new_tokens > self.limits.max_context_tokens:
             self._finish(job, now, "error", (ResultError.BAD_REQUEST,
                                              f"{len(ids)} prompt tokens and {request.options.max_new_tokens} new "
-                                             f"ones exceed the context of {self._limits.max_context_tokens}"))
+                                             f"ones exceed the context of {self.limits.max_context_tokens}"))
             return
         held = conversation.tokens
         # Replay from the start when the caches may be stale, when the new tokens do not extend what they hold, or
@@ -358,9 +381,6 @@ class GatewayCore:
         for timing in output.timings:
             job.module_seconds[(timing.stage, timing.host_id)] += timing.seconds
         tokens = list(output.tokens)
-        if not tokens:
-            self._finish(job, now, "error", (ResultError.INTERNAL, output.problem))
-            return
         if job.drafting:
             self._drafted(job, tokens[0], output.confidence, now)
             return
@@ -507,7 +527,7 @@ class GatewayCore:
     def _degrade_stalled(self, now: float) -> None:
         """Requests that allow it and wait too long for the chain (a step unanswered, or held for a failover) go on
         with the robot's exit alone."""
-        patience = self._flows.degrade_after_s
+        patience = self.flows.degrade_after_s
         for job in list(self._jobs.values()):
             if not job.flow.allow_degraded or job.flow.policy == "device":
                 continue
@@ -538,6 +558,12 @@ class GatewayCore:
         if job is None or job.waiting_since is not None:
             return None
         return job if output.session_id == self._sessions[job.session_id].chain_session_id(job.session_id) else None
+
+    def _malformed(self, what: str, output: ChainOutput) -> bool:
+        problem = output.problem or ("" if output.release or output.error_code or output.tokens else "no tokens")
+        if problem:
+            self._log("warning", f"{what} for request '{output.request_id}' step {output.step} dropped: {problem}")
+        return bool(problem)
 
     def _not_awaited(self, what: str, output: ChainOutput) -> None:
         self._log("warning", f"{what} for request '{output.request_id}' step {output.step} that is not awaited"

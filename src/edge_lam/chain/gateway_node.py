@@ -5,6 +5,10 @@ to its events and carries out the actions it returns.
 Requests come on a topic (results stream on another), through the ``generate`` service for callers that wait for
 the whole answer, or as goals of the ``generate`` action, which streams each chunk as feedback, gives the whole
 answer as its result and can be cancelled.
+
+Timeouts, flow settings and bounds are live parameters (`ros2 param set` takes effect for the next request or
+tick); topics and the model are read-only. How many requests run and wait against ``max_queued_requests`` is on
+/diagnostics.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.task import Future
 
-from edge_lam.chain.flow import FlowSettings
+from edge_lam.chain.flow import DRAFTERS, MAX_DRAFT_TOKENS, POLICIES, FlowSettings
 from edge_lam.chain.gateway import Action, GatewayCore, Timeouts
 from edge_lam.chain.requests import CANCELLED, ChainStep, Log, Request, Result, ResultError, merge
+from edge_lam.ros.bounds import Bounds
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import CONTROL, LATCHED, TENSORS
@@ -61,31 +66,57 @@ class GatewayNode(Node):
         chain_out = declare(self, "chain_output_topic", "chain/output", "Topic the chain's last module publishes to.")
         requests = declare(self, "requests_topic", "requests", "InferenceRequest topic.")
         results = declare(self, "results_topic", "results", "InferenceResult topic (streamed chunks).")
-        max_new = declare(self, "max_new_tokens_limit", 1024, "Largest max_new_tokens a request may ask for.")
+        max_new = declare(self, "max_new_tokens_limit", 1024, "Largest max_new_tokens a request may ask for.",
+                          on_change=lambda v: self._set("limits", max_new_tokens=v), low=1)
         max_context = declare(self, "max_context_tokens", 2048, "Largest session length (prompt and answer), tokens.")
+        bounds = {
+            "max_queued_requests": declare(
+                self, "max_queued_requests", 32, "Requests held at once (running or waiting for their session or the "
+                "chain); beyond, a request is refused at once as busy.",
+                on_change=lambda v: self._set("limits", max_queued_requests=v), low=1),
+            "max_prompt_chars": declare(
+                self, "max_prompt_chars", 32768, "Longest prompt, characters; checked before tokenising.",
+                on_change=lambda v: self._set("limits", max_prompt_chars=v), low=1),
+            "max_stop_strings": declare(
+                self, "max_stop_strings", 16, "Most stop strings a request may give.",
+                on_change=lambda v: self._set("limits", max_stop_strings=v), low=0),
+            "max_stop_chars": declare(
+                self, "max_stop_chars", 256, "Longest stop string, characters.",
+                on_change=lambda v: self._set("limits", max_stop_chars=v), low=1),
+        }
         step_timeout_s = declare(
             self, "step_timeout_s", 60.0,
             "A step with no answer after this long is retried on the chain as it is then (or fails, after "
-            "max_retries).")
+            "max_retries).", on_change=lambda v: self._set("timeouts", step_s=v), check=_positive)
         failover_timeout_s = declare(
             self, "failover_timeout_s", 60.0,
-            "How long a request waits for a chain that lost a module to be connected again before it fails.")
-        max_retries = declare(self, "max_retries", 3, "Step timeouts a request survives by replaying.")
+            "How long a request waits for a chain that lost a module to be connected again before it fails.",
+            on_change=lambda v: self._set("timeouts", failover_s=v), check=_positive)
+        max_retries = declare(self, "max_retries", 3, "Step timeouts a request survives by replaying.",
+                              on_change=lambda v: self._set("timeouts", max_retries=v), low=0)
         plan_topic = declare(self, "plan_topic", "/edge_lam/plan",
                              "PlacementPlan topic: a new plan replays the requests in flight; empty to ignore plans.")
-        idle_s = declare(self, "session_idle_timeout_s", 600.0, "Forget a kept session after this long unused.")
+        idle_s = declare(self, "session_idle_timeout_s", 600.0, "Forget a kept session after this long unused.",
+                         on_change=lambda v: self._set("timeouts", session_idle_s=v), check=_positive)
         exit_topic = declare(self, "exit_topic", "chain/exit", "Topic the robot's early exit answers on (shard "
                              "module exit:L); empty: no exit (device and cascade steps then go through the chain).")
         flows = FlowSettings(
             policy=declare(self, "default_policy", "chain", "Policy of requests that name none: chain, device, "
-                           "cascade or speculative (doc/flow.md)."),
+                           "cascade or speculative (doc/flow.md).",
+                           on_change=lambda v: self._set("flows", policy=v),
+                           check=lambda v: None if v in POLICIES else f"not one of {list(POLICIES)}"),
             cascade_threshold=declare(self, "cascade_threshold", 0.8, "cascade: the exit decides a token when its "
-                                      "probability reaches this (requests may set their own)."),
-            draft_tokens=declare(self, "draft_tokens", 4, "speculative: drafts checked per pass through the chain."),
+                                      "probability reaches this (requests may set their own).",
+                                      on_change=lambda v: self._set("flows", cascade_threshold=v), low=0.0, high=1.0),
+            draft_tokens=declare(self, "draft_tokens", 4, "speculative: drafts checked per pass through the chain.",
+                                 on_change=lambda v: self._set("flows", draft_tokens=v), low=1,
+                                 high=MAX_DRAFT_TOKENS),
             drafter=declare(self, "drafter", "ngram", "speculative: ngram (prompt lookup) or exit (the robot's "
-                            "early exit)."),
+                            "early exit).", on_change=lambda v: self._set("flows", drafter=v),
+                            check=lambda v: None if v in DRAFTERS else f"not one of {list(DRAFTERS)}"),
             degrade_after_s=declare(self, "degrade_after_s", 5.0, "A step the chain leaves unanswered this long "
-                                    "finishes its request on the robot's exit (flagged degraded), if it allows."),
+                                    "finishes its request on the robot's exit (flagged degraded), if it allows.",
+                                    on_change=lambda v: self._set("flows", degrade_after_s=v), check=_positive),
             exit=bool(exit_topic),
         )
         self._trust = declare_trust(self, "publish plans that make the gateway replay every request in flight, and "
@@ -94,10 +125,13 @@ class GatewayNode(Node):
 
         timeouts = Timeouts(step_s=step_timeout_s, max_retries=max_retries, failover_s=failover_timeout_s,
                             session_idle_s=idle_s)
-        self._core = GatewayCore.for_model(model, max_new, max_context, timeouts, flows)
         # The core is not thread-safe, and the callbacks of the reentrant group below may run beside the others
         # under a multi-threaded executor.
         self._lock = threading.Lock()
+        self._core = GatewayCore.for_model(model, max_new, max_context, timeouts, flows, **bounds)
+        self._bounds = Bounds(self)
+        self._bounds.add("requests_running", lambda: self._load()[0], lambda: self._core.limits.max_queued_requests)
+        self._bounds.add("requests_queued", lambda: self._load()[1], lambda: self._core.limits.max_queued_requests)
         self._goals: dict[bytes, tuple[str, Reply]] = {}  # goal id -> its request id and reply, while it runs
         self._chain_in = self.create_publisher(ChainPacket, chain_in, TENSORS)
         self._chain_out = self.create_subscription(ChainPacket, chain_out, self.on_chain_output, TENSORS)
@@ -134,12 +168,12 @@ class GatewayNode(Node):
         # A token is streamed only from the host the plan in force puts the head on (any fleet key before a plan).
         if not self._trust.accept(packet, self._chain_out.topic_name, identity=self._head_host or None):
             return
-        self._run(self._core.chain_output, from_output_msg(packet))
+        self._run(self._core.chain_output, from_output_msg(packet, self._core.vocab_size))
 
     def on_exit_output(self, packet: ChainPacket) -> None:
         if not self._trust.accept(packet, self._exit_out.topic_name):
             return
-        self._run(self._core.exit_output, from_output_msg(packet))
+        self._run(self._core.exit_output, from_output_msg(packet, self._core.vocab_size))
 
     def on_plan(self, plan: PlacementPlan) -> None:
         if not self._trust.accept(plan, self._plan_channel, max_age=False):
@@ -199,10 +233,32 @@ class GatewayNode(Node):
 
     # -- actions out ----------------------------------------------------------------------------------------------
 
-    def _run(self, event: Callable[..., list[Action]], *args, **kwargs) -> None:
-        """Hand the core an event with the time, and carry out the actions it returns, in order."""
+    def _set(self, settings: str, **change) -> None:
+        """A live parameter: the core's ``settings`` (limits, timeouts or flows) with ``change``, from now on."""
         with self._lock:
-            for action in event(*args, time.monotonic(), **kwargs):
+            setattr(self._core, settings, replace(getattr(self._core, settings), **change))
+
+    def _load(self) -> tuple[int, int]:
+        with self._lock:
+            return self._core.load()
+
+    def _run(self, event: Callable[..., list[Action]], *args, **kwargs) -> None:
+        """Hand the core an event with the time, and carry out the actions it returns, in order. An exception in the
+        core is logged, and a request it was handling gets an internal error: the node and the requests it holds
+        live on."""
+        with self._lock:
+            try:
+                actions = event(*args, time.monotonic(), **kwargs)
+            except Exception as err:
+                self.get_logger().error(f"{event.__name__}: {type(err).__name__}: {err}")
+                if event == self._core.request:
+                    request = args[0]
+                    actions = [Result(request.request_id, final=True, finish_reason="error",
+                                      error_code=ResultError.INTERNAL, error_message=f"{type(err).__name__}: {err}",
+                                      reply_to=kwargs.get("reply_to"))]
+                else:
+                    return
+            for action in actions:
                 if isinstance(action, ChainStep):
                     self._chain_in.publish(self._trust.sign(to_step_msg(action, self.get_clock().now().to_msg())))
                 elif isinstance(action, Result):
@@ -224,6 +280,10 @@ class GatewayNode(Node):
 
     def _result_msg(self, result: Result) -> InferenceResult:
         return to_result_msg(result, self.get_clock().now().to_msg())
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value}"
 
 
 def main(args: list[str] | None = None) -> None:

@@ -5,7 +5,11 @@ No ROS here: the gateway core (``edge_lam.chain.gateway``) calls these with its 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from edge_lam.chain.requests import Options
+from edge_lam.model.sampling import check_sampling
 
 __all__ = ["Conversation", "Limits", "TextStream", "check_request", "prompt_ids"]
 
@@ -17,6 +21,10 @@ class Limits:
     vocab_size: int
     max_new_tokens: int = 1024
     max_context_tokens: int = 2048
+    max_queued_requests: int = 32  # held at once (running or waiting); beyond: refused as busy
+    max_prompt_chars: int = 32768  # checked before tokenising: a 1 MB prompt costs no tokenizer time
+    max_stop_strings: int = 16
+    max_stop_chars: int = 256  # per stop string: the text stream looks back this far for one
 
 
 @dataclass
@@ -27,21 +35,26 @@ class Conversation:
     tokens: list[int] = field(default_factory=list)
 
 
-def check_request(prompt: str, input_token_ids: list[int], max_new_tokens: int, do_sample: bool,
-                  temperature: float, top_p: float, limits: Limits) -> str | None:
-    """Why the request cannot be served, or None when it can."""
+def check_request(prompt: str, input_token_ids: Sequence[int], options: Options, limits: Limits) -> str | None:
+    """Why the request cannot be served, or None when it can. Only sizes and values: nothing here tokenises, so a
+    huge request costs no more than its length to refuse."""
+    if len(prompt) > limits.max_prompt_chars:
+        return f"the prompt has {len(prompt)} characters, more than max_prompt_chars {limits.max_prompt_chars}"
+    if len(input_token_ids) > limits.max_context_tokens:
+        return f"{len(input_token_ids)} input_token_ids exceed the context of {limits.max_context_tokens}"
     if not prompt.strip() and not input_token_ids:
         return "empty request: give a prompt or input_token_ids"
-    if not 1 <= max_new_tokens <= limits.max_new_tokens:
-        return f"max_new_tokens must be in [1, {limits.max_new_tokens}], got {max_new_tokens}"
-    bad = [t for t in input_token_ids if t >= limits.vocab_size]
+    if not 1 <= options.max_new_tokens <= limits.max_new_tokens:
+        return f"max_new_tokens must be in [1, {limits.max_new_tokens}], got {options.max_new_tokens}"
+    bad = [t for t in input_token_ids if not 0 <= t < limits.vocab_size]
     if bad:
-        return f"input_token_ids must be below the vocabulary size {limits.vocab_size}, got {bad[:5]}"
-    if do_sample and not temperature > 0:
-        return f"temperature must be > 0 when sampling, got {temperature}"
-    if do_sample and not 0 < top_p <= 1:
-        return f"top_p must be in (0, 1], got {top_p}"
-    return None
+        return f"input_token_ids must be within the vocabulary size {limits.vocab_size}, got {bad[:5]}"
+    if len(options.stop) > limits.max_stop_strings:
+        return f"{len(options.stop)} stop strings, more than max_stop_strings {limits.max_stop_strings}"
+    longest = max((len(s) for s in options.stop), default=0)
+    if longest > limits.max_stop_chars:
+        return f"a stop string of {longest} characters, more than max_stop_chars {limits.max_stop_chars}"
+    return check_sampling(options.do_sample, options.temperature, options.top_p)
 
 
 def prompt_ids(tokenizer, conversation: Conversation, prompt: str, input_token_ids: list[int],
@@ -63,30 +76,50 @@ def prompt_ids(tokenizer, conversation: Conversation, prompt: str, input_token_i
 
 class TextStream:
     """Turns generated token ids into text deltas: holds back half characters and anything that may turn out to be
-    the start of a stop string, and ends the text where a stop string appears."""
+    the start of a stop string, and ends the text where a stop string appears.
+
+    A token adds a few characters, so only the text from where the last search stopped, less the longest stop
+    string, can hold a new match: each token costs the stop strings times that window, not times the whole text."""
 
     def __init__(self, tokenizer, stop: list[str]) -> None:
         self._tokenizer = tokenizer
-        self._stop = [s for s in stop if s]
+        self._stop = sorted({s for s in stop if s}, key=len)
+        self._reach = max((len(s) for s in self._stop), default=0)  # how far back a match may start
         self.ids: list[int] = []
         self.text = ""          # everything that is final (stop strings cut off)
         self._emitted = 0
+        self._searched = 0      # the text before this holds no stop string (as far as it was final)
         self.stopped = False
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text that became safe to show."""
         self.ids.append(token_id)
         text = self._tokenizer.decode(self.ids, skip_special_tokens=True)
-        cuts = [i for i in (text.find(s) for s in self._stop) if i >= 0]
+        # Decoding again may change the last characters (a half character completed): search from before them.
+        start = max(min(self._searched, len(text)) - self._reach, 0)
+        cuts = [i for i in (text.find(s, start) for s in self._stop) if i >= 0]
         if cuts:
             self.stopped = True
             self.text = text[:min(cuts)]
             return self._take(len(self.text))
         self.text = text
         safe = len(text.rstrip("\ufffd"))  # a character split across tokens decodes as U+FFFD until complete
-        held = max((n for stop in self._stop for n in range(1, min(len(stop), safe + 1))
-                    if text[:safe].endswith(stop[:n])), default=0)
-        return self._take(max(safe - held, self._emitted))
+        self._searched = safe
+        return self._take(max(safe - self._held(text[:safe]), self._emitted))
+
+    def _held(self, text: str) -> int:
+        """Characters at the end of ``text`` that may begin a stop string: the longest end of the text that is the
+        start of one (only ends that begin with a stop string's first character are compared)."""
+        held = 0
+        for stop in self._stop:
+            tail = text[len(text) - min(len(stop) - 1, len(text)):] if len(stop) > 1 else ""
+            at = tail.find(stop[0])
+            while at >= 0 and len(tail) - at > held:
+                if stop.startswith(tail[at:]):
+                    held = len(tail) - at
+                    break
+                at = tail.find(stop[0], at + 1)
+        return held
 
     def flush(self) -> str:
         """The text still held back, at the end of generation."""

@@ -29,6 +29,7 @@ class ResultError(IntEnum):
     MODULE_UNAVAILABLE = 3
     TIMEOUT = 4
     INTERNAL = 5
+    BUSY = 6
 
 
 class ChainError(IntEnum):

@@ -7,18 +7,24 @@ anything is computed, and a step that fails drops the session in all of them: th
 tokens. A verification step carries drafts (``draft_ids``) past every module to the head, which keeps those the
 whole model agrees with (:func:`~edge_lam.model.sampling.verify_tokens`); the next step truncates the caches past
 them.
+
+Bounds: a step that would take a session past ``max_context_tokens`` is refused (BadInput, before any compute), and
+after each step the least recently used sessions are dropped while there are more than ``max_sessions`` or their
+caches hold more than ``max_kv_bytes``; a dropped session asked again is lost (SessionLost) and the gateway replays
+it. The three may be changed between steps.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from edge_lam.chain.requests import DRAFTS, Route
 from edge_lam.descriptors import ModuleSpec
+from edge_lam.model.costs import module_cost
 from edge_lam.model.decompose import BlockRange, Embedding, Head, build_module, describe
 from edge_lam.model.sampling import Sampling, choose_token, verify_tokens
 from edge_lam.model.sessions import SessionStore
@@ -39,12 +45,14 @@ class StepOutput:
     tensors: dict[str, torch.Tensor] | None
     exit: dict[str, torch.Tensor] | None
     timings: list[tuple[str, float]]
+    dropped: list[str] = field(default_factory=list)  # sessions dropped to stay within the bounds
 
 
 class ShardCore:
     """Runs modules ``specs`` (contiguous, in chain order) of ``model`` on one packet at a time."""
 
-    def __init__(self, model: torch.nn.Module, specs: list[ModuleSpec], idle_timeout_s: float = 600.0) -> None:
+    def __init__(self, model: torch.nn.Module, specs: list[ModuleSpec], idle_timeout_s: float = 600.0, *,
+                 max_context_tokens: int = 2048, max_sessions: int = 64, max_kv_bytes: int = 512 * 2**20) -> None:
         _check_contiguous(specs)
         arch = describe(model)
         if specs[-1].kind == "blocks" and specs[-1].layer_end > arch.num_layers:
@@ -55,8 +63,30 @@ class ShardCore:
         self.dtype = arch.dtype
         self.modules = [build_module(arch, spec) for spec in specs]
         self.sessions = [
-            SessionStore(m.new_cache, idle_timeout_s) if isinstance(m, BlockRange) else None for m in self.modules
+            SessionStore(m.new_cache, idle_timeout_s, bytes_per_token=module_cost(arch, spec).kv_bytes_per_token)
+            if isinstance(m, BlockRange) else None for m, spec in zip(self.modules, specs, strict=True)
         ]
+        self.max_context_tokens = max_context_tokens
+        self.max_sessions = max_sessions
+        self.max_kv_bytes = max_kv_bytes
+
+    @property
+    def session_count(self) -> int:
+        return len({sid for store in self.sessions if store is not None for sid in store.least_recent()})
+
+    @property
+    def kv_bytes(self) -> int:
+        """KV-cache bytes the shard's sessions hold (what ``max_kv_bytes`` bounds)."""
+        return sum(store.kv_bytes for store in self.sessions if store is not None)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return sum(store.bytes_per_token for store in self.sessions if store is not None)
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        for store in self.sessions:
+            if store is not None:
+                store.idle_timeout_s = seconds
 
     @property
     def module_ids(self) -> list[str]:
@@ -83,6 +113,13 @@ class ShardCore:
             raise BadInput(f"route {route} is not one of {[int(r) for r in Route]}")
         x = self._input(tensors)
         length = x.shape[1]
+        if position + length > self.max_context_tokens:
+            raise BadInput(f"{length} tokens at position {position} exceed the shard's max_context_tokens "
+                           f"{self.max_context_tokens}")
+        if (position + length) * self.kv_bytes_per_token > self.max_kv_bytes:
+            raise BadInput(f"a session of {position + length} tokens would hold "
+                           f"{(position + length) * self.kv_bytes_per_token} KV bytes, more than max_kv_bytes "
+                           f"{self.max_kv_bytes}")
         drafts = self._drafts(tensors, length) if verify else None
         position_ids = torch.arange(position, position + length).unsqueeze(0)
         timings, exit_answer = [], None
@@ -119,7 +156,19 @@ class ShardCore:
         out = {self.output_name: x}
         if drafts is not None:  # the head is further down the chain: the drafts travel on to it
             out[DRAFTS] = torch.tensor([drafts], dtype=torch.int64)
-        return StepOutput(out, exit_answer, timings)
+        return StepOutput(out, exit_answer, timings, self.evict(keep=session_id))
+
+    def evict(self, keep: str = "") -> list[str]:
+        """Drop the least recently used sessions (never ``keep``) until the shard is within its bounds."""
+        dropped = []
+        while self.session_count > self.max_sessions or self.kv_bytes > self.max_kv_bytes:
+            oldest = next((sid for store in self.sessions if store is not None for sid in store.least_recent()
+                           if sid != keep), None)
+            if oldest is None:
+                break
+            self.release(oldest)
+            dropped.append(oldest)
+        return dropped
 
     @staticmethod
     def _exit_answer(logits: torch.Tensor, sampling: Sampling, step: int) -> dict[str, torch.Tensor]:
@@ -165,7 +214,10 @@ class ShardCore:
             raise BadInput(
                 f"hidden_states must be floating [1, T>0, {self.hidden_size}], got {str(x.dtype)[6:]} {list(x.shape)}"
             )
-        return x.to(self.dtype)
+        x = x.to(self.dtype)
+        if not bool(torch.isfinite(x).all()):  # NaN or inf would spread through every later position's attention
+            raise BadInput("hidden_states hold NaN or infinite values")
+        return x
 
 
 def _check_contiguous(specs: list[ModuleSpec]) -> None:

@@ -1,9 +1,11 @@
 """A shard: one or more consecutive modules of a model chain, fed from one topic and publishing to the next.
 
-Parameters are read once at start; see doc/chain.md's table. A malformed packet or a lost session is answered
-with an error packet downstream (the gateway turns it into an error result or a replay), never a crash. Given an
-emulated slower host or link (benchmarks), packets are held and released by timers (``link.delayed_release``), never
-by sleeping in the callback: in a host agent the shard shares its executor with the agent and other components.
+Parameters are read at start, and those doc/chain.md's table marks live (bounds, idle timeout, threads) take effect
+on `ros2 param set`; the sessions and KV bytes held against their bounds are on /diagnostics. A malformed packet,
+one longer than ``max_context_tokens`` or a lost session is answered with an error packet downstream (the gateway
+turns it into an error result or a replay), never a crash. Given an emulated slower host or link (benchmarks),
+packets are held and released by timers (``link.delayed_release``), never by sleeping in the callback: in a host
+agent the shard shares its executor with the agent and other components.
 
 A shard holding an early exit (``exit:L``) answers on ``exit_topic`` for the steps that ask it (route EXIT or
 CHAIN_AND_EXIT): the exit's token and its probability. A step routed to the exit alone (the ``device`` policy, or a
@@ -27,13 +29,16 @@ from edge_lam.descriptors import ModuleSpec, Stage, wire_dtype_bytes
 from edge_lam.link.delayed_release import DelayedRelease
 from edge_lam.link.emulation import DelayLine, link_parameter
 from edge_lam.model.loading import load_model
-from edge_lam.model.sessions import SessionLost
+from edge_lam.model.sessions import SessionLost, give_back_memory
+from edge_lam.ros.bounds import Bounds
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.chain import fail, packet_bytes, packet_tensors, put_tensors, sampling, to_stage_msgs
 from edge_lam.wire.tensors import TensorError
+
+TRIM_PERIOD_S = 2.0  # how soon a released session's memory leaves the process
 
 
 class ShardNode(Node):
@@ -48,8 +53,19 @@ class ShardNode(Node):
         output_topic = declare(self, "output_topic", "chain/output", "Topic the last module publishes packets to.")
         wire_dtype = declare(self, "wire_dtype", "float16",
                              "Dtype of hidden states on the wire: float16, bfloat16 or float32 (exact).")
-        idle = declare(self, "session_idle_timeout_s", 600.0, "Drop a session's KV cache after this long unused.")
-        threads = declare(self, "num_threads", 1, "Torch threads (decode is memory-bound: more rarely help).")
+        idle = declare(self, "session_idle_timeout_s", 600.0, "Drop a session's KV cache after this long unused.",
+                       on_change=lambda v: self._core.set_idle_timeout(v), check=_positive)
+        threads = declare(self, "num_threads", 1, "Torch threads (decode is memory-bound: more rarely help).",
+                          on_change=lambda v: setattr(self, "_threads", v), low=1)
+        max_context = declare(self, "max_context_tokens", 2048, "Longest session a packet may build here, tokens: "
+                              "a longer packet is refused before any compute.",
+                              on_change=lambda v: setattr(self._core, "max_context_tokens", v), low=1)
+        max_sessions = declare(self, "max_sessions", 64, "Sessions held at once; beyond, the least recently used is "
+                               "dropped (the gateway replays it when asked again).",
+                               on_change=lambda v: self._bound("max_sessions", v), low=1)
+        max_kv_bytes = declare(self, "max_kv_bytes", 512 * 2**20, "KV-cache bytes the sessions may hold; beyond, the "
+                               "least recently used are dropped.",
+                               on_change=lambda v: self._bound("max_kv_bytes", v), low=1)
         host_id = declare(self, "host_id", "", "Host name reported in timings; empty for the machine's.")
         slowdown = declare(self, "compute_slowdown", 1.0, "Emulation for benchmarks: each step takes this many times "
                            "its measured compute (4.0 makes this host a 0.25x one); 1.0 for none.")
@@ -65,13 +81,15 @@ class ShardNode(Node):
                              "gateway_host); empty: from any fleet host.")
         self._host_id = host_id or socket.gethostname()
         wire_dtype_bytes(wire_dtype)  # ValueError naming the choices
-        if idle <= 0 or threads < 1:
-            raise ValueError(f"session_idle_timeout_s must be > 0 and num_threads >= 1, got {idle} and {threads}")
         line = DelayLine(slowdown, link_parameter(input_link or []), link_parameter(output_link or []))
         self._slowdown = slowdown
         self._wire_dtype = getattr(torch, wire_dtype)
         self._threads = threads
-        self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle)
+        self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle,
+                               max_context_tokens=max_context, max_sessions=max_sessions, max_kv_bytes=max_kv_bytes)
+        self._bounds = Bounds(self)
+        self._bounds.add("sessions", lambda: self._core.session_count, lambda: self._core.max_sessions)
+        self._bounds.add("kv_bytes", lambda: self._core.kv_bytes, lambda: self._core.max_kv_bytes)
         self._pub = self.create_publisher(ChainPacket, output_topic, TENSORS)
         self._exit_pub = self.create_publisher(ChainPacket, exit_topic, TENSORS) if self._core.has_exit else None
         # exit answers held until an emulated slower host would have computed them: (due, packet)
@@ -84,6 +102,10 @@ class ShardNode(Node):
         if plan_topic and self._trust.on:
             self._plans = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED)
         self._expiry = self.create_timer(min(idle, 10.0), self.expire_sessions)
+        # Caches released since memory was last given back to the system (trimming after each would cost every
+        # request's end some milliseconds)
+        self._released = False
+        self._trim = self.create_timer(TRIM_PERIOD_S, self.give_back_memory)
         self.get_logger().info(
             f"modules {self._core.module_ids} of {model} on {self._host_id}: "
             f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
@@ -122,6 +144,7 @@ class ShardNode(Node):
         """Run the packet through the modules (a release frees its session); the seconds the modules computed."""
         if packet.release:
             self._core.release(packet.session_id)
+            self._released = True
         elif packet.error_code == ChainPacket.ERROR_NONE:
             return self._run(packet)
         if self._ends_here(packet):  # a probe of the exit, or an error before it: the gateway hears it here
@@ -149,8 +172,9 @@ class ShardNode(Node):
             torch.set_num_threads(self._threads)
         try:
             out = self._core.step(
-                packet_tensors(packet), packet.session_id, packet.position, packet.reset, sampling(packet.options),
-                packet.step, truncate=packet.truncate, verify=packet.verify, route=packet.route,
+                packet_tensors(packet, self._core.max_context_tokens), packet.session_id, packet.position,
+                packet.reset, sampling(packet.options), packet.step, truncate=packet.truncate, verify=packet.verify,
+                route=packet.route,
             )
         except (BadInput, TensorError) as err:
             self.get_logger().error(f"request {packet.request_id}: bad input: {err}")
@@ -162,6 +186,11 @@ class ShardNode(Node):
             self.get_logger().error(f"request {packet.request_id}: {type(err).__name__}: {err}")
             fail(packet, ChainPacket.ERROR_INTERNAL, f"{where}: {type(err).__name__}: {err}")
         else:
+            self._released |= bool(out.dropped)
+            for session_id in out.dropped:
+                self.get_logger().info(f"session {session_id} dropped (least recently used) to stay within "
+                                       f"max_sessions {self._core.max_sessions} and max_kv_bytes "
+                                       f"{self._core.max_kv_bytes}")
             # an emulated slower host's compute counts as the modules' own time
             stages = [Stage(f"module:{m}", self._host_id, s * self._slowdown) for m, s in out.timings]
             if out.exit is not None:
@@ -177,9 +206,27 @@ class ShardNode(Node):
             self._answer_exit(packet, 0.0)
         return 0.0
 
+    def _bound(self, name: str, value: int) -> None:
+        """A lowered bound applies at once, not at the next packet."""
+        setattr(self._core, name, value)
+        for session_id in self._core.evict():
+            self._released = True
+            self.get_logger().info(f"session {session_id} dropped: {name} lowered to {value}")
+
     def expire_sessions(self) -> None:
         for session_id in self._core.expire():
+            self._released = True
             self.get_logger().info(f"session {session_id} expired (idle)")
+
+    def give_back_memory(self) -> None:
+        """Released caches' memory back to the system, not only to the heap."""
+        if self._released:
+            self._released = False
+            give_back_memory()
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value}"
 
 
 def main(args: list[str] | None = None) -> None:

@@ -11,12 +11,16 @@ way every token has exactly the distribution the whole model gives it without dr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Sampling", "choose_token", "verify_tokens"]
+__all__ = ["MIN_TEMPERATURE", "Sampling", "check_sampling", "choose_token", "verify_tokens"]
+
+# Below this a temperature divides logits into infinities (1e-45 did): sampling that cold is greedy anyway.
+MIN_TEMPERATURE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -29,13 +33,33 @@ class Sampling:
     seed: int = 0
 
 
+def check_sampling(do_sample: bool, temperature: float, top_p: float) -> str | None:
+    """Why the sampler cannot honour these options, or None. Greedy ignores temperature and top_p."""
+    if not do_sample:
+        return None
+    if not math.isfinite(temperature) or not (temperature == 0.0 or temperature >= MIN_TEMPERATURE):
+        return f"temperature must be 0 (greedy) or a finite value >= {MIN_TEMPERATURE} when sampling, got {temperature}"
+    if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
+        return f"top_p must be in (0, 1], got {top_p}"
+    return None
+
+
 def _probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    """The distribution to draw from; one-hot on the argmax when the options or the logits leave no proper one
+    (a packet sent straight to the head is not checked by the gateway, and a cold temperature overflows)."""
+    logits = logits.float()
+    probs = None
+    if math.isfinite(temperature) and temperature >= MIN_TEMPERATURE and math.isfinite(top_p) and top_p > 0.0:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+            probs = probs / probs.sum()  # verification compares a draft's probability with a uniform draw
+    if probs is None or not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0.0:
+        probs = torch.zeros_like(logits)
+        probs[int(torch.argmax(torch.nan_to_num(logits, nan=-math.inf)))] = 1.0
     return probs
 
 

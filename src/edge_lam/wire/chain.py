@@ -10,21 +10,26 @@ import torch
 from builtin_interfaces.msg import Time
 from edge_lam_msgs.msg import ChainPacket, GenerationOptions, StageTiming
 
+from edge_lam.chain.flow import MAX_DRAFT_TOKENS
 from edge_lam.chain.requests import DRAFTS, ChainError, ChainOutput, ChainStep, Options
 from edge_lam.descriptors import Stage
 from edge_lam.model.sampling import Sampling
-from edge_lam.wire.tensors import TensorError, to_msg, to_numpy, to_torch
+from edge_lam.wire.tensors import TensorError, check, to_msg, to_numpy, to_torch
 
 __all__ = ["fail", "from_options_msg", "from_output_msg", "from_stage_msgs", "packet_bytes", "packet_tensors",
            "put_tensors", "sampling", "to_options_msg", "to_stage_msgs", "to_step_msg"]
 
 
-def packet_tensors(packet: ChainPacket) -> dict[str, torch.Tensor]:
-    """The packet's tensors by name; TensorError when one is malformed or a name repeats."""
+def packet_tensors(packet: ChainPacket, max_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """The packet's tensors by name; TensorError when one is malformed, a name repeats, or (with ``max_tokens``) one
+    spans more tokens (its second dimension: [1, T] ids, [1, T, hidden] states) than that, checked before decoding."""
     tensors = {}
     for msg in packet.tensors:
         if msg.name in tensors:
             raise TensorError(f"tensor name '{msg.name}' appears twice")
+        shape = check(msg)
+        if max_tokens is not None and len(shape) >= 2 and shape[1] > max_tokens:
+            raise TensorError(f"tensor '{msg.name}' spans {shape[1]} tokens, more than {max_tokens}")
         tensors[msg.name] = to_torch(msg)
     return tensors
 
@@ -71,32 +76,47 @@ def to_step_msg(step: ChainStep, stamp: Time) -> ChainPacket:
     return packet
 
 
-def from_output_msg(packet: ChainPacket) -> ChainOutput:
+def from_output_msg(packet: ChainPacket, vocab_size: int) -> ChainOutput:
     """What the chain's last module (or an early exit) sent: its tokens (and an exit's confidence), or in
-    ``problem`` why the packet has none."""
+    ``problem`` why the packet has none. Anything on the topic may send anything: ``next_token`` must be int64 [n]
+    with 1 <= n <= 1 + MAX_DRAFT_TOKENS ids in [0, ``vocab_size``), ``confidence`` float32 [1] in [0, 1]."""
     tokens, confidence, problem = (), 1.0, ""
-    names = [t.name for t in packet.tensors]
-    if "next_token" not in names:
-        problem = f"the chain's last module sent {sorted(names)}, not next_token"
-    else:
-        try:
-            tokens = tuple(int(t) for t in to_numpy(packet.tensors[names.index("next_token")]).reshape(-1))
-            if "confidence" in names:
-                confidence = float(to_numpy(packet.tensors[names.index("confidence")]).reshape(-1)[0])
-        except (TensorError, IndexError, ValueError) as err:
-            problem = f"the chain's last module sent a malformed next_token or confidence: {err or 'no element'}"
-            tokens = ()
-        if not tokens and not problem:
-            problem = "the chain's last module sent an empty next_token"
     try:
         error = ChainError(packet.error_code)
     except ValueError:  # a code this gateway does not know is still an error
         error = ChainError.INTERNAL
-    if not math.isfinite(confidence):
-        tokens, problem = (), f"the early exit sent a confidence of {confidence}"
+    if not packet.release and error == ChainError.NONE:
+        try:
+            tokens, confidence = _next_tokens(packet, vocab_size)
+        except TensorError as err:
+            problem = f"the chain's last module sent a malformed next_token or confidence: {err}"
     return ChainOutput(packet.request_id, packet.session_id, packet.step, packet.release,
                        error, packet.error_message, tokens, problem,
                        tuple(from_stage_msgs(packet.timings)), confidence)
+
+
+def _next_tokens(packet: ChainPacket, vocab_size: int) -> tuple[tuple[int, ...], float]:
+    """The packet's token ids and confidence, checked (shapes before any decoding); TensorError says what is wrong."""
+    named = {t.name: t for t in packet.tensors}
+    if "next_token" not in named:
+        raise TensorError(f"got tensors {sorted(named)}, not next_token")
+    msg = named["next_token"]
+    shape = check(msg)
+    if msg.dtype != "int64" or len(shape) != 1 or not 1 <= shape[0] <= 1 + MAX_DRAFT_TOKENS:
+        raise TensorError(f"next_token must be int64 [n], 1 <= n <= {1 + MAX_DRAFT_TOKENS}, got {msg.dtype} "
+                          f"{list(shape)}")
+    ids = to_numpy(msg)
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+        raise TensorError(f"next_token must lie in [0, {vocab_size}), got {ids.tolist()}")
+    confidence = 1.0
+    if "confidence" in named:
+        msg = named["confidence"]
+        if msg.dtype != "float32" or check(msg) != (1,):
+            raise TensorError(f"confidence must be float32 [1], got {msg.dtype} {list(msg.shape)}")
+        confidence = float(to_numpy(msg)[0])
+        if not 0.0 <= confidence <= 1.0:  # NaN too
+            raise TensorError(f"confidence must be a probability, got {confidence}")
+    return tuple(int(t) for t in ids), confidence
 
 
 def fail(packet: ChainPacket, code: int, message: str) -> ChainPacket:
@@ -112,4 +132,5 @@ def to_stage_msgs(stages: Iterable[Stage]) -> list[StageTiming]:
 
 
 def from_stage_msgs(msgs: Iterable[StageTiming]) -> list[Stage]:
-    return [Stage(m.stage, m.host_id, m.seconds) for m in msgs]
+    """The timings a packet carries; one that is not a finite duration >= 0 is dropped (it would poison the sums)."""
+    return [Stage(m.stage, m.host_id, m.seconds) for m in msgs if math.isfinite(m.seconds) and m.seconds >= 0]
