@@ -74,7 +74,7 @@ def _apply(node: Node, live: dict[str, tuple], params: list[Parameter]) -> None:
 def _refusal(value: Any, low: float | None, high: float | None, check: Callable[[Any], str | None] | None
              ) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value != value:  # NaN passes every comparison
+        if value != value and (low is not None or high is not None):  # NaN passes every comparison
             return "NaN is not a value"
         if (low is not None and value < low) or (high is not None and value > high):
             return f"{value} is outside {_shown(low)}..{_shown(high)}"
