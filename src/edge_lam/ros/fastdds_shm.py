@@ -84,14 +84,16 @@ def clean_zombies(folder: pathlib.Path = SHM_DIR, min_age_s: float = 1.0) -> Cle
 
 
 def held_segments(pid: int, folder: pathlib.Path = SHM_DIR) -> set[str]:
-    """The Fast DDS files of ``folder`` that process ``pid`` owns: those whose lock file it holds (/proc/locks names
-    the holder's pid and the file's inode). Segments it only maps (a peer's, to read from) are not its own."""
+    """The Fast DDS segments of ``folder`` (and their lock files) that process ``pid`` owns: those whose lock file it
+    holds exclusively (/proc/locks names the holder's pid and the file's inode); not a peer's segment it maps. Ports
+    are left out: a port file outlives its listener by design (the next participant of that index reuses it), and
+    the 35 MB a process leaves behind are its segments."""
     inodes = {int(fields[5].rsplit(":", 1)[1]) for fields in map(str.split, _proc_locks())
-              if len(fields) > 5 and fields[1] == "FLOCK" and fields[4] == str(pid)}
+              if len(fields) > 5 and fields[1] == "FLOCK" and fields[3] == "WRITE" and fields[4] == str(pid)}
     owned = set()
-    for lock in folder.glob("fastdds_*_[es]l"):
+    for lock in folder.glob("fastdds_*_el"):
         try:
-            if lock.stat().st_ino in inodes:
+            if _SEGMENT_LOCK.match(lock.name) and lock.stat().st_ino in inodes:
                 owned |= {lock.name, lock.name[:-3]}
         except FileNotFoundError:
             continue
