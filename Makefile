@@ -15,7 +15,7 @@ ENV := source tools/env.sh
 DEPS_STAMP := $(VENV)/.edge_lam-deps
 BUILD_STAMP := install/.edge_lam-built
 MSG_SOURCES := $(wildcard msg/package.xml msg/CMakeLists.txt msg/msg/*.msg msg/srv/*.srv msg/action/*.action)
-PKG_SOURCES := package.xml setup.py setup.cfg resource/edge_lam \
+PKG_SOURCES := package.xml setup.py setup.cfg resource/edge_lam resource/rclcpp_components/edge_lam \
 	$(shell find src launch config -type f -not -name '*.pyc' 2>/dev/null)
 
 .PHONY: setup prepare demo test test-fast lint clean

@@ -12,6 +12,8 @@ setup(
     package_data={'edge_lam': ['encoders/data/*', 'training/data/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        # `ros2 component types` lists these (type;Python class): the host agent's container loads them by name
+        ('share/ament_index/resource_index/rclcpp_components', ['resource/rclcpp_components/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),

@@ -52,11 +52,13 @@ def generate_launch_description() -> LaunchDescription:
                           'keys_dir': LaunchConfiguration('keys_dir')}.items())
     camera_replay = ExecuteProcess(
         cmd=[edge_lam, 'replay', LaunchConfiguration('camera_bag'), '--loop', '--wait-subscribers', '1',
-             '--remap', ['/camera/image_raw/compressed:=/', robot_id, '/camera/image_raw/compressed']],
+             '--remap', ['/camera/image_raw/compressed:=/', robot_id, '/camera/image_raw/compressed'],
+             '--ros-args', '-r', '__node:=image_replay'],  # the names edge-lam demo gives its replays
         output='screen')
     odometry_replay = ExecuteProcess(
         cmd=[edge_lam, 'replay', LaunchConfiguration('odometry_bag'), '--loop', '--start-offset', '25',
-             '--topics', '/odom', '--wait-subscribers', '1', '--remap', ['/odom:=/', robot_id, '/odom']],
+             '--topics', '/odom', '--wait-subscribers', '1', '--remap', ['/odom:=/', robot_id, '/odom'],
+             '--ros-args', '-r', '__node:=odometry_replay'],
         output='screen')
     return LaunchDescription([
         DeclareLaunchArgument('robot_id', default_value='tb3', description='Robot id and namespace.'),

@@ -1,4 +1,5 @@
-"""SmolLM2 cut into three shard processes and a gateway on this host, parameters from config/smollm2_chain.yaml.
+"""SmolLM2 cut into four shards in three processes and a gateway on this host, parameters from
+config/smollm2_chain.yaml (embed_shard and blocks_shard composed in one process, middle_shard, head_shard).
 
     ros2 launch edge_lam smollm2_chain.launch.py wire_dtype:=float32
 """
@@ -15,13 +16,17 @@ from launch_ros.actions import Node
 def generate_launch_description() -> LaunchDescription:
     params = os.path.join(get_package_share_directory('edge_lam'), 'config', 'smollm2_chain.yaml')
     common = [LaunchConfiguration('params_file'), {'wire_dtype': LaunchConfiguration('wire_dtype')}]
+    namespace = LaunchConfiguration('namespace')
+    # Four shards in three processes, as config/smollm2_chain.yaml lays them out: the embedding and the first blocks
+    # share one (compose; named by its arguments, so no name= here), then one process each for the other two.
     shards = [
-        Node(package='edge_lam', executable='shard', name=name, namespace=LaunchConfiguration('namespace'),
-             parameters=common, output='screen')
-        for name in ('embed_shard', 'blocks_shard', 'middle_shard', 'head_shard')
+        Node(package='edge_lam', executable='compose', arguments=['shard:embed_shard', 'shard:blocks_shard'],
+             namespace=namespace, parameters=common, output='screen'),
+        *(Node(package='edge_lam', executable='shard', name=name, namespace=namespace, parameters=common,
+               output='screen') for name in ('middle_shard', 'head_shard')),
     ]
     gateway = Node(package='edge_lam', executable='gateway', name='gateway',
-                   namespace=LaunchConfiguration('namespace'), parameters=[LaunchConfiguration('params_file')],
+                   namespace=namespace, parameters=[LaunchConfiguration('params_file')],
                    output='screen')
     return LaunchDescription([
         DeclareLaunchArgument('namespace', default_value='', description='Namespace of the chain and gateway.'),

@@ -14,8 +14,9 @@ import time
 from collections import Counter
 
 import pytest
+from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import QosReliability
 from rosbags.rosbag2 import Writer
@@ -26,10 +27,12 @@ from edge_lam.assets.cache import evo_bags_dir
 from edge_lam.bags.record import message_definitions, parse_types
 from edge_lam.bags.replay import message_class, replay_qos
 from edge_lam.bags.schedule import BagError, LagHistogram, ReplayPlan, parse_remaps
+from ros_client import RosClient
 
 EVO = evo_bags_dir()
 NAV2 = EVO / "nav2_turtlebot.mcap"
 TF_EXAMPLE = EVO / "tf_example"
+ROS1_EXAMPLE = EVO / "ROS_example.bag"  # ROS 1: PoseStamped of a ground truth and two SLAM runs (one named S-PTAM)
 NAV2_COUNTS = {"/odom": 2639, "/tf": 5422, "/tf_static": 1, "/amcl_pose": 135}
 
 
@@ -140,11 +143,12 @@ def test_bad_replay_arguments_are_refused_clearly(kwargs, error):
         ReplayPlan(NAV2, **kwargs)
 
 
-def test_missing_unreadable_and_ros1_bags_are_refused_clearly(tmp_path):
+def test_missing_and_unreadable_bags_are_refused_clearly(tmp_path):
     with pytest.raises(BagError, match=r"no bag at .*nowhere\.mcap"):
         ReplayPlan(tmp_path / "nowhere.mcap")
-    with pytest.raises(BagError, match="not a readable rosbag2 bag"):
-        ReplayPlan(EVO / "tf_example.bag")
+    (tmp_path / "broken.bag").write_bytes(b"#ROSBAG V2.0\nnot a bag")
+    with pytest.raises(BagError, match="not a readable ROS 1 bag"):
+        ReplayPlan(tmp_path / "broken.bag")
     (tmp_path / "empty").mkdir()
     with pytest.raises(BagError, match=r"not a readable rosbag2 bag .*metadata\.yaml"):
         ReplayPlan(tmp_path / "empty")
@@ -152,6 +156,36 @@ def test_missing_unreadable_and_ros1_bags_are_refused_clearly(tmp_path):
         parse_remaps(["/odom=/x"])
     with pytest.raises(BagError, match="not of the form /topic=pkg/msg/Type"):
         parse_types(["/odom=Odometry"])
+
+
+def test_a_ros1_bag_plans_ros2_messages_converted_from_its_own(tmp_path):
+    """evo's ROS 1 bags: ROS 2 type names (tf/tfMessage's successor too), CDR that ROS 2's types read, ROS 1's
+    Header seq gone, the bag's timing kept."""
+    store = get_typestore(Stores.ROS2_KILTED)
+    with ReplayPlan(EVO / "tf_example.bag") as plan:
+        assert [(t.source, t.msgtype) for t in plan.topics] == [("/tf", "tf2_msgs/msg/TFMessage"),
+                                                                ("/tf_static", "tf2_msgs/msg/TFMessage")]
+        first = next(iter(plan))
+    with AnyReader([EVO / "tf_example.bag"]) as reader:
+        connection, _, data = next(reader.messages())
+        original = reader.deserialize(data, connection.msgtype)
+    converted = store.deserialize_cdr(first.data, first.msgtype)
+    assert (first.topic, first.due_s) == (connection.topic, 0.0)
+    (got,), (want,) = converted.transforms, original.transforms
+    assert (got.header.stamp.sec, got.header.stamp.nanosec, got.header.frame_id, got.child_frame_id) == (
+        want.header.stamp.sec, want.header.stamp.nanosec, want.header.frame_id, want.child_frame_id)
+    assert got.transform.rotation.w == want.transform.rotation.w
+    with ReplayPlan(ROS1_EXAMPLE, topics=["groundtruth"], start_offset_s=10.0, duration_s=5.0) as plan:
+        due = [m.due_s for m in plan]
+    assert len(due) == sum(1 for _ in recorded_between(ROS1_EXAMPLE, "groundtruth", 10.0, 15.0))
+    assert 0 <= due[0] < due[-1] < 5.0
+
+
+def recorded_between(bag, topic: str, start_s: float, stop_s: float):
+    with AnyReader([bag]) as reader:
+        connections = [c for c in reader.connections if c.topic == topic]
+        start = reader.start_time + int(start_s * 1e9)
+        yield from reader.messages(connections=connections, start=start, stop=reader.start_time + int(stop_s * 1e9))
 
 
 def test_loop_over_a_single_instant_and_an_empty_bag_are_refused(tmp_path):
@@ -212,6 +246,33 @@ def test_message_classes_and_definitions_come_from_what_is_installed():
 
 
 # --- through ROS, between processes ------------------------------------------------------------------------------
+
+
+def test_a_ros1_bag_replays_as_ros2_messages_under_the_node_name_given(processes):
+    """ROS 1 names a ROS 2 topic cannot have (S-PTAM) are skipped with a warning; --ros-args names the node."""
+    client = RosClient("ros1_replay_test")
+    try:
+        got = client.collect(PoseStamped, "/ros1_test/groundtruth", QoSProfile(depth=2000))
+        replay = processes.start(*cli("replay", str(ROS1_EXAMPLE), "--topics", "groundtruth", "S-PTAM", "--remap",
+                                      "groundtruth:=/ros1_test/groundtruth", "--duration", "30", "--rate", "10",
+                                      "--wait-subscribers", "1", "--ros-args", "-r", "__node:=ros1_replay"))
+        assert client.spin_until(lambda: "ros1_replay" in client.node.get_node_names() or replay.poll() is not None,
+                                 30), "no node named ros1_replay"
+        assert client.spin_until(lambda: replay.poll() is not None, 60)
+        client.spin_for(0.5)
+    finally:
+        client.close()
+    rc, output = finish(replay, 5)
+    assert rc == 0, output
+    assert "skipping topics whose names are not valid ROS 2 names (--remap them to valid ones): S-PTAM" in output
+    expected = list(recorded_between(ROS1_EXAMPLE, "groundtruth", 0.0, 30.0))
+    assert f"replayed {len(expected)} messages" in summary(output, "replayed"), output
+    assert len(got) == len(expected) > 20
+    with AnyReader([ROS1_EXAMPLE]) as reader:
+        connection, _, data = expected[-1]
+        last = reader.deserialize(data, connection.msgtype)
+    assert (got[-1].header.frame_id, got[-1].header.stamp.sec, got[-1].pose.position.x) == (
+        last.header.frame_id, last.header.stamp.sec, last.pose.position.x)
 
 
 def summary(output: str, prefix: str) -> str:

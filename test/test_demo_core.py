@@ -6,6 +6,7 @@ import pathlib
 
 import pytest
 
+from edge_lam.cli import split_ros_args
 from edge_lam.demo.graph import DemoConfig, HostSpec, SensorTopic, demo_processes, replay_processes
 from edge_lam.demo.network import network_env
 from edge_lam.demo.summary import DemoRecords, ReportRecord, summarise
@@ -74,6 +75,15 @@ def test_replays_remap_under_the_robot_and_start_short_bags_at_their_beginning()
     camera, odom = replays["replay[cam.mcap]"], replays["replay[run.mcap]"]
     assert camera[camera.index("--start-offset") + 1] == "0.0" and odom[odom.index("--start-offset") + 1] == "25.0"
     assert "/odom:=/tb3/odom" in odom and "/camera/image_raw/compressed:=/tb3/camera/image_raw/compressed" in camera
+    # each replay is a node of its own name (the launch demo names them alike), never two /bag_replay
+    assert camera[camera.index("--ros-args"):] == ["--ros-args", "-r", "__node:=image_replay"]
+    assert odom[odom.index("--ros-args"):] == ["--ros-args", "-r", "__node:=odometry_replay"]
+
+
+def test_ros_args_sections_are_split_off_the_commands_own_arguments():
+    assert split_ros_args(["replay", "b.mcap", "--loop", "--ros-args", "-r", "__node:=x", "--", "--rate", "2"]) == (
+        ["replay", "b.mcap", "--loop", "--rate", "2"], ["--ros-args", "-r", "__node:=x"])
+    assert split_ros_args(["replay", "b.mcap"]) == (["replay", "b.mcap"], [])
 
 
 def test_report_stages_add_up_and_name_the_residuals():

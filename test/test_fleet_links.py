@@ -175,7 +175,7 @@ def test_the_plan_follows_the_robots_link_and_a_cut_link_is_a_lost_host(processe
     crossing the link twice; 50 ms each way costs more than the robot saves, so the model moves to the edge. The
     factor 10 leaves room for the few milliseconds a busy machine adds to the emulated link (with 4 the plan went
     back and forth on a loaded machine)."""
-    from edge_lam.fleet.coordinator_node import model_chain  # torch and transformers: not at collection
+    from edge_lam.fleet.model_pricing import model_chain  # torch and transformers: not at collection
 
     units, _ = model_chain(MODEL, "float16")
     fleet = Fleet(processes, hosts)

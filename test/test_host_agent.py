@@ -385,8 +385,8 @@ def test_a_plan_loads_a_shard_that_serves_and_a_newer_plan_unloads_it(processes,
 
 
 def test_an_agent_stopped_while_it_loads_a_plans_shard_ends_cleanly(processes, client):
-    """Ctrl-C while the loader thread builds a shard: the build is waited for and discarded, and the agent exits 0
-    (a thread left inside torch when the interpreter exits aborts the process)."""
+    """Ctrl-C while the loader thread builds a shard: the build is waited for and discarded (or abandoned after a
+    second), and the agent exits 0 (a thread left inside torch when the interpreter finalised used to abort it)."""
     ros, ns = client
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics", QoSProfile(depth=50))
     agent = start_agent(processes, ns, "stop", "advert_period_s:=0.1", command=(LIB / "host_agent",))
@@ -398,7 +398,9 @@ def test_an_agent_stopped_while_it_loads_a_plans_shard_ends_cleanly(processes, c
     agent.send_signal(signal.SIGINT)
     rc, output = finish(agent, timeout_s=20)
     assert rc == 0, output
-    assert "shard_embedding_blocks_0_30_head was still loading when the container stopped: discarded" in output
+    # the build is waited for briefly, then thrown away or abandoned: either way the exit is clean
+    assert "shard_embedding_blocks_0_30_head was still loading when the container stopped: discarded" in output or \
+        "a component still building after 1 s is abandoned" in output
 
 
 def call(ros: RosClient, service, request, agent: subprocess.Popen):

@@ -62,6 +62,20 @@ def test_an_installed_executable_answers_help_in_a_fresh_process():
     assert result.returncode == 0 and "prepare" in result.stdout
 
 
+def test_ros2_component_types_lists_every_component_the_host_agent_loads_by_that_name():
+    """`ros2 component types` reads the rclcpp_components resource of the ament index (type;library per line) as
+    ros2component's get_package_component_types does; each type names a component the container services load."""
+    from ament_index_python import get_resource
+
+    from edge_lam.container.registry import COMPONENTS
+    from edge_lam.container.services import component_kind
+
+    registry, _ = get_resource("rclcpp_components", "edge_lam")
+    types = [line.split(";")[0] for line in registry.splitlines()]
+    assert sorted(component_kind("edge_lam", t) for t in types) == sorted(COMPONENTS)
+    assert all(t.startswith("edge_lam::") for t in types)
+
+
 def test_edge_lam_is_imported_from_the_install_not_the_source_tree():
     import edge_lam
 

@@ -15,6 +15,7 @@ import yaml
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import InferenceRequest, InferenceResult, Report
 from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import Log
 from sensor_msgs.msg import LaserScan
 
 from edge_lam.model.loading import load_model, load_tokenizer
@@ -115,3 +116,39 @@ def test_sensor_tokens_become_a_prompt_and_the_model_reports_on_them(graph):
     assert stages["total"].seconds == pytest.approx(parts, rel=1e-6)
     assert stages["total"].seconds == pytest.approx(stages["encode"].seconds + report.latency_s, rel=1e-6)
     assert stages["module:blocks_0_30"].seconds > stages["module:embedding"].seconds  # 30 blocks vs. a lookup
+
+
+def test_a_chain_still_coming_is_a_warning_once_and_an_error_only_after_the_answer_timeout(processes, tmp_path):
+    """A gateway with no chain behind it refuses every request as unavailable, as at every start while the shards
+    load: the reporter warns once, and says ERROR only once that has lasted past answer_timeout_s."""
+    namespace = f"rep_{uuid.uuid4().hex[:8]}"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**/reporter": {"ros__parameters": {
+        "modalities": ["odometry"], "period_s": 0.5, "answer_timeout_s": 3.0}}}))
+    processes.start(LIB / "compose", "gateway:gateway", "odometry_encoder:odometry_encoder", "reporter:reporter",
+                    "--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", str(params))
+    client = RosClient("reporter_start_client", namespace)
+    try:
+        logs = client.collect_logs()
+        results = client.collect(InferenceResult, "results", CONTROL)
+        odometry = client.publisher(Odometry, "odom", TOKENS, timeout_s=60)
+
+        def reporter_says(level: int) -> list[str]:
+            return [log.msg for log in logs if log.name.endswith("reporter") and log.level == level]
+
+        step = 0
+        deadline = time.monotonic() + 120
+        while not reporter_says(Log.ERROR) and time.monotonic() < deadline:
+            odometry.publish(driving_forward(step))
+            step += 1
+            client.spin_for(0.05)
+        refused = [r for r in results if r.final and r.error_code == InferenceResult.ERROR_MODULE_UNAVAILABLE]
+        assert len(refused) >= 2, "the gateway did not refuse the reports as unavailable"
+        warnings = [m for m in reporter_says(Log.WARN) if "not serving yet" in m]
+        assert len(warnings) == 1, reporter_says(Log.WARN)
+        (error, *_) = reporter_says(Log.ERROR)
+        assert "has not served for" in error
+        first_error = next(i for i, log in enumerate(logs) if log.level == Log.ERROR and log.name.endswith("reporter"))
+        assert any("not serving yet" in log.msg for log in logs[:first_error])
+    finally:
+        client.close()

@@ -16,10 +16,11 @@ def prepare(_: argparse.Namespace) -> int:
 
 def replay(args: argparse.Namespace) -> int:
     """Publish the messages of a rosbag2 bag (a .mcap or .db3 file, or a bag folder) on their topics, byte for byte as
-    recorded, each when it is due by the bag's timing. Ends with one summary line: messages per topic, duration and
-    how late messages went out (lag). Ctrl-C stops cleanly. Publisher QoS follows the reliability and durability the
-    bag recorded (reliable and volatile when it recorded none); topics whose message type is not installed here are
-    skipped with a warning."""
+    recorded, or of a ROS 1 .bag converted to ROS 2 messages as rosbags-convert does; each when it is due by the
+    bag's timing. Ends with one summary line: messages per topic, duration and how late messages went out (lag).
+    Ctrl-C stops cleanly. Publisher QoS follows the reliability and durability the bag recorded (reliable and
+    volatile when it recorded none); topics whose message type is not installed here, or whose ROS 1 name is not a
+    valid ROS 2 one, are skipped with a warning. A --ros-args section names the node (-r __node:=NAME)."""
     from edge_lam.bags.replay import replay_bag
 
     return run_bag_command(replay_bag, args)
@@ -179,8 +180,10 @@ def add_demo(commands: argparse._SubParsersAction) -> None:
 
 
 def add_replay(commands: argparse._SubParsersAction) -> None:
-    parser = subcommand(commands, replay, help="publish a rosbag2 bag (MCAP or sqlite3) into the graph with its timing")
-    parser.add_argument("bag", help="the bag: a .mcap or .db3 file, or a rosbag2 folder with metadata.yaml")
+    parser = subcommand(commands, replay, help="publish a bag (rosbag2 MCAP or sqlite3, or ROS 1) into the graph with "
+                        "its timing")
+    parser.add_argument("bag", help="the bag: a .mcap or .db3 file, a rosbag2 folder with metadata.yaml, or a ROS 1 "
+                        ".bag file (its messages converted to ROS 2's)")
     parser.add_argument("--rate", type=float, default=1.0, help="speed factor: 2 plays twice as fast (default 1)")
     parser.add_argument("--loop", action="store_true", help="start again at the end, until stopped")
     parser.add_argument("--start-offset", type=float, default=0.0, metavar="S", dest="start_offset_s",
@@ -290,8 +293,30 @@ def main(argv: list[str] | None = None) -> int:
     parser_exits.add_argument("--model", default="smollm2-135m-instruct",
                               help="model id from the cache, or a transformers folder (default smollm2-135m-instruct)")
     add_keys(commands)
-    args = parser.parse_args(argv)
+    own, ros_args = split_ros_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(own)
+    if ros_args and args.command not in ("replay", "record"):
+        parser.error(f"--ros-args applies to replay and record only, not to {args.command}")
+    if args.command in ("replay", "record"):
+        args.ros_args = ros_args
     return args.run(args)
+
+
+def split_ros_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The command's own arguments and the ROS ones: each ``--ros-args`` section, to its ``--`` or the end, as rcl
+    reads them (``edge-lam replay BAG --ros-args -r __node:=camera_replay``, as ``ros2 launch`` passes them)."""
+    own: list[str] = []
+    ros: list[str] = []
+    inside = False
+    for arg in argv:
+        if arg == "--ros-args":
+            inside = True
+            ros.append(arg)
+        elif inside and arg == "--":
+            inside = False
+        else:
+            (ros if inside else own).append(arg)
+    return own, ros
 
 
 if __name__ == "__main__":

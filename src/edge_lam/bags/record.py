@@ -183,8 +183,10 @@ def record_bag(
     duration_s: float | None = None,
     count: int | None = None,
     wait_timeout_s: float = 10.0,
+    ros_args: Sequence[str] = (),
 ) -> int:
-    """Record ``topics`` to a new bag at ``output`` (the ``edge-lam record`` command); print one summary line."""
+    """Record ``topics`` to a new bag at ``output`` (the ``edge-lam record`` command); print one summary line.
+    ``ros_args``: a ``--ros-args`` section for the node (its name, namespace, remappings)."""
     path = pathlib.Path(output)
     given = parse_types(types)
     if path.exists():
@@ -195,8 +197,9 @@ def record_bag(
         raise BagError("name at least one --topic to record")
     if (duration_s is not None and duration_s <= 0) or (count is not None and count < 1) or wait_timeout_s < 0:
         raise BagError(f"--duration must be > 0, --count >= 1, --wait-timeout >= 0 (got {duration_s}, {count})")
-    # args=[]: these are not ROS arguments (rcl would take any OLD:=NEW in sys.argv for a remapping of its own).
-    with stop_requested() as stop, rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO):
+    # Only the --ros-args section goes to rcl: it would take any OLD:=NEW in sys.argv for a remapping of its own.
+    with stop_requested() as stop, rclpy.init(args=["edge-lam", *ros_args],
+                                              signal_handler_options=SignalHandlerOptions.NO):
         node = RecordNode(count, stop)
         names = list(dict.fromkeys(node.resolve_topic_name(t) for t in topics))
         given = {node.resolve_topic_name(t): msgtype for t, msgtype in given.items()}

@@ -1,4 +1,5 @@
-"""``edge-lam replay BAG``: publishes a rosbag2 bag's messages into the graph with the bag's timing.
+"""``edge-lam replay BAG``: publishes a bag's messages into the graph with the bag's timing (a rosbag2 bag, or a ROS
+1 bag converted to ROS 2 messages by ``bags.ros1``).
 
 The bytes go out exactly as recorded (rclpy publishes ``bytes`` with ``publish_raw``), so nothing is deserialised
 and a message replays byte for byte. Each message is sent when it is due against a monotonic clock; how late it
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 import rclpy
 from rclpy.duration import Duration
+from rclpy.exceptions import InvalidTopicNameException
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -95,13 +97,17 @@ class ReplayNode(Node):
         super().__init__(node_name, **kwargs)
         self.skipped: list[PlannedTopic] = []
         self._outputs: dict[str, Publisher] = {}
+        self.misnamed: list[PlannedTopic] = []  # ROS 1 allows topic names ROS 2 refuses (S-PTAM)
         for topic in topics:
             cls = message_class(topic.msgtype)
             if cls is None:
                 self.skipped.append(topic)
                 continue
             qos = replay_qos(topic.offered_qos, qos_depth)
-            self._outputs[topic.topic] = self.create_publisher(cls, topic.topic, qos)
+            try:
+                self._outputs[topic.topic] = self.create_publisher(cls, topic.topic, qos)
+            except InvalidTopicNameException:
+                self.misnamed.append(topic)
 
     @property
     def topics(self) -> list[str]:
@@ -158,8 +164,10 @@ def replay_bag(
     qos_depth: int = 100,
     wait_subscribers: int = 0,
     wait_timeout_s: float = 10.0,
+    ros_args: Sequence[str] = (),
 ) -> int:
-    """Replay ``bag`` (the ``edge-lam replay`` command); print one summary line. Raises BagError on bad input."""
+    """Replay ``bag`` (the ``edge-lam replay`` command); print one summary line. Raises BagError on bad input.
+    ``ros_args``: a ``--ros-args`` section for the node (its name, e.g. ``-r __node:=camera_replay``)."""
     if qos_depth < 1 or wait_subscribers < 0 or wait_timeout_s < 0:
         raise BagError(
             f"--qos-depth must be >= 1, --wait-subscribers and --wait-timeout >= 0 "
@@ -169,14 +177,20 @@ def replay_bag(
         bag, topics=topics, remap=parse_remaps(remap), start_offset_s=start_offset_s, duration_s=duration_s,
         rate=rate, loop=loop,
     )
-    # args=[]: rcl would read the --remap OLD:=NEW left in sys.argv as a (deprecated) remapping of its own.
-    with plan, stop_requested() as stop, rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO):
+    # Only the --ros-args section goes to rcl: it would read the --remap OLD:=NEW in sys.argv as a remapping of its own.
+    with plan, stop_requested() as stop, rclpy.init(args=["edge-lam", *ros_args],
+                                                    signal_handler_options=SignalHandlerOptions.NO):
         node = ReplayNode(plan.topics, qos_depth)
         log = node.get_logger()
         if node.skipped:
             log.warning(
                 "skipping topics whose message type is not installed here: "
                 + ", ".join(f"{t.source} ({t.msgtype})" for t in node.skipped)
+            )
+        if node.misnamed:
+            log.warning(
+                "skipping topics whose names are not valid ROS 2 names (--remap them to valid ones): "
+                + ", ".join(t.topic for t in node.misnamed)
             )
         if not node.topics:
             raise BagError("no replayable topic left: none of the selected topics' types can be imported")

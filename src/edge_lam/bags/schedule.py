@@ -1,4 +1,5 @@
-"""The replay plan of a rosbag2 bag: which messages go out, on which topic, and when.
+"""The replay plan of a bag (rosbag2, or ROS 1 converted by ``bags.ros1``): which messages go out, on which topic, and
+when.
 
 Pure (rosbags in, tuples out, no rclpy) so the timing rules are testable without a graph; ``replay`` publishes what
 a plan yields. Messages are read lazily from the open bag, one at a time, so a bag of any size replays in constant
@@ -18,7 +19,10 @@ from types import TracebackType
 from typing import NamedTuple, Self
 
 from rosbags.interfaces import Connection, ConnectionExtRosbag2, Qos
+from rosbags.rosbag1 import ReaderError as Ros1ReaderError
 from rosbags.rosbag2 import Reader, ReaderError
+
+from edge_lam.bags.ros1 import Ros1Bag
 
 __all__ = ["BagError", "LagHistogram", "PlannedTopic", "ReplayPlan", "Scheduled", "parse_remaps"]
 
@@ -166,16 +170,16 @@ class ReplayPlan:
         self.close()
 
 
-def _open_reader(path: pathlib.Path) -> Reader:
+def _open_reader(path: pathlib.Path) -> Reader | Ros1Bag:
     if not path.exists():
         raise BagError(f"no bag at {path}")
+    ros1 = path.is_file() and path.suffix == ".bag"
     try:
-        reader = Reader(path)
+        reader = Ros1Bag(path) if ros1 else Reader(path)
         reader.open()
-    except (ReaderError, FileNotFoundError) as err:
-        raise BagError(
-            f"{path} is not a readable rosbag2 bag (a folder with metadata.yaml, or a .mcap or .db3 file): {err}"
-        ) from err
+    except (ReaderError, Ros1ReaderError, FileNotFoundError) as err:
+        kind = "ROS 1 bag" if ros1 else "rosbag2 bag (a folder with metadata.yaml, or a .mcap or .db3 file)"
+        raise BagError(f"{path} is not a readable {kind}: {err}") from err
     return reader
 
 

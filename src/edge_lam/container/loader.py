@@ -10,9 +10,10 @@ Every component is built through the registry (``container.registry``) from a ``
 name, namespace, parameters, remap rules) and, like rclcpp's container, ignores the process's command-line
 arguments, so ``-r __node:=`` and ``-p`` given to the container stay the container's.
 
-``close()`` stops the loader before the process ends: a build in progress is waited for and thrown away (a thread
-still inside torch or rcl when the interpreter exits aborts the process), queued ones are dropped, and every
-component is destroyed.
+``close()`` stops the loader before the process ends: a build in progress is waited for (CLOSE_TIMEOUT_S at most)
+and thrown away, queued ones are dropped, and every component is destroyed. A build still running then is abandoned:
+the executables end with ``os._exit`` (``ros.main``), so a thread left inside torch or rcl cannot abort the process
+at interpreter exit, and Ctrl-C stays within the 2 s a launch file may expect.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from edge_lam.wire.diagnostics import Status
 
 __all__ = ["ComponentLoader", "ComponentRequest", "Hosted"]
 
-CLOSE_TIMEOUT_S = 10.0  # a build still running after this long at close is abandoned, not waited for
+CLOSE_TIMEOUT_S = 1.0  # a build still running after this long at close is abandoned, not waited for
 
 
 @dataclasses.dataclass(frozen=True)

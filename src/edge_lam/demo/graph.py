@@ -269,5 +269,8 @@ def replay_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]
                 "--wait-subscribers", "1", "--topics", *(s.topic for s in sensors)]
         for sensor in sensors:
             argv += ["--remap", f"{sensor.topic}:={config.robot_topic(sensor.topic)}"]
+        # a node name per bag: two replays both named /bag_replay would clash in the graph
+        name = "_".join(dict.fromkeys(s.modality for s in sensors)) + "_replay"
+        argv += ["--ros-args", "-r", f"__node:={name}"]
         specs.append(ProcessSpec(f"replay[{bag.name}]", tuple(argv), config.robot_host))
     return specs

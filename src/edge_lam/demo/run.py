@@ -21,6 +21,7 @@ from edge_lam.demo.graph import DemoConfig, ProcessSpec
 from edge_lam.demo.network import DemoNetwork, demo_network
 from edge_lam.demo.summary import DemoRecords
 from edge_lam.processes import stop_processes
+from edge_lam.ros.fastdds_shm import SHM_DIR, clean_zombies
 
 __all__ = ["DemoError", "ProcessGroup", "run_demo"]
 
@@ -191,6 +192,12 @@ def _run_graph(args: argparse.Namespace, config: DemoConfig, lib: pathlib.Path, 
         print(f"stopped {count} processes in {time.monotonic() - stopping:.1f} s")
         monitor.destroy_node()
         rclpy.try_shutdown()
+        # A process that had to be killed leaves its Fast DDS segments in /dev/shm (35 MB each): remove what no
+        # live process holds, as `fastdds shm clean` does.
+        cleaned = clean_zombies()
+        if cleaned.removed:
+            print(f"removed {len(cleaned.removed)} Fast DDS files from {SHM_DIR} that stopped processes left "
+                  f"({cleaned.freed_bytes / 2**20:.0f} MiB)")
     return monitor.records, monitor.bags_started_s
 
 

@@ -12,20 +12,15 @@ import math
 import time
 import uuid
 
-import torch
 from edge_lam_msgs.msg import ComputeAdvert, PlacementPlan
 from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from edge_lam.descriptors import wire_dtype_bytes
 from edge_lam.fleet.coordination import Chain, Coordinator, Decision, FleetFull, Policy, placement_table
-from edge_lam.model.costs import chain_units, exit_unit
-from edge_lam.model.exits import available_exits
-from edge_lam.model.loading import model_path
+from edge_lam.fleet.model_pricing import price_in_child
 from edge_lam.placement.assignments import Assignment, assignments
 from edge_lam.placement.exits import with_exit
-from edge_lam.placement.types import Unit
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import ADVERTS_READER, LATCHED
@@ -33,19 +28,6 @@ from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.fleet import from_advert_msg, to_plan_msg
 
 TICK_S = 0.1  # how often timeouts and the settling are checked; a look at the fleet costs far more than this check
-
-
-def model_shapes(model: str) -> PreTrainedModel:
-    """The model built from its config on the meta device: shapes, no weights."""
-    config = AutoConfig.from_pretrained(model_path(model))
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
-def model_chain(model: str, wire_dtype: str) -> tuple[list[Unit], int]:
-    """The model's units and number of layers."""
-    shapes = model_shapes(model)
-    return chain_units(shapes, wire_dtype), shapes.config.get_text_config(decoder=True).num_hidden_layers
 
 
 def in_force(decision: Decision) -> str:
@@ -92,18 +74,15 @@ class CoordinatorNode(Node):
         self._trust = declare_trust(self, "advertise invented hosts and be given the model's modules, and publish "
                                     "plans in the coordinator's place")
         wire_dtype_bytes(self._wire_dtype)  # ValueError naming the choices
-        units, num_layers = model_chain(self._model, self._wire_dtype)
-        self._core = Coordinator(Chain(tuple(units), num_layers, gateway, context), policy)
-        self._exit_layers: tuple[int, ...] = ()
-        if declare(self, "robot_exit", False, "Add to every plan the deepest trained early exit that the blocks of "
-                   "the chain's first host (the robot) reach (edge-lam exits lists them)."):
-            self._exit_layers = tuple(available_exits(self._model))
-            if not self._exit_layers:
-                self.get_logger().warning(f"robot_exit: no exits trained for {self._model} (run `edge-lam prepare`); "
-                                          "plans carry none")
-            shapes = model_shapes(self._model)
-            self._exit_shapes = shapes  # the robot holds the embedding: with tied weights, also the head's matrix
-            self._exit_shares_head = bool(getattr(shapes.config, "tie_word_embeddings", False))
+        robot_exit = declare(self, "robot_exit", False, "Add to every plan the deepest trained early exit that the "
+                             "blocks of the chain's first host (the robot) reach (edge-lam exits lists them).")
+        priced = price_in_child(self._model, self._wire_dtype, robot_exit)  # torch stays out of this process
+        units, num_layers = priced.units, priced.num_layers
+        self._core = Coordinator(Chain(units, num_layers, gateway, context), policy)
+        self._exits = priced.exits
+        if robot_exit and not self._exits:
+            self.get_logger().warning(f"robot_exit: no exits trained for {self._model} (run `edge-lam prepare`); "
+                                      "plans carry none")
         self._version = 0
         self._last_error = ""
 
@@ -180,12 +159,11 @@ class CoordinatorNode(Node):
         )
 
     def with_robot_exit(self, assigned: list[Assignment], decision: Decision) -> list[Assignment]:
-        if not self._exit_layers or not assigned:
+        if not self._exits or not assigned:
             return assigned
         first = assigned[0].host_id
         gflops = next((h.gflops for h in decision.hosts if h.host_id == first), 0.0)
-        return with_exit(assigned, self._exit_layers,
-                         lambda layer: exit_unit(self._exit_shapes, layer, shares_head=self._exit_shares_head), gflops)
+        return with_exit(assigned, tuple(self._exits), self._exits.__getitem__, gflops)
 
 
 def main(args: list[str] | None = None) -> None:

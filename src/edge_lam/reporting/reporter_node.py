@@ -64,6 +64,7 @@ class ReporterNode(Node):
         self._newest: dict[tuple[str, str], tuple[float, SemanticTokens]] = {}
         self._reported_up_to = 0.0
         self._pending: Pending | None = None
+        self._unavailable_since: float | None = None  # since when every answer says the chain is not serving
         for modality in modalities:
             self.create_subscription(SemanticTokens, f"tokens/{modality}", self.remember, TOKENS)
             self.create_subscription(VocabularyMsg, f"tokens/{modality}/vocabulary", self.learn, VOCABULARIES)
@@ -72,6 +73,20 @@ class ReporterNode(Node):
         self.create_subscription(InferenceResult, results, self.collect, CONTROL)
         self.create_timer(period_s, self.ask)
         self.get_logger().info(f"reporting on {', '.join(modalities)} every {period_s:g} s via {requests}")
+
+    def log_failure(self, msg: InferenceResult) -> None:
+        """A chain that is not serving yet (at start, or while a new plan loads) is told once as a warning; it is an
+        error only once it has lasted past ``answer_timeout_s``. Any other failure is an error at once."""
+        if msg.error_code != InferenceResult.ERROR_MODULE_UNAVAILABLE:
+            self.get_logger().error(f"{msg.request_id} failed ({msg.error_code}): {msg.error_message}")
+            return
+        now = time.monotonic()
+        if self._unavailable_since is None:
+            self._unavailable_since = now
+            self.get_logger().warning(f"the chain is not serving yet ({msg.error_message}); asking again")
+        elif now - self._unavailable_since > self._answer_timeout_s:
+            self.get_logger().error(f"the chain has not served for {now - self._unavailable_since:.0f} s: "
+                                    f"{msg.error_message}", throttle_duration_sec=self._answer_timeout_s)
 
     def learn(self, msg: VocabularyMsg) -> None:
         self._vocabularies[(msg.encoder, msg.encoder_version)] = from_vocabulary_msg(msg)
@@ -129,9 +144,10 @@ class ReporterNode(Node):
         latency_s = time.monotonic() - pending.sent
         text = "" if msg.error_code else "".join(pending.chunks).strip()
         if msg.error_code:
-            self.get_logger().error(f"{msg.request_id} failed ({msg.error_code}): {msg.error_message}")
+            self.log_failure(msg)
             self._reported_up_to = 0.0  # ask again at the next tick, with whatever is newest then
         else:
+            self._unavailable_since = None
             self.get_logger().info(f"report after {latency_s:.2f} s: {text}")
         self._reports.publish(to_report_msg(
             robot_id=pending.robot_id, request_id=msg.request_id, prompt=pending.request.prompt,

@@ -36,7 +36,7 @@ from rclpy.task import Future
 from edge_lam.assets import evo_bags_dir
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
-from edge_lam.ros.main import spin_logging_failures
+from edge_lam.ros.main import end_process, spin_logging_failures
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import LATCHED, TENSORS
 from edge_lam.ros.trust import declare_trust
@@ -273,15 +273,21 @@ class RobotTrainerNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    """Train until the run is done (status 0, or 1 when it failed) or Ctrl-C (0), then end as every executable
+    does (``edge_lam.ros.main.end_process``)."""
+    code = 0
     try:
         with rclpy.init(args=args), SingleThreadedExecutor() as executor:
             node = RobotTrainerNode()
             executor.add_node(node)
-            spin_logging_failures(executor, node.get_logger(), until=node.done)
-            if node.done.done():
-                raise SystemExit(0 if node.done.result() else 1)
+            try:
+                spin_logging_failures(executor, node.get_logger(), until=node.done)
+            finally:
+                node.destroy_node()
+            code = 1 if node.done.done() and not node.done.result() else 0
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    end_process(code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""What the coordinator places, priced from the model's shapes: the chain's units, its number of layers and the
+units of its trained early exits.
+
+Pricing builds the model on torch's meta device, which needs torch and transformers; the coordinator needs neither
+for anything else, and importing them costs it seconds at start and 1-2 s of interpreter teardown at exit. So
+``price_in_child`` prices in a child process of its own and hands back plain units: the coordinator never imports
+torch (test/test_shutdown.py checks it).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+from dataclasses import dataclass
+
+from edge_lam.placement.types import Unit
+
+__all__ = ["PricedModel", "model_chain", "price_in_child", "price_model"]
+
+
+@dataclass(frozen=True)
+class PricedModel:
+    """The units of the chain, its number of layers, and the unit of each trained exit by layer."""
+
+    units: tuple[Unit, ...]
+    num_layers: int
+    exits: dict[int, Unit]
+
+
+def model_chain(model: str, wire_dtype: str) -> tuple[list[Unit], int]:
+    """The model's units and number of layers (imports torch and transformers: call it in a child or a test)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from edge_lam.model.costs import chain_units
+    from edge_lam.model.loading import model_path
+
+    config = AutoConfig.from_pretrained(model_path(model))
+    with torch.device("meta"):
+        shapes = AutoModelForCausalLM.from_config(config)
+    return chain_units(shapes, wire_dtype), shapes.config.get_text_config(decoder=True).num_hidden_layers
+
+
+def price_model(model: str, wire_dtype: str, with_exits: bool) -> PricedModel:
+    """The chain and, with ``with_exits``, every trained exit; the exits' units count the head's matrix as held
+    already when the embedding is tied to it (the robot, first in the chain, holds the embedding)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from edge_lam.model.costs import exit_unit
+    from edge_lam.model.exits import available_exits
+    from edge_lam.model.loading import model_path
+
+    units, num_layers = model_chain(model, wire_dtype)
+    exits: dict[int, Unit] = {}
+    if with_exits and (layers := available_exits(model)):
+        config = AutoConfig.from_pretrained(model_path(model))
+        with torch.device("meta"):
+            shapes = AutoModelForCausalLM.from_config(config)
+        shares_head = bool(getattr(config, "tie_word_embeddings", False))
+        exits = {layer: exit_unit(shapes, layer, shares_head=shares_head) for layer in layers}
+    return PricedModel(tuple(units), num_layers, exits)
+
+
+def price_in_child(model: str, wire_dtype: str, with_exits: bool) -> PricedModel:
+    """``price_model`` run in a fresh (spawned) child process; its errors are raised here."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(price_model, model, wire_dtype, with_exits).result()
