@@ -222,14 +222,19 @@ def probe_chain(bench: Bench) -> object:
 
 def tokens_after(bench: Bench, modality: str, publish: Callable[[object], None], make: Callable[[int], object],
                  count: int = 1) -> tuple:
-    """Publish ``count`` messages made by ``make(i)`` and return the token ids of the first tokens that come."""
+    """Publish ``count`` messages made by ``make(i)`` and return the token ids of the last tokens that come: a
+    windowed encoder's first window may still hold what came before, its last one holds only these messages."""
     got = bench.collect(SemanticTokens, f"tokens/{modality}", TOKENS)
     for i in range(count):
         publish(make(i))
         bench.spin_until(lambda: False, 0.02)
     if not bench.spin_until(lambda: bool(got), 30.0):
         raise ProbeFailed(f"no tokens on tokens/{modality}")
-    return tuple(got[0].token_ids)
+    seen = -1
+    while len(got) != seen:  # until no more tokens come for half a second
+        seen = len(got)
+        bench.spin_until(lambda seen=seen: len(got) > seen, 0.5)
+    return tuple(got[-1].token_ids)
 
 
 def stamp(seconds: float) -> Time:
