@@ -8,13 +8,13 @@ import sys
 from conftest import finish
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "fuzz.py"
-PER_ENDPOINT = 12
+PER_ENDPOINT = 8
 
 
 def test_no_node_kind_crashes_hangs_or_answers_wrong_after_a_short_fuzz(processes, tmp_path):
     out = tmp_path / "fuzz.json"
     bench = processes.start(sys.executable, BENCH, "--per-endpoint", str(PER_ENDPOINT), "--seconds", "120",
-                            "--jobs", "2", "--seed", "1", "--json", out, "--log", tmp_path / "nodes.log")
+                            "--jobs", "3", "--seed", "1", "--json", out, "--log", tmp_path / "nodes.log")
     code, output = finish(bench, timeout_s=900)
     assert out.exists(), output
     figures = json.loads(out.read_text())
