@@ -101,7 +101,8 @@ def test_a_photo_gives_its_class_and_a_patch_grid_from_raw_and_compressed_frames
                                               ("zero size", "no pixels"), ("bad jpeg", "cannot decode"),
                                               ("longer", "longer than its rows"),
                                               ("png claiming 65535x65535", "max_image_pixels"),
-                                              ("jpeg claiming 30000x30000", "max_image_pixels")])
+                                              ("jpeg claiming 30000x30000", "max_image_pixels"),
+                                              ("a format of a megabyte", "characters)")])
 def test_bad_frames_are_logged_and_the_next_frame_still_encodes(camera, case, reason):
     """Crash 2 of the findings among them: a PNG whose header claims 65535x65535 ended the node; a JPEG claiming
     30000x30000 took gigabytes. Both are refused by their declared size, before decoding."""
@@ -120,6 +121,9 @@ def test_bad_frames_are_logged_and_the_next_frame_still_encodes(camera, case, re
     if case == "bad jpeg":
         publisher = client.publisher(CompressedImage, "image_raw/compressed", TOKENS)
         publisher.publish(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"))
+    elif case == "a format of a megabyte":  # the reason quotes the format: the log line must not be a megabyte
+        publisher = client.publisher(CompressedImage, "image_raw/compressed", TOKENS)
+        publisher.publish(CompressedImage(format="jpeg" + "x" * 1_000_000, data=b"\xff\xd8 not a jpeg"))
     elif "claiming" in case:
         publisher = client.publisher(CompressedImage, "image_raw/compressed", TOKENS)
         size = (65535, 65535) if "png" in case else (30000, 30000)
@@ -129,6 +133,7 @@ def test_bad_frames_are_logged_and_the_next_frame_still_encodes(camera, case, re
     # Both encoders refuse the bad frame before the good one is sent: tokens of the bad one would come first.
     assert client.spin_until(lambda: len(rejections()) >= refused + 2, 60), "the bad frame was not refused"
     assert all(reason in line.lower() for line in rejections()[refused:]), rejections()[refused:]
+    assert all(len(line) < 1000 for line in rejections()[refused:])
     good = raw(frame, stamp_s=77)
     client.publisher(Image, "image_raw", TOKENS).publish(good)
     assert client.spin_until(lambda: len(tokens) >= before + 2, 60)

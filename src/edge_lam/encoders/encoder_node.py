@@ -26,6 +26,7 @@ from edge_lam.wire.stamps import to_seconds
 from edge_lam.wire.tokens import to_semantic_tokens, to_vocabulary_msg
 
 LATENCY_WINDOW = 10_000  # per-message latencies kept for the stats line and the benchmark
+MAX_REASON_CHARS = 300  # of a rejection's reason in the log
 
 
 class EncoderNode(Node):
@@ -102,6 +103,8 @@ class EncoderNode(Node):
         self.handled += 1
         when = f" stamped {to_seconds(stamp):.9f}" if stamp is not None else ""
         why = str(error) if isinstance(error, EncoderInputError) else f"{type(error).__name__}: {error}"
+        if len(why) > MAX_REASON_CHARS:  # the reason may quote the input: a 1 MB field must not make a 1 MB line
+            why = f"{why[:MAX_REASON_CHARS]}... ({len(why)} characters)"
         self.get_logger().error(f"rejected {what}{when} ({self.rejected} so far): {why}")
 
     def log_stats(self) -> None:
