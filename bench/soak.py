@@ -40,6 +40,7 @@ from edge_lam.demo.graph import (
     replay_processes,
 )
 from edge_lam.demo.run import ProcessGroup, default_bags
+from edge_lam.ros.fastdds_shm import clean_zombies
 from edge_lam.ros.qos import CONTROL
 from edge_lam.ros.spin import spin_until
 
@@ -146,6 +147,10 @@ def main() -> int:
             executor.shutdown()
             node.destroy_node()
             rclpy.try_shutdown()
+            cleaned = clean_zombies()  # what a process that did not end gracefully left in /dev/shm
+            if cleaned.removed:
+                print(f"removed {len(cleaned.removed)} Fast DDS files from /dev/shm that stopped processes left "
+                      f"({cleaned.freed_bytes / 2**20:.0f} MiB)")
         figures = summarise(samples, reports, args, begun)
     print_table(figures)
     if args.json:
