@@ -35,7 +35,6 @@ import numpy as np
 import psutil
 import rclpy
 from ament_index_python.packages import get_package_prefix
-from builtin_interfaces.msg import Time
 from edge_lam_msgs.msg import (
     ComputeAdvert,
     InferenceRequest,
@@ -60,6 +59,7 @@ from fuzz_messages import Generator, interface_class
 from edge_lam.processes import stop_processes
 from edge_lam.ros.qos import ADVERTS, CONTROL, TENSORS, TOKENS, VOCABULARIES
 from edge_lam.ros.spin import spin_until
+from edge_lam.wire.stamps import from_ns
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 MODEL = "smollm2-135m-instruct"
@@ -237,10 +237,6 @@ def tokens_after(bench: Bench, modality: str, publish: Callable[[object], None],
     return tuple(got[-1].token_ids)
 
 
-def stamp(seconds: float) -> Time:
-    return Time(sec=int(seconds), nanosec=int((seconds % 1) * 1e9))
-
-
 def probe_camera(bench: Bench) -> object:
     image = Image(encoding="rgb8", width=64, height=48, step=64 * 3)
     grid = np.indices((48, 64)).sum(axis=0) % 256
@@ -264,11 +260,11 @@ def probe_text(bench: Bench) -> object:
 
 def probe_odometry(bench: Bench) -> object:
     publisher = bench.publisher(Odometry, "odom", TOKENS)
-    start = time.time()
+    start_ns = time.time_ns()
 
     def odom(i: int) -> Odometry:
         msg = Odometry()
-        msg.header.stamp = stamp(start + 0.05 * i)
+        msg.header.stamp = from_ns(start_ns + 50_000_000 * i)
         msg.twist.twist.linear.x, msg.twist.twist.angular.z = 0.3, 0.1
         msg.pose.pose.orientation.w = 1.0
         return msg
@@ -277,11 +273,11 @@ def probe_odometry(bench: Bench) -> object:
 
 def probe_imu(bench: Bench) -> object:
     publisher = bench.publisher(Imu, "imu", TOKENS)
-    start = time.time()
+    start_ns = time.time_ns()
 
     def imu(i: int) -> Imu:
         msg = Imu()
-        msg.header.stamp = stamp(start + 0.02 * i)
+        msg.header.stamp = from_ns(start_ns + 20_000_000 * i)
         msg.orientation.w = 1.0
         msg.linear_acceleration.z = 9.81
         msg.angular_velocity.z = 0.2
@@ -495,7 +491,8 @@ def fuzz_topic(bench: Bench, gen: Generator, node: str, topic: str, type_name: s
 
 
 def fuzz_service(bench: Bench, gen: Generator, service: str, type_name: str, count: int, deadline: float,
-                 seeds: list, figures: Figures) -> None:
+                 figures: Figures) -> None:
+    """Requests built from nothing (a service's traffic is not seen on the graph, so there are no seeds)."""
     srv = service_class(type_name)
     client = bench.node.create_client(srv, service)
     if not bench.spin_until(client.service_is_ready, 10.0):
@@ -515,7 +512,7 @@ def fuzz_service(bench: Bench, gen: Generator, service: str, type_name: str, cou
 
     try:
         while sent < count and time.monotonic() < deadline and bench.alive():
-            pending.append(client.call_async(gen.message(srv.Request, seeds)))
+            pending.append(client.call_async(gen.message(srv.Request, [])))
             sent += 1
             if len(pending) >= 8:
                 settle(4)
@@ -573,7 +570,6 @@ def run_target(target: Target, args, work: pathlib.Path, log) -> Figures:
                     if not s.endswith(target.skip_services or ("\0",))]
         figures.endpoints = len(topics) + len(services)
         seeds = seed_messages(bench, topics)
-        service_seeds: dict[str, list] = {}
         reference = target.probe(bench)
         bench.spin_until(lambda: False, 0.5)
         figures.rss_before_mb = bench.rss_mb()
@@ -595,8 +591,7 @@ def run_target(target: Target, args, work: pathlib.Path, log) -> Figures:
                 figures.notes.append(f"died before {service}: exit codes {bench.stop()}")
                 bench.start(target)
             before_mb = bench.rss_mb()
-            fuzz_service(bench, gen, service, type_name, args.per_endpoint, time.monotonic() + share,
-                         service_seeds.setdefault(service, []), figures)
+            fuzz_service(bench, gen, service, type_name, args.per_endpoint, time.monotonic() + share, figures)
             note_growth(figures, service, before_mb, bench.rss_mb())
         bench.spin_until(lambda: False, 1.0)
         if not bench.alive():
