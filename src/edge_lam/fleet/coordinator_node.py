@@ -13,7 +13,7 @@ import time
 import uuid
 
 from edge_lam_msgs.msg import ComputeAdvert, PlacementPlan
-from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
+from rclpy.event_handler import QoSLivelinessChangedInfo, QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
 
 from edge_lam.descriptors import wire_dtype_bytes
@@ -23,7 +23,7 @@ from edge_lam.placement.assignments import Assignment, assignments
 from edge_lam.placement.exits import with_exit
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
-from edge_lam.ros.qos import ADVERTS_READER, LATCHED
+from edge_lam.ros.qos import ADVERT_LEASE_S, ADVERTS_READER, LATCHED, with_lease
 from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.fleet import from_advert_msg, to_plan_msg
 
@@ -56,6 +56,9 @@ class CoordinatorNode(Node):
                                    "priced with it and every shard of a plan sends in it.")
         self._use_load = declare(self, "use_load", True, "Count each host's advertised load against its compute; "
                                  "false when the hosts share one machine, where each one's load is the others' work.")
+        lease_s = declare(self, "host_lease_s", ADVERT_LEASE_S, "Liveliness lease requested of the host agents' "
+                          "advert writers: a host killed is noticed within it. Agents must offer one no longer "
+                          "(their liveliness_lease_s), or their adverts are not heard.", low=0.01)
         policy = Policy(
             host_timeout_s=declare(self, "host_timeout_s", 2.0, "A host whose last advert is older is gone."),
             min_gain=declare(self, "min_gain", 0.1, "Move modules only for a plan faster by more than this fraction "
@@ -85,11 +88,13 @@ class CoordinatorNode(Node):
                                       "plans carry none")
         self._version = 0
         self._last_error = ""
+        self._lease_s = lease_s
 
         self._plans = self.create_publisher(PlacementPlan, plans, LATCHED)
         self._adverts = self.create_subscription(
-            ComputeAdvert, adverts, self.on_advert, ADVERTS_READER,
-            event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_liveliness_changed))
+            ComputeAdvert, adverts, self.on_advert, with_lease(ADVERTS_READER, lease_s),
+            event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_liveliness_changed,
+                                                       incompatible_qos=self.on_incompatible_advert))
         self._ticker = self.create_timer(TICK_S, self.on_tick)
         self.get_logger().info(
             f"placing {self._model} ({len(units)} units, {num_layers} layers) on hosts advertising on "
@@ -116,6 +121,12 @@ class CoordinatorNode(Node):
             self.get_logger().info(f"an advert writer lost liveliness ({info.alive_count} alive); "
                                    "the host that stops advertising is taken as gone")
             self._core.liveliness_lost(time.monotonic())
+
+    def on_incompatible_advert(self, info: QoSRequestedIncompatibleQoSInfo) -> None:
+        self.get_logger().error(
+            f"an advert writer does not match ({info.total_count} so far; policy {info.last_policy_kind}): a host "
+            f"agent offers a liveliness lease longer than host_lease_s {self._lease_s} s: its adverts go unheard",
+            throttle_duration_sec=10.0)
 
     def on_tick(self) -> None:
         self.act(self._core.tick(time.monotonic()))

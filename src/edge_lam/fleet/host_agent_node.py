@@ -49,14 +49,14 @@ from edge_lam.model.loading import MODELS
 from edge_lam.placement.assignments import ShardGroup
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
-from edge_lam.ros.qos import ADVERT_LEASE_S, ADVERTS, ADVERTS_READER, CONTROL, LATCHED
+from edge_lam.ros.qos import ADVERT_LEASE_S, ADVERTS, ADVERTS_READER, CONTROL, LATCHED, with_lease
 from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.diagnostics import Status, to_diagnostic_array
 from edge_lam.wire.fleet import module_of, plan_assignments, to_advert_msg
 from edge_lam.wire.probes import Probe, from_probe_msg, to_probe_msg
 from edge_lam.wire.stamps import to_ns
 
-PEER_TIMEOUT_S = 5 * ADVERT_LEASE_S  # a peer silent this long is forgotten, with its link estimate
+PEER_TIMEOUT_S = 10.0  # a peer silent this long is forgotten, with its link estimate
 DIAGNOSTICS_DEPTH = 10  # the usual depth of /diagnostics publishers
 PROBE_CHECKS = 4  # looks per probe period for peers whose next (randomly spaced) round is due
 PLAN = "plan"  # who asked for the plan's shards, in the loader's account and on /diagnostics
@@ -84,6 +84,9 @@ class HostAgentNode(Node):
                             "same for every agent of a fleet, e.g. /edge_lam); empty for the agent's own.")
         advert_period_s = declare(self, "advert_period_s", 0.5,
                                   "Period of adverts and /diagnostics; load is measured over it.")
+        lease_s = declare(self, "liveliness_lease_s", ADVERT_LEASE_S,
+                          "Liveliness lease offered on the adverts: the coordinator notices this host's loss within "
+                          "its own host_lease_s, which must be at least this long.", low=0.01)
         probe_period_s = declare(self, "link_probe_period_s", 5.0,
                                  "Mean period of link probes to every peer heard in adverts (each round drawn from "
                                  "0.5 to 1.5 of it); also a probe's time-out.")
@@ -127,7 +130,7 @@ class HostAgentNode(Node):
         self._loader = ComponentLoader(self, namespace or self.get_namespace())
 
         probe_topic = posixpath.join(posixpath.dirname(adverts_topic), "link_probe")
-        self._adverts = self.create_publisher(ComputeAdvert, adverts_topic, ADVERTS)
+        self._adverts = self.create_publisher(ComputeAdvert, adverts_topic, with_lease(ADVERTS, lease_s))
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_DEPTH)
         self._probes = self.create_publisher(TensorList, probe_topic, CONTROL)
         self._replies = self.create_publisher(TensorList, f"{probe_topic}_reply", CONTROL)
