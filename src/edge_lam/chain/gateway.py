@@ -61,7 +61,9 @@ __all__ = ["PROBE_INTERVAL_S", "Action", "GatewayCore", "Timeouts"]
 
 Action = ChainStep | Result | Log
 DEFAULT_FLOWS = FlowSettings()
-PROBE_INTERVAL_S = 1.0  # how often to send a probe through the chain while it is not known to be connected
+# How often to send a probe through the chain while it is not known to be connected: a probe that a module not yet
+# switched to the new plan dropped is sent again soon, since every request in flight waits for one to come back.
+PROBE_INTERVAL_S = 0.25
 # How often to probe for the robot's early exit while none has answered: rarer, since a chain may have none (its
 # probes then go through the whole chain and back, ignored).
 EXIT_PROBE_INTERVAL_S = 5.0
@@ -247,10 +249,11 @@ class GatewayCore:
         if first:  # the plan in force when this gateway started: the first probe covers it
             return []
         self._log("info", f"placement plan {key[0][:8]} v{key[1]}: probing the chain again")
-        self._chain_ready, self._probe_sent_at = False, None
+        self._chain_ready = False
         for job in self._jobs.values():
             if job.sent_at is not None:
                 self._hold(job, now)
+        self._probe(now)  # at once: the requests held wait for it, not for the next tick
         return self._take()
 
     def cancel(self, request_id: str, now: float) -> list[Action]:
@@ -290,8 +293,7 @@ class GatewayCore:
             self._finish(job, now, "error", (ResultError.MODULE_UNAVAILABLE,
                                              f"the chain was not connected again within {timeouts.failover_s} s"))
         if not self._chain_ready and (self._probe_sent_at is None or now - self._probe_sent_at > PROBE_INTERVAL_S):
-            self._probe_sent_at = now
-            self._out.append(ChainStep(self._probe_prefix + uuid.uuid4().hex, release=True))
+            self._probe(now)
         if self.flows.exit and not self._exit_ready and (
                 self._exit_probe_sent_at is None or now - self._exit_probe_sent_at > EXIT_PROBE_INTERVAL_S):
             self._exit_probe_sent_at = now
@@ -523,6 +525,11 @@ class GatewayCore:
         session.conversation.tokens = []
         self._log("warning", f"request {job.request.request_id}: {why}; replaying {len(everything)} tokens")
         self._send(job, now, everything, position=0, reset=True, route=self._route(job))
+
+    def _probe(self, now: float) -> None:
+        """Send a probe through the chain; the first to come back says it is connected (``chain_output``)."""
+        self._probe_sent_at = now
+        self._out.append(ChainStep(self._probe_prefix + uuid.uuid4().hex, release=True))
 
     def _degrade_stalled(self, now: float) -> None:
         """Requests that allow it and wait too long for the chain (a step unanswered, or held for a failover) go on

@@ -39,6 +39,8 @@ from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.chain import from_output_msg, to_step_msg
 from edge_lam.wire.requests import from_request_msg, to_result_msg
 
+TICK_S = 0.1  # how often the core's clock advances: probes go again after PROBE_INTERVAL_S, timeouts are checked
+
 
 class Reply:
     """The results of one request whose caller waits: each passed on as it comes, the whole answer once final."""
@@ -149,7 +151,7 @@ class GatewayNode(Node):
         self._action = ActionServer(self, GenerateAction, "generate", execute_callback=self.execute_goal,
                                     goal_callback=self.accept_goal, cancel_callback=self.cancel_goal,
                                     callback_group=waiting, feedback_pub_qos_profile=CONTROL)
-        self._watchdog = self.create_timer(0.5, self.tick)
+        self._watchdog = self.create_timer(TICK_S, self.tick)
         if plan_topic:
             self._plan_channel = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED).topic_name
         self.get_logger().info(
