@@ -3,29 +3,32 @@
 No ROS here: the coordinator node hands this core every advert, every loss of liveliness of an advert writer and a
 clock tick, and publishes what it decides. Hosts join with their first advert and leave when their advert is older
 than ``host_timeout_s``, or sooner after a liveliness loss (the event does not say whose writer it was, so a host
-that stays silent for two of its advert intervals after the event is taken for the lost one). A look at the fleet
-solves the placement (exactly up to MAX_EXACT_HOSTS hosts) and moves only when the plan in force, re-priced on
-today's fleet, is slower by more than the hysteresis margin; a plan that lost a host is infinitely slow, so its
-modules always move if they can.
+silent for ``MISSED_ADVERTS`` of its advert intervals when the event comes, or soon after, is taken for the lost
+one). A look at the fleet solves the placement (exactly up to MAX_EXACT_HOSTS hosts) and moves only when the plan in
+force, re-priced on today's fleet, is slower by more than the hysteresis margin; a plan that lost a host is
+infinitely slow, so its modules always move if they can. With ``standbys`` on, every plan also keeps an idle copy of
+each segment on a second host (``placement.standbys``), and a host's loss first tries the plan that runs its segments
+on their copies: a re-route, with no model to load.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 from edge_lam.descriptors import Advert, Host, Link
 from edge_lam.placement.assignments import Assignment
 from edge_lam.placement.policy import should_move
 from edge_lam.placement.solver import evaluate, solve
-from edge_lam.placement.types import PlacementError, Plan, Unit
+from edge_lam.placement.standbys import choose_standbys, promoted
+from edge_lam.placement.types import PlacementError, Plan, Segment, Unit
 
 __all__ = ["Chain", "Coordinator", "Decision", "FleetFull", "Policy", "placement_table", "solver_memory"]
 
 FREE_GATEWAY = "(gateway)"  # the chain's ends when no gateway host is named: every host reaches it for free
-MISSED_ADVERTS = 2.0  # after a liveliness loss, a host silent for this many of its advert intervals is the lost one
+MISSED_ADVERTS = 3.0  # after a liveliness loss, a host silent for this many of its advert intervals is the lost one
 
 
 def solver_memory(advert: Advert, held_bytes: int) -> int:
@@ -59,6 +62,7 @@ class Policy:
     settle_s: float = 1.0
     max_hosts: int = 64
     min_look_interval_s: float = 0.25
+    standbys: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class Decision:
     the fleet as it is now (None before the first plan); ``best`` is the solver's plan (None when none fits);
     ``error`` says why no plan fits, "" when one does; ``hosts`` is the fleet the plans were priced on.
     ``routine`` marks a periodic look (load or links changed) rather than a join, a leave or the first plan.
+    ``standbys``: the idle copies that go with the plan in force (one per segment that some host can hold);
+    ``standbys_changed``: they differ from the last decision's, so the plan in force goes out again with them.
     """
 
     reason: str
@@ -78,6 +84,8 @@ class Decision:
     best: Plan | None = None
     error: str = ""
     routine: bool = False
+    standbys: tuple[Segment, ...] = ()
+    standbys_changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,7 @@ class Coordinator:
         self.chain = chain
         self.policy = policy or Policy()
         self.plan: Plan | None = None  # the plan in force: the last one decided
+        self.standbys: tuple[Segment, ...] = ()  # its idle copies
         self._heard: dict[str, _Heard] = {}
         self._first_advert_at: float | None = None
         self._liveliness_lost_at: float | None = None
@@ -150,7 +159,8 @@ class Coordinator:
         if not self.settled(now):
             return None
         if gone:
-            return self._look("; ".join(f"host {host_id!r} left, {why}" for host_id, why in gone), now)
+            return self._look("; ".join(f"host {host_id!r} left, {why}" for host_id, why in gone), now,
+                              gone=[host_id for host_id, _ in gone])
         if self._joined and now - (self._looked_at or 0.0) >= self.policy.min_look_interval_s:
             return self._look(self._joins(), now)
         if self._looked_at is None:
@@ -161,8 +171,12 @@ class Coordinator:
 
     def hosts(self) -> list[Host]:
         """The fleet as the solver sees it, in host id order so that ties between plans break the same way."""
-        held = {} if self.plan is None else dict(zip((s.host_id for s in self.plan.segments),
-                                                     self.plan.memory_bytes, strict=True))
+        held: dict[str, int] = {}
+        if self.plan is not None:  # what the plan in force holds, its copies too, is the solver's to give again
+            by_range = {(s.start, s.end): need for s, need in zip(self.plan.segments, self.plan.memory_bytes,
+                                                                 strict=True)}
+            for seg in (*self.plan.segments, *self.standbys):
+                held[seg.host_id] = held.get(seg.host_id, 0) + by_range.get((seg.start, seg.end), 0)
         return [Host(host_id, h.advert.effective_gflops, solver_memory(h.advert, held.get(host_id, 0)),
                      h.advert.role)
                 for host_id, h in sorted(self._heard.items())]
@@ -170,7 +184,7 @@ class Coordinator:
     def links(self) -> list[Link]:
         """Links the hosts measured between themselves, and free hops to and from a gateway left unnamed."""
         links = [link for h in self._heard.values() for link in h.advert.links if link.dst in self._heard]
-        if not self.chain.gateway_host:
+        if self._gateway() == FREE_GATEWAY:
             links += [Link(FREE_GATEWAY, host_id, 0.0, math.inf) for host_id in sorted(self._heard)]
         return links
 
@@ -182,7 +196,7 @@ class Coordinator:
             if now - h.at > timeout:
                 gone.append((host_id, f"no advert for {timeout:g} s"))
             elif lost_at is not None and h.at < lost_at and \
-                    now - lost_at > min(timeout, MISSED_ADVERTS * (h.interval_s or timeout)):
+                    now - h.at > min(timeout, MISSED_ADVERTS * (h.interval_s or timeout)):
                 gone.append((host_id, "silent since a writer lost liveliness"))
         for host_id, _ in gone:
             del self._heard[host_id]
@@ -190,23 +204,58 @@ class Coordinator:
             self._liveliness_lost_at = None  # every host left has spoken since: the lost writer is accounted for
         return gone
 
-    def _look(self, reason: str, now: float, routine: bool = False) -> Decision:
+    def _gateway(self) -> str:
+        """Where the chain starts and ends: the named gateway host while it is heard. A named host that is gone
+        (its agent died, the gateway may live on) costs nothing rather than making every placement infeasible."""
+        named = self.chain.gateway_host
+        return named if named and named in self._heard else FREE_GATEWAY
+
+    def _look(self, reason: str, now: float, routine: bool = False, gone: Sequence[str] = ()) -> Decision:
         self._changed, self._looked_at = False, now
         hosts, links = self.hosts(), self.links()
-        gateway = self.chain.gateway_host or FREE_GATEWAY
+        gateway = self._gateway()
+        if gateway == FREE_GATEWAY and self.chain.gateway_host:
+            reason += f" (gateway host {self.chain.gateway_host!r} not heard: its hops priced free)"
         ends = dict(source_host=gateway, sink_host=gateway, context_tokens=self.chain.context_tokens)
         current = None if self.plan is None else evaluate(self.chain.units, self.plan.segments, hosts, links, **ends)
+        rerouted = self._rerouted(gone, hosts, links, ends)
+        if rerouted is not None:
+            self.plan = rerouted
+            return self._with_standbys(Decision(f"{reason}: its standby copies take over", tuple(hosts),
+                                                plan=rerouted, current=current, best=rerouted), hosts, links, ends)
         try:
             best = solve(self.chain.units, hosts, links, **ends)
         except PlacementError as error:
             # Above MAX_EXACT_HOSTS the solver searches the fastest hosts only and may miss the plan in force.
             why = "" if current is not None and current.feasible else str(error)
-            return Decision(reason, tuple(hosts), current=current, error=why, routine=routine)
+            return Decision(reason, tuple(hosts), current=current, error=why, routine=routine,
+                            standbys=self.standbys)
         if current is None or should_move(current.expected_latency_s, best.expected_latency_s,
                                           min_gain=self.policy.min_gain, min_gain_s=self.policy.min_gain_s):
             self.plan = best
-            return Decision(reason, tuple(hosts), plan=best, current=current, best=best, routine=routine)
-        return Decision(reason, tuple(hosts), current=current, best=best, routine=routine)
+            return self._with_standbys(Decision(reason, tuple(hosts), plan=best, current=current, best=best,
+                                                routine=routine), hosts, links, ends)
+        return self._with_standbys(Decision(reason, tuple(hosts), current=current, best=best, routine=routine),
+                                   hosts, links, ends)
+
+    def _rerouted(self, gone: Sequence[str], hosts: list[Host], links: list[Link], ends: dict) -> Plan | None:
+        """The plan in force with the lost hosts' segments on their standbys, when that plan fits."""
+        if not gone or self.plan is None:
+            return None
+        segments = promoted(self.plan, self.standbys, gone)
+        if segments is None:
+            return None
+        plan = evaluate(self.chain.units, segments, hosts, links, solver="standby", **ends)
+        return plan if plan.feasible else None
+
+    def _with_standbys(self, decision: Decision, hosts: list[Host], links: list[Link], ends: dict) -> Decision:
+        """The decision with the plan in force's standbys, and whether they changed."""
+        standbys: tuple[Segment, ...] = ()
+        if self.policy.standbys and self.plan is not None:
+            kept = {(s.start, s.end): s.host_id for s in self.standbys}
+            standbys = choose_standbys(self.plan, self.chain.units, hosts, links, kept=kept, **ends)
+        changed, self.standbys = standbys != self.standbys, standbys
+        return replace(decision, standbys=standbys, standbys_changed=changed)
 
 
 def placement_table(plan: Plan, assigned: Sequence[Assignment]) -> str:

@@ -21,6 +21,7 @@ from edge_lam.fleet.coordination import Chain, Coordinator, Decision, FleetFull,
 from edge_lam.fleet.model_pricing import price_in_child
 from edge_lam.placement.assignments import Assignment, assignments
 from edge_lam.placement.exits import with_exit
+from edge_lam.placement.standbys import copies
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import ADVERT_LEASE_S, ADVERTS_READER, LATCHED, with_lease
@@ -38,6 +39,11 @@ def in_force(decision: Decision) -> str:
     if not current.feasible:
         return f"the plan in force broke: {'; '.join(current.problems)}"
     return f"the plan in force: {current.expected_latency_s * 1e3:.2f} ms"
+
+
+def standby_text(decision: Decision) -> str:
+    """Where the idle copies are, for the log."""
+    return ", ".join(f"units {s.start}..{s.end - 1} on {s.host_id}" for s in decision.standbys) or "none"
 
 
 class CoordinatorNode(Node):
@@ -73,6 +79,8 @@ class CoordinatorNode(Node):
                               "not taken (a flood of invented hosts costs nothing).", low=1),
             min_look_interval_s=declare(self, "min_look_interval_s", 0.25, "Joins are placed at once, but no more "
                                         "often than this, s: a burst of joins costs one look.", low=0.0),
+            standbys=declare(self, "standby_copies", True, "Keep an idle copy of every segment on a second host where "
+                             "memory allows: a host's loss is then a re-route to the copy, not a model load."),
         )
         self._trust = declare_trust(self, "advertise invented hosts and be given the model's modules, and publish "
                                     "plans in the coordinator's place")
@@ -121,6 +129,7 @@ class CoordinatorNode(Node):
             self.get_logger().info(f"an advert writer lost liveliness ({info.alive_count} alive); "
                                    "the host that stops advertising is taken as gone")
             self._core.liveliness_lost(time.monotonic())
+            self.on_tick()  # a host silent long enough already is the lost one: no need to wait for the tick
 
     def on_incompatible_advert(self, info: QoSRequestedIncompatibleQoSInfo) -> None:
         self.get_logger().error(
@@ -143,6 +152,9 @@ class CoordinatorNode(Node):
             self._last_error = decision.error
             return
         self._last_error = ""
+        if decision.plan is None and decision.standbys_changed:
+            self.publish(decision)
+            return
         if decision.plan is None:
             best = decision.best.expected_latency_s * 1e3 if decision.best else math.inf
             message = f"{decision.reason}: keeping plan v{self._version} ({in_force(decision)}; best {best:.2f} ms)"
@@ -154,19 +166,26 @@ class CoordinatorNode(Node):
         self.publish(decision)
 
     def publish(self, decision: Decision) -> None:
-        plan = decision.plan
-        assert plan is not None
+        """The plan in force (new, or with new standby copies) as the next version."""
         core = self._core
-        assigned = self.with_robot_exit(
-            assignments(plan, core.chain.units, decision.hosts, core.chain.num_layers), decision)
+        plan = decision.plan or core.plan
+        assert plan is not None
+        primaries = assignments(plan, core.chain.units, decision.hosts, core.chain.num_layers)
+        standbys = copies(primaries, plan, core.chain.units, decision.standbys)
+        assigned = self.with_robot_exit(primaries, decision)
         self._version += 1
         self._plans.publish(self._trust.sign(to_plan_msg(
             str(uuid.uuid4()), self._version, self._model, self._wire_dtype, assigned, plan.expected_latency_s,
-            plan.solver, self.get_clock().now().nanoseconds, core.chain.gateway_host)))
+            plan.solver, self.get_clock().now().nanoseconds, core.chain.gateway_host, standbys)))
+        if decision.plan is None:
+            self.get_logger().info(f"plan v{self._version} ({decision.reason}): the plan in force, standby copies "
+                                   f"now {standby_text(decision)}")
+            return
         was = "" if decision.current is None else f"; {in_force(decision)}"
         self.get_logger().info(
             f"plan v{self._version} ({decision.reason}): {plan.expected_latency_s * 1e3:.2f} ms per token expected"
-            f"{was}; solver {plan.solver}; hosts {', '.join(core.host_ids)}\n{placement_table(plan, assigned)}"
+            f"{was}; solver {plan.solver}; hosts {', '.join(core.host_ids)}; standby copies {standby_text(decision)}"
+            f"\n{placement_table(plan, assigned)}"
         )
 
     def with_robot_exit(self, assigned: list[Assignment], decision: Decision) -> list[Assignment]:

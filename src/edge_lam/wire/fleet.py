@@ -65,17 +65,23 @@ def from_assignment_msg(msg: ModuleAssignment) -> Assignment:
 
 
 def to_plan_msg(plan_id: str, version: int, model_id: str, wire_dtype: str, assigned: Sequence[Assignment],
-                expected_latency_s: float, solver: str, stamp_ns: int, gateway_host: str = "") -> PlacementPlan:
-    """``gateway_host``: who feeds the chain's first module (with trust on, the only signer it accepts there)."""
+                expected_latency_s: float, solver: str, stamp_ns: int, gateway_host: str = "",
+                standbys: Sequence[Assignment] = ()) -> PlacementPlan:
+    """``gateway_host``: who feeds the chain's first module (with trust on, the only signer it accepts there);
+    ``standbys``: idle copies of modules, on their copies' hosts."""
     msg = PlacementPlan(plan_id=plan_id, version=version, model_id=model_id, wire_dtype=wire_dtype,
                         modules=[to_assignment_msg(a) for a in assigned], expected_latency_s=expected_latency_s,
-                        solver=solver, gateway_host=gateway_host)
+                        solver=solver, gateway_host=gateway_host, standbys=[to_assignment_msg(a) for a in standbys])
     msg.header.stamp = from_ns(stamp_ns)
     return msg
 
 
 def plan_assignments(msg: PlacementPlan) -> list[Assignment]:
     return [from_assignment_msg(m) for m in msg.modules]
+
+
+def plan_standbys(msg: PlacementPlan) -> list[Assignment]:
+    return [from_assignment_msg(m) for m in msg.standbys]
 
 
 def to_advert_msg(advert: Advert, stamp_ns: int, link_measured_ns: Mapping[str, int] | None = None
