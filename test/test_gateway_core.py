@@ -340,10 +340,12 @@ def test_a_new_plan_holds_what_is_in_flight_and_replays_it_once_a_probe_is_back(
     step, _ = gateway.answer(prefill, tokens[0])
 
     out = gateway.plan(("plan-b", 1))
-    assert logs(out, "info") == ["placement plan plan-b v1: probing the chain again"] and not steps(out)
+    assert logs(out, "info") == ["placement plan plan-b v1: probing the chain again"]
+    (probe,) = steps(out)  # at once, not at the next tick: every request in flight waits for it
+    assert probe.release and probe.session_id.startswith("probe-")
     assert gateway.plan(("plan-b", 1)) == []  # the same plan again changes nothing
     assert not results(gateway.answer(step, tokens[1]))  # held: the answer of the moved chain is not trusted
-    out = gateway.connect()
+    out = gateway.output(ChainOutput("", probe.session_id, release=True))
     release, replay = steps(out)
     assert release.release and release.session_id == prefill.session_id
     assert (replay.session_id, replay.step, replay.position, replay.reset) == (

@@ -4,6 +4,8 @@ about it on /diagnostics."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from edge_lam.descriptors import ModuleSpec
 from edge_lam.fleet.plan_following import Hosting, PlanFollower
 from edge_lam.placement.assignments import Assignment, chain_topics
@@ -111,4 +113,23 @@ def test_a_shards_parameters_say_what_it_runs_and_which_a_request_may_override()
     (shard,) = follow(PlanFollower("me", "m"), {"blocks:0:10": "me"}, {}, wire_dtype="float32").load
     assert shard.parameters("me") == (
         {"model": "m", "wire_dtype": "float32", "host_id": "me"},
-        {"modules": ["blocks:0:10"], "input_topic": "chain/hidden_0", "output_topic": "chain/hidden_10"})
+        {"modules": ["blocks:0:10"], "input_topic": "chain/hidden_0", "output_topic": "chain/hidden_10",
+         "standby": False})
+
+
+def test_a_standby_copy_is_loaded_idle_switched_on_by_the_plan_that_runs_it_here_and_off_again():
+    follower = PlanFollower("me", "m")
+    copy = assigned({"embedding": "other", "blocks:0:30": "other", "head": "other"})
+    changes = follower.follow("p", 1, "", "", copy, {}, [dataclasses.replace(a, host_id="me") for a in copy])
+    (shard,) = changes.load
+    assert shard.standby and shard.parameters("me")[1]["standby"] is True and not changes.switch
+    assert follower.note == "plan p v1: 0 shards here and 1 standby copies"
+    # the other host is lost: the next plan runs the modules here, on the copy: nothing loaded or unloaded
+    here = assigned({"embedding": "me", "blocks:0:30": "me", "head": "me"})
+    changes = follower.follow("p", 2, "", "", here, running(changes))
+    assert (changes.load, changes.unload) == ((), ()) and [s.name for s in changes.switch] == [shard.name]
+    assert not changes.switch[0].standby
+    # a later plan moves the modules back and keeps the copy here: switched off, still nothing loaded
+    changes = follower.follow("p", 3, "", "", copy, running(changes), [dataclasses.replace(a, host_id="me")
+                                                                        for a in copy])
+    assert (changes.load, changes.unload) == ((), ()) and [s.standby for s in changes.switch] == [True]

@@ -79,6 +79,9 @@ class ShardNode(Node):
         plan_topic = declare(self, "plan_topic", "", "PlacementPlan topic: with trust on, a packet is taken only from "
                              "the host the plan puts the upstream module on (the first module: the plan's "
                              "gateway_host); empty: from any fleet host.")
+        self._standby = declare(self, "standby", False, "An idle copy (the host agent loads one where the plan keeps "
+                                "a standby): weights loaded and subscribed, packets dropped; false serves them.",
+                                on_change=self.set_standby)
         self._host_id = host_id or socket.gethostname()
         wire_dtype_bytes(wire_dtype)  # ValueError naming the choices
         line = DelayLine(slowdown, link_parameter(input_link or []), link_parameter(output_link or []))
@@ -96,6 +99,7 @@ class ShardNode(Node):
         self._exit_outbox: collections.deque[tuple[float, ChainPacket]] = collections.deque()
         self._exit_timer = self.create_timer(1.0, self._release_exit_answers, autostart=False)
         self._held = DelayedRelease(self, line, self._process, self._send, packet_bytes) if line.delays else None
+        # Subscribed even as a standby, so that taking over needs no discovery: the first packet after is served.
         self._sub = self.create_subscription(ChainPacket, input_topic, self.on_packet, TENSORS)
         self._first_module = self._core.module_ids[0]
         self._upstream_host = ""  # the plan's host upstream of us (the gateway's, if first); empty: any fleet host
@@ -110,6 +114,7 @@ class ShardNode(Node):
             f"modules {self._core.module_ids} of {model} on {self._host_id}: "
             f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
             + (f"; early exit answers on {self._exit_pub.topic_name}" if self._exit_pub else "")
+            + ("; a standby: packets dropped until it serves" if self._standby else "")
         )
 
     def on_plan(self, plan: PlacementPlan) -> None:
@@ -122,7 +127,14 @@ class ShardNode(Node):
             index = ids.index(self._first_module)
             self._upstream_host = plan.modules[index - 1].host_id if index > 0 else plan.gateway_host
 
+    def set_standby(self, standby: bool) -> None:
+        self._standby = standby
+        self.get_logger().info(f"standby: packets on {self._sub.topic_name} are dropped until a plan runs the "
+                               "modules here" if standby else f"serving {self._sub.topic_name}")
+
     def on_packet(self, packet: ChainPacket) -> None:
+        if self._standby:
+            return  # an idle copy: the module's host in the plan answers
         # With trust on, only the upstream host may feed the chain: a forged packet is dropped here, not computed on.
         if not self._trust.accept(packet, self._sub.topic_name, identity=self._upstream_host or None):
             return

@@ -1,18 +1,19 @@
 """The host agent: one per machine, the component container of edge_lam (rclpy has none of its own).
 
-It measures its host at start (reference GFLOP/s on one torch thread x ``compute_scale``, memory:
-``fleet.host_measurement``), keeps measuring the load others put on the CPU and its links to the agents it hears
-(``link.probing``), and publishes a ComputeAdvert with a liveliness QoS every ``advert_period_s``, and /diagnostics:
-its state and one status per component. It runs the shards the placement plan gives its host
-(``fleet.plan_following`` decides what to load, keep and unload), and loads or unloads components on request
-(``~/load_module``, ``~/unload_module``), all in its own process and executor: ``container.loader`` builds them in a
-thread of its own and hands them to the executor, which must be a SingleThreadedExecutor, as in ``main``. Components
-are built in ``components_namespace`` (the agent's own by default: the chain's topics must meet there, so every agent
-of a fleet names the same one).
+It measures its
+host at start (reference GFLOP/s on one torch thread x ``compute_scale``, memory: ``fleet.host_measurement``), keeps
+measuring the load others put on the CPU and its links to the agents it hears (``link.probing``), and publishes a
+ComputeAdvert with a liveliness QoS every ``advert_period_s`` (often: after a liveliness loss the coordinator takes
+the host silent for three periods for the lost one), and every ``diagnostics_period_s`` /diagnostics: its state and
+one status per component. It runs the shards the placement plan gives its host (``fleet.plan_following`` decides
+what to load, keep and unload), and loads or unloads components on request (``~/load_module``, ``~/unload_module``),
+all in its own process and executor: ``container.loader`` builds them in a thread of its own and hands them to the
+executor, which must be a SingleThreadedExecutor, as in ``main``. Components are built in ``components_namespace``
+(the agent's own by default: the chain's topics must meet there, so every agent of a fleet names the same one).
 
 Where composition_interfaces is installed, it also answers the standard container services
-(``~/_container/load_node``, ``unload_node``, ``list_nodes``; see ``container.services``), so ``ros2 component``
-and launch_ros's ComposableNodeContainer can drive it.
+(``~/_container/load_node``, ``unload_node``, ``list_nodes``; see ``container.services``), so ``ros2 component`` and
+launch_ros's ComposableNodeContainer can drive it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import ADVERT_LEASE_S, ADVERTS, ADVERTS_READER, CONTROL, LATCHED, with_lease
 from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.diagnostics import Status, to_diagnostic_array
-from edge_lam.wire.fleet import module_of, plan_assignments, to_advert_msg
+from edge_lam.wire.fleet import module_of, plan_assignments, plan_standbys, to_advert_msg
 from edge_lam.wire.probes import Probe, from_probe_msg, to_probe_msg
 from edge_lam.wire.stamps import to_ns
 
@@ -82,8 +83,11 @@ class HostAgentNode(Node):
         namespace = declare(self, "components_namespace", "",
                             "Namespace of the shards and components it runs, where the chain's topics meet (the "
                             "same for every agent of a fleet, e.g. /edge_lam); empty for the agent's own.")
-        advert_period_s = declare(self, "advert_period_s", 0.5,
-                                  "Period of adverts and /diagnostics; load is measured over it.")
+        advert_period_s = declare(self, "advert_period_s", 0.1,
+                                  "Period of adverts: the coordinator tells a lost host from the others by three "
+                                  "missed adverts, so it bounds how soon a loss is placed again.")
+        diagnostics_period_s = declare(self, "diagnostics_period_s", 1.0,
+                                       "Period of /diagnostics; the load advertised is measured over it too.")
         lease_s = declare(self, "liveliness_lease_s", ADVERT_LEASE_S,
                           "Liveliness lease offered on the adverts: the coordinator notices this host's loss within "
                           "its own host_lease_s, which must be at least this long.", low=0.01)
@@ -113,9 +117,10 @@ class HostAgentNode(Node):
                     on_change=lambda v: bound_yaml(max_parameters=v)))
         if role not in ROLES:
             raise ValueError(f"role '{role}' must be one of {ROLES}")
-        if not (compute_scale > 0 and advert_period_s > 0 and probe_period_s > 0 and memory_limit >= 0):
-            raise ValueError("compute_scale, advert_period_s and link_probe_period_s must be > 0, "
-                             "memory_limit_bytes >= 0")
+        if not (compute_scale > 0 and advert_period_s > 0 and diagnostics_period_s > 0 and probe_period_s > 0
+                and memory_limit >= 0):
+            raise ValueError("compute_scale, advert_period_s, diagnostics_period_s and link_probe_period_s must "
+                             "be > 0, memory_limit_bytes >= 0")
         if not (math.isnan(self._battery) or 0.0 <= self._battery <= 1.0):
             raise ValueError(f"battery_fraction {self._battery} must be NaN or within [0, 1]")
         self._role = role
@@ -124,6 +129,7 @@ class HostAgentNode(Node):
         self._gflops = scaled(reference_gflops(repeats=21, threads=1), compute_scale)
         self._memory_total = memory_limit or read_mem_available_bytes()
         self._cpu = read_cpu_sample()
+        self._load = 0.0  # over the last diagnostics period
         self._following = PlanFollower(self._host_id, self._model, frozenset(MODELS))
         self._peers: dict[str, float] = {}  # host id -> time.monotonic() of its last advert
         self._prober = LinkProber(probe_period_s, self._host_id)
@@ -147,6 +153,7 @@ class HostAgentNode(Node):
         standard = not self._trust.on and add_container_services(
             self, self._container_load, self._container_unload, self._loader.full_names, callback_group=services)
         self.create_timer(advert_period_s, self.advertise)
+        self.create_timer(diagnostics_period_s, self.diagnose)
         self.create_timer(probe_period_s / PROBE_CHECKS, self.probe_peers)
         container = f"on {self.get_fully_qualified_name()}/_container" if standard else \
             "off (trust is on: they cannot be signed)" if self._trust.on else "off (not installed)"
@@ -165,15 +172,21 @@ class HostAgentNode(Node):
     # -- adverts and diagnostics ---------------------------------------------------------------------------------
 
     def advertise(self) -> None:
-        """Publish the advert and /diagnostics; the load is that of the period since the last advert."""
-        sample = read_cpu_sample()
-        load, self._cpu = load_between(self._cpu, sample), sample
-        advert = Advert(self._host_id, self._role, self._gflops, load,
-                        max(0, self._memory_total - self._loader.held_memory_bytes()), self._memory_total,
-                        (*self._emulated.values(), *self._prober.measures.values()),
-                        None if math.isnan(self._battery) else self._battery, tuple(self._loader.running_modules()))
+        """Publish the advert: compute, the load of the last diagnostics period, memory, links, modules."""
         stamp_ns = self.get_clock().now().nanoseconds
-        self._adverts.publish(self._trust.sign(to_advert_msg(advert, stamp_ns, self._prober.measured_at_ns)))
+        self._adverts.publish(self._trust.sign(to_advert_msg(self._advert(), stamp_ns, self._prober.measured_at_ns)))
+
+    def _advert(self) -> Advert:
+        return Advert(self._host_id, self._role, self._gflops, self._load,
+                      max(0, self._memory_total - self._loader.held_memory_bytes()), self._memory_total,
+                      (*self._emulated.values(), *self._prober.measures.values()),
+                      None if math.isnan(self._battery) else self._battery, tuple(self._loader.running_modules()))
+
+    def diagnose(self) -> None:
+        """Measure the load over the period since the last call, and publish /diagnostics."""
+        sample = read_cpu_sample()
+        self._load, self._cpu = load_between(self._cpu, sample), sample
+        advert = self._advert()
         agent = Status(self.get_fully_qualified_name(), self._following.level,
                        f"{len(advert.modules_hosted)} modules running; {self._following.note}", self._host_id, {
                            "compute_gflops": f"{advert.compute_gflops:.3f}", "load": f"{advert.load:.3f}",
@@ -183,6 +196,7 @@ class HostAgentNode(Node):
                            "trust": ("on, signing as " + self._trust.signer) if self._trust.on else "off",
                            **{f"refused {reason}": str(n) for reason, n in self._trust.refused().items()},
                        })
+        stamp_ns = self.get_clock().now().nanoseconds
         self._diagnostics.publish(to_diagnostic_array([agent, *self._loader.statuses(self._host_id)], stamp_ns))
 
     # -- link probes ---------------------------------------------------------------------------------------------
@@ -246,20 +260,31 @@ class HostAgentNode(Node):
                   for name, h in self._loader.hosted.items()}
         try:
             changes = self._following.follow(plan.plan_id, plan.version, plan.model_id, plan.wire_dtype,
-                                             plan_assignments(plan), hosted)
+                                             plan_assignments(plan), hosted, plan_standbys(plan))
         except ValueError as err:
             self.get_logger().error(self._following.unusable(plan.plan_id, plan.version, err))
             return
         for name in (*changes.forget, *changes.unload):
             self._loader.unload(name)
+        reload = []
+        for shard in changes.switch:  # first: a copy taking over serves the packets already on their way
+            node = self._loader.hosted[shard.name].node
+            if node is None:  # still loading with the other setting: load it again with this one
+                self._loader.unload(shard.name)
+                reload.append(shard)
+            else:
+                node.set_parameters([Parameter("standby", value=shard.standby)])
         for shard in changes.keep:
+            if shard in reload:
+                continue
             entry = self._loader.hosted[shard.name]
             entry.asked_by, entry.source, entry.memory_bytes = PLAN, shard, shard.group.memory_bytes
-        for shard in changes.load:
+        for shard in (*changes.load, *reload):
             self._loader.load(Hosted(self._shard(shard), shard.module_ids, shard.group.memory_bytes, PLAN, shard))
         self.get_logger().info(
             f"{self._following.note}; loading {[s.name for s in changes.load]}, unloading {list(changes.unload)}, "
             f"keeping {[s.name for s in changes.keep]}"
+            + "".join(f", {s.name} now {'a standby' if s.standby else 'serving'}" for s in changes.switch)
         )
 
     def _shard(self, shard: ShardLoad, extra: tuple[Parameter, ...] = ()) -> ComponentRequest:

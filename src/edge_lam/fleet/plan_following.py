@@ -36,11 +36,13 @@ class PlanOrder:
 
 @dataclasses.dataclass(frozen=True)
 class ShardLoad:
-    """A shard as the agent builds it: the plan's group of modules and the model they come from."""
+    """A shard as the agent builds it: the plan's group of modules and the model they come from; ``standby``: an
+    idle copy (loaded and subscribed, serving nothing) that a later plan may switch on without loading anything."""
 
     group: ShardGroup
     model: str
     wire_dtype: str = DEFAULT_WIRE_DTYPE
+    standby: bool = False
 
     @property
     def name(self) -> str:
@@ -55,11 +57,11 @@ class ShardLoad:
         then those that make it this shard (its modules and topics)."""
         return ({"model": self.model, "wire_dtype": self.wire_dtype, "host_id": host_id},
                 {"modules": [str(m) for m in self.group.modules], "input_topic": self.group.input_topic,
-                 "output_topic": self.group.output_topic})
+                 "output_topic": self.group.output_topic, "standby": self.standby})
 
     def runs_as(self, other: ShardLoad) -> bool:
-        """Same modules, topics, model and wire dtype: a running shard can stay (and keep its KV caches). Memory is an
-        estimate of the plan and may change without the shard changing."""
+        """Same modules, topics, model and wire dtype: a running shard can stay (and keep its KV caches), a standby
+        switched on or off. Memory is an estimate of the plan and may change without the shard changing."""
         return (self.model, self.wire_dtype, self.group.modules, self.group.input_topic, self.group.output_topic) == \
             (other.model, other.wire_dtype, other.group.modules, other.group.input_topic, other.group.output_topic)
 
@@ -78,12 +80,14 @@ class Hosting:
 class PlanChanges:
     """What to do on a new plan: components to unload (by name), shards to load, and shards to keep running as they
     are (now the plan's, whoever loaded them). ``forget``: failed loads of an earlier plan, dropped (and loaded again
-    when this plan still wants them)."""
+    when this plan still wants them). ``switch``: kept shards to turn from standby to serving or back (a subset of
+    ``keep``, as the plan wants them)."""
 
     unload: tuple[str, ...]
     load: tuple[ShardLoad, ...]
     keep: tuple[ShardLoad, ...]
     forget: tuple[str, ...] = ()
+    switch: tuple[ShardLoad, ...] = ()
 
 
 def plan_changes(running: Mapping[str, ShardLoad], wanted: Sequence[ShardLoad]) -> PlanChanges:
@@ -96,7 +100,8 @@ def plan_changes(running: Mapping[str, ShardLoad], wanted: Sequence[ShardLoad]) 
                    if name not in by_name or not shard.runs_as(by_name[name]))
     load = tuple(w for w in wanted if w.name in unload or w.name not in running)
     keep = tuple(w for w in wanted if w not in load)
-    return PlanChanges(unload, load, keep)
+    switch = tuple(w for w in keep if running[w.name].standby != w.standby)
+    return PlanChanges(unload, load, keep, switch=switch)
 
 
 @dataclasses.dataclass
@@ -113,21 +118,25 @@ class PlanFollower:
     note: str = "no plan yet"
 
     def follow(self, plan_id: str, version: int, model_id: str, wire_dtype: str, assigned: Sequence[Assignment],
-               hosted: Mapping[str, Hosting]) -> PlanChanges:
-        """The changes that make this host run what a newer plan (``order`` accepted it) gives it."""
+               hosted: Mapping[str, Hosting], standbys: Sequence[Assignment] = ()) -> PlanChanges:
+        """The changes that make this host run what a newer plan (``order`` accepted it) gives it, and keep the
+        idle copies it gives it (``standbys``)."""
         model = self.model_of(model_id)
-        groups = shard_groups(assigned, self.host_id)
-        wanted = [ShardLoad(g, model, wire_dtype or DEFAULT_WIRE_DTYPE) for g in groups]
+        dtype = wire_dtype or DEFAULT_WIRE_DTYPE
+        wanted = [ShardLoad(g, model, dtype) for g in shard_groups(assigned, self.host_id)]
+        wanted += [ShardLoad(g, model, dtype, standby=True) for g in shard_groups(standbys, self.host_id)]
         names, modules = {w.name for w in wanted}, {m for w in wanted for m in w.module_ids}
         # The plan's shards, and components loaded by load_module that clash with them (a name or a module in
         # common): two shards of one module would both answer every packet.
         clashing = {n: h for n, h in hosted.items() if not h.failed
                     and (h.from_plan or n in names or modules.intersection(h.module_ids))}
         changes = plan_changes({n: h.shard for n, h in clashing.items() if h.shard is not None}, wanted)
-        self.level, self.note = "ok", f"plan {plan_id} v{version}: {len(wanted)} shards here"
+        copies = sum(w.standby for w in wanted)
+        self.level, self.note = "ok", f"plan {plan_id} v{version}: {len(wanted) - copies} shards here" + \
+            (f" and {copies} standby copies" if copies else "")
         return PlanChanges(
             changes.unload + tuple(n for n, h in clashing.items() if h.shard is None), changes.load, changes.keep,
-            tuple(n for n, h in hosted.items() if h.from_plan and h.failed))
+            tuple(n for n, h in hosted.items() if h.from_plan and h.failed), changes.switch)
 
     def model_of(self, model_id: str) -> str:
         """The model a plan or request names (the default when none); ValueError for one this host does not serve."""
