@@ -1,18 +1,29 @@
-"""Failover: how long after a host is killed (SIGKILL) the first token comes again, and how many requests are lost.
+"""Failover: how long after a process is killed (SIGKILL) the fleet serves again, and whether any request is lost.
 
-Real processes on this machine: the coordinator, the gateway and host agents (emulated compute 4x, 2x, 1x, so the
-coordinator puts the model on the fastest). Each round asks two requests, waits until they stream, kills the host
-agent that holds the modules, and times from the kill to the first token streamed after it (the coordinator has
-seen the host go, re-placed its modules, an agent has loaded them, the gateway has replayed the requests); then a
-spare agent (0.5x) is started so the fleet keeps three hosts. A request is lost when it gets no final answer or an
-error.
+Real processes on this machine, in a namespace of their own: three host agents (emulated compute 4x, 2x, 1x, so the
+coordinator puts the model on the fastest and its standby copy on the next), a coordinator and a standby
+coordinator, a gateway and a standby gateway. Two requests stream on the requests topic in every round; once they
+stream, one process is killed, chosen by role:
 
-    python bench/failover.py [--kills 10] [--json PATH]
+- ``host``: the agent whose host runs the chain's first module. Timed from the kill to the first token streamed
+  after it (the coordinator saw the host go, re-routed to the standby copy, the gateway replayed).
+- ``gateway``: the active gateway. Timed from the kill to the first chunk the standby streams.
+- ``coordinator``: the active coordinator. Nothing streaming depends on it; timed from the kill to the standby's
+  first plan (its version continues the latched one).
+- ``baseline``: as ``host``, with ``standby_copies:=false``: what a loss cost before standbys (a model load).
+
+Then a fresh process of the killed kind starts (a spare agent at 0.5x, or a new standby) and the next round waits
+until it is ready. A request is lost when it gets no final chunk or an error; duplicated when it gets two finals or
+a chunk index twice.
+
+    python bench/failover.py [--kills 100] [--roles host,gateway,coordinator,baseline] [--baseline-kills 10]
+                             [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import pathlib
@@ -26,27 +37,32 @@ import uuid
 
 import rclpy
 from ament_index_python.packages import get_package_prefix
-from edge_lam_msgs.msg import InferenceRequest, InferenceResult, PlacementPlan
+from edge_lam_msgs.msg import ComputeAdvert, InferenceRequest, InferenceResult, PlacementPlan
 from rclpy.executors import SingleThreadedExecutor
 
 from edge_lam.processes import stop_processes
-from edge_lam.ros.qos import CONTROL, LATCHED
+from edge_lam.ros.fastdds_shm import clean_zombies
+from edge_lam.ros.qos import ADVERTS_READER, CONTROL, LATCHED
 from edge_lam.ros.spin import spin_until
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 MODEL = "smollm2-135m-instruct"
-MAX_NEW = 64
+MAX_NEW = 40
 PROMPTS = ["Explain how a robot arm picks a box.", "List four sensors of a self-driving car."]
+ROLES = ("host", "gateway", "coordinator", "baseline")
 
 
 class Fleet:
-    """The processes of the fleet, in a namespace of their own."""
+    """The processes of one fleet, in a namespace of their own."""
 
-    def __init__(self, log) -> None:
+    def __init__(self, log, standby_copies: bool) -> None:
         self.namespace = f"failover_{uuid.uuid4().hex[:8]}"
         self.log = log
+        self.standby_copies = standby_copies
         self.processes: list[subprocess.Popen] = []
         self.agents: dict[str, subprocess.Popen] = {}
+        self.coordinators: list[subprocess.Popen] = []  # the active one first
+        self.gateways: list[subprocess.Popen] = []  # the active one first
 
     def args(self, *params: str) -> list[str]:
         args = ["--ros-args", "-r", f"__ns:=/{self.namespace}", "-p", f"adverts_topic:=/{self.namespace}/adverts",
@@ -65,86 +81,220 @@ class Fleet:
                                                                           f"compute_scale:={scale}"),
                                           "-r", f"__node:=agent_{host_id}")
 
+    def coordinator(self, standby: bool) -> None:
+        name = f"coordinator_{uuid.uuid4().hex[:6]}"
+        self.coordinators.append(self.start(
+            LIB / "coordinator", *self.args("settle_s:=2.0", "use_load:=false", f"standby:={str(standby).lower()}",
+                                            f"standby_copies:={str(self.standby_copies).lower()}"),
+            "-r", f"__node:={name}"))
+
+    def gateway(self, standby: bool) -> None:
+        name = f"gateway_{uuid.uuid4().hex[:6]}"
+        self.gateways.append(self.start(LIB / "gateway", *self.args("step_timeout_s:=2.0",
+                                                                    f"standby:={str(standby).lower()}"),
+                                        "-r", f"__node:={name}"))
+
     def stop(self) -> None:
         stop_processes(self.processes)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kills", type=int, default=10, help="hosts to kill, one per round (default 10)")
-    parser.add_argument("--json", type=pathlib.Path, help="write the figures to this file")
-    args = parser.parse_args()
-    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- the fleet's logs, shown if the run fails
-    fleet = Fleet(log)
-    rclpy.init()
-    node = rclpy.create_node("failover_bench", namespace=fleet.namespace)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    results: list[tuple[float, InferenceResult]] = []
-    plans: list[PlacementPlan] = []
-    node.create_subscription(InferenceResult, "results", lambda r: results.append((time.monotonic(), r)), CONTROL)
-    node.create_subscription(PlacementPlan, f"/{fleet.namespace}/plan", plans.append, LATCHED)
-    requests = node.create_publisher(InferenceRequest, "requests", CONTROL)
+class Watch:
+    """What the bench hears: results per request, plans, adverts."""
 
-    def ask(prompt: str) -> str:
+    def __init__(self, namespace: str) -> None:
+        self.node = rclpy.create_node("failover_bench", namespace=namespace)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.chunks: dict[str, list[tuple[float, InferenceResult]]] = collections.defaultdict(list)
+        self.plans: list[tuple[float, PlacementPlan]] = []
+        self.hosted: dict[str, tuple[str, ...]] = {}
+        self.node.create_subscription(InferenceResult, "results", self.on_result, CONTROL)
+        self.node.create_subscription(PlacementPlan, f"/{namespace}/plan",
+                                      lambda p: self.plans.append((time.monotonic(), p)), LATCHED)
+        self.node.create_subscription(ComputeAdvert, f"/{namespace}/adverts", self.on_advert, ADVERTS_READER)
+        self.requests = self.node.create_publisher(InferenceRequest, "requests", CONTROL)
+
+    def on_result(self, result: InferenceResult) -> None:
+        self.chunks[result.request_id].append((time.monotonic(), result))
+
+    def on_advert(self, advert: ComputeAdvert) -> None:
+        self.hosted[advert.host_id] = tuple(advert.modules_hosted)
+
+    def ask(self, prompt: str) -> str:
         request = InferenceRequest(request_id=uuid.uuid4().hex, prompt=prompt)
         request.options.max_new_tokens = MAX_NEW
-        requests.publish(request)
+        self.requests.publish(request)
         return request.request_id
 
-    def final(request_id: str) -> InferenceResult | None:
-        return next((r for _, r in results if r.request_id == request_id and r.final), None)
+    def finals(self, request_id: str) -> list[InferenceResult]:
+        return [r for _, r in self.chunks[request_id] if r.final]
 
-    def token_times(ids: list[str], since: float = 0.0) -> list[float]:
-        return [t for t, r in results if t > since and r.request_id in ids and r.token_ids]
+    def first_after(self, ids: list[str], since: float) -> float | None:
+        times = [t for i in ids for t, r in self.chunks[i] if t > since and r.token_ids]
+        return min(times) if times else None
 
-    times, lost, asked = [], 0, 0
+    def spin_until(self, condition, timeout_s: float) -> bool:
+        return spin_until(self.executor, condition, timeout_s)
+
+    def plan(self) -> PlacementPlan | None:
+        return self.plans[-1][1] if self.plans else None
+
+    def standbys_ready(self) -> bool:
+        """The plan in force has its copies, and their hosts advertise them loaded."""
+        plan = self.plan()
+        if plan is None or not plan.standbys:
+            return False
+        return all(s.module_id in self.hosted.get(s.host_id, ()) for s in plan.standbys)
+
+    def primaries_ready(self) -> bool:
+        plan = self.plan()
+        return plan is not None and all(m.module_id in self.hosted.get(m.host_id, ()) for m in plan.modules)
+
+    def subscribers(self, topic: str) -> int:
+        return self.node.count_subscribers(topic)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def outcome(watch: Watch, ids: list[str]) -> tuple[int, int]:
+    """Requests lost (no final, or an error) and duplicated (two finals, or a chunk index twice) of ``ids``."""
+    lost = duplicated = 0
+    for request_id in ids:
+        finals = watch.finals(request_id)
+        indices = [r.chunk_index for _, r in watch.chunks[request_id]]
+        lost += not finals or any(f.error_code for f in finals)
+        duplicated += len(finals) > 1 or len(indices) != len(set(indices))
+    return lost, duplicated
+
+
+def run_role(role: str, kills: int, log) -> dict:
+    """One fleet, ``kills`` rounds of killing the role's process; the figures."""
+    fleet = Fleet(log, standby_copies=role != "baseline")
+    watch = Watch(fleet.namespace)
+    times: list[float] = []
+    lost = duplicated = asked = 0
     try:
         for host_id, scale in (("h0", 4.0), ("h1", 2.0), ("h2", 1.0)):
             fleet.agent(host_id, scale)
-        fleet.start(LIB / "coordinator", *fleet.args("settle_s:=2.0"))
-        fleet.start(LIB / "gateway", *fleet.args("step_timeout_s:=2.0"))
-        if not spin_until(executor, lambda: requests.get_subscription_count() > 0 and plans, 120):
+        fleet.coordinator(standby=False)
+        fleet.gateway(standby=False)
+        if role == "coordinator":
+            fleet.coordinator(standby=True)
+        if role == "gateway":
+            fleet.gateway(standby=True)
+        if not watch.spin_until(lambda: watch.requests.get_subscription_count() > 0 and watch.primaries_ready(), 180):
             raise TimeoutError("the fleet did not come up")
-        def serving() -> bool:
-            rid = ask("Hi")
-            return spin_until(executor, lambda: final(rid), 10) and not final(rid).error_code
 
-        if not spin_until(executor, serving, 180):
+        def serving() -> bool:
+            rid = watch.ask("Hi")
+            return watch.spin_until(lambda: watch.finals(rid), 15) and not watch.finals(rid)[0].error_code
+
+        if not watch.spin_until(serving, 180):
             raise TimeoutError("the fleet did not serve")
-        for round_index in range(args.kills):
-            ids = [ask(p) for p in PROMPTS]
+        spare = 0
+        for round_index in range(kills):
+            ready = {"host": watch.standbys_ready, "baseline": watch.primaries_ready,
+                     "gateway": lambda: len(fleet.gateways) >= 2, "coordinator": lambda: len(fleet.coordinators) >= 2}
+            if not watch.spin_until(ready[role], 120):
+                raise TimeoutError(f"round {round_index + 1}: the fleet is not ready for a kill")
+            if role in ("gateway", "coordinator"):
+                watch.spin_until(lambda: False, 2.0)  # the new standby's discovery (its readers) completes
+            ids = [watch.ask(p) for p in PROMPTS]
             asked += len(ids)
-            if not spin_until(executor, lambda ids=ids: len(token_times(ids)) >= 3, 60):
+            if not watch.spin_until(lambda ids=ids: sum(1 for i in ids for _, r in watch.chunks[i]
+                                                        if r.token_ids) >= 3, 60):
                 raise TimeoutError("no tokens before the kill")
-            victim = plans[-1].modules[0].host_id
-            fleet.agents.pop(victim).send_signal(signal.SIGKILL)
+            plan_count = len(watch.plans)
+            if role in ("host", "baseline"):
+                victim = watch.plan().modules[0].host_id
+                fleet.agents.pop(victim).send_signal(signal.SIGKILL)
+            elif role == "gateway":
+                victim = "gateway"
+                fleet.gateways.pop(0).send_signal(signal.SIGKILL)
+            else:
+                victim = "coordinator"
+                fleet.coordinators.pop(0).send_signal(signal.SIGKILL)
             killed = time.monotonic()
-            fleet.agent(f"spare{round_index}", 0.5)
-            streamed = spin_until(executor, lambda ids=ids, killed=killed: token_times(ids, killed), 120)
-            spin_until(executor, lambda ids=ids: all(final(i) for i in ids), 180)
-            if streamed:
-                times.append(min(token_times(ids, killed)) - killed)
-            round_lost = sum(1 for i in ids if final(i) is None or final(i).error_code)
-            lost += round_lost
-            print(f"kill {round_index + 1}: {victim} -> first token after {times[-1] if streamed else float('nan'):.2f}"
-                  f" s on {sorted({m.host_id for m in plans[-1].modules})}, {round_lost} requests lost", flush=True)
+            if role == "coordinator":
+                took_over = watch.spin_until(lambda n=plan_count: len(watch.plans) > n, 30)
+                failover = watch.plans[plan_count][0] - killed if took_over else None
+            else:
+                watch.spin_until(lambda ids=ids, killed=killed: watch.first_after(ids, killed), 120)
+                after = watch.first_after(ids, killed)
+                failover = None if after is None else after - killed
+            watch.spin_until(lambda ids=ids: all(watch.finals(i) for i in ids), 120)
+            round_lost, round_duplicated = outcome(watch, ids)
+            lost, duplicated = lost + round_lost, duplicated + round_duplicated
+            if failover is not None:
+                times.append(failover)
+            print(f"{role} kill {round_index + 1}: {victim} -> "
+                  f"{'no failover' if failover is None else f'{failover:.3f} s'}, {round_lost} lost, "
+                  f"{round_duplicated} duplicated", flush=True)
+            if role in ("host", "baseline"):
+                fleet.agent(f"spare{spare}", 0.5)
+                spare += 1
+            elif role == "gateway":
+                fleet.gateway(standby=True)
+            else:
+                fleet.coordinator(standby=True)
     except Exception:
         log.seek(0)
-        print(log.read()[-5000:], file=sys.stderr)
+        print(log.read()[-6000:], file=sys.stderr)
         raise
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown()
+        watch.close()
         fleet.stop()
-    figures = {"kills": args.kills, "requests": asked, "failover_median_s": statistics.median(times),
-               "failover_worst_s": max(times), "requests_lost": lost, "failover_s": times}
-    print(f"{'kills':>5} | {'requests':>8} | {'kill -> first token median s':>28} | {'worst s':>7} | {'lost':>4}")
-    print(f"{args.kills:>5} | {asked:>8} | {figures['failover_median_s']:28.2f} | {figures['failover_worst_s']:7.2f} | "
-          f"{lost:>4}")
+        clean_zombies()
+    missing = kills - len(times)
+    return {"kills": kills, "requests": asked, "failovers_timed": len(times),
+            "failover_median_s": statistics.median(times) if times else float("nan"),
+            "failover_p99_s": percentile(times, 0.99), "failover_worst_s": max(times, default=float("nan")),
+            "no_failover": missing, "requests_lost": lost, "duplicated": duplicated, "failover_s": times}
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=10, help="kills per role (default 10)")
+    parser.add_argument("--baseline-kills", type=int, default=5, help="kills of the baseline (default 5)")
+    parser.add_argument("--roles", default=",".join(ROLES), help=f"comma-separated, of {', '.join(ROLES)}")
+    parser.add_argument("--json", type=pathlib.Path, help="write the figures to this file")
+    args = parser.parse_args()
+    roles = [r for r in args.roles.split(",") if r]
+    if unknown := set(roles) - set(ROLES):
+        parser.error(f"unknown roles {sorted(unknown)}")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- the fleets' logs, shown if a run fails
+    rclpy.init()
+    figures: dict = {}
+    try:
+        for role in roles:
+            figures[role] = run_role(role, args.baseline_kills if role == "baseline" else args.kills, log)
+    finally:
+        rclpy.shutdown()
+    base = figures.get("baseline", {}).get("failover_median_s")
+    print(f"\n{'role':<12} | {'kills':>5} | {'median s':>8} | {'p99 s':>6} | {'worst s':>7} | {'x baseline':>10} | "
+          f"{'lost':>4} | {'dup':>3} | {'untimed':>7}")
+    for role, f in figures.items():
+        ratio = f["failover_median_s"] / base if base else float("nan")
+        print(f"{role:<12} | {f['kills']:>5} | {f['failover_median_s']:8.3f} | {f['failover_p99_s']:6.3f} | "
+              f"{f['failover_worst_s']:7.3f} | {ratio:10.2f} | {f['requests_lost']:>4} | {f['duplicated']:>3} | "
+              f"{f['no_failover']:>7}")
+    timed = [figures[r] for r in ("host", "gateway", "coordinator") if r in figures]
+    if timed:
+        figures["failover_median_s"] = max(f["failover_median_s"] for f in timed)
+        figures["failover_worst_s"] = max(f["failover_worst_s"] for f in timed)
+        figures["requests_lost"] = sum(f["requests_lost"] for f in timed)
+        figures["duplicated"] = sum(f["duplicated"] for f in timed)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

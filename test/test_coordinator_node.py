@@ -119,6 +119,10 @@ def hosts_of(plan: PlacementPlan) -> set[str]:
     return {m.host_id for m in plan.modules}
 
 
+def hosts_of_copies(plan: PlacementPlan) -> set[str]:
+    return {m.host_id for m in plan.standbys}
+
+
 def check_whole_chain(plan: PlacementPlan) -> None:
     """Every module of the model is assigned once, in chain order, each reading what the previous one writes."""
     kinds = [m.kind for m in plan.modules]
@@ -135,7 +139,7 @@ def check_whole_chain(plan: PlacementPlan) -> None:
 
 
 def test_plans_follow_joins_and_load_with_hysteresis(start_fleet):
-    fleet = start_fleet()
+    fleet = start_fleet(standby_copies="false")
     fleet.hosts.set("a", 10.0, 500 * MB, peers=("b",))
     fleet.hosts.set("b", 30.0, 500 * MB)
     first = fleet.wait_plan(1, 60)  # the coordinator's start includes importing torch
@@ -166,25 +170,29 @@ def test_plans_follow_joins_and_load_with_hysteresis(start_fleet):
     assert "host 'c' joined" in fleet.output()
 
 
-def test_hosts_that_die_or_go_silent_lose_their_modules_and_no_fit_keeps_the_last_plan(start_fleet):
+def test_hosts_that_die_or_go_silent_lose_their_modules_to_standby_copies_and_no_fit_keeps_the_last_plan(
+        start_fleet):
     fleet = start_fleet(host_timeout_s=4.0)
     fleet.hosts.set("p", 50.0, 2000 * MB)
     fleet.hosts.set("q", 100.0, 2000 * MB)
     fleet.hosts.set("r", 20.0, 2000 * MB)
     first = fleet.wait_plan(1, 60)
-    assert hosts_of(first) == {"q"}
+    assert hosts_of(first) == {"q"} and hosts_of_copies(first) == {"p"}  # the copy where it would run fastest
+    assert [m.module_id for m in first.standbys] == [m.module_id for m in first.modules]
 
     # q's writer goes: the liveliness loss names no host, but q then misses its adverts, long before the 4 s timeout
     fleet.hosts.destroy("q")
     second = fleet.wait_plan(2, 30)
-    assert hosts_of(second) == {"p"}, "q's modules did not move to the next fastest host"
-    fleet.wait_log(re.compile(r"plan v2 \(host 'q' left, silent since a writer lost liveliness\)"), 10)
+    assert hosts_of(second) == {"p"}, "q's modules did not move to their standby copy"
+    assert second.solver == "standby" and hosts_of_copies(second) == {"r"}
+    fleet.wait_log(re.compile(r"plan v2 \(host 'q' left, silent since a writer lost liveliness: its standby "
+                              r"copies take over\)"), 10)
 
     # p stays alive (its writer asserts liveliness) but stops advertising: gone after the advert timeout
     fleet.hosts.silent.add("p")
     third = fleet.wait_plan(3, 30)
-    assert hosts_of(third) == {"r"}
-    fleet.wait_log(re.compile(r"plan v3 \(host 'p' left, no advert for 4 s\)"), 10)
+    assert hosts_of(third) == {"r"} and not third.standbys
+    fleet.wait_log(re.compile(r"plan v3 \(host 'p' left, no advert for 4 s"), 10)
 
     # r shrinks to 300 MB: no placement fits anywhere, so the plan in force stays and the coordinator says why
     fleet.hosts.set("r", 20.0, 300 * MB)
