@@ -153,6 +153,12 @@ class Coordinator:
         """An advert writer lost liveliness (its process died or it was destroyed); whose, the next ticks tell."""
         self._liveliness_lost_at = now
 
+    def adopt(self, plan: Plan | None, standbys: Sequence[Segment] = ()) -> None:
+        """Make ``plan`` and its copies the plan in force (None: none, the next plan is placed afresh): a standby
+        coordinator taking over continues from the last plan published. The next tick looks at the fleet, as hosts
+        may have gone with the coordinator."""
+        self.plan, self.standbys, self._looked_at = plan, tuple(standbys), None
+
     def tick(self, now: float) -> Decision | None:
         """Drop the hosts that are gone and look at the fleet when that, the settling or a change calls for it."""
         gone = self._expire(now)

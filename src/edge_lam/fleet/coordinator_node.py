@@ -4,6 +4,10 @@ The decisions are ``coordination.Coordinator``'s; this node translates adverts, 
 and its plans to a transient-local PlacementPlan, so that an agent that starts late still gets the plan in force.
 No deadline QoS on the adverts: a reader that requests one does not match writers that offer none, and the advert
 timeout does the same job for writers of any QoS.
+
+Started with ``standby`` true it is a standby coordinator (``fleet.standby``): its core hears the adverts like the
+active one's, it follows the plans on the topic, publishes nothing, and takes over when the active coordinator's plan
+writer loses liveliness (its lease is ``plan_lease_s``), continuing from the last plan and its version.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import uuid
 from edge_lam_msgs.msg import ComputeAdvert, PlacementPlan
 from rclpy.event_handler import QoSLivelinessChangedInfo, QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 
 from edge_lam.descriptors import wire_dtype_bytes
 from edge_lam.fleet.coordination import Chain, Coordinator, Decision, FleetFull, Policy, placement_table
 from edge_lam.fleet.model_pricing import price_in_child
+from edge_lam.fleet.standby import TakeOver, adopted_plan, adopted_standbys
 from edge_lam.placement.assignments import Assignment, assignments
 from edge_lam.placement.exits import with_exit
 from edge_lam.placement.standbys import copies
@@ -26,8 +32,9 @@ from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import ADVERT_LEASE_S, ADVERTS_READER, LATCHED, with_lease
 from edge_lam.ros.trust import declare_trust
-from edge_lam.wire.fleet import from_advert_msg, to_plan_msg
+from edge_lam.wire.fleet import from_advert_msg, plan_assignments, plan_standbys, to_plan_msg
 
+PLAN_LEASE_S = 0.3  # as the adverts': a standby hears the active coordinator's death within it
 TICK_S = 0.1  # how often timeouts and the settling are checked; a look at the fleet costs far more than this check
 
 
@@ -82,6 +89,12 @@ class CoordinatorNode(Node):
             standbys=declare(self, "standby_copies", True, "Keep an idle copy of every segment on a second host where "
                              "memory allows: a host's loss is then a re-route to the copy, not a model load."),
         )
+        standby = declare(self, "standby", False, "Start as a standby coordinator: hear the adverts, follow the plans, "
+                          "publish nothing, and take over when the active coordinator's plan writer loses liveliness "
+                          "(or none is alive settle_s + plan_lease_s after the start).")
+        self._plan_lease_s = declare(self, "plan_lease_s", PLAN_LEASE_S, "Liveliness lease the plan writer offers "
+                                     "and a standby's plan reader requests: a standby hears within it that the active "
+                                     "coordinator died. Every coordinator of a fleet must use the same one.", low=0.01)
         self._trust = declare_trust(self, "advertise invented hosts and be given the model's modules, and publish "
                                     "plans in the coordinator's place")
         wire_dtype_bytes(self._wire_dtype)  # ValueError naming the choices
@@ -97,18 +110,95 @@ class CoordinatorNode(Node):
         self._version = 0
         self._last_error = ""
         self._lease_s = lease_s
+        self._plan_topic = plans
+        self._latched: PlacementPlan | None = None  # the last plan heard on the topic, while a standby
 
-        self._plans = self.create_publisher(PlacementPlan, plans, LATCHED)
+        self._plans: Publisher | None = None if standby else self.create_plan_publisher()
+        self._plan_reader = self.create_subscription(
+            PlacementPlan, plans, self.on_plan, with_lease(LATCHED, self._plan_lease_s),
+            event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_plan_writers,
+                                                       incompatible_qos=self.on_incompatible_plan_writer),
+        ) if standby else None
         self._adverts = self.create_subscription(
             ComputeAdvert, adverts, self.on_advert, with_lease(ADVERTS_READER, lease_s),
             event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_liveliness_changed,
                                                        incompatible_qos=self.on_incompatible_advert))
+        self._take_over = TakeOver(time.monotonic(), policy.settle_s + self._plan_lease_s, active=not standby)
         self._ticker = self.create_timer(TICK_S, self.on_tick)
         self.get_logger().info(
             f"placing {self._model} ({len(units)} units, {num_layers} layers) on hosts advertising on "
-            f"{self._adverts.topic_name}; plans on {self._plans.topic_name}; gateway "
-            f"{gateway or '(free hops)'}; hysteresis {policy.min_gain:.0%} / {policy.min_gain_s} s"
+            f"{self._adverts.topic_name}; plans on {self.resolve_topic_name(plans)}"
+            f"{' as a standby' if standby else ''}; gateway {gateway or '(free hops)'}; hysteresis "
+            f"{policy.min_gain:.0%} / {policy.min_gain_s} s"
         )
+
+    def create_plan_publisher(self) -> Publisher:
+        """The plan writer, with the liveliness a standby watches; readers that request no lease match it too."""
+        return self.create_publisher(PlacementPlan, self._plan_topic, with_lease(LATCHED, self._plan_lease_s))
+
+    @property
+    def active(self) -> bool:
+        return self._take_over.active
+
+    def on_plan(self, msg: PlacementPlan) -> None:
+        """A standby keeps the newest plan it trusts: the one it continues from when it takes over."""
+        if self.active or not self._trust.accept(msg, self._plan_reader.topic_name, max_age=False):
+            return
+        latched = self._latched
+        if latched is None or (msg.plan_id, msg.version) != (latched.plan_id, latched.version):
+            self.get_logger().info(f"standby: following plan {msg.plan_id} v{msg.version} of the active coordinator")
+        self._latched = msg
+
+    def on_plan_writers(self, info: QoSLivelinessChangedInfo) -> None:
+        if not self.active:
+            self.get_logger().info(f"standby: {info.alive_count} live plan writers")
+        self.take_over(self._take_over.writers(info.alive_count))
+
+    def on_incompatible_plan_writer(self, info: QoSRequestedIncompatibleQoSInfo) -> None:
+        self.get_logger().error(
+            f"a plan writer does not match ({info.total_count} so far; policy {info.last_policy_kind}): a "
+            f"coordinator offers a liveliness lease longer than plan_lease_s {self._plan_lease_s} s, so this "
+            "standby cannot watch it and would take over while it lives", throttle_duration_sec=10.0)
+
+    def take_over(self, why: str | None) -> None:
+        """Become the active coordinator: the plan writer, the last plan as the plan in force, its version
+        continued, and a look at the fleet at once (a host may have died with the coordinator)."""
+        if why is None:
+            return
+        log = self.get_logger()
+        if self._plan_reader is not None:
+            self.destroy_subscription(self._plan_reader)
+            self._plan_reader = None
+        self._plans = self.create_plan_publisher()
+        latched, self._latched = self._latched, None
+        self._core.adopt(None)  # what the core made of the adverts while a standby was never published
+        if latched is None:
+            log.info(f"taking over with no plan to continue: {why}")
+        else:
+            self._version = latched.version
+            try:
+                self.adopt(latched)
+                log.info(f"taking over from plan {latched.plan_id} v{latched.version}: {why}")
+            except ValueError as error:
+                log.error(f"taking over from plan {latched.plan_id} v{latched.version}: {why}; its modules cannot "
+                          f"be the plan in force ({error}), so the next plan is placed afresh")
+        published = self._version
+        self.on_tick()
+        if self._version == published and self._core.plan is not None:
+            # The plan in force stays: it goes out again from this live writer, for agents and gateways that start
+            # later (the dead coordinator's latched copy went with it).
+            self.publish(Decision("taking over: the plan in force, published again", tuple(self._core.hosts()),
+                                  standbys=self._core.standbys))
+
+    def adopt(self, msg: PlacementPlan) -> None:
+        """The plan in the message as the core's plan in force, with its standby copies; ValueError when the
+        message's modules are not this model's chain."""
+        if msg.model_id and msg.model_id != self._model:
+            raise ValueError(f"it places model {msg.model_id}, this coordinator {self._model}")
+        chain = self._core.chain
+        plan = adopted_plan(plan_assignments(msg), chain.units, chain.context_tokens, msg.expected_latency_s,
+                            msg.solver)
+        self._core.adopt(plan, adopted_standbys(plan_standbys(msg), plan, chain.units))
 
     def on_advert(self, msg: ComputeAdvert) -> None:
         # An advert counts only when signed by the host it describes: a key holder cannot speak for another host.
@@ -120,7 +210,9 @@ class CoordinatorNode(Node):
             self.get_logger().warning(f"rejected advert: {error}", throttle_duration_sec=10.0)
             return
         try:
-            self.act(self._core.advert(advert, time.monotonic()))
+            decision = self._core.advert(advert, time.monotonic())
+            if self.active:
+                self.act(decision)
         except FleetFull as full:
             self.get_logger().warning(str(full), throttle_duration_sec=10.0)
 
@@ -129,7 +221,8 @@ class CoordinatorNode(Node):
             self.get_logger().info(f"an advert writer lost liveliness ({info.alive_count} alive); "
                                    "the host that stops advertising is taken as gone")
             self._core.liveliness_lost(time.monotonic())
-            self.on_tick()  # a host silent long enough already is the lost one: no need to wait for the tick
+            if self.active:
+                self.on_tick()  # a host silent long enough already is the lost one: no need to wait for the tick
 
     def on_incompatible_advert(self, info: QoSRequestedIncompatibleQoSInfo) -> None:
         self.get_logger().error(
@@ -138,7 +231,11 @@ class CoordinatorNode(Node):
             throttle_duration_sec=10.0)
 
     def on_tick(self) -> None:
-        self.act(self._core.tick(time.monotonic()))
+        now = time.monotonic()
+        if not self.active:  # the core hears adverts but decides nothing: the active coordinator does
+            self.take_over(self._take_over.tick(now))
+            return
+        self.act(self._core.tick(now))
 
     def act(self, decision: Decision | None) -> None:
         """Publish a new plan, or say why the plan in force stays."""
@@ -174,6 +271,7 @@ class CoordinatorNode(Node):
         standbys = copies(primaries, plan, core.chain.units, decision.standbys)
         assigned = self.with_robot_exit(primaries, decision)
         self._version += 1
+        assert self._plans is not None, "a standby publishes no plan"
         self._plans.publish(self._trust.sign(to_plan_msg(
             str(uuid.uuid4()), self._version, self._model, self._wire_dtype, assigned, plan.expected_latency_s,
             plan.solver, self.get_clock().now().nanoseconds, core.chain.gateway_host, standbys)))

@@ -1,0 +1,122 @@
+"""A standby coordinator, as plain values: when it takes over, and the latched plan turned back into the plan in force.
+
+A standby hears the adverts like the active coordinator but publishes nothing; it watches the liveliness of the plan
+writers (the active coordinator's plan writer offers ``plan_lease_s``, the standby's plan reader requests it) and
+takes over when none is alive, so a coordinator killed with -9 is replaced within about a lease. To continue where
+the dead one stopped, it takes the last plan published (transient-local, so it has it) as the plan in force: the
+segments and standby copies that PlacementPlan's module assignments describe, so that the next look at the fleet
+keeps what runs unless it must move (a host lost meanwhile re-routes to its copy). No rclpy here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from edge_lam.placement.assignments import Assignment
+from edge_lam.placement.types import Plan, Segment, Unit
+
+__all__ = ["TakeOver", "adopted_plan", "adopted_standbys", "unit_ranges"]
+
+
+@dataclasses.dataclass
+class TakeOver:
+    """When a standby becomes active: no live plan writer after a loss of liveliness, or none seen ``wait_s`` after
+    it started (it is the first coordinator, or the active one died before it started). Times are seconds on one
+    clock. An active coordinator never steps down (``active`` only turns true)."""
+
+    started_at: float
+    wait_s: float
+    active: bool = False
+    writers_alive: int = 0
+    seen_writer: bool = False
+
+    def writers(self, alive: int) -> str | None:
+        """The live plan writers changed to ``alive``; the reason to take over, or None to stay a standby."""
+        self.writers_alive = alive
+        self.seen_writer = self.seen_writer or alive > 0
+        if self.active or alive > 0:
+            return None
+        return self._take("the active coordinator's plan writer lost liveliness")
+
+    def tick(self, now: float) -> str | None:
+        """The reason to take over when no plan writer has been alive for ``wait_s`` since the start, else None."""
+        if self.active or self.seen_writer or now - self.started_at < self.wait_s:
+            return None
+        return self._take(f"no live plan writer within {self.wait_s:g} s of starting")
+
+    def _take(self, why: str) -> str:
+        self.active = True
+        return why
+
+
+def unit_ranges(assigned: Sequence[Assignment], units: Sequence[Unit]) -> list[tuple[str, int, int]]:
+    """(host, start, end) of the units each chain module covers, in the order given; early exits (side branches,
+    not units) are left out. ValueError for a module the model's units do not have where it stands."""
+    index = {u.module: i for i, u in enumerate(units)}
+    found = []
+    for a in assigned:
+        module = a.module
+        if module.is_exit:
+            continue
+        if module.kind == "blocks":
+            first = index.get(dataclasses.replace(module, layer_end=module.layer_start + 1))
+            last = index.get(dataclasses.replace(module, layer_start=module.layer_end - 1))
+            if first is None or last is None or last < first:
+                raise ValueError(f"module {module} does not match the model's units")
+            found.append((a.host_id, first, last + 1))
+        elif module in index:
+            found.append((a.host_id, index[module], index[module] + 1))
+        else:
+            raise ValueError(f"module {module} is not one of the model's units")
+    return found
+
+
+def adopted_plan(assigned: Sequence[Assignment], units: Sequence[Unit], context_tokens: int,
+                 expected_latency_s: float, solver: str) -> Plan:
+    """The plan a PlacementPlan's modules describe: one segment per run of consecutive modules on one host, with
+    the memory the units need (as the solver counts it) and the compute the assignments expected. The hops'
+    times are not in the message (NaN); the next look at the fleet prices the plan afresh anyway.
+
+    ValueError when the modules do not cover the model's units once, in order, each host holding one range.
+    """
+    segments: list[Segment] = []
+    for host, start, end in unit_ranges(assigned, units):
+        expected = segments[-1].end if segments else 0
+        if start != expected:
+            raise ValueError(f"the plan's modules do not cover the units in order: units {start}..{end - 1} "
+                             f"where unit {expected} was due")
+        if segments and segments[-1].host_id == host:
+            segments[-1] = Segment(host, segments[-1].start, end)
+        else:
+            segments.append(Segment(host, start, end))
+    if not segments or segments[-1].end != len(units):
+        covered = segments[-1].end if segments else 0
+        raise ValueError(f"the plan's modules cover {covered} of the model's {len(units)} units")
+    hosts = [s.host_id for s in segments]
+    if len(set(hosts)) != len(hosts):
+        raise ValueError(f"the plan gives a host more than one range: {hosts}")
+    compute = {s: math.fsum(a.expected_latency_s for a in assigned
+                            if a.host_id == s.host_id and not a.module.is_exit) for s in segments}
+    return Plan(
+        segments=tuple(segments), expected_latency_s=expected_latency_s,
+        compute_s=tuple(compute[s] for s in segments), transfer_s=(math.nan,) * (len(segments) + 1),
+        memory_bytes=tuple(sum(u.memory_bytes(context_tokens) for u in units[s.start:s.end]) for s in segments),
+        tokens_in_flight=1, context_tokens=context_tokens, solver=solver)
+
+
+def adopted_standbys(copies: Sequence[Assignment], plan: Plan, units: Sequence[Unit]) -> tuple[Segment, ...]:
+    """The standby copies a PlacementPlan carries, as segments of ``plan``: a segment's copy is the host that holds
+    all of its units (copies of neighbouring segments on one host stay two copies). Units copied on no host, or
+    on several, give that segment no copy."""
+    holders: dict[int, set[str]] = {}
+    for host, start, end in unit_ranges(copies, units):
+        for i in range(start, end):
+            holders.setdefault(i, set()).add(host)
+    found = []
+    for seg in plan.segments:
+        common = set.intersection(*(holders.get(i, set()) for i in range(seg.start, seg.end)))
+        if len(common) == 1:
+            found.append(Segment(common.pop(), seg.start, seg.end))
+    return tuple(found)
