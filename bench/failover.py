@@ -90,7 +90,7 @@ class Fleet:
 
     def gateway(self, standby: bool) -> None:
         name = f"gateway_{uuid.uuid4().hex[:6]}"
-        self.gateways.append(self.start(LIB / "gateway", *self.args("step_timeout_s:=2.0",
+        self.gateways.append(self.start(LIB / "gateway", *self.args("step_timeout_s:=10.0",
                                                                     f"standby:={str(standby).lower()}"),
                                         "-r", f"__node:={name}"))
 
