@@ -90,7 +90,7 @@ class Fleet:
 
     def gateway(self, standby: bool) -> None:
         name = f"gateway_{uuid.uuid4().hex[:6]}"
-        self.gateways.append(self.start(LIB / "gateway", *self.args("step_timeout_s:=2.0",
+        self.gateways.append(self.start(LIB / "gateway", *self.args("step_timeout_s:=10.0",
                                                                     f"standby:={str(standby).lower()}"),
                                         "-r", f"__node:={name}"))
 
@@ -229,8 +229,10 @@ def run_role(role: str, kills: int, log) -> dict:
             lost, duplicated = lost + round_lost, duplicated + round_duplicated
             if failover is not None:
                 times.append(failover)
+            new_plans = [t - killed for t, _ in watch.plans[plan_count:]]
             print(f"{role} kill {round_index + 1}: {victim} -> "
-                  f"{'no failover' if failover is None else f'{failover:.3f} s'}, {round_lost} lost, "
+                  f"{'no failover' if failover is None else f'{failover:.3f} s'} (plans after "
+                  f"{', '.join(f'{t:.3f}' for t in new_plans) or '-'} s), {round_lost} lost, "
                   f"{round_duplicated} duplicated", flush=True)
             if role in ("host", "baseline"):
                 fleet.agent(f"spare{spare}", 0.5)
@@ -267,13 +269,15 @@ def main() -> int:
     parser.add_argument("--baseline-kills", type=int, default=5, help="kills of the baseline (default 5)")
     parser.add_argument("--roles", default=",".join(ROLES), help=f"comma-separated, of {', '.join(ROLES)}")
     parser.add_argument("--json", type=pathlib.Path, help="write the figures to this file")
+    parser.add_argument("--log", type=pathlib.Path, help="write the fleets' output to this file (default: shown "
+                        "only if a run fails)")
     args = parser.parse_args()
     roles = [r for r in args.roles.split(",") if r]
     if unknown := set(roles) - set(ROLES):
         parser.error(f"unknown roles {sorted(unknown)}")
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- the fleets' logs, shown if a run fails
+    log = args.log.open("w+") if args.log else tempfile.TemporaryFile("w+")  # noqa: SIM115 -- shown if a run fails
     rclpy.init()
     figures: dict = {}
     try:

@@ -115,8 +115,19 @@ def test_the_fleet_serves_on_the_plan_rebalances_on_a_join_and_survives_a_killed
             lambda: any(a.host_id == "edge_1" and a.modules_hosted for a in adverts[-20:]), 90
         ), "edge_1 never hosted its modules"
 
-        # The host that holds modules is killed mid-generation: every request still completes, correctly.
-        victim = sorted(hosts_of(plans[-1]))[-1]
+        # Its modules get a standby copy on another host, loaded idle there.
+        def copies_loaded() -> bool:
+            copies = plans[-1].standbys
+            hosted = {a.host_id: set(a.modules_hosted) for a in adverts[-20:]}
+            return bool(copies) and all(c.module_id in hosted.get(c.host_id, ()) for c in copies)
+        assert client.spin_until(copies_loaded, 90), "no standby copy was loaded"
+        copies = plans[-1].standbys
+
+        # The host that holds modules is killed mid-generation: its modules move to their copies, and every request
+        # still completes, correctly.
+        at_kill = plans[-1]
+        victim = sorted(hosts_of(at_kill))[-1]
+        assert victim not in {c.host_id for c in copies}
         results.clear()
         ids = ask(client, requests, results, PROMPTS)
         assert client.spin_until(lambda: sum(1 for r in results if r.token_ids) >= 4, 120), "no tokens before kill"
@@ -124,6 +135,11 @@ def test_the_fleet_serves_on_the_plan_rebalances_on_a_join_and_survives_a_killed
         fleet.agents[victim].wait(timeout=10)
         assert client.spin_until(lambda: len(answered(results, ids)) >= len(ids), 240), "requests were lost"
         assert client.spin_until(lambda: victim not in hosts_of(plans[-1]), 30), "the killed host kept its modules"
+        rerouted = next(p for p in plans if victim not in hosts_of(p) and p.version > moved.version)
+        assert rerouted.solver == "standby", "the loss was not a re-route to the standby copies"
+        copy_host = {c.module_id: c.host_id for c in copies}
+        assert {m.module_id: m.host_id for m in rerouted.modules} == {
+            m.module_id: copy_host[m.module_id] if m.host_id == victim else m.host_id for m in at_kill.modules}
         # Results come in order on one topic: once a request sent now is answered, any second final of those
         # before it would have come too.
         after = ask(client, requests, results, PROMPTS[:1])

@@ -124,6 +124,7 @@ class GatewayNode(Node):
         self._trust = declare_trust(self, "publish plans that make the gateway replay every request in flight, and "
                                     "answer on the chain's output in its place (the caller gets forged tokens)")
         self._head_host = ""  # host of the plan's last module: with trust on, the only signer of the chain's output
+        self._placement: list[tuple[str, str, str, str]] = []  # the last plan's modules, hosts and topics
 
         timeouts = Timeouts(step_s=step_timeout_s, max_retries=max_retries, failover_s=failover_timeout_s,
                             session_idle_s=idle_s)
@@ -181,6 +182,10 @@ class GatewayNode(Node):
         if not self._trust.accept(plan, self._plan_channel, max_age=False):
             return
         self._head_host = plan.modules[-1].host_id if plan.modules else ""
+        placement = [(m.module_id, m.host_id, m.input_topic, m.output_topic) for m in plan.modules]
+        if placement == self._placement:
+            return  # the same modules in the same places (new standby copies, say): nothing in flight moved
+        self._placement = placement
         self._run(self._core.plan, (plan.plan_id, plan.version))
 
     def tick(self) -> None:

@@ -14,6 +14,7 @@ on their copies: a re-route, with no model to load.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
@@ -29,6 +30,7 @@ __all__ = ["Chain", "Coordinator", "Decision", "FleetFull", "Policy", "placement
 
 FREE_GATEWAY = "(gateway)"  # the chain's ends when no gateway host is named: every host reaches it for free
 MISSED_ADVERTS = 3.0  # after a liveliness loss, a host silent for this many of its advert intervals is the lost one
+INTERVALS_KEPT = 8  # a host's advert interval is the median of this many
 
 
 def solver_memory(advert: Advert, held_bytes: int) -> int:
@@ -94,7 +96,13 @@ class _Heard:
 
     advert: Advert
     at: float
-    interval_s: float | None = None  # time between this host's last two adverts
+    intervals: tuple[float, ...] = ()  # between this host's last adverts, the newest last
+
+    @property
+    def interval_s(self) -> float | None:
+        """The host's advert period as heard: the median of the last intervals, so that one advert late (its agent
+        busy computing a step) does not make a lost host look like one that is merely slow."""
+        return statistics.median(self.intervals) if self.intervals else None
 
 
 class FleetFull(ValueError):
@@ -132,7 +140,8 @@ class Coordinator:
         if heard is None and len(self._heard) >= self.policy.max_hosts:
             raise FleetFull(f"host '{advert.host_id}' not taken: {len(self._heard)} hosts heard, max_hosts is "
                             f"{self.policy.max_hosts}")
-        self._heard[advert.host_id] = _Heard(advert, now, None if heard is None else now - heard.at)
+        intervals = () if heard is None else (*heard.intervals[1 - INTERVALS_KEPT:], now - heard.at)
+        self._heard[advert.host_id] = _Heard(advert, now, intervals)
         if self._first_advert_at is None:
             self._first_advert_at = now
         if heard is None and self.settled(now):
