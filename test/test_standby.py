@@ -87,13 +87,10 @@ def test_a_core_given_the_latched_plan_re_routes_a_host_lost_with_the_coordinato
     core.adopt(plan, adopted_standbys(standbys, plan, UNITS))
     lost = plan.segments[0]
     copy = next(s for s in core.standbys if (s.start, s.end) == (lost.start, lost.end))
-    dead = next(a for a in FLEET if a.host_id == lost.host_id)
-    core.advert(dead, 0.9)  # its last adverts, 0.1 s apart: it died after 1.0
-    core.advert(dead, 1.0)
-    for t in (1.0, 1.1, 1.2, 1.3):  # the others go on advertising
+    for tenth in range(1, 14):  # every host advertises every 0.1 s; the first segment's died after t=1
         for a in FLEET:
-            if a is not dead:
-                core.advert(a, t)
+            if a.host_id != lost.host_id or tenth <= 10:
+                core.advert(a, tenth / 10)
     core.liveliness_lost(1.3)
     decision = core.tick(1.35)  # the first look after taking over
     assert decision is not None and decision.plan is not None, decision
