@@ -180,12 +180,15 @@ def run_role(role: str, kills: int, log) -> dict:
             fleet.agent(host_id, scale)
         fleet.coordinator(standby=False)
         fleet.gateway(standby=False)
-        if role == "coordinator":
-            fleet.coordinator(standby=True)
-        if role == "gateway":
-            fleet.gateway(standby=True)
         if not watch.spin_until(lambda: watch.requests.get_subscription_count() > 0 and watch.primaries_ready(), 180):
             raise TimeoutError("the fleet did not come up")
+        standby = {"gateway": lambda: fleet.gateway(standby=True),
+                   "coordinator": lambda: fleet.coordinator(standby=True)}.get(role)
+        readers = {"gateway": "requests", "coordinator": f"/{fleet.namespace}/plan"}.get(role, "")
+        expected = 0
+        if standby is not None:  # started once the active one serves, as a standby is (doc/fleet.md, doc/chain.md)
+            expected = watch.subscribers(readers) + 1
+            standby()
 
         def serving() -> bool:
             rid = watch.ask("Hi")
@@ -195,12 +198,12 @@ def run_role(role: str, kills: int, log) -> dict:
             raise TimeoutError("the fleet did not serve")
         spare = 0
         for round_index in range(kills):
-            ready = {"host": watch.standbys_ready, "baseline": watch.primaries_ready,
-                     "gateway": lambda: len(fleet.gateways) >= 2, "coordinator": lambda: len(fleet.coordinators) >= 2}
-            if not watch.spin_until(ready[role], 120):
+            ready = {"host": watch.standbys_ready, "baseline": watch.primaries_ready}.get(
+                role, lambda expected=expected: watch.subscribers(readers) >= expected)
+            if not watch.spin_until(ready, 120):
                 raise TimeoutError(f"round {round_index + 1}: the fleet is not ready for a kill")
-            if role in ("gateway", "coordinator"):
-                watch.spin_until(lambda: False, 2.0)  # the new standby's discovery (its readers) completes
+            if standby is not None:
+                watch.spin_until(lambda: False, 2.0)  # the new standby hears the plan and the active one's writers
             ids = [watch.ask(p) for p in PROMPTS]
             asked += len(ids)
             if not watch.spin_until(lambda ids=ids: sum(1 for i in ids for _, r in watch.chunks[i]
@@ -234,13 +237,12 @@ def run_role(role: str, kills: int, log) -> dict:
                   f"{'no failover' if failover is None else f'{failover:.3f} s'} (plans after "
                   f"{', '.join(f'{t:.3f}' for t in new_plans) or '-'} s), {round_lost} lost, "
                   f"{round_duplicated} duplicated", flush=True)
-            if role in ("host", "baseline"):
+            if standby is None:
                 fleet.agent(f"spare{spare}", 0.5)
                 spare += 1
-            elif role == "gateway":
-                fleet.gateway(standby=True)
-            else:
-                fleet.coordinator(standby=True)
+            else:  # the standby that took over dropped its reader of the plan or stays a reader of the requests
+                expected = watch.subscribers(readers) + 1
+                standby()
     except Exception:
         log.seek(0)
         print(log.read()[-6000:], file=sys.stderr)
