@@ -47,9 +47,12 @@ from edge_lam.wire.chain import from_output_msg, to_step_msg
 from edge_lam.wire.requests import from_request_msg, from_result_msg, to_result_msg
 
 TICK_S = 0.1  # how often the core's clock advances: probes go again after PROBE_INTERVAL_S, timeouts are checked
-# A standby that has seen no live active gateway this long after its lease (from its start) takes over: discovery on
-# one host takes well under it, so a running active one is seen first.
-STARTUP_GRACE_S = 1.0
+# A standby that has seen no live active gateway this long after its lease (from when it starts spinning) takes
+# over, unless the graph shows a progress writer it has not yet heard assert its liveliness (discovery of a
+# gateway's two dozen endpoints took 1.3-1.4 s here, 2 cores): it then waits up to DISCOVERY_S more. A writer
+# that never becomes alive is a killed gateway's, left in the graph until its participant lease ends.
+STARTUP_GRACE_S = 3.0
+DISCOVERY_S = 5.0
 
 
 class Reply:
@@ -170,7 +173,8 @@ class GatewayNode(Node):
         self._plan_key: tuple[str, int] | None = None  # the latest plan a standby saw, for its core at takeover
         if self._standby:
             self._ledger = StandbyLedger()
-            self._started_at, self._active_seen = time.monotonic(), False
+            self._started_at: float | None = None  # the first tick: when it spins
+            self._active_seen = False
             self._mirror = self.create_subscription(
                 InferenceResult, self._progress_topic, self.on_progress, with_lease(CONTROL, self._lease_s),
                 event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_liveliness))
@@ -206,7 +210,11 @@ class GatewayNode(Node):
             reply.done.set_result(answer)
 
     def on_liveliness(self, info: QoSLivelinessChangedInfo) -> None:
+        if self._ledger is None:  # active (after a takeover, its own writer is one of those counted)
+            return
         if info.alive_count > 0:
+            if not self._active_seen:
+                self.get_logger().info(f"standby: the active gateway is alive on {self._mirror.topic_name}")
             self._active_seen = True
         elif self._active_seen:
             self._take_over(f"the active gateway's progress writer lost its liveliness ({self._lease_s} s lease)")
@@ -239,9 +247,15 @@ class GatewayNode(Node):
     def tick(self) -> None:
         if self._ledger is None:
             self._run(self._core.tick)
-        elif not self._active_seen and time.monotonic() - self._started_at > self._lease_s + STARTUP_GRACE_S:
-            self._take_over(f"no active gateway on {self._mirror.topic_name} within "
-                            f"{self._lease_s + STARTUP_GRACE_S:.1f} s of the start")
+            return
+        now = time.monotonic()
+        if self._started_at is None:
+            self._started_at = now
+        waited, grace = now - self._started_at, self._lease_s + STARTUP_GRACE_S
+        if self._active_seen or waited <= grace:
+            return
+        if self._mirror.get_publisher_count() == 0 or waited > grace + DISCOVERY_S:
+            self._take_over(f"no live active gateway on {self._mirror.topic_name} {waited:.1f} s after the start")
 
     async def on_generate(self, call: GenerateService.Request,
                           response: GenerateService.Response) -> GenerateService.Response:
