@@ -64,3 +64,15 @@ def test_what_it_remembers_of_requests_it_does_not_hold_is_bounded():
         ledger.progress(chunk(f"r{i}", 0, i))
         ledger.progress(chunk(f"f{i}", 0, i, final=True))
     assert len(ledger._unclaimed) == 4 and len(ledger._finished) == 4
+
+
+def test_the_chunks_kept_per_request_are_bounded_but_its_final_still_counts():
+    ledger = StandbyLedger(max_chunks=3)
+    waiter = object()
+    ledger.hold(Request("r"), waiter)
+    for i in range(10):
+        ledger.progress(chunk("r", i, i))
+        ledger.progress(chunk("unknown", i, i))
+    assert len(ledger._unclaimed["unknown"]) == 3
+    ((whom, answer),) = ledger.progress(chunk("r", 10, final=True))
+    assert whom is waiter and answer.token_ids == (0, 1, 2)

@@ -172,7 +172,7 @@ class GatewayNode(Node):
         self._ledger: StandbyLedger | None = None  # while a standby: what it holds
         self._plan_key: tuple[str, int] | None = None  # the latest plan a standby saw, for its core at takeover
         if self._standby:
-            self._ledger = StandbyLedger()
+            self._ledger = StandbyLedger(max_chunks=max_new + 1)
             self._started_at: float | None = None  # the first tick: when it spins
             self._active_seen = False
             self._mirror = self.create_subscription(

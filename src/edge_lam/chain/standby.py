@@ -46,15 +46,18 @@ class StandbyLedger:
     """The requests a standby holds, matched against the active gateway's progress.
 
     ``remember`` bounds what is kept of requests it does not hold: the finals it saw (a request may reach the standby
-    after the active one answered it) and the chunks of requests not seen yet.
+    after the active one answered it) and the chunks of requests not seen yet. ``max_chunks`` bounds the chunks kept
+    per request (a chunk carries at least one token, so the gateway's max_new_tokens_limit): beyond, non-final chunks
+    are dropped, so no stream of progress messages costs more memory than that.
     """
 
-    def __init__(self, remember: int = 256) -> None:
+    def __init__(self, remember: int = 256, max_chunks: int = 1024) -> None:
         self._held: dict[str, Held] = {}
         self._anonymous: deque[Held] = deque()
         self._finished: OrderedDict[str, Result] = OrderedDict()  # request id -> whole answer
         self._unclaimed: OrderedDict[str, list[Result]] = OrderedDict()  # chunks of requests not held (yet)
         self._remember = remember
+        self._max_chunks = max_chunks
         self._order = itertools.count()
 
     def __len__(self) -> int:
@@ -77,6 +80,9 @@ class StandbyLedger:
         """A chunk the active gateway sent: the waiters it answers (theirs is the active one's whole answer, or an
         error for an anonymous call it released)."""
         held = self._held.get(chunk.request_id)
+        chunks = held.chunks if held is not None else self._unclaimed.get(chunk.request_id, [])
+        if len(chunks) >= self._max_chunks and not chunk.final:
+            return []
         if held is None:
             chunks = self._unclaimed.setdefault(chunk.request_id, [])
             chunks.append(chunk)
