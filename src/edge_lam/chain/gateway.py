@@ -15,6 +15,10 @@ probes the chain again and, once a probe comes back, replays each request in fli
 session (``<session>~N``; late packets of the old one are recognised and dropped), up to ``max_retries`` timeouts per
 request. Requests that arrive meanwhile wait for the chain; any that waits longer than ``failover_s`` gets an error.
 
+A standby gateway that takes over (``take_over``) resumes each request the dead one left unfinished (``resume``):
+the prompt and the tokens its caller already has go through the chain as one prefill, and only what follows is
+streamed, chunk indices going on from the caller's.
+
 A cancelled request ends at once with finish reason ``cancelled`` and the tokens it had; its chain session is
 released, so the shards drop its caches, and packets still on their way for it are dropped.
 
