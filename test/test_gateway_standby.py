@@ -73,9 +73,15 @@ def test_a_standby_gateway_serves_alone_and_takes_over_a_killed_one_mid_stream(p
         assert outcome.result().status == GoalStatus.STATUS_SUCCEEDED
         assert list(outcome.result().result.result.token_ids) == reference[GOAL_PROMPT]
 
-        # A topic request and a service call in flight when the active gateway is killed.
+        # A call both gateways get: the active one answers it, the standby answers its copy from the active one's
+        # progress, and the client takes the first answer.
         service = client.node.create_client(Generate, "generate")
         assert service.wait_for_service(timeout_sec=30)
+        both = service.call_async(Generate.Request(request=_request("both", CALL_PROMPT)))
+        assert client.spin_until(both.done, 60), "the call got no answer"
+        assert list(both.result().result.token_ids) == reference[CALL_PROMPT]
+
+        # A topic request and a service call in flight when the active gateway is killed.
         call = service.call_async(Generate.Request(request=_request("call", CALL_PROMPT)))
         requests.publish(_request("streamed", TOPIC_PROMPT))
         assert client.spin_until(lambda: len(_chunks(arrivals, "streamed")) >= 5, 60), "no tokens came"

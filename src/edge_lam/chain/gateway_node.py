@@ -368,8 +368,10 @@ class GatewayNode(Node):
             setattr(self._core, settings, replace(getattr(self._core, settings), **change))
 
     def _load(self) -> tuple[int, int]:
+        """Requests running and queued; a standby's held requests count as queued (max_queued_requests bounds them)."""
         with self._lock:
-            return self._core.load()
+            running, queued = self._core.load()
+            return running, queued + (len(self._ledger) if self._ledger is not None else 0)
 
     def _run(self, event: Callable[..., list[Action]], *args, **kwargs) -> None:
         """Hand the core an event with the time, and carry out the actions it returns, in order. An exception in the
