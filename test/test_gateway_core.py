@@ -479,3 +479,42 @@ def test_changed_timeouts_and_flows_apply_to_what_follows(gateway):
     assert "no answer from the chain in 1.0 s" in logs(gateway.tick(1.0), "warning")[0]
     gateway.output(ChainOutput("", steps(gateway.tick(PROBE_INTERVAL_S + 0.1))[0].session_id, release=True))
     assert results(gateway.request("Hi", request_id="u")) == [] and gateway.core._jobs["u"].flow.draft_tokens == 2
+
+
+def test_a_resumed_request_prefills_what_was_streamed_and_streams_only_the_rest():
+    """A standby taking over: the prompt and the tokens the caller has go through the chain as one prefill, and the
+    chunks go on from the index the caller is at, with the same text as an uninterrupted run."""
+    tokens = [330, 5345, 314, 253, 3627, 338]  # any six tokens: the text must come out the same either way
+    whole = Gateway()
+    whole.connect()
+    (first,) = steps(whole.request("What is a robot?", max_new_tokens=6, request_id="r"))
+    whole.generate(first, tokens)
+    uninterrupted = whole.results("r")
+    prompt = list(first.input_ids)
+
+    standby = Gateway()
+    request = Request("r", prompt="What is a robot?", options=Options(max_new_tokens=6))
+    assert results(standby.core.resume(request, tokens[:3], 3, standby.now))[0].error_code == \
+        ResultError.MODULE_UNAVAILABLE  # before a takeover it knows of no chain
+    (probe,) = steps(standby._record(standby.core.take_over(standby.now)))  # at once, not on the next tick
+    assert probe.release and probe.session_id.startswith("probe-")
+    standby.actions.clear()
+    assert not steps(standby._record(standby.core.resume(request, tokens[:3], 3, standby.now)))  # waits for it
+    (prefill,) = steps(standby.output(ChainOutput("", probe.session_id, release=True)))
+    assert list(prefill.input_ids) == prompt + tokens[:3] and prefill.position == 0 and prefill.step == 3
+    standby.generate(prefill, tokens[3:])
+    resumed = standby.results("r")
+    assert [c.chunk_index for c in resumed] == [3, 4, 5, 6] and resumed[-1].final
+    assert [t for c in resumed for t in c.token_ids] == tokens[3:]
+    assert "".join(c.text for c in uninterrupted[:3] + resumed) == "".join(c.text for c in uninterrupted)
+    assert resumed[-1].finish_reason == "length" and not resumed[-1].error_code
+
+
+def test_a_resumed_request_whose_last_streamed_token_ended_it_gets_its_final_at_once():
+    standby = Gateway()
+    standby.core.take_over(standby.now)
+    streamed = [330, 5345, EOS]
+    out = standby._record(standby.core.resume(Request("r", prompt="Hi"), streamed, 3, standby.now))
+    assert not [s for s in steps(out) if not s.release]  # nothing to generate
+    (final,) = results(out)
+    assert final.final and final.chunk_index == 3 and final.finish_reason == "stop" and not final.error_code

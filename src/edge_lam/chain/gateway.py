@@ -15,6 +15,10 @@ probes the chain again and, once a probe comes back, replays each request in fli
 session (``<session>~N``; late packets of the old one are recognised and dropped), up to ``max_retries`` timeouts per
 request. Requests that arrive meanwhile wait for the chain; any that waits longer than ``failover_s`` gets an error.
 
+A standby gateway that takes over (``take_over``) resumes each request the dead one left unfinished (``resume``):
+the prompt and the tokens its caller already has go through the chain as one prefill, and only what follows is
+streamed, chunk indices going on from the caller's.
+
 A cancelled request ends at once with finish reason ``cancelled`` and the tokens it had; its chain session is
 released, so the shards drop its caches, and packets still on their way for it are dropped.
 
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from transformers import AutoConfig, GenerationConfig
@@ -177,13 +181,21 @@ class GatewayCore:
 
         Every result of the request carries ``reply_to``.
         """
+        return self.resume(request, (), 0, now, reply_to)
+
+    def resume(self, request: Request, streamed: Sequence[int], chunks: int, now: float,
+               reply_to: object = None) -> list[Action]:
+        """Take over a request another gateway was answering when it died: its caller already has the ``streamed``
+        tokens, in ``chunks`` chunks. The prompt and those tokens go through the chain as one prefill and only what
+        follows is streamed, chunk indices going on from ``chunks``: the caller sees no token twice, none missing,
+        and one final. (A request is the case with nothing streamed.)"""
         if not request.request_id:
             request = replace(request, request_id=uuid.uuid4().hex)
         error = self._refuse(request)
         if error:
             self._log("warning", f"request {request.request_id} refused: {error[1]}")
-            self._out.append(Result(request.request_id, final=True, finish_reason="error", error_code=error[0],
-                                    error_message=error[1], reply_to=reply_to))
+            self._out.append(Result(request.request_id, chunks, final=True, finish_reason="error",
+                                    error_code=error[0], error_message=error[1], reply_to=reply_to))
             return self._take()
         session_id = request.session_id or uuid.uuid4().hex
         session = self._sessions.setdefault(session_id, SessionState(last_used=now))
@@ -191,10 +203,28 @@ class GatewayCore:
         job = Job(request, session_id, TextStream(self._tokenizer, list(request.options.stop)), now, reply_to,
                   flow=Flow.of(request.options, self.flows))
         self._jobs[request.request_id] = job
+        for token in streamed:  # the text stream then holds back exactly what the other gateway held back
+            job.stream.push(token)
+        job.step, job.chunks = len(streamed), chunks
+        if streamed:
+            job.first_token_at = now
+            self._log("info", f"request {request.request_id}: resuming after {len(streamed)} tokens in {chunks} "
+                      "chunks")
         if session.busy:
             session.pending.append(job)
+        elif streamed and (reason := self._finish_reason(job, streamed[-1])) is not None:
+            session.busy = True  # it ended with its last token; only the final chunk was missing
+            self._finish(job, now, reason)
         else:
             self._start(job, now)
+        return self._take()
+
+    def take_over(self, now: float) -> list[Action]:
+        """A standby gateway becomes the active one: the chain served the one it replaces, so requests wait for a
+        probe to come back (up to ``failover_s``) instead of being refused; the probe goes at once."""
+        self._ever_ready = True
+        if not self._chain_ready:
+            self._probe(now)
         return self._take()
 
     def chain_output(self, output: ChainOutput, now: float) -> list[Action]:
@@ -343,6 +373,7 @@ class GatewayCore:
                                              f"{len(ids)} prompt tokens and {request.options.max_new_tokens} new "
                                              f"ones exceed the context of {self.limits.max_context_tokens}"))
             return
+        ids += job.stream.ids  # a resumed request: what another gateway streamed goes in with the prompt
         held = conversation.tokens
         # Replay from the start when the caches may be stale, when the new tokens do not extend what they hold, or
         # when there is nothing new to feed (the last token's logits are not kept).

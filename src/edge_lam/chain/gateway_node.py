@@ -9,6 +9,11 @@ answer as its result and can be cancelled.
 Timeouts, flow settings and bounds are live parameters (`ros2 param set` takes effect for the next request or
 tick); topics and the model are read-only. How many requests run and wait against ``max_queued_requests`` is on
 /diagnostics.
+
+With ``standby`` set, the node is a standby gateway (``edge_lam.chain.standby``, doc/chain.md "Standby gateway"): it
+holds every request the active gateway gets, mirrors the active one's progress topic and watches its writer's
+liveliness; when that writer is lost (or none appeared within ``liveliness_lease_s`` + STARTUP_GRACE_S of its start)
+it takes over, resuming what the active one left unfinished.
 """
 
 from __future__ import annotations
@@ -25,21 +30,29 @@ from edge_lam_msgs.srv import Generate as GenerateService
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.task import Future
 
 from edge_lam.chain.flow import DRAFTERS, MAX_DRAFT_TOKENS, POLICIES, FlowSettings
 from edge_lam.chain.gateway import Action, GatewayCore, Timeouts
 from edge_lam.chain.requests import CANCELLED, ChainStep, Log, Request, Result, ResultError, merge
+from edge_lam.chain.standby import ANONYMOUS, StandbyLedger
 from edge_lam.ros.bounds import Bounds
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
-from edge_lam.ros.qos import CONTROL, LATCHED, TENSORS
+from edge_lam.ros.qos import CONTROL, LATCHED, TENSORS, with_lease
 from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.chain import from_output_msg, to_step_msg
-from edge_lam.wire.requests import from_request_msg, to_result_msg
+from edge_lam.wire.requests import from_request_msg, from_result_msg, to_result_msg
 
 TICK_S = 0.1  # how often the core's clock advances: probes go again after PROBE_INTERVAL_S, timeouts are checked
+# A standby that has seen no live active gateway this long after its lease (from when it starts spinning) takes
+# over, unless the graph shows a progress writer it has not yet heard assert its liveliness (discovery of a
+# gateway's two dozen endpoints took 1.3-1.4 s here, 2 cores): it then waits up to DISCOVERY_S more. A writer
+# that never becomes alive is a killed gateway's, left in the graph until its participant lease ends.
+STARTUP_GRACE_S = 3.0
+DISCOVERY_S = 5.0
 
 
 class Reply:
@@ -121,6 +134,13 @@ class GatewayNode(Node):
                                     on_change=lambda v: self._set("flows", degrade_after_s=v), check=_positive),
             exit=bool(exit_topic),
         )
+        self._standby = declare(self, "standby", False, "Start as a standby gateway: hold the requests the active "
+                                "gateway gets and take over when its progress writer's liveliness is lost.")
+        self._progress_topic = declare(self, "progress_topic", "gateway/progress", "Every chunk the active gateway "
+                                       "sends (topic, service and action alike): what a standby mirrors and watches.")
+        self._lease_s = declare(self, "liveliness_lease_s", 0.3, "Liveliness lease of the progress writer (active) "
+                                "and reader (standby): how soon a standby hears that the active gateway is gone.",
+                                check=_positive)
         self._trust = declare_trust(self, "publish plans that make the gateway replay every request in flight, and "
                                     "answer on the chain's output in its place (the caller gets forged tokens)")
         self._head_host = ""  # host of the plan's last module: with trust on, the only signer of the chain's output
@@ -146,17 +166,27 @@ class GatewayNode(Node):
         # executor thread, for results the chain output callback delivers, and a pending coroutine keeps its group
         # busy until it returns; in the node's default group it would block that very callback. Reentrant, so
         # several calls and goals can wait at once.
-        waiting = ReentrantCallbackGroup()
-        self._service = self.create_service(GenerateService, "generate", self.on_generate, callback_group=waiting)
-        # Feedback is every chunk of an answer: reliable and keep-all (CONTROL), or a slow client would lose some.
-        self._action = ActionServer(self, GenerateAction, "generate", execute_callback=self.execute_goal,
-                                    goal_callback=self.accept_goal, cancel_callback=self.cancel_goal,
-                                    callback_group=waiting, feedback_pub_qos_profile=CONTROL)
+        self._waiting = ReentrantCallbackGroup()
+        self._service = self.create_service(GenerateService, "generate", self.on_generate,
+                                            callback_group=self._waiting)
+        self._progress = None
+        self._ledger: StandbyLedger | None = None  # while a standby: what it holds
+        self._plan_key: tuple[str, int] | None = None  # the latest plan a standby saw, for its core at takeover
+        if self._standby:
+            self._ledger = StandbyLedger(max_chunks=max_new + 1)
+            self._started_at: float | None = None  # the first tick: when it spins
+            self._active_seen = False
+            self._mirror = self.create_subscription(
+                InferenceResult, self._progress_topic, self.on_progress, with_lease(CONTROL, self._lease_s),
+                event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_liveliness))
+        else:
+            self._become_active()
         self._watchdog = self.create_timer(TICK_S, self.tick)
         if plan_topic:
             self._plan_channel = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED).topic_name
         self.get_logger().info(
-            f"serving {model} through {self._chain_in.topic_name} -> {self._chain_out.topic_name}; "
+            ("standby for " if self._standby else "serving ")
+            + f"{model} through {self._chain_in.topic_name} -> {self._chain_out.topic_name}; "
             f"requests on {self._requests.topic_name}, results on {self._results.topic_name}, "
             f"service and action {self._service.srv_name}; requests without a policy: {flows.policy}"
             + (f"; early exit on {self._exit_out.topic_name}" if exit_topic else "")
@@ -165,15 +195,42 @@ class GatewayNode(Node):
     # -- events in ------------------------------------------------------------------------------------------------
 
     def on_request(self, msg: InferenceRequest) -> None:
-        self._run(self._core.request, from_request_msg(msg))
+        request = from_request_msg(msg)
+        with self._lock:
+            if self._ledger is not None:
+                self._hold(request)
+                return
+        self._run(self._core.request, _named(request))
+
+    def on_progress(self, msg: InferenceResult) -> None:
+        """A chunk the active gateway sent: a standby forgets what it finished and answers its held calls."""
+        chunk = from_result_msg(msg)
+        with self._lock:
+            answers = self._ledger.progress(chunk) if self._ledger is not None else []
+        for reply, answer in answers:
+            reply.done.set_result(answer)
+
+    def on_liveliness(self, info: QoSLivelinessChangedInfo) -> None:
+        if self._ledger is None:  # active (after a takeover, its own writer is one of those counted)
+            return
+        if info.alive_count > 0:
+            if not self._active_seen:
+                self.get_logger().info(f"standby: the active gateway is alive on {self._mirror.topic_name}")
+            self._active_seen = True
+        elif self._active_seen:
+            self._take_over(f"the active gateway's progress writer lost its liveliness ({self._lease_s} s lease)")
 
     def on_chain_output(self, packet: ChainPacket) -> None:
+        if self._ledger is not None:  # a standby: the active gateway's steps
+            return
         # A token is streamed only from the host the plan in force puts the head on (any fleet key before a plan).
         if not self._trust.accept(packet, self._chain_out.topic_name, identity=self._head_host or None):
             return
         self._run(self._core.chain_output, from_output_msg(packet, self._core.vocab_size))
 
     def on_exit_output(self, packet: ChainPacket) -> None:
+        if self._ledger is not None:
+            return
         if not self._trust.accept(packet, self._exit_out.topic_name):
             return
         self._run(self._core.exit_output, from_output_msg(packet, self._core.vocab_size))
@@ -186,14 +243,36 @@ class GatewayNode(Node):
         if placement == self._placement:
             return  # the same modules in the same places (new standby copies, say): nothing in flight moved
         self._placement = placement
-        self._run(self._core.plan, (plan.plan_id, plan.version))
+        with self._lock:
+            self._plan_key = (plan.plan_id, plan.version)
+            if self._ledger is not None:  # a standby sends no probe: its core gets the plan at takeover
+                return
+        self._run(self._core.plan, self._plan_key)
 
     def tick(self) -> None:
-        self._run(self._core.tick)
+        if self._ledger is None:
+            self._run(self._core.tick)
+            return
+        now = time.monotonic()
+        if self._started_at is None:
+            self._started_at = now
+        waited, grace = now - self._started_at, self._lease_s + STARTUP_GRACE_S
+        if self._active_seen or waited <= grace:
+            return
+        if self._mirror.get_publisher_count() == 0 or waited > grace + DISCOVERY_S:
+            self._take_over(f"no live active gateway on {self._mirror.topic_name} {waited:.1f} s after the start")
 
     async def on_generate(self, call: GenerateService.Request,
                           response: GenerateService.Response) -> GenerateService.Response:
-        response.result = self._result_msg(await self._answer(from_request_msg(call.request), Reply()))
+        request, reply = from_request_msg(call.request), Reply()
+        with self._lock:
+            held = self._ledger is not None
+            if held:
+                self._hold(request, reply)
+        if held:  # a standby: the active gateway's answer (mirrored), or this one's after a takeover
+            response.result = self._result_msg(await reply.done)
+            return response
+        response.result = self._result_msg(await self._answer(_named(request), reply))
         return response
 
     def accept_goal(self, goal: GenerateAction.Goal) -> GoalResponse:
@@ -238,6 +317,54 @@ class GatewayNode(Node):
             return Result(request.request_id, final=True, finish_reason="error", error_code=ResultError.INTERNAL,
                           error_message=f"{type(err).__name__}: {err}")
 
+    # -- standby --------------------------------------------------------------------------------------------------
+
+    def _hold(self, request: Request, reply: Reply | None = None) -> None:
+        """A standby holds a request (called with the lock held). A call is answered at once when the active gateway
+        already finished it, or as busy when the standby holds its max_queued_requests."""
+        limit = self._core.limits.max_queued_requests
+        if len(self._ledger) >= limit:
+            self.get_logger().warning(f"standby: request '{request.request_id}' not held: {limit} held "
+                                      "(max_queued_requests)")
+            if reply is not None:
+                reply.done.set_result(Result(request.request_id, final=True, finish_reason="error",
+                                             error_code=ResultError.BUSY,
+                                             error_message=f"busy: the standby gateway holds {limit} requests"))
+            return
+        answered = self._ledger.hold(request, reply)
+        if answered is not None and reply is not None:
+            reply.done.set_result(answered)
+
+    def _take_over(self, why: str) -> None:
+        """Become the active gateway: publish progress, serve the action, and resume every request held."""
+        with self._lock:
+            if self._ledger is None:
+                return
+            held, self._ledger = self._ledger.take_over(), None
+            plan_key = self._plan_key
+        self.get_logger().warning(f"taking over as the active gateway: {why}; resuming {len(held)} requests")
+        self._become_active()
+        if plan_key is not None:
+            self._run(self._core.plan, plan_key)  # the first plan it sees: no probe of its own
+        self._run(self._core.take_over)
+        for each in held:
+            reply = each.waiter
+            if reply is not None:
+                for chunk in each.chunks:  # a call's whole answer includes what the active one streamed
+                    reply.add(chunk)
+            self._run(self._core.resume, _named(each.request), each.streamed, len(each.chunks),
+                      reply_to=reply.add if reply is not None else None)
+
+    def _become_active(self) -> None:
+        self._progress = self.create_publisher(InferenceResult, self._progress_topic,
+                                               with_lease(CONTROL, self._lease_s))
+        # Feedback is every chunk of an answer: reliable and keep-all (CONTROL), or a slow client would lose some.
+        # A standby has no action server: rclpy's answers a result request for a goal it does not know at once
+        # (STATUS_UNKNOWN), which would race the active gateway's real result.
+        self._action = ActionServer(self, GenerateAction, "generate", execute_callback=self.execute_goal,
+                                    goal_callback=self.accept_goal, cancel_callback=self.cancel_goal,
+                                    callback_group=self._waiting, feedback_pub_qos_profile=CONTROL)
+
     # -- actions out ----------------------------------------------------------------------------------------------
 
     def _set(self, settings: str, **change) -> None:
@@ -246,8 +373,10 @@ class GatewayNode(Node):
             setattr(self._core, settings, replace(getattr(self._core, settings), **change))
 
     def _load(self) -> tuple[int, int]:
+        """Requests running and queued; a standby's held requests count as queued (max_queued_requests bounds them)."""
         with self._lock:
-            return self._core.load()
+            running, queued = self._core.load()
+            return running, queued + (len(self._ledger) if self._ledger is not None else 0)
 
     def _run(self, event: Callable[..., list[Action]], *args, **kwargs) -> None:
         """Hand the core an event with the time, and carry out the actions it returns, in order. An exception in the
@@ -258,7 +387,7 @@ class GatewayNode(Node):
                 actions = event(*args, time.monotonic(), **kwargs)
             except Exception as err:
                 self.get_logger().error(f"{event.__name__}: {type(err).__name__}: {err}")
-                if event == self._core.request:
+                if event in (self._core.request, self._core.resume):
                     request = args[0]
                     actions = [Result(request.request_id, final=True, finish_reason="error",
                                       error_code=ResultError.INTERNAL, error_message=f"{type(err).__name__}: {err}",
@@ -270,6 +399,9 @@ class GatewayNode(Node):
                     self._chain_in.publish(self._trust.sign(to_step_msg(action, self.get_clock().now().to_msg())))
                 elif isinstance(action, Result):
                     (action.reply_to or self._publish_result)(action)
+                    # After the caller's copy: a standby that resumes from here repeats a chunk at worst, never
+                    # skips one.
+                    self._progress.publish(self._result_msg(action))
                 elif isinstance(action, Log):
                     self._log(action)
 
@@ -287,6 +419,12 @@ class GatewayNode(Node):
 
     def _result_msg(self, result: Result) -> InferenceResult:
         return to_result_msg(result, self.get_clock().now().to_msg())
+
+
+def _named(request: Request) -> Request:
+    """The request with an id: an active gateway names one that came without (ANONYMOUS, so a standby can tell its
+    answers from those of requests it could match)."""
+    return request if request.request_id else replace(request, request_id=ANONYMOUS + uuid.uuid4().hex)
 
 
 def _positive(value: float) -> str | None:

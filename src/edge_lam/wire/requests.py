@@ -5,10 +5,10 @@ from __future__ import annotations
 from builtin_interfaces.msg import Time
 from edge_lam_msgs.msg import InferenceRequest, InferenceResult
 
-from edge_lam.chain.requests import Request, Result
-from edge_lam.wire.chain import from_options_msg, to_options_msg, to_stage_msgs
+from edge_lam.chain.requests import Request, Result, ResultError, Source
+from edge_lam.wire.chain import from_options_msg, from_stage_msgs, to_options_msg, to_stage_msgs
 
-__all__ = ["from_request_msg", "to_request_msg", "to_result_msg"]
+__all__ = ["from_request_msg", "from_result_msg", "to_request_msg", "to_result_msg"]
 
 
 def to_request_msg(request: Request, stamp: Time | None = None) -> InferenceRequest:
@@ -37,3 +37,17 @@ def to_result_msg(result: Result, stamp: Time) -> InferenceResult:
                           accepted=result.accepted, verify_passes=result.verify_passes)
     msg.header.stamp = stamp
     return msg
+
+
+def from_result_msg(msg: InferenceResult) -> Result:
+    """A chunk another gateway sent (what a standby mirrors); codes it does not know read as internal errors and
+    chain-decided tokens rather than failing the callback."""
+    codes = {int(e) for e in ResultError}
+    sources = {int(s) for s in Source}
+    return Result(msg.request_id, msg.chunk_index, tuple(msg.token_ids),
+                  tuple(Source(s) if s in sources else Source.CHAIN for s in msg.token_sources), msg.text, msg.final,
+                  msg.finish_reason,
+                  ResultError(msg.error_code) if msg.error_code in codes else ResultError.INTERNAL,
+                  msg.error_message, msg.session_id, msg.time_to_first_token_s, tuple(from_stage_msgs(msg.timings)),
+                  policy=msg.policy, degraded=msg.degraded, drafted=msg.drafted, accepted=msg.accepted,
+                  verify_passes=msg.verify_passes)
