@@ -13,8 +13,9 @@ stream, one process is killed, chosen by role:
 - ``baseline``: as ``host``, with ``standby_copies:=false``: what a loss cost before standbys (a model load).
 
 Then a fresh process of the killed kind starts (a spare agent at 0.5x, or a new standby) and the next round waits
-until it is ready. A request is lost when it gets no final chunk or an error; duplicated when it gets two finals or
-a chunk index twice.
+until it is ready. A request is lost when it gets no final chunk or an error; duplicated when it gets two finals;
+a chunk is repeated when its index comes twice with the same tokens (a subscriber keys chunks on their index), and
+a request is wrong when an index comes with other tokens or one is missing.
 
     python bench/failover.py [--kills 100] [--roles host,gateway,coordinator,baseline] [--baseline-kills 10]
                              [--json PATH]
@@ -38,7 +39,9 @@ import uuid
 import rclpy
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import ComputeAdvert, InferenceRequest, InferenceResult, PlacementPlan
+from rcl_interfaces.msg import Log
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from edge_lam.processes import stop_processes
 from edge_lam.ros.fastdds_shm import clean_zombies
@@ -81,18 +84,20 @@ class Fleet:
                                                                           f"compute_scale:={scale}"),
                                           "-r", f"__node:=agent_{host_id}")
 
-    def coordinator(self, standby: bool) -> None:
+    def coordinator(self, standby: bool) -> str:
         name = f"coordinator_{uuid.uuid4().hex[:6]}"
         self.coordinators.append(self.start(
             LIB / "coordinator", *self.args("settle_s:=2.0", "use_load:=false", f"standby:={str(standby).lower()}",
                                             f"standby_copies:={str(self.standby_copies).lower()}"),
             "-r", f"__node:={name}"))
+        return name
 
-    def gateway(self, standby: bool) -> None:
+    def gateway(self, standby: bool) -> str:
         name = f"gateway_{uuid.uuid4().hex[:6]}"
         self.gateways.append(self.start(LIB / "gateway", *self.args("step_timeout_s:=10.0",
                                                                     f"standby:={str(standby).lower()}"),
                                         "-r", f"__node:={name}"))
+        return name
 
     def stop(self) -> None:
         stop_processes(self.processes)
@@ -113,6 +118,11 @@ class Watch:
                                       lambda p: self.plans.append((time.monotonic(), p)), LATCHED)
         self.node.create_subscription(ComputeAdvert, f"/{namespace}/adverts", self.on_advert, ADVERTS_READER)
         self.requests = self.node.create_publisher(InferenceRequest, "requests", CONTROL)
+        self.logs: list[Log] = []  # what the fleet's nodes log about standbys
+        # transient-local: a line logged before this reader matched a new process's writer still comes
+        self.node.create_subscription(Log, "/rosout", lambda m: "standby: " in m.msg and self.logs.append(m),
+                                      QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                                                 durability=DurabilityPolicy.TRANSIENT_LOCAL))
 
     def on_result(self, result: InferenceResult) -> None:
         self.chunks[result.request_id].append((time.monotonic(), result))
@@ -150,23 +160,33 @@ class Watch:
         plan = self.plan()
         return plan is not None and all(m.module_id in self.hosted.get(m.host_id, ()) for m in plan.modules)
 
-    def subscribers(self, topic: str) -> int:
-        return self.node.count_subscribers(topic)
+    def standing_by(self, node_name: str) -> bool:
+        """The standby ``node_name`` has heard the active process (a plan of its, or its progress writer)."""
+        return any(log.name.endswith(node_name) and ("following plan" in log.msg or "is alive" in log.msg)
+                   for log in self.logs)
 
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
 
 
-def outcome(watch: Watch, ids: list[str]) -> tuple[int, int]:
-    """Requests lost (no final, or an error) and duplicated (two finals, or a chunk index twice) of ``ids``."""
-    lost = duplicated = 0
+def outcome(watch: Watch, ids: list[str]) -> tuple[int, int, int, int]:
+    """Of ``ids``: requests lost (no final, or an error), duplicated (two finals), with a chunk sent again (an index
+    twice with the same tokens: the last chunk a killed gateway published may not have reached its standby), and
+    wrong (an index twice with other tokens, or a gap in the indices)."""
+    lost = duplicated = repeated = wrong = 0
     for request_id in ids:
         finals = watch.finals(request_id)
-        indices = [r.chunk_index for _, r in watch.chunks[request_id]]
+        by_index: dict[int, set[tuple[int, ...]]] = collections.defaultdict(set)
+        sent = collections.Counter()
+        for _, r in watch.chunks[request_id]:
+            by_index[r.chunk_index].add(tuple(r.token_ids))
+            sent[r.chunk_index] += 1
         lost += not finals or any(f.error_code for f in finals)
-        duplicated += len(finals) > 1 or len(indices) != len(set(indices))
-    return lost, duplicated
+        duplicated += len(finals) > 1
+        repeated += sum(n - 1 for i, n in sent.items() if len(by_index[i]) == 1)
+        wrong += sum(len(tokens) > 1 for tokens in by_index.values()) + (sorted(sent) != list(range(len(sent))))
+    return lost, duplicated, repeated, wrong
 
 
 def run_role(role: str, kills: int, log) -> dict:
@@ -174,7 +194,7 @@ def run_role(role: str, kills: int, log) -> dict:
     fleet = Fleet(log, standby_copies=role != "baseline")
     watch = Watch(fleet.namespace)
     times: list[float] = []
-    lost = duplicated = asked = 0
+    lost = duplicated = repeated = wrong = asked = 0
     try:
         for host_id, scale in (("h0", 4.0), ("h1", 2.0), ("h2", 1.0)):
             fleet.agent(host_id, scale)
@@ -184,11 +204,8 @@ def run_role(role: str, kills: int, log) -> dict:
             raise TimeoutError("the fleet did not come up")
         standby = {"gateway": lambda: fleet.gateway(standby=True),
                    "coordinator": lambda: fleet.coordinator(standby=True)}.get(role)
-        readers = {"gateway": "requests", "coordinator": f"/{fleet.namespace}/plan"}.get(role, "")
-        expected = 0
-        if standby is not None:  # started once the active one serves, as a standby is (doc/fleet.md, doc/chain.md)
-            expected = watch.subscribers(readers) + 1
-            standby()
+        # started once the active one serves, as a standby is (doc/fleet.md, doc/chain.md)
+        standby_name = standby() if standby is not None else ""
 
         def serving() -> bool:
             rid = watch.ask("Hi")
@@ -199,11 +216,9 @@ def run_role(role: str, kills: int, log) -> dict:
         spare = 0
         for round_index in range(kills):
             ready = {"host": watch.standbys_ready, "baseline": watch.primaries_ready}.get(
-                role, lambda expected=expected: watch.subscribers(readers) >= expected)
+                role, lambda name=standby_name: watch.standing_by(name))
             if not watch.spin_until(ready, 120):
                 raise TimeoutError(f"round {round_index + 1}: the fleet is not ready for a kill")
-            if standby is not None:
-                watch.spin_until(lambda: False, 2.0)  # the new standby hears the plan and the active one's writers
             ids = [watch.ask(p) for p in PROMPTS]
             asked += len(ids)
             if not watch.spin_until(lambda ids=ids: sum(1 for i in ids for _, r in watch.chunks[i]
@@ -227,22 +242,22 @@ def run_role(role: str, kills: int, log) -> dict:
                 watch.spin_until(lambda ids=ids, killed=killed: watch.first_after(ids, killed), 120)
                 after = watch.first_after(ids, killed)
                 failover = None if after is None else after - killed
+            if standby is None:  # the next round's process starts while this round's requests finish
+                fleet.agent(f"spare{spare}", 0.5)
+                spare += 1
+            else:
+                standby_name = standby()
             watch.spin_until(lambda ids=ids: all(watch.finals(i) for i in ids), 120)
-            round_lost, round_duplicated = outcome(watch, ids)
+            round_lost, round_duplicated, round_repeated, round_wrong = outcome(watch, ids)
             lost, duplicated = lost + round_lost, duplicated + round_duplicated
+            repeated, wrong = repeated + round_repeated, wrong + round_wrong
             if failover is not None:
                 times.append(failover)
             new_plans = [t - killed for t, _ in watch.plans[plan_count:]]
             print(f"{role} kill {round_index + 1}: {victim} -> "
                   f"{'no failover' if failover is None else f'{failover:.3f} s'} (plans after "
                   f"{', '.join(f'{t:.3f}' for t in new_plans) or '-'} s), {round_lost} lost, "
-                  f"{round_duplicated} duplicated", flush=True)
-            if standby is None:
-                fleet.agent(f"spare{spare}", 0.5)
-                spare += 1
-            else:  # the standby that took over dropped its reader of the plan or stays a reader of the requests
-                expected = watch.subscribers(readers) + 1
-                standby()
+                  f"{round_duplicated} duplicated, {round_repeated} chunks repeated, {round_wrong} wrong", flush=True)
     except Exception:
         log.seek(0)
         print(log.read()[-6000:], file=sys.stderr)
@@ -255,7 +270,8 @@ def run_role(role: str, kills: int, log) -> dict:
     return {"kills": kills, "requests": asked, "failovers_timed": len(times),
             "failover_median_s": statistics.median(times) if times else float("nan"),
             "failover_p99_s": percentile(times, 0.99), "failover_worst_s": max(times, default=float("nan")),
-            "no_failover": missing, "requests_lost": lost, "duplicated": duplicated, "failover_s": times}
+            "no_failover": missing, "requests_lost": lost, "duplicated": duplicated, "chunks_repeated": repeated,
+            "wrong": wrong, "failover_s": times}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -289,18 +305,19 @@ def main() -> int:
         rclpy.shutdown()
     base = figures.get("baseline", {}).get("failover_median_s")
     print(f"\n{'role':<12} | {'kills':>5} | {'median s':>8} | {'p99 s':>6} | {'worst s':>7} | {'x baseline':>10} | "
-          f"{'lost':>4} | {'dup':>3} | {'untimed':>7}")
+          f"{'lost':>4} | {'dup':>3} | {'repeated':>8} | {'wrong':>5} | {'untimed':>7}")
     for role, f in figures.items():
         ratio = f["failover_median_s"] / base if base else float("nan")
         print(f"{role:<12} | {f['kills']:>5} | {f['failover_median_s']:8.3f} | {f['failover_p99_s']:6.3f} | "
               f"{f['failover_worst_s']:7.3f} | {ratio:10.2f} | {f['requests_lost']:>4} | {f['duplicated']:>3} | "
-              f"{f['no_failover']:>7}")
+              f"{f['chunks_repeated']:>8} | {f['wrong']:>5} | {f['no_failover']:>7}")
     timed = [figures[r] for r in ("host", "gateway", "coordinator") if r in figures]
     if timed:
         figures["failover_median_s"] = max(f["failover_median_s"] for f in timed)
         figures["failover_worst_s"] = max(f["failover_worst_s"] for f in timed)
         figures["requests_lost"] = sum(f["requests_lost"] for f in timed)
         figures["duplicated"] = sum(f["duplicated"] for f in timed)
+        figures["wrong"] = sum(f["wrong"] for f in timed)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

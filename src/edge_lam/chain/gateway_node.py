@@ -52,6 +52,10 @@ TICK_S = 0.1  # how often the core's clock advances: probes go again after PROBE
 # gateway's two dozen endpoints took 1.3-1.4 s here, 2 cores): it then waits up to DISCOVERY_S more. A writer
 # that never becomes alive is a killed gateway's, left in the graph until its participant lease ends.
 STARTUP_GRACE_S = 3.0
+# A standby takes over only when the active gateway's writer is still not alive this long after its liveliness was
+# lost: a participant starved of CPU for a moment misses a lease and is alive again at its next assertion, and two
+# active gateways would answer every request twice.
+CONFIRM_LOSS_S = 0.1
 DISCOVERY_S = 5.0
 
 
@@ -176,6 +180,7 @@ class GatewayNode(Node):
             self._ledger = StandbyLedger(max_chunks=max_new + 1)
             self._started_at: float | None = None  # the first tick: when it spins
             self._active_seen = False
+            self._lost_at: float | None = None  # when the active gateway's writer lost liveliness, until confirmed
             self._mirror = self.create_subscription(
                 InferenceResult, self._progress_topic, self.on_progress, with_lease(CONTROL, self._lease_s),
                 event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_liveliness))
@@ -216,9 +221,12 @@ class GatewayNode(Node):
         if info.alive_count > 0:
             if not self._active_seen:
                 self.get_logger().info(f"standby: the active gateway is alive on {self._mirror.topic_name}")
-            self._active_seen = True
-        elif self._active_seen:
-            self._take_over(f"the active gateway's progress writer lost its liveliness ({self._lease_s} s lease)")
+            elif self._lost_at is not None:
+                self.get_logger().warning("standby: the active gateway's progress writer is alive again (it missed its "
+                                          f"{self._lease_s} s lease, starved of CPU?): not taking over")
+            self._active_seen, self._lost_at = True, None
+        elif self._active_seen and self._lost_at is None:
+            self._lost_at = time.monotonic()  # the next tick past CONFIRM_LOSS_S takes over
 
     def on_chain_output(self, packet: ChainPacket) -> None:
         if self._ledger is not None:  # a standby: the active gateway's steps
@@ -256,6 +264,10 @@ class GatewayNode(Node):
         now = time.monotonic()
         if self._started_at is None:
             self._started_at = now
+        if self._lost_at is not None and now - self._lost_at >= CONFIRM_LOSS_S:
+            self._take_over(f"the active gateway's progress writer lost its liveliness ({self._lease_s} s lease) and "
+                            f"stayed lost for {now - self._lost_at:.2f} s")
+            return
         waited, grace = now - self._started_at, self._lease_s + STARTUP_GRACE_S
         if self._active_seen or waited <= grace:
             return
