@@ -5,11 +5,13 @@ from __future__ import annotations
 import rclpy
 import rclpy.executors
 from rcl_interfaces.msg import Log
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from edge_lam.ros.spin import spin_until
 
-ROSOUT = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)  # matches what rcl offers on /rosout
+# What rcl offers on /rosout: reliable, transient-local (kept 10 s). Transient-local here too, so that a line a new
+# process logs before this reader has matched its writer (discovery takes seconds under load) still comes.
+ROSOUT = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class RosClient:

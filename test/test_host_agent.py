@@ -389,7 +389,7 @@ def test_an_agent_stopped_while_it_loads_a_plans_shard_ends_cleanly(processes, c
     second), and the agent exits 0 (a thread left inside torch when the interpreter finalised used to abort it)."""
     ros, ns = client
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics", QoSProfile(depth=50))
-    agent = start_agent(processes, ns, "stop", "advert_period_s:=0.1", command=(LIB / "host_agent",))
+    agent = start_agent(processes, ns, "stop", "diagnostics_period_s:=0.1", command=(LIB / "host_agent",))
     plans = ros.publisher(PlacementPlan, f"/{ns}/plan", LATCHED, timeout_s=60)
     plans.publish(whole_model_plan("stop", 1, uuid.uuid4().hex, ros))
     shard_name = f"/{ns}/shard_embedding_blocks_0_30_head"
@@ -478,7 +478,7 @@ def test_an_agent_keeps_advertising_while_its_shard_emulates_a_slow_host_and_lin
     ros, ns = client
     adverts = ros.collect(ComputeAdvert, f"/{ns}/adverts", ADVERTS)
     output = ros.collect(ChainPacket, "chain/hidden_0", TENSORS)
-    agent = start_agent(processes, ns, "emu", "advert_period_s:=0.1")
+    agent = start_agent(processes, ns, "emu")
     load = ros.node.create_client(LoadModule, f"/{ns}/agent_emu/load_module")
     wait(ros, load.service_is_ready, 60, agent)
     # 1.5 s across the link each way (and a 0.25x host): an executor that slept through it would advertise nothing
