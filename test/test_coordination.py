@@ -323,3 +323,27 @@ def test_a_gone_gateway_host_is_priced_free_instead_of_making_every_plan_infeasi
     decision = coordinator.tick(10.5)  # gw (the gateway's host) timed out
     assert decision is not None and not decision.error, decision
     assert "gateway host 'gw' not heard" in decision.reason
+
+
+def test_one_writer_lost_removes_one_host_the_most_silent_even_when_another_is_late_too():
+    coordinator = settled(advert("a", 40.0), advert("b", 20.0), advert("c", 10.0))
+    for t in (1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8):
+        for host, gflops in (("a", 40.0), ("b", 20.0), ("c", 10.0)):
+            if (host == "a" and t > 1.5) or (host == "b" and t > 1.6):
+                continue  # a dies after 1.5; b, busy, is late from 1.6
+            coordinator.advert(advert(host, gflops), t)
+    coordinator.liveliness_lost(1.85)
+    decision = coordinator.tick(2.05)  # both a (0.55 s) and b (0.45 s) are silent past three 0.1 s intervals
+    assert decision is not None and decision.reason.startswith("host 'a' left"), decision
+    assert coordinator.host_ids == ["b", "c"]
+    assert coordinator.tick(2.2) is None and coordinator.host_ids == ["b", "c"]  # one writer was lost: one host
+
+
+def test_a_writer_alive_again_was_a_missed_lease_and_removes_nobody():
+    coordinator = settled(advert("a", 40.0), advert("b", 20.0))
+    for t in (1.1, 1.2, 1.3):
+        coordinator.advert(advert("a", 40.0), t)
+        coordinator.advert(advert("b", 20.0), t)
+    coordinator.liveliness_lost(1.6)  # a starved participant missed its lease ...
+    coordinator.liveliness_regained()  # ... and asserted it again
+    assert coordinator.tick(1.7) is None and coordinator.host_ids == ["a", "b"]

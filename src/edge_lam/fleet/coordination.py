@@ -120,6 +120,7 @@ class Coordinator:
         self._heard: dict[str, _Heard] = {}
         self._first_advert_at: float | None = None
         self._liveliness_lost_at: float | None = None
+        self._writers_lost = 0  # advert writers lost since then and not yet put down to a silent host
         self._changed = False  # an advert changed since the last look
         self._joined: list[str] = []  # hosts that joined since the last look
         self._looked_at: float | None = None
@@ -158,9 +159,19 @@ class Coordinator:
             return f"host '{joined[0]}' joined"
         return f"{len(joined)} hosts joined ({', '.join(joined[:5])}{', ...' if len(joined) > 5 else ''})"
 
-    def liveliness_lost(self, now: float) -> None:
-        """An advert writer lost liveliness (its process died or it was destroyed); whose, the next ticks tell."""
-        self._liveliness_lost_at = now
+    def liveliness_lost(self, now: float, writers: int = 1) -> None:
+        """``writers`` advert writers lost liveliness (their processes died or they were destroyed); whose, the next
+        ticks tell: as many hosts as were lost, the most silent first, and no more (a host busy serving the
+        re-routed modules may be late with an advert just then)."""
+        if self._liveliness_lost_at is None:
+            self._liveliness_lost_at = now
+        self._writers_lost += writers
+
+    def liveliness_regained(self, writers: int = 1) -> None:
+        """Writers that lost liveliness asserted it again (starved of CPU for a lease, not dead): fewer to find."""
+        self._writers_lost = max(0, self._writers_lost - writers)
+        if self._writers_lost == 0:
+            self._liveliness_lost_at = None
 
     def adopt(self, plan: Plan | None, standbys: Sequence[Segment] = ()) -> None:
         """Make ``plan`` and its copies the plan in force (None: none, the next plan is placed afresh): a standby
@@ -206,17 +217,20 @@ class Coordinator:
     def _expire(self, now: float) -> list[tuple[str, str]]:
         """Forget the hosts that are gone; return each with why it counts as gone."""
         lost_at, timeout = self._liveliness_lost_at, self.policy.host_timeout_s
-        gone = []
-        for host_id, h in sorted(self._heard.items()):
-            if now - h.at > timeout:
-                gone.append((host_id, f"no advert for {timeout:g} s"))
-            elif lost_at is not None and h.at < lost_at and \
-                    now - h.at > min(timeout, MISSED_ADVERTS * (h.interval_s or timeout)):
+        gone = [(host_id, f"no advert for {timeout:g} s") for host_id, h in sorted(self._heard.items())
+                if now - h.at > timeout]
+        if lost_at is not None:
+            silent = sorted((h.at, host_id) for host_id, h in self._heard.items()
+                            if h.at < lost_at and (host_id, f"no advert for {timeout:g} s") not in gone
+                            and now - h.at > min(timeout, MISSED_ADVERTS * (h.interval_s or timeout)))
+            for _, host_id in silent[:self._writers_lost]:
                 gone.append((host_id, "silent since a writer lost liveliness"))
+                self._writers_lost -= 1
         for host_id, _ in gone:
             del self._heard[host_id]
-        if lost_at is not None and all(h.at >= lost_at for h in self._heard.values()):
-            self._liveliness_lost_at = None  # every host left has spoken since: the lost writer is accounted for
+        if lost_at is not None and (self._writers_lost <= 0 or all(h.at >= lost_at for h in self._heard.values())):
+            # the lost writers are accounted for, or every host left has spoken since (a writer of no host's)
+            self._liveliness_lost_at, self._writers_lost = None, 0
         return gone
 
     def _gateway(self) -> str:

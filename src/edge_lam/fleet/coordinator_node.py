@@ -228,10 +228,13 @@ class CoordinatorNode(Node):
             self.get_logger().warning(str(full), throttle_duration_sec=10.0)
 
     def on_liveliness_changed(self, info: QoSLivelinessChangedInfo) -> None:
-        if info.alive_count_change < 0 or info.not_alive_count_change > 0:
+        if info.not_alive_count_change < 0 and info.alive_count_change > 0:  # a lease missed, not a process lost
+            self.get_logger().info(f"an advert writer is alive again ({info.alive_count} alive)")
+            self._core.liveliness_regained(info.alive_count_change)
+        elif info.alive_count_change < 0 or info.not_alive_count_change > 0:
             self.get_logger().info(f"an advert writer lost liveliness ({info.alive_count} alive); "
                                    "the host that stops advertising is taken as gone")
-            self._core.liveliness_lost(time.monotonic())
+            self._core.liveliness_lost(time.monotonic(), max(-info.alive_count_change, info.not_alive_count_change))
             if self.active:
                 self.on_tick()  # a host silent long enough already is the lost one: no need to wait for the tick
 
