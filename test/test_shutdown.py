@@ -24,13 +24,13 @@ from test_host_agent import status, whole_model_plan
 from test_package import console_scripts
 
 from conftest import REPO, REPORTED
+from edge_lam.assets.cache import camera_bag_dir
 from edge_lam.processes import stop_processes
 from edge_lam.ros.qos import CONTROL, LATCHED, TOKENS
 from ros_client import RosClient
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 CHAIN = REPO / "config" / "smollm2_chain.yaml"
-CAMERA_BAG = REPO / ".cache" / "data" / "camera-bag"
 BOUND_S = 5.0
 AGENT_SHARD = "shard_embedding_blocks_0_30_head"
 
@@ -70,7 +70,7 @@ def wave(tmp_path_factory):
         processes.start("host_agent", "host_agent", "--ros-args", "-r", f"__ns:=/{agent_ns}", "-r",
                         "__node:=agent_stop", "-p", "host_id:=stop", "-p", f"adverts_topic:=/{agent_ns}/adverts",
                         "-p", f"plan_topic:=/{agent_ns}/plan", "-p", "advert_period_s:=0.1")
-        processes.start("edge-lam", "edge-lam", "replay", CAMERA_BAG, "--loop", "--remap",
+        processes.start("edge-lam", "edge-lam", "replay", camera_bag_dir(), "--loop", "--remap",
                         f"/camera/image_raw/compressed:=/{ns}/camera/image_raw/compressed")
         processes.start("camera_encoder", "camera_encoder", "--ros-args", "-r", f"__ns:=/{ns}/camera")
         own = ["--ros-args", "-r", f"__ns:=/{ns}/idle"]
@@ -128,7 +128,7 @@ def stream_a_long_answer(ros: RosClient, requests, results: list[InferenceResult
         if streamed(ros, results, request.request_id, failed):
             return request.request_id
         ros.spin_for(1.0)
-    pytest.fail("the chain streamed no answer")
+    pytest.fail(f"processes ended before the interrupt: {failed()}" if failed() else "the chain streamed no answer")
 
 
 def streamed(ros: RosClient, results: list[InferenceResult], request_id: str, failed) -> bool:
