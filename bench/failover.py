@@ -214,8 +214,15 @@ def run_role(role: str, kills: int, log) -> dict:
         if not watch.spin_until(serving, 180):
             raise TimeoutError("the fleet did not serve")
         spare = 0
+
+        def settled() -> bool:
+            """Every agent started has joined and the plans have settled: a join placed at the kill would move the
+            modules to the new host (a load) and time that instead of the failover."""
+            return set(fleet.agents) <= set(watch.hosted) and time.monotonic() - watch.plans[-1][0] > 1.0
+
         for round_index in range(kills):
-            ready = {"host": watch.standbys_ready, "baseline": watch.primaries_ready}.get(
+            ready = {"host": lambda: watch.standbys_ready() and settled(),
+                     "baseline": lambda: watch.primaries_ready() and settled()}.get(
                 role, lambda name=standby_name: watch.standing_by(name))
             if not watch.spin_until(ready, 120):
                 raise TimeoutError(f"round {round_index + 1}: the fleet is not ready for a kill")
