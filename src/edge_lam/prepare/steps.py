@@ -147,7 +147,12 @@ def build_evo_bags(out: pathlib.Path) -> str:
             ]
             for member in members:
                 member.name = member.name[len(prefix):]
-            tar.extractall(out, members=members, filter="data")
+            # The "data" filter came with Python 3.11.4; Debian 12's python3 is 3.11.2. Without it, the same check
+            # by hand: regular files only (above), and no name that leaves the folder.
+            if any(member.name.startswith("/") or ".." in pathlib.PurePosixPath(member.name).parts
+                   for member in members):
+                raise ValueError(f"{archive.name} names a file outside its folder")
+            tar.extractall(out, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     missing = [name for name in EVO_BAGS if not (out / name).exists()]
     if missing:
         raise RuntimeError(f"evo {EVO_VERSION}'s archive lacks {missing}")
