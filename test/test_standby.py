@@ -12,7 +12,7 @@ from edge_lam.fleet.coordination import Chain, Coordinator, Policy
 from edge_lam.fleet.standby import TakeOver, adopted_plan, adopted_standbys, unit_ranges
 from edge_lam.placement.assignments import Assignment, assignments
 from edge_lam.placement.standbys import copies
-from edge_lam.placement.types import Unit
+from edge_lam.placement.types import Plan, Unit
 
 UNITS = (Unit(ModuleSpec("embedding"), 1e8, 100, 0, 1000),
          *(Unit(ModuleSpec("blocks", i, i + 1), 1e9, 100, 10, 1000) for i in range(4)),
@@ -77,14 +77,19 @@ def test_modules_that_are_not_the_models_chain_are_refused():
         adopted_plan([], UNITS, 2, 1.0, "x")
 
 
-def test_a_core_given_the_latched_plan_re_routes_a_host_lost_with_the_coordinator_to_its_copy():
+def standby_core() -> tuple[Coordinator, Plan]:
+    """A standby's core: it heard the same adverts but never decided, and adopts what the active one published."""
     active, primaries, standbys = planned()
-    # The standby's core heard the same adverts but never decided; it adopts what the active one published.
     core = Coordinator(CHAIN, Policy(host_timeout_s=10.0))
     for a in FLEET:
         core.advert(a, 0.0)
     plan = adopted_plan(primaries, UNITS, CHAIN.context_tokens, active.plan.expected_latency_s, active.plan.solver)
     core.adopt(plan, adopted_standbys(standbys, plan, UNITS))
+    return core, plan
+
+
+def test_a_core_given_the_latched_plan_re_routes_a_host_lost_with_the_coordinator_to_its_copy():
+    core, plan = standby_core()
     lost = plan.segments[0]
     copy = next(s for s in core.standbys if (s.start, s.end) == (lost.start, lost.end))
     for tenth in range(1, 14):  # every host advertises every 0.1 s; the first segment's died after t=1
@@ -101,12 +106,7 @@ def test_a_core_given_the_latched_plan_re_routes_a_host_lost_with_the_coordinato
 
 
 def test_a_core_given_the_plan_in_force_keeps_it_on_an_unchanged_fleet():
-    active, primaries, standbys = planned()
-    core = Coordinator(CHAIN, Policy(host_timeout_s=10.0))
-    for a in FLEET:
-        core.advert(a, 0.0)
-    plan = adopted_plan(primaries, UNITS, CHAIN.context_tokens, active.plan.expected_latency_s, active.plan.solver)
-    core.adopt(plan, adopted_standbys(standbys, plan, UNITS))
+    core, _ = standby_core()
     decision = core.tick(1.5)
     assert decision is not None and decision.plan is None and decision.current.feasible, decision
     assert not decision.standbys_changed
