@@ -225,11 +225,16 @@ def tokens_after(bench: Bench, modality: str, publish: Callable[[object], None],
     """Publish ``count`` messages made by ``make(i)`` and return the token ids of the last tokens that come: a
     windowed encoder's first window may still hold what came before, its last one holds only these messages."""
     got = bench.collect(SemanticTokens, f"tokens/{modality}", TOKENS)
-    for i in range(count):
-        publish(make(i))
-        bench.spin_until(lambda: False, 0.02)
-    if not bench.spin_until(lambda: bool(got), 30.0):
-        raise ProbeFailed(f"no tokens on tokens/{modality}")
+    deadline = time.monotonic() + 30.0
+    sent = 0
+    while not got:  # sent again (stamps going on) until tokens come: a busy node may not have matched us yet
+        if time.monotonic() > deadline:
+            raise ProbeFailed(f"no tokens on tokens/{modality} in 30 s ({sent} messages sent)")
+        for i in range(sent, sent + count):
+            publish(make(i))
+            bench.spin_until(lambda: False, 0.02)
+        sent += count
+        bench.spin_until(lambda: bool(got), 5.0)
     seen = -1
     while len(got) != seen:  # until no more tokens come for half a second
         seen = len(got)
