@@ -1,7 +1,8 @@
 """A standby gateway, over real DDS between real processes: alone, it serves after its grace (a request sent while no
 gateway served is answered); watching an active one, it leaves the active one's action clients alone; when the
 active one is killed (-9) mid-stream, it answers the topic request and the service call in flight exactly once,
-chunks going on where the killed one stopped, with the whole model's greedy tokens."""
+chunks going on where the killed one stopped, with the whole model's greedy tokens; it adopts the action goal in
+flight, whose client gets the rest as feedback and the whole answer as its result."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_a_standby_gateway_serves_alone_and_takes_over_a_killed_one_mid_stream(p
         assert client.spin_until(lambda: any("standby: the active gateway is alive" in line.msg and
                                              line.name.endswith("gateway_b") for line in logs), 90), \
             [line.msg for line in logs if line.name.endswith("gateway_b")]
-        # The active one's action clients are undisturbed: the standby has no action server to race it.
+        # The active one's action clients are undisturbed: the standby's action server answers nothing while standby.
         actions = ActionClient(client.node, GenerateAction, "generate")
         assert actions.wait_for_server(timeout_sec=30)
         sent = actions.send_goal_async(GenerateAction.Goal(request=_request("goal", GOAL_PROMPT)))
@@ -81,14 +82,21 @@ def test_a_standby_gateway_serves_alone_and_takes_over_a_killed_one_mid_stream(p
         assert client.spin_until(both.done, 60), "the call got no answer"
         assert list(both.result().result.token_ids) == reference[CALL_PROMPT]
 
-        # A topic request and a service call in flight when the active gateway is killed.
+        # A topic request, a service call and an action goal (without a request_id: the standby knows it by its goal
+        # id) in flight when the active gateway is killed.
         call = service.call_async(Generate.Request(request=_request("call", CALL_PROMPT)))
+        feedback: list[InferenceResult] = []
+        in_flight = actions.send_goal_async(GenerateAction.Goal(request=_request("", GOAL_PROMPT)),
+                                            feedback_callback=lambda f: feedback.append(f.feedback.chunk))
         requests.publish(_request("streamed", TOPIC_PROMPT))
-        assert client.spin_until(lambda: len(_chunks(arrivals, "streamed")) >= 5, 60), "no tokens came"
+        assert client.spin_until(lambda: len(_chunks(arrivals, "streamed")) >= 5 and len(feedback) >= 2, 60), \
+            "no tokens came"
+        assert in_flight.result().accepted
+        goal_outcome = in_flight.result().get_result_async()
         first.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         first.wait(timeout=10)
-        assert client.spin_until(lambda: _finals(arrivals, "streamed") and call.done(), 120), \
+        assert client.spin_until(lambda: _finals(arrivals, "streamed") and call.done() and goal_outcome.done(), 120), \
             "the standby did not finish what was in flight"
         # Results come in order on one topic: once a request sent now is answered, a second final of the one in
         # flight would have come too.
@@ -108,6 +116,13 @@ def test_a_standby_gateway_serves_alone_and_takes_over_a_killed_one_mid_stream(p
     assert not result.error_code, result.error_message
     assert list(result.token_ids) == reference[CALL_PROMPT]
     assert result.text == tokenizer.decode(list(result.token_ids), skip_special_tokens=True)
+    assert goal_outcome.result().status == GoalStatus.STATUS_SUCCEEDED
+    goal_result = goal_outcome.result().result.result
+    assert list(goal_result.token_ids) == reference[GOAL_PROMPT], "the adopted goal's whole answer"
+    by_index = {chunk.chunk_index: chunk for chunk in feedback}  # a resumed stream may repeat its last chunk
+    assert sorted(by_index) == list(range(len(by_index))), "a feedback chunk missing"
+    assert [t for i in sorted(by_index) for t in by_index[i].token_ids] == reference[GOAL_PROMPT]
+    assert not [line.msg for line in logs if "Ignoring unexpected" in line.msg], "two action servers answered"
     after = [t for t, m in arrivals if t > killed_at and m.request_id == "streamed"]
     line = (f"standby gateway: kill -9 of the active one -> first chunk from the standby after "
             f"{after[0] - killed_at:.3f} s; the streamed request and the call in flight each answered once")

@@ -21,13 +21,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 from edge_lam_msgs.action import Generate as GenerateAction
 from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult, PlacementPlan
 from edge_lam_msgs.srv import Generate as GenerateService
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action import CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
@@ -36,6 +36,7 @@ from rclpy.task import Future
 
 from edge_lam.chain.flow import DRAFTERS, MAX_DRAFT_TOKENS, POLICIES, FlowSettings
 from edge_lam.chain.gateway import Action, GatewayCore, Timeouts
+from edge_lam.chain.handover_action import HandoverActionServer
 from edge_lam.chain.requests import CANCELLED, ChainStep, Log, Request, Result, ResultError, merge
 from edge_lam.chain.standby import ANONYMOUS, StandbyLedger
 from edge_lam.ros.bounds import Bounds
@@ -65,14 +66,22 @@ class Reply:
     def __init__(self, on_chunk: Callable[[Result], None] | None = None) -> None:
         self.chunks: list[Result] = []
         self.done: Future = Future()
-        self._on_chunk = on_chunk
+        self.on_chunk = on_chunk
 
     def add(self, result: Result) -> None:
         self.chunks.append(result)
-        if self._on_chunk is not None:
-            self._on_chunk(result)
+        if self.on_chunk is not None:
+            self.on_chunk(result)
         if result.final:
             self.done.set_result(merge(self.chunks))
+
+
+@dataclass(frozen=True)
+class HeldGoal:
+    """An action goal a standby holds (the active gateway runs it): adopted, with its client, at a takeover."""
+
+    goal_id: bytes
+    goal: GenerateAction.Goal
 
 
 class GatewayNode(Node):
@@ -186,6 +195,11 @@ class GatewayNode(Node):
                 event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_liveliness))
         else:
             self._become_active()
+        # Feedback is every chunk of an answer: reliable and keep-all (CONTROL), or a slow client would lose some.
+        self._action = HandoverActionServer(
+            self, GenerateAction, "generate", execute_callback=self.execute_goal, goal_callback=self.accept_goal,
+            cancel_callback=self.cancel_goal, callback_group=self._waiting, feedback_pub_qos_profile=CONTROL,
+            standby=self._standby, on_goal=self.on_standby_goal)
         self._watchdog = self.create_timer(TICK_S, self.tick)
         if plan_topic:
             self._plan_channel = self.create_subscription(PlacementPlan, plan_topic, self.on_plan, LATCHED).topic_name
@@ -207,13 +221,22 @@ class GatewayNode(Node):
                 return
         self._run(self._core.request, _named(request))
 
+    def on_standby_goal(self, goal_id: bytes, goal: GenerateAction.Goal) -> None:
+        """A goal the active gateway got (and runs): a standby holds its request, to adopt it at a takeover."""
+        with self._lock:
+            if self._ledger is not None:
+                self._hold(_goal_request(goal_id, goal), HeldGoal(goal_id, goal))
+
     def on_progress(self, msg: InferenceResult) -> None:
         """A chunk the active gateway sent: a standby forgets what it finished and answers its held calls."""
         chunk = from_result_msg(msg)
         with self._lock:
             answers = self._ledger.progress(chunk) if self._ledger is not None else []
-        for reply, answer in answers:
-            reply.done.set_result(answer)
+        for waiter, answer in answers:
+            if isinstance(waiter, HeldGoal):
+                self._action.forget(waiter.goal_id)  # the active one answers its client's result request
+            else:
+                waiter.done.set_result(answer)
 
     def on_liveliness(self, info: QoSLivelinessChangedInfo) -> None:
         if self._ledger is None:  # active (after a takeover, its own writer is one of those counted)
@@ -301,14 +324,17 @@ class GatewayNode(Node):
 
     async def execute_goal(self, goal: ServerGoalHandle) -> GenerateAction.Result:
         """Generate the goal's answer: every chunk as feedback, the whole answer as the result."""
-        request = from_request_msg(goal.request.request)
-        if not request.request_id:  # cancel_goal names the request by its id
-            request = replace(request, request_id=uuid.uuid4().hex)
-        reply = Reply(lambda chunk: goal.publish_feedback(GenerateAction.Feedback(chunk=self._result_msg(chunk))))
+        request = _goal_request(bytes(goal.goal_id.uuid), goal.request)
+        reply = Reply(self._feedback(goal))
+        return await self._goal_result(goal, request.request_id, reply, self._answer(request, reply))
+
+    async def _goal_result(self, goal: ServerGoalHandle, request_id: str, reply: Reply,
+                           answer: Awaitable[Result]) -> GenerateAction.Result:
+        """The goal's end: its state from its whole answer (cancelled, aborted on an error, or succeeded)."""
         key = bytes(goal.goal_id.uuid)
-        self._goals[key] = (request.request_id, reply)
+        self._goals[key] = (request_id, reply)  # cancel_goal finds the request by the goal
         try:
-            result = await self._answer(request, reply)
+            result = await answer
         finally:
             del self._goals[key]
         if result.finish_reason == CANCELLED and goal.is_cancel_requested:
@@ -331,21 +357,23 @@ class GatewayNode(Node):
 
     # -- standby --------------------------------------------------------------------------------------------------
 
-    def _hold(self, request: Request, reply: Reply | None = None) -> None:
+    def _hold(self, request: Request, reply: Reply | HeldGoal | None = None) -> None:
         """A standby holds a request (called with the lock held). A call is answered at once when the active gateway
         already finished it, or as busy when the standby holds its max_queued_requests."""
         limit = self._core.limits.max_queued_requests
         if len(self._ledger) >= limit:
             self.get_logger().warning(f"standby: request '{request.request_id}' not held: {limit} held "
                                       "(max_queued_requests)")
-            if reply is not None:
+            if isinstance(reply, Reply):  # a held goal's busy answer is the active gateway's to give
                 reply.done.set_result(Result(request.request_id, final=True, finish_reason="error",
                                              error_code=ResultError.BUSY,
                                              error_message=f"busy: the standby gateway holds {limit} requests"))
             return
         answered = self._ledger.hold(request, reply)
-        if answered is not None and reply is not None:
+        if answered is not None and isinstance(reply, Reply):
             reply.done.set_result(answered)
+        elif answered is not None:  # a goal the active gateway already answered
+            self._action.forget(reply.goal_id)
 
     def _take_over(self, why: str) -> None:
         """Become the active gateway: publish progress, serve the action, and resume every request held."""
@@ -361,21 +389,38 @@ class GatewayNode(Node):
         self._run(self._core.take_over)
         for each in held:
             reply = each.waiter
-            if reply is not None:
+            if isinstance(reply, HeldGoal):
+                reply = self._adopt(reply, each.chunks)
+            elif reply is not None:
                 for chunk in each.chunks:  # a call's whole answer includes what the active one streamed
                     reply.add(chunk)
             self._run(self._core.resume, _named(each.request), each.streamed, len(each.chunks),
                       reply_to=reply.add if reply is not None else None)
+        unknown = self._action.activate()
+        if unknown:
+            self.get_logger().warning(f"{unknown} result requests for goals the standby never held answered "
+                                      "STATUS_UNKNOWN (their goals came before it started, or beyond its bound)")
 
     def _become_active(self) -> None:
         self._progress = self.create_publisher(InferenceResult, self._progress_topic,
                                                with_lease(CONTROL, self._lease_s))
-        # Feedback is every chunk of an answer: reliable and keep-all (CONTROL), or a slow client would lose some.
-        # A standby has no action server: rclpy's answers a result request for a goal it does not know at once
-        # (STATUS_UNKNOWN), which would race the active gateway's real result.
-        self._action = ActionServer(self, GenerateAction, "generate", execute_callback=self.execute_goal,
-                                    goal_callback=self.accept_goal, cancel_callback=self.cancel_goal,
-                                    callback_group=self._waiting, feedback_pub_qos_profile=CONTROL)
+
+    def _adopt(self, goal: HeldGoal, chunks: list[Result]) -> Reply:
+        """Take over a goal the active gateway was running: its client gets the rest as feedback and the whole
+        answer (with what the active one streamed) as its result."""
+        reply = Reply()
+        for chunk in chunks:  # its client has these as feedback already
+            reply.add(chunk)
+        request_id = _goal_request(goal.goal_id, goal.goal).request_id
+
+        async def finish(handle: ServerGoalHandle) -> GenerateAction.Result:
+            return await self._goal_result(handle, request_id, reply, reply.done)
+
+        reply.on_chunk = self._feedback(self._action.adopt(goal.goal_id, goal.goal, finish))
+        return reply
+
+    def _feedback(self, goal: ServerGoalHandle) -> Callable[[Result], None]:
+        return lambda chunk: goal.publish_feedback(GenerateAction.Feedback(chunk=self._result_msg(chunk)))
 
     # -- actions out ----------------------------------------------------------------------------------------------
 
@@ -431,6 +476,13 @@ class GatewayNode(Node):
 
     def _result_msg(self, result: Result) -> InferenceResult:
         return to_result_msg(result, self.get_clock().now().to_msg())
+
+
+def _goal_request(goal_id: bytes, goal: GenerateAction.Goal) -> Request:
+    """A goal's request, named after the goal when it came without an id: the name the active gateway and a standby
+    both give it (cancel_goal, and a standby's ledger, find the request by it)."""
+    request = from_request_msg(goal.request)
+    return request if request.request_id else replace(request, request_id=f"goal-{goal_id.hex()}")
 
 
 def _named(request: Request) -> Request:
