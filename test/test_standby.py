@@ -114,10 +114,20 @@ def test_a_core_given_the_plan_in_force_keeps_it_on_an_unchanged_fleet():
 
 def test_a_standby_takes_over_when_the_live_plan_writers_drop_to_none_and_never_steps_down():
     take = TakeOver(started_at=0.0, wait_s=1.3)
-    assert take.writers(1) is None and take.tick(5.0) is None  # the active coordinator lives
-    assert take.writers(2) is None and take.writers(1) is None  # one of two writers gone: one still publishes
-    assert take.writers(0) == "the active coordinator's plan writer lost liveliness" and take.active
-    assert take.writers(0) is None and take.writers(1) is None and take.tick(9.0) is None and take.active
+    assert take.writers(1, 1.0) is None and take.tick(5.0) is None  # the active coordinator lives
+    assert take.writers(2, 5.0) is None and take.writers(1, 5.1) is None  # one of two gone: one still publishes
+    assert take.writers(0, 5.2).startswith("the active coordinator's plan writer lost liveliness") and take.active
+    assert take.writers(0, 5.3) is None and take.writers(1, 5.4) is None and take.tick(9.0) is None and take.active
+
+
+def test_a_standby_takes_over_only_when_the_loss_lasts_confirm_s():
+    take = TakeOver(started_at=0.0, wait_s=1.3, confirm_s=0.1)
+    assert take.writers(1, 1.0) is None
+    assert take.writers(0, 2.0) is None and take.tick(2.05) is None and not take.active  # not yet confirmed
+    assert take.writers(1, 2.08) is None and take.tick(3.0) is None and not take.active  # alive again: it stays
+    assert take.writers(0, 4.0) is None
+    assert take.tick(4.11) == "the active coordinator's plan writer lost liveliness and stayed lost for 0.11 s"
+    assert take.active
 
 
 def test_a_standby_with_no_live_plan_writer_after_the_wait_takes_over_on_its_own():

@@ -36,6 +36,7 @@ from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.fleet import from_advert_msg, plan_assignments, plan_standbys, to_plan_msg
 
 PLAN_LEASE_S = 0.3  # as the adverts': a standby hears the active coordinator's death within it
+CONFIRM_LOSS_S = 0.1  # and takes over only when its plan writer is still lost this long after (fleet.standby.TakeOver)
 TICK_S = 0.1  # how often timeouts and the settling are checked; a look at the fleet costs far more than this check
 
 
@@ -129,7 +130,8 @@ class CoordinatorNode(Node):
             ComputeAdvert, adverts, self.on_advert, with_lease(ADVERTS_READER, lease_s),
             event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_liveliness_changed,
                                                        incompatible_qos=self.on_incompatible_advert))
-        self._take_over = TakeOver(time.monotonic(), policy.settle_s + self._plan_lease_s, active=not standby)
+        self._take_over = TakeOver(time.monotonic(), policy.settle_s + self._plan_lease_s, active=not standby,
+                                   confirm_s=CONFIRM_LOSS_S)
         self._ticker = self.create_timer(TICK_S, self.on_tick)
         self.get_logger().info(
             f"placing {self._model} ({len(units)} units, {num_layers} layers) on hosts advertising on "
@@ -163,7 +165,7 @@ class CoordinatorNode(Node):
     def on_plan_writers(self, info: QoSLivelinessChangedInfo) -> None:
         if not self.active:
             self.get_logger().info(f"standby: {info.alive_count} live plan writers")
-        self.take_over(self._take_over.writers(info.alive_count))
+        self.take_over(self._take_over.writers(info.alive_count, time.monotonic()))
 
     def on_incompatible_plan_writer(self, info: QoSRequestedIncompatibleQoSInfo) -> None:
         self.get_logger().error(

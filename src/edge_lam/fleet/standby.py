@@ -22,27 +22,44 @@ __all__ = ["TakeOver", "adopted_plan", "adopted_standbys", "unit_ranges"]
 
 @dataclasses.dataclass
 class TakeOver:
-    """When a standby becomes active: no live plan writer after a loss of liveliness, or none seen ``wait_s`` after
-    it started (it is the first coordinator, or the active one died before it started). Times are seconds on one
-    clock. An active coordinator never steps down (``active`` only turns true)."""
+    """When a standby becomes active: no live plan writer ``confirm_s`` after a loss of liveliness (a coordinator
+    starved of CPU for a moment misses its lease and is alive again at its next assertion; two active coordinators
+    would publish plans in turn), or none seen ``wait_s`` after it started (it is the first coordinator, or the active
+    one died before it started). Times are seconds on one clock. An active coordinator never steps down (``active``
+    only turns true)."""
 
     started_at: float
     wait_s: float
     active: bool = False
+    confirm_s: float = 0.0
     writers_alive: int = 0
     seen_writer: bool = False
+    lost_at: float | None = None  # when the live plan writers dropped to none, until confirmed or alive again
 
-    def writers(self, alive: int) -> str | None:
+    def writers(self, alive: int, now: float) -> str | None:
         """The live plan writers changed to ``alive``; the reason to take over, or None to stay a standby."""
         self.writers_alive = alive
         self.seen_writer = self.seen_writer or alive > 0
-        if self.active or alive > 0:
+        if self.active:
             return None
-        return self._take("the active coordinator's plan writer lost liveliness")
+        if alive > 0:
+            self.lost_at = None
+            return None
+        if self.lost_at is None:
+            self.lost_at = now
+        return self.tick(now)
 
     def tick(self, now: float) -> str | None:
-        """The reason to take over when no plan writer has been alive for ``wait_s`` since the start, else None."""
-        if self.active or self.seen_writer or now - self.started_at < self.wait_s:
+        """The reason to take over (a loss confirmed, or no plan writer alive ``wait_s`` since the start), else
+        None."""
+        if self.active:
+            return None
+        if self.lost_at is not None:
+            if now - self.lost_at < self.confirm_s:
+                return None
+            return self._take(f"the active coordinator's plan writer lost liveliness and stayed lost for "
+                              f"{now - self.lost_at:.2f} s")
+        if self.seen_writer or now - self.started_at < self.wait_s:
             return None
         return self._take(f"no live plan writer within {self.wait_s:g} s of starting")
 
