@@ -199,7 +199,27 @@ def test_units_read_off_the_real_smollm2_config_agree_with_the_numbers():
     config = transformers.AutoConfig.from_pretrained(folder)
     with torch.device("meta"):  # parameter shapes only: no weights read, no memory taken
         model = transformers.AutoModelForCausalLM.from_config(config)
-    assert chain_units(model, "float16") == llama_units(**SMOLLM2, dtype_bytes=4, wire_dtype="float16")
+    assert chain_units(model, "float16") == llama_units(**SMOLLM2, dtype_bytes=4, wire_dtype="float16", tied=True)
+
+
+def test_a_head_tied_to_the_embedding_is_counted_once_where_one_host_holds_both():
+    units = llama_units(**SMOLLM2, dtype_bytes=4, tied=True)
+    matrix, whole = 49152 * 576 * 4, sum(u.weight_bytes for u in units)
+    assert units[-1].tied_bytes == matrix and whole - matrix == 134_515_008 * 4
+    # A host with room for the model's weights once holds all of it (counting the matrix twice, nothing fits)
+    host = Host("edge", 10.0, whole - matrix)
+    plan = solve(units, [host], [], source_host="edge", sink_host="edge", context_tokens=0)
+    assert plan.segments == (("edge", 0, 32),) and plan.memory_bytes == (whole - matrix,)
+    head = placed_modules(plan, units, [host])[-1]
+    assert str(head.module) == "head" and head.memory_bytes == 576 * 4  # the final norm; the matrix is the embedding's
+    # Split over two hosts, each holds a copy of the matrix
+    hosts = [Host("a", 10.0, whole), Host("b", 10.0, whole)]
+    split = evaluate(units, [("a", 0, 16), ("b", 16, 32)], hosts, [Link("a", "b", 0.001, 1e9)],
+                     source_host="a", sink_host="b", context_tokens=0)
+    assert split.feasible and sum(split.memory_bytes) == whole
+    squeezed = evaluate(units, [("edge", 0, 32)], [Host("edge", 10.0, whole - matrix - 1)], [],
+                        source_host="edge", sink_host="edge", context_tokens=0)
+    assert not squeezed.feasible
 
 
 def test_hysteresis_moves_only_for_a_real_gain():

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 
 from edge_lam.placement.assignments import Assignment
-from edge_lam.placement.types import Plan, Segment, Unit
+from edge_lam.placement.types import Plan, Segment, Unit, segment_memory_bytes
 
 __all__ = ["TakeOver", "adopted_plan", "adopted_standbys", "unit_ranges"]
 
@@ -119,7 +119,7 @@ def adopted_plan(assigned: Sequence[Assignment], units: Sequence[Unit], context_
     return Plan(
         segments=tuple(segments), expected_latency_s=expected_latency_s,
         compute_s=tuple(compute[s] for s in segments), transfer_s=(math.nan,) * (len(segments) + 1),
-        memory_bytes=tuple(sum(u.memory_bytes(context_tokens) for u in units[s.start:s.end]) for s in segments),
+        memory_bytes=tuple(segment_memory_bytes(units, s.start, s.end, context_tokens) for s in segments),
         tokens_in_flight=1, context_tokens=context_tokens, solver=solver)
 
 

@@ -82,9 +82,11 @@ def llama_units(
     head_dim: int | None = None,
     dtype_bytes: int = 4,
     wire_dtype: str = DEFAULT_WIRE_DTYPE,
+    tied: bool = False,
 ) -> list[Unit]:
     """Units of a Llama-style decoder (gated MLP, no biases, RMSNorm) from its sizes alone, counted as
-    :func:`module_cost` counts them, for tests and benchmarks that should not build a model."""
+    :func:`module_cost` counts them, for tests and benchmarks that should not build a model. ``tied``: the head's
+    matrix is the embedding's."""
     head_dim = head_dim or hidden_size // num_heads
     attention = hidden_size * head_dim * (2 * num_heads + 2 * num_kv_heads)  # q, o; k, v
     matrices = attention + 3 * hidden_size * intermediate_size
@@ -101,7 +103,7 @@ def llama_units(
         Unit(ModuleSpec("embedding"), 0, vocab_size * hidden_size * dtype_bytes, out_bytes_per_token=hidden),
         *blocks,
         Unit(ModuleSpec("head"), 0, head_params * dtype_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
-             flops_per_step=2 * head_params),
+             flops_per_step=2 * head_params, tied_bytes=vocab_size * hidden_size * dtype_bytes if tied else 0),
     ]
 
 
@@ -134,6 +136,8 @@ def chain_units(model: PreTrainedModel, wire_dtype: str = DEFAULT_WIRE_DTYPE) ->
         units.append(Unit(spec, cost.flops_per_token, cost.weight_bytes, cost.kv_bytes_per_token, hidden, 0,
                           cost.attention_flops_per_context_token))
     cost = module_cost(arch, ModuleSpec("head"))
+    matrix = arch.model.get_output_embeddings().weight
+    tied = matrix.numel() * matrix.element_size() if matrix is arch.model.get_input_embeddings().weight else 0
     units.append(Unit(ModuleSpec("head"), 0, cost.weight_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
-                      flops_per_step=cost.flops_per_token))  # logits for the last token of a step only
+                      flops_per_step=cost.flops_per_token, tied_bytes=tied))  # logits for the last token only
     return units

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_lam.descriptors import Host, Link
-from edge_lam.placement.types import TOKEN_ID_BYTES, PlacedModule, PlacementError, Plan, Segment, Unit, merged_units
+from edge_lam.placement.types import (
+    TOKEN_ID_BYTES,
+    PlacedModule,
+    PlacementError,
+    Plan,
+    Segment,
+    Unit,
+    merged_units,
+    segment_memory_bytes,
+)
 
 __all__ = ["MAX_EXACT_HOSTS", "evaluate", "placed_modules", "proportional_to_memory", "solve"]
 
@@ -34,8 +43,11 @@ def placed_modules(plan: Plan, units: Sequence[Unit], hosts: Iterable[Host]) -> 
     for segment in plan.segments:
         for module, members in merged_units(units, segment.start, segment.end):
             flops = sum(u.flops(plan.tokens_in_flight, plan.context_tokens) for u in members)
+            memory = sum(u.memory_bytes(plan.context_tokens) for u in members)
+            if any(u.module.kind == "embedding" for u in units[segment.start:segment.end]):
+                memory -= sum(u.tied_bytes for u in members)  # the embedding's module holds the tied matrix
             placed.append(PlacedModule(
-                module, segment.host_id, sum(u.memory_bytes(plan.context_tokens) for u in members),
+                module, segment.host_id, memory,
                 _compute_s(flops, gflops.get(segment.host_id, 0.0)),
             ))
     return placed
@@ -93,7 +105,7 @@ def evaluate(
     previous = source_host
     for seg in segs:
         members = units[seg.start:seg.end]
-        need = sum(u.memory_bytes(context_tokens) for u in members)
+        need = segment_memory_bytes(units, seg.start, seg.end, context_tokens)
         host = by_id.get(seg.host_id)
         if host is None:
             problems.append(f"host '{seg.host_id}' is not among the hosts")
@@ -207,6 +219,9 @@ def _best_segments(
     upper = np.triu(np.ones((n + 1, n + 1), dtype=bool), 1)  # [i, j] with i < j: units i..j-1
     span_flops = cum_flops[None, :] - cum_flops[:, None]
     span_mem = cum_mem[None, :] - cum_mem[:, None]
+    for e in (i for i, u in enumerate(units) if u.module.kind == "embedding"):
+        for t in (i for i, u in enumerate(units) if u.tied_bytes):  # spans holding both count the tie once
+            span_mem[:min(e, t) + 1, max(e, t) + 1:] -= units[t].tied_bytes
     # compute[b][i, j]: units i..j-1 on host b, infinite where they do not fit or the range is empty
     compute = np.full((k, n + 1, n + 1), np.inf)
     for b, host in enumerate(hosts):

@@ -14,7 +14,8 @@ from typing import NamedTuple
 from edge_lam.descriptors import ModuleSpec
 
 __all__ = [
-    "TOKEN_ID_BYTES", "PlacedModule", "PlacementError", "Plan", "Segment", "Unit", "merged_units", "segment_modules",
+    "TOKEN_ID_BYTES", "PlacedModule", "PlacementError", "Plan", "Segment", "Unit", "merged_units",
+    "segment_memory_bytes", "segment_modules",
 ]
 
 TOKEN_ID_BYTES = 8  # token ids travel as int64 ("input_ids" into the embedding, "next_token" out of the head)
@@ -39,6 +40,7 @@ class Unit:
     out_bytes_per_step: int = 0  # the head's one token id, whatever the number of tokens in flight
     attention_flops_per_context_token: float = 0.0
     flops_per_step: float = 0.0  # the head's logits: for the last token of a step only
+    tied_bytes: int = 0  # of weight_bytes, those the embedding holds too (a head tied to it): counted once per host
 
     def flops(self, tokens: int, context_tokens: int) -> float:
         per_token = self.flops_per_token + self.attention_flops_per_context_token * context_tokens
@@ -109,6 +111,16 @@ def merged_units(units: Sequence[Unit], start: int, end: int) -> list[tuple[Modu
         else:
             modules.append((unit.module, [unit]))
     return modules
+
+
+def segment_memory_bytes(units: Sequence[Unit], start: int, end: int, context_tokens: int) -> int:
+    """Memory units [start, end) take on one host: a head tied to the embedding shares its matrix when both are
+    there, so the tied bytes are counted once."""
+    members = units[start:end]
+    total = sum(u.memory_bytes(context_tokens) for u in members)
+    if any(u.module.kind == "embedding" for u in members):
+        total -= sum(u.tied_bytes for u in members)
+    return total
 
 
 def segment_modules(units: Sequence[Unit], start: int, end: int) -> list[ModuleSpec]:
