@@ -61,7 +61,7 @@ class ShardCore:
         self.hidden_size = arch.hidden_size
         self.vocab_size = model.get_input_embeddings().num_embeddings
         self.dtype = arch.dtype
-        self.modules = [build_module(arch, spec) for spec in specs]
+        self.modules = [build_module(arch, spec, share_weights=True) for spec in specs]
         self.sessions = [
             SessionStore(m.new_cache, idle_timeout_s, bytes_per_token=module_cost(arch, spec).kv_bytes_per_token)
             if isinstance(m, BlockRange) else None for m, spec in zip(self.modules, specs, strict=True)
@@ -78,6 +78,12 @@ class ShardCore:
     def kv_bytes(self) -> int:
         """KV-cache bytes the shard's sessions hold (what ``max_kv_bytes`` bounds)."""
         return sum(store.kv_bytes for store in self.sessions if store is not None)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights the shard's modules hold (a tensor two modules share counted once)."""
+        unique = {p.data_ptr(): p for m in self.modules for p in m.parameters() if p.device.type != "meta"}
+        return sum(p.numel() * p.element_size() for p in unique.values())
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import resource
 import socket
 import time
 
@@ -88,8 +89,11 @@ class ShardNode(Node):
         self._slowdown = slowdown
         self._wire_dtype = getattr(torch, wire_dtype)
         self._threads = threads
-        self._core = ShardCore(load_model(model), [ModuleSpec.parse(m) for m in modules], idle,
+        specs = [ModuleSpec.parse(m) for m in modules]
+        started = time.perf_counter()
+        self._core = ShardCore(load_model(model, specs), specs, idle,
                                max_context_tokens=max_context, max_sessions=max_sessions, max_kv_bytes=max_kv_bytes)
+        load_s = time.perf_counter() - started
         self._bounds = Bounds(self)
         self._bounds.add("sessions", lambda: self._core.session_count, lambda: self._core.max_sessions)
         self._bounds.add("kv_bytes", lambda: self._core.kv_bytes, lambda: self._core.max_kv_bytes)
@@ -115,6 +119,8 @@ class ShardNode(Node):
             f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
             + (f"; early exit answers on {self._exit_pub.topic_name}" if self._exit_pub else "")
             + ("; a standby: packets dropped until it serves" if self._standby else "")
+            + f"; {self._core.weight_bytes / 2**20:.0f} MiB of weights read in {load_s:.2f} s, process peak RSS "
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB"
         )
 
     def on_plan(self, plan: PlacementPlan) -> None:

@@ -133,12 +133,15 @@ class Embedding(nn.Module):
 class BlockRange(nn.Module):
     """Decoder layers [start, end) with their own KV caches: hidden states in, hidden states out."""
 
-    def __init__(self, arch: Architecture, start: int, end: int) -> None:
+    def __init__(self, arch: Architecture, start: int, end: int, share_weights: bool = False) -> None:
+        """``share_weights``: the copied layers keep the source's parameters (inference: no second copy of the
+        weights); without, they own copies (training them leaves the source intact)."""
         super().__init__()
         if not 0 <= start < end <= arch.num_layers:
             raise ValueError(f"layers [{start}, {end}) are outside the model's {arch.num_layers}")
         # Copies, so that re-numbering their cache slots leaves the source model intact.
-        layers = copy.deepcopy(getattr(arch.base, arch.layers)[start:end])
+        source = getattr(arch.base, arch.layers)[start:end]
+        layers = copy.deepcopy(source, {id(p): p for p in source.parameters()} if share_weights else {})
         for local, layer in enumerate(layers):
             for module in layer.modules():
                 if hasattr(module, "layer_idx"):
@@ -188,13 +191,15 @@ class Projector(nn.Module):
         return self.proj(embeddings.to(self.proj.weight.dtype)).unsqueeze(0)
 
 
-def build_module(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 384) -> nn.Module:
+def build_module(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 384,
+                 share_weights: bool = False) -> nn.Module:
     """The runnable module for ``spec`` (a model module: encoders are nodes of their own). An exit is loaded from
-    the exits prepared for the model (AssetMissingError naming the command that trains them when there are none)."""
+    the exits prepared for the model (AssetMissingError naming the command that trains them when there are none).
+    Every module but a block range shares the model's weights; a block range does with ``share_weights``."""
     if spec.kind == "embedding":
         return Embedding(arch)
     if spec.kind == "blocks":
-        return BlockRange(arch, spec.layer_start, spec.layer_end)
+        return BlockRange(arch, spec.layer_start, spec.layer_end, share_weights)
     if spec.kind == "head":
         return Head(arch)
     if spec.kind == "projector":
