@@ -133,6 +133,19 @@ def test_a_standby_takes_over_only_when_the_loss_lasts_confirm_s():
 def test_a_standby_with_no_live_plan_writer_after_the_wait_takes_over_on_its_own():
     take = TakeOver(started_at=10.0, wait_s=1.3)
     assert take.tick(11.2) is None and not take.active
-    assert take.tick(11.3) == "no live plan writer within 1.3 s of starting" and take.active
+    assert take.tick(11.3) == "no live plan writer within 1.3 s of starting, and none in the graph" and take.active
     assert take.tick(12.0) is None
     assert TakeOver(0.0, 1.3, active=True).tick(5.0) is None  # started active: nothing to take
+
+
+def test_a_standby_that_has_not_heard_a_listed_writers_liveliness_yet_does_not_take_over():
+    """Seen in bench/failover.py on a loaded host: a new standby had the latched plan but not yet the liveliness
+    event of the active coordinator's writer when its wait ended, took over, and two coordinators published."""
+    take = TakeOver(started_at=10.0, wait_s=1.3)
+    assert take.tick(11.3, writers_listed=1) is None and take.tick(30.0, writers_listed=1) is None
+    assert not take.active
+    assert take.writers(1, 30.5) is None  # heard at last: from now on, liveliness decides
+    assert take.writers(0, 31.0).startswith("the active coordinator's plan writer lost") and take.active
+    late = TakeOver(started_at=10.0, wait_s=1.3)
+    assert late.tick(12.0, writers_listed=1) is None
+    assert late.tick(25.0, writers_listed=0).startswith("no live plan writer")  # the dead writer left the graph

@@ -249,7 +249,7 @@ class CoordinatorNode(Node):
     def on_tick(self) -> None:
         now = time.monotonic()
         if not self.active:  # the core hears adverts but decides nothing: the active coordinator does
-            self.take_over(self._take_over.tick(now))
+            self.take_over(self._take_over.tick(now, self.count_publishers(self._plan_reader.topic_name)))
             return
         self.act(self._core.tick(now))
 

@@ -24,9 +24,10 @@ __all__ = ["TakeOver", "adopted_plan", "adopted_standbys", "unit_ranges"]
 class TakeOver:
     """When a standby becomes active: no live plan writer ``confirm_s`` after a loss of liveliness (a coordinator
     starved of CPU for a moment misses its lease and is alive again at its next assertion; two active coordinators
-    would publish plans in turn), or none seen ``wait_s`` after it started (it is the first coordinator, or the active
-    one died before it started). Times are seconds on one clock. An active coordinator never steps down (``active``
-    only turns true)."""
+    would publish plans in turn), or none seen ``wait_s`` after it started and none in the ROS graph (it is the first
+    coordinator, or the active one died before it started; a writer the graph lists but whose liveliness is not
+    heard yet, late on a loaded host, is a live active coordinator). Times are seconds on one clock. An active
+    coordinator never steps down (``active`` only turns true)."""
 
     started_at: float
     wait_s: float
@@ -49,9 +50,9 @@ class TakeOver:
             self.lost_at = now
         return self.tick(now)
 
-    def tick(self, now: float) -> str | None:
-        """The reason to take over (a loss confirmed, or no plan writer alive ``wait_s`` since the start), else
-        None."""
+    def tick(self, now: float, writers_listed: int = 0) -> str | None:
+        """The reason to take over (a loss confirmed, or no plan writer alive ``wait_s`` since the start and none
+        of the ``writers_listed`` in the graph), else None."""
         if self.active:
             return None
         if self.lost_at is not None:
@@ -59,9 +60,9 @@ class TakeOver:
                 return None
             return self._take(f"the active coordinator's plan writer lost liveliness and stayed lost for "
                               f"{now - self.lost_at:.2f} s")
-        if self.seen_writer or now - self.started_at < self.wait_s:
+        if self.seen_writer or now - self.started_at < self.wait_s or writers_listed:
             return None
-        return self._take(f"no live plan writer within {self.wait_s:g} s of starting")
+        return self._take(f"no live plan writer within {self.wait_s:g} s of starting, and none in the graph")
 
     def _take(self, why: str) -> str:
         self.active = True
