@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -26,6 +27,7 @@ from std_msgs.msg import Header
 
 import edge_lam
 from conftest import Processes, finish
+from edge_lam.chain.shard import ShardCore
 from edge_lam.container.parameters import YamlBounds, yaml_parameters
 from edge_lam.container.services import component_kind
 from edge_lam.descriptors import Host, Link, ModuleSpec
@@ -43,6 +45,8 @@ from edge_lam.link.probing import (
     parse_emulated_links,
 )
 from edge_lam.model.costs import llama_units
+from edge_lam.model.loading import load_model
+from edge_lam.model.sampling import Sampling
 from edge_lam.placement.assignments import ShardGroup, assignments
 from edge_lam.placement.solver import solve
 from edge_lam.ros.qos import ADVERTS, LATCHED, TENSORS, VOCABULARIES
@@ -315,12 +319,14 @@ def test_agents_advertise_scaled_compute_memory_and_links(processes, client):
     assert link.measured_at.sec > 0
 
 
-def whole_model_plan(host_id: str, version: int, plan_id: str, ros: RosClient, model_id: str = "") -> PlacementPlan:
+def whole_model_plan(host_id: str, version: int, plan_id: str, ros: RosClient, model_id: str = "",
+                     weight_dtype: str = "") -> PlacementPlan:
     """All of SmolLM2 on one host, through the solver and assignments like the coordinator's plans."""
     units = llama_units(**SMOLLM2)
     hosts = [Host(host_id, gflops=10.0, memory_free_bytes=4 * 2**30)]
     solved = solve(units, hosts, [], source_host=host_id, sink_host=host_id, context_tokens=256)
     plan = PlacementPlan(plan_id=plan_id, version=version, model_id=model_id, solver=solved.solver,
+                         weight_dtype=weight_dtype,
                          expected_latency_s=solved.expected_latency_s,
                          modules=[to_assignment_msg(a) for a in assignments(solved, units, hosts, 30)])
     plan.header.stamp = ros.node.get_clock().now().to_msg()
@@ -332,6 +338,7 @@ def test_a_plan_loads_a_shard_that_serves_and_a_newer_plan_unloads_it(processes,
     adverts = ros.collect(ComputeAdvert, f"/{ns}/adverts", ADVERTS)
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics", QoSProfile(depth=50))
     output = ros.collect(ChainPacket, "chain/output", TENSORS)
+    logs = ros.collect_logs()
     agent = start_agent(processes, ns, "solo", "memory_limit_bytes:=4000000000")
     plans = ros.publisher(PlacementPlan, f"/{ns}/plan", LATCHED)
     plan_id = uuid.uuid4().hex
@@ -362,7 +369,23 @@ def test_a_plan_loads_a_shard_that_serves_and_a_newer_plan_unloads_it(processes,
     assert next_token.name == "next_token" and 0 <= int(to_torch(next_token).item()) < SMOLLM2["vocab_size"]
     assert {t.host_id for t in answered.timings} == {"solo"}
 
-    elsewhere = whole_model_plan("other_host", 2, plan_id, ros)
+    # the same modules in int8: the shard is loaded anew in it and answers as the int8 model does
+    plans.publish(whole_model_plan("solo", 2, plan_id, ros, weight_dtype="int8"))
+    wait(ros, lambda: any("of int8 weights" in log.msg and log.name.endswith("shard_embedding_blocks_0_30_head")
+                          for log in logs), 60, agent)
+    ids = torch.tensor([[1, 504, 3953]])
+    int8 = ShardCore(load_model("smollm2-135m-instruct", weight_dtype="int8"),
+                     [ModuleSpec.parse(m) for m in ("embedding", "blocks:0:30", "head")])
+    expected = int(int8.step({"input_ids": ids}, "s", 0, True, Sampling(), 0).tensors["next_token"][0])
+    output.clear()
+    deadline = time.monotonic() + 60
+    while not output and time.monotonic() < deadline:  # until the new shard has matched this publisher
+        chain.publish(ChainPacket(request_id="r2", session_id="s2", reset=True, tensors=[to_msg(ids, "input_ids")]))
+        ros.spin_until(lambda: bool(output), 2.0)
+    assert output[0].error_code == ChainPacket.ERROR_NONE, output[0].error_message
+    assert int(to_torch(output[0].tensors[0]).item()) == expected
+
+    elsewhere = whole_model_plan("other_host", 3, plan_id, ros)
     plans.publish(elsewhere)
     wait(ros, hosting(()), 30, agent)
     assert latest(adverts, "solo").memory_free_bytes == 4_000_000_000
@@ -372,7 +395,7 @@ def test_a_plan_loads_a_shard_that_serves_and_a_newer_plan_unloads_it(processes,
 
     # a plan naming a model that is not a prepared one (an id or a folder of the sender's choosing): the agent
     # says on /diagnostics that it cannot follow it, loads nothing and carries on
-    for version, model_id in ((3, "no-such-model"), (4, "/tmp")):
+    for version, model_id in ((4, "no-such-model"), (5, "/tmp")):
         diagnostics.clear()
         plans.publish(whole_model_plan("solo", version, plan_id, ros, model_id=model_id))
         refused = f"model '{model_id}' is not one this host serves"

@@ -202,6 +202,26 @@ def test_units_read_off_the_real_smollm2_config_agree_with_the_numbers():
     assert chain_units(model, "float16") == llama_units(**SMOLLM2, dtype_bytes=4, wire_dtype="float16", tied=True)
 
 
+def test_units_follow_the_weight_dtype():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from edge_lam.assets.cache import AssetMissingError, smollm2_dir
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(smollm2_dir())
+    except AssetMissingError as missing:
+        pytest.skip(str(missing))
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert chain_units(model, "float16", "bfloat16") == llama_units(**SMOLLM2, dtype_bytes=2, wire_dtype="float16",
+                                                                    tied=True)
+    embedding, block, *_, head = chain_units(model, "float16", "int8")
+    matrices = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536
+    assert embedding.weight_bytes == 49152 * 576 * 2  # looked up, kept in bf16
+    assert block.weight_bytes == matrices + 2 * 576 * 2 and block.kv_bytes_per_token == 2 * 3 * 64 * 2
+    assert head.weight_bytes == 49152 * 576 + 576 * 2 and head.tied_bytes == 0  # an int8 copy of its own
+
+
 def test_a_head_tied_to_the_embedding_is_counted_once_where_one_host_holds_both():
     units = llama_units(**SMOLLM2, dtype_bytes=4, tied=True)
     matrix, whole = 49152 * 576 * 4, sum(u.weight_bytes for u in units)

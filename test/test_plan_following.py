@@ -26,8 +26,9 @@ SPLIT = {"embedding": "me", "blocks:0:10": "me", "blocks:10:30": "other", "head"
 
 
 def follow(follower: PlanFollower, host_of: dict[str, str], hosted: dict[str, Hosting], version: int = 1,
-           model_id: str = "", wire_dtype: str = ""):
-    return follower.follow("p", version, model_id, wire_dtype, assigned(host_of), hosted)
+           model_id: str = "", wire_dtype: str = "", weight_dtype: str = ""):
+    return follower.follow("p", version, model_id, wire_dtype, assigned(host_of), hosted,
+                           weight_dtype=weight_dtype)
 
 
 def running(changes, from_plan: bool = True, failed: bool = False) -> dict[str, Hosting]:
@@ -64,6 +65,16 @@ def test_a_new_plan_keeps_what_it_still_wants_and_unloads_the_rest():
     assert other_model.unload == (grown,) and [(s.name, s.model) for s in other_model.load] == [(grown, "x")]
     assert follow(follower, dict.fromkeys(SPLIT, "other"), running(changes), version=5).unload == (grown,)
     assert follower.note == "plan p v5: 0 shards here"
+
+
+def test_a_plan_in_another_weight_dtype_loads_its_shards_anew_in_it():
+    follower = PlanFollower("me", "m")
+    hosted = running(follow(follower, SPLIT, {}))
+    assert {h.shard.weight_dtype for h in hosted.values()} == {"float32"}  # a plan naming none
+    int8 = follow(follower, SPLIT, hosted, version=2, weight_dtype="int8")
+    assert int8.keep == () and sorted(int8.unload) == sorted(hosted)
+    assert {s.weight_dtype for s in int8.load} == {"int8"}
+    assert follow(follower, SPLIT, running(int8), version=3, weight_dtype="int8").load == ()
 
 
 def test_components_loaded_on_request_give_way_only_where_they_clash_with_the_plan():
@@ -112,7 +123,7 @@ def test_a_plan_that_cannot_be_followed_is_a_warning_until_one_can():
 def test_a_shards_parameters_say_what_it_runs_and_which_a_request_may_override():
     (shard,) = follow(PlanFollower("me", "m"), {"blocks:0:10": "me"}, {}, wire_dtype="float32").load
     assert shard.parameters("me") == (
-        {"model": "m", "wire_dtype": "float32", "host_id": "me"},
+        {"model": "m", "wire_dtype": "float32", "host_id": "me", "weight_dtype": "float32"},
         {"modules": ["blocks:0:10"], "input_topic": "chain/hidden_0", "output_topic": "chain/hidden_10",
          "standby": False})
 

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_WIRE_DTYPE",
     "MODULE_KINDS",
     "ROLES",
+    "WEIGHT_DTYPES",
     "WIRE_DTYPES",
     "Advert",
     "Host",
@@ -24,6 +25,7 @@ __all__ = [
     "ModuleSpec",
     "Stage",
     "chain_specs",
+    "check_weight_dtype",
     "wire_dtype_bytes",
 ]
 
@@ -35,11 +37,20 @@ ROLES = ("robot", "edge", "cloud")
 # with the size, the shards cast with the name, and the plan carries the name so that both agree.
 WIRE_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
 DEFAULT_WIRE_DTYPE = "float16"  # also what a plan that names none means
+# Precisions a shard may hold its weights in (edge_lam.model.precision; int8 is weight-only, per channel).
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "int8")
 MIN_COMPUTE_SHARE = 0.05  # a host at full load is slow, not gone: it keeps this share of its compute
 MAX_HOST_ID_CHARS = 64  # host ids name namespaces and topics
 MAX_ADVERT_ITEMS = 256  # links or modules one advert may list
 
 _TEXT = re.compile(r"blocks:(\d+):(\d+)|encoder:([A-Za-z0-9_]+)|exit:(\d+)|([a-z]+)")
+
+
+def check_weight_dtype(name: str) -> str:
+    """``name`` if it is a weight dtype; ValueError naming the choices for any other."""
+    if name not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype '{name}' is not one of {', '.join(WEIGHT_DTYPES)}")
+    return name
 
 
 def wire_dtype_bytes(name: str) -> int:

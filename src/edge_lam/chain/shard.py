@@ -26,6 +26,7 @@ from edge_lam.chain.requests import DRAFTS, Route
 from edge_lam.descriptors import ModuleSpec
 from edge_lam.model.costs import module_cost
 from edge_lam.model.decompose import BlockRange, Embedding, Head, build_module, describe
+from edge_lam.model.precision import Int8Linear
 from edge_lam.model.sampling import Sampling, choose_token, verify_tokens
 from edge_lam.model.sessions import SessionStore
 
@@ -81,9 +82,12 @@ class ShardCore:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the weights the shard's modules hold (a tensor two modules share counted once)."""
-        unique = {p.data_ptr(): p for m in self.modules for p in m.parameters() if p.device.type != "meta"}
-        return sum(p.numel() * p.element_size() for p in unique.values())
+        """Bytes of the weights the shard's modules hold (int8 ones are buffers; a tensor two modules share counted
+        once)."""
+        tensors = [*(p for m in self.modules for p in m.parameters()),
+                   *(b for m in self.modules for q in m.modules() if isinstance(q, Int8Linear) for b in q.buffers())]
+        unique = {t.data_ptr(): t for t in tensors if t.device.type != "meta"}
+        return sum(t.numel() * t.element_size() for t in unique.values())
 
     @property
     def kv_bytes_per_token(self) -> int:

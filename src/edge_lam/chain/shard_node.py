@@ -84,6 +84,8 @@ class ShardNode(Node):
                                 "a standby): weights loaded and subscribed, packets dropped; false serves them.",
                                 on_change=self.set_standby)
         self._host_id = host_id or socket.gethostname()
+        weight_dtype = declare(self, "weight_dtype", "float32", "Precision of the weights: float32, bfloat16, "
+                               "float16 or int8 (weight-only, per channel, bfloat16 activations).")
         wire_dtype_bytes(wire_dtype)  # ValueError naming the choices
         line = DelayLine(slowdown, link_parameter(input_link or []), link_parameter(output_link or []))
         self._slowdown = slowdown
@@ -91,7 +93,7 @@ class ShardNode(Node):
         self._threads = threads
         specs = [ModuleSpec.parse(m) for m in modules]
         started = time.perf_counter()
-        self._core = ShardCore(load_model(model, specs), specs, idle,
+        self._core = ShardCore(load_model(model, specs, weight_dtype), specs, idle,
                                max_context_tokens=max_context, max_sessions=max_sessions, max_kv_bytes=max_kv_bytes)
         load_s = time.perf_counter() - started
         self._bounds = Bounds(self)
@@ -119,8 +121,8 @@ class ShardNode(Node):
             f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
             + (f"; early exit answers on {self._exit_pub.topic_name}" if self._exit_pub else "")
             + ("; a standby: packets dropped until it serves" if self._standby else "")
-            + f"; {self._core.weight_bytes / 2**20:.0f} MiB of weights read in {load_s:.2f} s, process peak RSS "
-            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB"
+            + f"; {self._core.weight_bytes / 2**20:.0f} MiB of {weight_dtype} weights read in {load_s:.2f} s, "
+            f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB"
         )
 
     def on_plan(self, plan: PlacementPlan) -> None:

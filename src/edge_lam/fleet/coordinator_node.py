@@ -22,7 +22,7 @@ from rclpy.event_handler import QoSLivelinessChangedInfo, QoSRequestedIncompatib
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 
-from edge_lam.descriptors import wire_dtype_bytes
+from edge_lam.descriptors import check_weight_dtype, wire_dtype_bytes
 from edge_lam.fleet.coordination import Chain, Coordinator, Decision, FleetFull, Policy, placement_table
 from edge_lam.fleet.model_pricing import price_in_child
 from edge_lam.fleet.standby import TakeOver, adopted_plan, adopted_standbys
@@ -69,6 +69,9 @@ class CoordinatorNode(Node):
         self._wire_dtype = declare(self, "wire_dtype", "float16",
                                    "Dtype of hidden states between modules: float16, bfloat16 or float32; plans are "
                                    "priced with it and every shard of a plan sends in it.")
+        self._weight_dtype = declare(self, "weight_dtype", "float32", "Precision every shard of a plan holds its "
+                                     "weights in: float32, bfloat16, float16 or int8 (weight-only); plans are priced "
+                                     "with it.")
         self._use_load = declare(self, "use_load", True, "Count each host's advertised load against its compute; "
                                  "false when the hosts share one machine, where each one's load is the others' work.")
         lease_s = declare(self, "host_lease_s", ADVERT_LEASE_S, "Liveliness lease requested of the host agents' "
@@ -105,9 +108,11 @@ class CoordinatorNode(Node):
         self._trust = declare_trust(self, "advertise invented hosts and be given the model's modules, and publish "
                                     "plans in the coordinator's place")
         wire_dtype_bytes(self._wire_dtype)  # ValueError naming the choices
+        check_weight_dtype(self._weight_dtype)
         robot_exit = declare(self, "robot_exit", False, "Add to every plan the deepest trained early exit that the "
                              "blocks of the chain's first host (the robot) reach (edge-lam exits lists them).")
-        priced = price_in_child(self._model, self._wire_dtype, robot_exit)  # torch stays out of this process
+        # torch stays out of this process
+        priced = price_in_child(self._model, self._wire_dtype, robot_exit, self._weight_dtype)
         units, num_layers = priced.units, priced.num_layers
         self._core = Coordinator(Chain(units, num_layers, gateway, context), policy)
         self._exits = priced.exits
@@ -290,7 +295,8 @@ class CoordinatorNode(Node):
         assert self._plans is not None, "a standby publishes no plan"
         self._plans.publish(self._trust.sign(to_plan_msg(
             str(uuid.uuid4()), self._version, self._model, self._wire_dtype, assigned, plan.expected_latency_s,
-            plan.solver, self.get_clock().now().nanoseconds, core.chain.gateway_host, standbys)))
+            plan.solver, self.get_clock().now().nanoseconds, core.chain.gateway_host, standbys,
+            self._weight_dtype)))
         if decision.plan is None:
             self.get_logger().info(f"plan v{self._version} ({decision.reason}): the plan in force, standby copies "
                                    f"now {standby_text(decision)}")

@@ -260,7 +260,8 @@ class HostAgentNode(Node):
                   for name, h in self._loader.hosted.items()}
         try:
             changes = self._following.follow(plan.plan_id, plan.version, plan.model_id, plan.wire_dtype,
-                                             plan_assignments(plan), hosted, plan_standbys(plan))
+                                             plan_assignments(plan), hosted, plan_standbys(plan),
+                                             plan.weight_dtype)
         except ValueError as err:
             self.get_logger().error(self._following.unusable(plan.plan_id, plan.version, err))
             return

@@ -27,8 +27,9 @@ class PricedModel:
     exits: dict[int, Unit]
 
 
-def model_chain(model: str, wire_dtype: str) -> tuple[list[Unit], int]:
-    """The model's units and number of layers (imports torch and transformers: call it in a child or a test)."""
+def model_chain(model: str, wire_dtype: str, weight_dtype: str = "float32") -> tuple[list[Unit], int]:
+    """The model's units (weights in ``weight_dtype``) and number of layers (imports torch and transformers: call
+    it in a child or a test)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -38,10 +39,11 @@ def model_chain(model: str, wire_dtype: str) -> tuple[list[Unit], int]:
     config = AutoConfig.from_pretrained(model_path(model))
     with torch.device("meta"):
         shapes = AutoModelForCausalLM.from_config(config)
-    return chain_units(shapes, wire_dtype), shapes.config.get_text_config(decoder=True).num_hidden_layers
+    units = chain_units(shapes, wire_dtype, weight_dtype)
+    return units, shapes.config.get_text_config(decoder=True).num_hidden_layers
 
 
-def price_model(model: str, wire_dtype: str, with_exits: bool) -> PricedModel:
+def price_model(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str = "float32") -> PricedModel:
     """The chain and, with ``with_exits``, every trained exit; the exits' units count the head's matrix as held
     already when the embedding is tied to it (the robot, first in the chain, holds the embedding)."""
     import torch
@@ -51,7 +53,7 @@ def price_model(model: str, wire_dtype: str, with_exits: bool) -> PricedModel:
     from edge_lam.model.exits import available_exits
     from edge_lam.model.loading import model_path
 
-    units, num_layers = model_chain(model, wire_dtype)
+    units, num_layers = model_chain(model, wire_dtype, weight_dtype)
     exits: dict[int, Unit] = {}
     if with_exits and (layers := available_exits(model)):
         config = AutoConfig.from_pretrained(model_path(model))
@@ -62,8 +64,8 @@ def price_model(model: str, wire_dtype: str, with_exits: bool) -> PricedModel:
     return PricedModel(tuple(units), num_layers, exits)
 
 
-def price_in_child(model: str, wire_dtype: str, with_exits: bool) -> PricedModel:
+def price_in_child(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str = "float32") -> PricedModel:
     """``price_model`` run in a fresh (spawned) child process; its errors are raised here."""
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(price_model, model, wire_dtype, with_exits).result()
+        return pool.submit(price_model, model, wire_dtype, with_exits, weight_dtype).result()

@@ -43,6 +43,7 @@ class ShardLoad:
     model: str
     wire_dtype: str = DEFAULT_WIRE_DTYPE
     standby: bool = False
+    weight_dtype: str = "float32"
 
     @property
     def name(self) -> str:
@@ -55,15 +56,19 @@ class ShardLoad:
     def parameters(self, host_id: str) -> tuple[dict[str, object], dict[str, object]]:
         """The shard component's parameters: those a load request's own may override (model, wire dtype, host),
         then those that make it this shard (its modules and topics)."""
-        return ({"model": self.model, "wire_dtype": self.wire_dtype, "host_id": host_id},
+        return ({"model": self.model, "wire_dtype": self.wire_dtype, "host_id": host_id,
+                 "weight_dtype": self.weight_dtype},
                 {"modules": [str(m) for m in self.group.modules], "input_topic": self.group.input_topic,
                  "output_topic": self.group.output_topic, "standby": self.standby})
 
     def runs_as(self, other: ShardLoad) -> bool:
-        """Same modules, topics, model and wire dtype: a running shard can stay (and keep its KV caches), a standby
-        switched on or off. Memory is an estimate of the plan and may change without the shard changing."""
-        return (self.model, self.wire_dtype, self.group.modules, self.group.input_topic, self.group.output_topic) == \
-            (other.model, other.wire_dtype, other.group.modules, other.group.input_topic, other.group.output_topic)
+        """Same modules, topics, model, wire and weight dtypes: a running shard can stay (and keep its KV caches),
+        a standby switched on or off. Memory is an estimate of the plan and may change without the shard changing."""
+        return self._key() == other._key()
+
+    def _key(self) -> tuple:
+        return (self.model, self.wire_dtype, self.weight_dtype, self.group.modules, self.group.input_topic,
+                self.group.output_topic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,13 +123,15 @@ class PlanFollower:
     note: str = "no plan yet"
 
     def follow(self, plan_id: str, version: int, model_id: str, wire_dtype: str, assigned: Sequence[Assignment],
-               hosted: Mapping[str, Hosting], standbys: Sequence[Assignment] = ()) -> PlanChanges:
+               hosted: Mapping[str, Hosting], standbys: Sequence[Assignment] = (),
+               weight_dtype: str = "") -> PlanChanges:
         """The changes that make this host run what a newer plan (``order`` accepted it) gives it, and keep the
         idle copies it gives it (``standbys``)."""
         model = self.model_of(model_id)
-        dtype = wire_dtype or DEFAULT_WIRE_DTYPE
-        wanted = [ShardLoad(g, model, dtype) for g in shard_groups(assigned, self.host_id)]
-        wanted += [ShardLoad(g, model, dtype, standby=True) for g in shard_groups(standbys, self.host_id)]
+        dtype, weights = wire_dtype or DEFAULT_WIRE_DTYPE, weight_dtype or "float32"
+        wanted = [ShardLoad(g, model, dtype, weight_dtype=weights) for g in shard_groups(assigned, self.host_id)]
+        wanted += [ShardLoad(g, model, dtype, standby=True, weight_dtype=weights)
+                   for g in shard_groups(standbys, self.host_id)]
         names, modules = {w.name for w in wanted}, {m for w in wanted for m in w.module_ids}
         # The plan's shards, and components loaded by load_module that clash with them (a name or a module in
         # common): two shards of one module would both answer every packet.

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from edge_lam.descriptors import DEFAULT_WIRE_DTYPE, ModuleSpec, wire_dtype_bytes
 from edge_lam.model.decompose import Architecture, Head, describe
+from edge_lam.model.precision import compute_dtype, weight_bytes_per_param
 from edge_lam.placement.types import TOKEN_ID_BYTES, Unit
 
 __all__ = ["ModuleCost", "chain_units", "exit_unit", "llama_exit_unit", "llama_units", "module_cost"]
@@ -29,30 +30,36 @@ class ModuleCost:
 
 
 def module_cost(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 384,
-                exit_rank: int = DEFAULT_EXIT_RANK, shares_head: bool = False) -> ModuleCost:
-    """The cost of ``spec`` without building it.
+                exit_rank: int = DEFAULT_EXIT_RANK, shares_head: bool = False,
+                weight_dtype: str | None = None) -> ModuleCost:
+    """The cost of ``spec`` without building it, its weights in ``weight_dtype`` (``model.precision``; None: the
+    model's own dtype). The KV cache is in the dtype activations run in.
 
     An exit costs its adapter (``exit_rank``) and the final norm and head; ``shares_head``: its host already holds
     the head's matrix (the head, or the embedding when the two are tied), so only the adapter and norm add memory.
     Its FLOPs are the adapter's and the vocabulary projection's, per token it decides.
     """
-    config, itemsize = arch.config, arch.dtype.itemsize
+    weight_dtype = weight_dtype or str(arch.dtype).removeprefix("torch.")
+    matrix_bytes, other_bytes = (weight_bytes_per_param(weight_dtype, m) for m in (True, False))
+    config, itemsize = arch.config, compute_dtype(weight_dtype).itemsize
     if spec.kind == "exit":
         head = Head(arch)
         adapter = 2 * arch.hidden_size * exit_rank
         matrix = head.lm_head.weight.numel()
         held = adapter + sum(p.numel() for p in head.parameters()) - (matrix if shares_head else 0)
-        return ModuleCost(held, held * itemsize, 0, 2 * (adapter + matrix), 0)
+        return ModuleCost(held, int(held * other_bytes), 0, 2 * (adapter + matrix), 0)
     if spec.kind == "embedding":
         parts = [arch.model.get_input_embeddings(), *(getattr(arch.base, n) for n in arch.position_embeddings)]
         params = sum(p.numel() for m in parts for p in m.parameters())
-        return ModuleCost(params, params * itemsize, 0, 0, 0)  # a lookup: no matrix products
+        return ModuleCost(params, int(params * other_bytes), 0, 0, 0)  # a lookup: no matrix products
     if spec.kind == "projector":
         params = (projector_in_dim + 1) * arch.hidden_size
-        return ModuleCost(params, params * itemsize, 0, 2 * params, 0)
+        return ModuleCost(params, int(params * other_bytes), 0, 2 * params, 0)
     if spec.kind == "head":
-        params = sum(p.numel() for p in Head(arch).parameters())
-        return ModuleCost(params, params * itemsize, 0, 2 * params, 0)
+        head = Head(arch)
+        params = sum(p.numel() for p in head.parameters())
+        matrix = head.lm_head.weight.numel()
+        return ModuleCost(params, int(matrix * matrix_bytes + (params - matrix) * other_bytes), 0, 2 * params, 0)
     layers = getattr(arch.base, arch.layers)[spec.layer_start:spec.layer_end]
     params = sum(p.numel() for p in layers.parameters())
     matrix_params = sum(m.weight.numel() for m in layers.modules() if isinstance(m, nn.Linear))
@@ -64,7 +71,7 @@ def module_cost(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 38
     n = len(layers)
     return ModuleCost(
         params=params,
-        weight_bytes=params * itemsize,
+        weight_bytes=int(matrix_params * matrix_bytes + (params - matrix_params) * other_bytes),
         kv_bytes_per_token=2 * n * kv_heads * head_dim * itemsize,
         flops_per_token=2 * matrix_params,
         attention_flops_per_context_token=4 * n * heads * head_dim,
@@ -122,8 +129,10 @@ def exit_unit(model: PreTrainedModel, layer: int, rank: int = DEFAULT_EXIT_RANK,
     return Unit(ModuleSpec.exit_at(layer), cost.flops_per_token, cost.weight_bytes)
 
 
-def chain_units(model: PreTrainedModel, wire_dtype: str = DEFAULT_WIRE_DTYPE) -> list[Unit]:
-    """Units of any causal LM that ``decompose`` can cut, priced by :func:`module_cost`: embedding, each block, head.
+def chain_units(model: PreTrainedModel, wire_dtype: str = DEFAULT_WIRE_DTYPE,
+                weight_dtype: str | None = None) -> list[Unit]:
+    """Units of any causal LM that ``decompose`` can cut, priced by :func:`module_cost`: embedding, each block, head,
+    with weights in ``weight_dtype`` (None: the model's). An int8 head holds a copy of its own of a tied matrix.
 
     A model built on the meta device (``with torch.device("meta")``) is enough: only parameter counts are read.
     """
@@ -132,12 +141,14 @@ def chain_units(model: PreTrainedModel, wire_dtype: str = DEFAULT_WIRE_DTYPE) ->
     units = []
     specs = [ModuleSpec("embedding"), *(ModuleSpec("blocks", i, i + 1) for i in range(arch.num_layers))]
     for spec in specs:
-        cost = module_cost(arch, spec)
+        cost = module_cost(arch, spec, weight_dtype=weight_dtype)
         units.append(Unit(spec, cost.flops_per_token, cost.weight_bytes, cost.kv_bytes_per_token, hidden, 0,
                           cost.attention_flops_per_context_token))
-    cost = module_cost(arch, ModuleSpec("head"))
+    cost = module_cost(arch, ModuleSpec("head"), weight_dtype=weight_dtype)
     matrix = arch.model.get_output_embeddings().weight
-    tied = matrix.numel() * matrix.element_size() if matrix is arch.model.get_input_embeddings().weight else 0
+    tied, dtype = 0, weight_dtype or str(arch.dtype).removeprefix("torch.")
+    if matrix is arch.model.get_input_embeddings().weight and dtype != "int8":
+        tied = int(matrix.numel() * weight_bytes_per_param(dtype, True))
     units.append(Unit(ModuleSpec("head"), 0, cost.weight_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
                       flops_per_step=cost.flops_per_token, tied_bytes=tied))  # logits for the last token only
     return units

@@ -141,7 +141,8 @@ class BlockRange(nn.Module):
             raise ValueError(f"layers [{start}, {end}) are outside the model's {arch.num_layers}")
         # Copies, so that re-numbering their cache slots leaves the source model intact.
         source = getattr(arch.base, arch.layers)[start:end]
-        layers = copy.deepcopy(source, {id(p): p for p in source.parameters()} if share_weights else {})
+        shared = [*source.parameters(), *source.buffers()] if share_weights else []  # int8 weights are buffers
+        layers = copy.deepcopy(source, {id(t): t for t in shared})
         for local, layer in enumerate(layers):
             for module in layer.modules():
                 if hasattr(module, "layer_idx"):

@@ -21,6 +21,7 @@ from transformers.utils import logging as transformers_logging
 
 from edge_lam.assets import smollm2_dir
 from edge_lam.descriptors import ModuleSpec
+from edge_lam.model.precision import compute_dtype, quantize_linears
 
 __all__ = ["MODELS", "load_model", "load_tokenizer", "model_path", "used_parameters"]
 
@@ -38,20 +39,27 @@ def model_path(model: str) -> pathlib.Path:
     return path
 
 
-def load_model(model: str, modules: Sequence[ModuleSpec] | None = None) -> PreTrainedModel:
-    """The model in fp32 and eval mode. With ``modules``, only the parameters they use hold weights; the others
-    stay on the meta device. Not cached: a shard keeps only the parts it built, the rest is freed."""
+def load_model(model: str, modules: Sequence[ModuleSpec] | None = None,
+               weight_dtype: str = "float32") -> PreTrainedModel:
+    """The model in eval mode with weights in ``weight_dtype`` (``model.precision``). With ``modules``, only the
+    parameters they use hold weights; the others stay on the meta device. Not cached: a shard keeps only the parts
+    it built, the rest is freed."""
     transformers_logging.disable_progress_bar()  # a progress bar per load would flood the node's log
     folder = model_path(model)
+    dtype = compute_dtype(weight_dtype)
     if modules is None:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    with init_empty_weights(include_buffers=False):
-        shell = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32).eval()
-    shell.tie_weights()  # empty weights are made one by one: a tied head gets its own until tied again
-    names = used_parameters(shell, modules)
-    shell.load_state_dict(_read_tensors(folder, names, torch.float32), strict=False, assign=True)
-    shell.tie_weights()  # loading assigned each name its own Parameter (over one tensor): one object again
-    return shell
+        loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    else:
+        with init_empty_weights(include_buffers=False):
+            loaded = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype).eval()
+        loaded.tie_weights()  # empty weights are made one by one: a tied head gets its own until tied again
+        names = used_parameters(loaded, modules)
+        loaded.load_state_dict(_read_tensors(folder, names, dtype), strict=False, assign=True)
+        loaded.tie_weights()  # loading assigned each name its own Parameter (over one tensor): one object again
+    if weight_dtype == "int8":
+        # the embedding's matrix stays bf16 for its lookups; a head tied to it gets an int8 copy of its own
+        quantize_linears(loaded)
+    return loaded
 
 
 def used_parameters(model: PreTrainedModel, modules: Sequence[ModuleSpec]) -> list[list[str]]:

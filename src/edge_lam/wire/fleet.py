@@ -66,10 +66,11 @@ def from_assignment_msg(msg: ModuleAssignment) -> Assignment:
 
 def to_plan_msg(plan_id: str, version: int, model_id: str, wire_dtype: str, assigned: Sequence[Assignment],
                 expected_latency_s: float, solver: str, stamp_ns: int, gateway_host: str = "",
-                standbys: Sequence[Assignment] = ()) -> PlacementPlan:
+                standbys: Sequence[Assignment] = (), weight_dtype: str = "float32") -> PlacementPlan:
     """``gateway_host``: who feeds the chain's first module (with trust on, the only signer it accepts there);
     ``standbys``: idle copies of modules, on their copies' hosts."""
     msg = PlacementPlan(plan_id=plan_id, version=version, model_id=model_id, wire_dtype=wire_dtype,
+                        weight_dtype=weight_dtype,
                         modules=[to_assignment_msg(a) for a in assigned], expected_latency_s=expected_latency_s,
                         solver=solver, gateway_host=gateway_host, standbys=[to_assignment_msg(a) for a in standbys])
     msg.header.stamp = from_ns(stamp_ns)
