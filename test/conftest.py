@@ -15,7 +15,7 @@ import pytest
 import rclpy.context
 
 from edge_lam.processes import stop_processes
-from edge_lam.ros.fastdds_shm import SHM_DIR, clean_zombies
+from edge_lam.ros.fastdds_shm import SHM_DIR, clean_domain_ports, clean_zombies
 
 # Set before anything initialises rclpy, and inherited by every process the tests start. A process the tests spawn
 # through multiprocessing imports this file again: it keeps what pytest's process set (its own pid would pick another
@@ -144,8 +144,12 @@ REPORTED: list[str] = []
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """A test run leaves nothing in /dev/shm: what processes it had to kill left (Fast DDS segments no live process
-    holds, 35 MB each) is removed, as `fastdds shm clean` does; other runs' live segments are never touched."""
+    holds, 35 MB each) is removed, as `fastdds shm clean` does, and the port files of this run's domain that no
+    listener holds; other runs' live segments and other domains' ports are never touched."""
     cleaned = clean_zombies()
+    ports = clean_domain_ports(int(os.environ["ROS_DOMAIN_ID"]))  # the domain is this run's own, all stopped
+    cleaned.removed += ports.removed
+    cleaned.freed_bytes += ports.freed_bytes
     if cleaned.removed:
         REPORTED.append(f"removed {len(cleaned.removed)} Fast DDS files that no live process held from {SHM_DIR} "
                         f"({cleaned.freed_bytes / 2**20:.0f} MiB)")

@@ -12,7 +12,7 @@ import time
 from ament_index_python.packages import get_package_prefix
 
 from conftest import finish
-from edge_lam.ros.fastdds_shm import SHM_DIR, clean_zombies, held_segments
+from edge_lam.ros.fastdds_shm import SHM_DIR, clean_domain_ports, clean_zombies, domain_ports, held_segments
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
 SEGMENT = "fastdds_0123456789abcdef"
@@ -38,6 +38,21 @@ def test_files_whose_lock_is_free_are_removed_and_held_or_fresh_ones_kept(tmp_pa
     assert cleaned.freed_bytes == 500 and cleaned.in_use == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [held, f"{held}_el", fresh, f"{fresh}_el", "fastdds_port7412", "other_file"])
+
+
+def test_a_domains_port_files_no_listener_holds_are_removed_at_the_end_of_its_run(tmp_path):
+    assert domain_ports(0) == range(7400, 7650) and 15411 in domain_ports(32)
+    left = ["fastdds_port15411", "sem.fastdds_port15411_mutex"]  # a graceful end leaves these: no lock file
+    dead = ["fastdds_port15413", "fastdds_port15413_el", "sem.fastdds_port15413_mutex"]  # a killed listener's
+    live = ["fastdds_port15415", "fastdds_port15415_el"]
+    other_domain = ["fastdds_port7411", "sem.fastdds_port7411_mutex"]
+    make(tmp_path, *left, *dead, *live, *other_domain, "fastdds_port15417")
+    make(tmp_path, "fastdds_port15419", age_s=0.0)  # just made: its listener may be about to lock it
+    with open(tmp_path / "fastdds_port15415_el", "rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        cleaned = clean_domain_ports(32, tmp_path)
+    assert sorted(cleaned.removed) == sorted([*left, *dead, "fastdds_port15417"]) and cleaned.in_use == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*live, *other_domain, "fastdds_port15419"])
 
 
 def test_a_graceful_end_leaves_nothing_and_a_killed_nodes_files_are_cleaned_but_not_a_live_ones(processes):

@@ -17,11 +17,12 @@ import re
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["SHM_DIR", "Cleaned", "clean_zombies", "held_segments"]
+__all__ = ["SHM_DIR", "Cleaned", "clean_domain_ports", "clean_zombies", "domain_ports", "held_segments"]
 
 SHM_DIR = pathlib.Path("/dev/shm")
 _SEGMENT_LOCK = re.compile(r"^fastdds_[0-9a-z]{16}(_el|_sl)$")
 _PORT_LOCK = re.compile(r"^fastdds_port\d{1,5}(_el|_sl)$")
+_PORT = re.compile(r"^fastdds_port(\d{1,5})$")
 
 
 @dataclass
@@ -79,6 +80,37 @@ def clean_zombies(folder: pathlib.Path = SHM_DIR, min_age_s: float = 1.0) -> Cle
             continue
         owned = name[:-3]
         for file in (owned, name, *([f"sem.{owned}_mutex"] if port else [])):
+            _remove(folder, file, cleaned)
+    return cleaned
+
+
+def domain_ports(domain_id: int) -> range:
+    """The port numbers of a ROS domain (RTPS well-known ports: 7400 + 250 x domain, and the 250 after)."""
+    return range(7400 + 250 * domain_id, 7650 + 250 * domain_id)
+
+
+def clean_domain_ports(domain_id: int, folder: pathlib.Path = SHM_DIR, min_age_s: float = 1.0) -> Cleaned:
+    """Remove the port files of ``domain_id`` that no listener holds, with their lock files and mutexes.
+
+    A listener that ends gracefully removes its lock file but leaves the port (the next participant of that number
+    reuses it), so `fastdds shm clean` and :func:`clean_zombies` keep them. Only for the end of a run whose domain is
+    its own and whose processes have all stopped: a live process of the domain that still sends to a removed port
+    would write into a file a new listener of that number never reads."""
+    cleaned = Cleaned()
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return cleaned
+    ports = domain_ports(domain_id)
+    for name in names:
+        port = _PORT.match(name)
+        if not port or int(port[1]) not in ports:
+            continue
+        locks = [folder / f"{name}{suffix}" for suffix in ("_el", "_sl")]
+        if _is_recent(folder / name, min_age_s) or any(lock.exists() and _is_locked(lock) for lock in locks):
+            cleaned.in_use += 1
+            continue
+        for file in (name, f"{name}_el", f"{name}_sl", f"sem.{name}_mutex"):
             _remove(folder, file, cleaned)
     return cleaned
 
