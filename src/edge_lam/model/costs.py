@@ -29,6 +29,11 @@ class ModuleCost:
     attention_flops_per_context_token: int  # added per token of context already in the cache
 
 
+def _own_dtype(arch: Architecture) -> str:
+    """The weight dtype name of a model as built (float32, bfloat16, ...)."""
+    return str(arch.dtype).removeprefix("torch.")
+
+
 def module_cost(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 384,
                 exit_rank: int = DEFAULT_EXIT_RANK, shares_head: bool = False,
                 weight_dtype: str | None = None) -> ModuleCost:
@@ -39,7 +44,7 @@ def module_cost(arch: Architecture, spec: ModuleSpec, projector_in_dim: int = 38
     the head's matrix (the head, or the embedding when the two are tied), so only the adapter and norm add memory.
     Its FLOPs are the adapter's and the vocabulary projection's, per token it decides.
     """
-    weight_dtype = weight_dtype or str(arch.dtype).removeprefix("torch.")
+    weight_dtype = weight_dtype or _own_dtype(arch)
     matrix_bytes, other_bytes = (weight_bytes_per_param(weight_dtype, m) for m in (True, False))
     config, itemsize = arch.config, compute_dtype(weight_dtype).itemsize
     if spec.kind == "exit":
@@ -137,6 +142,7 @@ def chain_units(model: PreTrainedModel, wire_dtype: str = DEFAULT_WIRE_DTYPE,
     A model built on the meta device (``with torch.device("meta")``) is enough: only parameter counts are read.
     """
     arch = describe(model)
+    weight_dtype = weight_dtype or _own_dtype(arch)
     hidden = arch.hidden_size * wire_dtype_bytes(wire_dtype)
     units = []
     specs = [ModuleSpec("embedding"), *(ModuleSpec("blocks", i, i + 1) for i in range(arch.num_layers))]
@@ -146,9 +152,9 @@ def chain_units(model: PreTrainedModel, wire_dtype: str = DEFAULT_WIRE_DTYPE,
                           cost.attention_flops_per_context_token))
     cost = module_cost(arch, ModuleSpec("head"), weight_dtype=weight_dtype)
     matrix = arch.model.get_output_embeddings().weight
-    tied, dtype = 0, weight_dtype or str(arch.dtype).removeprefix("torch.")
-    if matrix is arch.model.get_input_embeddings().weight and dtype != "int8":
-        tied = int(matrix.numel() * weight_bytes_per_param(dtype, True))
+    tied = 0
+    if matrix is arch.model.get_input_embeddings().weight and weight_dtype != "int8":
+        tied = int(matrix.numel() * weight_bytes_per_param(weight_dtype, True))
     units.append(Unit(ModuleSpec("head"), 0, cost.weight_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
                       flops_per_step=cost.flops_per_token, tied_bytes=tied))  # logits for the last token only
     return units

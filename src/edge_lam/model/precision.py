@@ -56,15 +56,14 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 
 
-def quantize_linears(module: nn.Module, keep: set[int] | None = None) -> int:
+def quantize_linears(module: nn.Module) -> int:
     """Replace every ``nn.Linear`` under ``module`` whose weight holds values (not on the meta device) and whose
-    input size the kernel handles by an Int8Linear; ``keep``: ids of weights to leave as they are. Returns the
-    number replaced."""
+    input size the kernel handles by an Int8Linear. Returns the number replaced."""
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if (isinstance(child, nn.Linear) and child.weight.device.type != "meta"
-                    and child.in_features % _INT8_K_MULTIPLE == 0 and id(child.weight) not in (keep or set())):
+                    and child.in_features % _INT8_K_MULTIPLE == 0):
                 setattr(parent, name, Int8Linear(child))
                 replaced += 1
     return replaced
