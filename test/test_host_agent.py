@@ -447,6 +447,15 @@ def test_load_module_and_unload_module_serve_good_requests_and_refuse_bad_ones(p
     load = ros.node.create_client(LoadModule, f"/{ns}/agent_svc/load_module")
     unload = ros.node.create_client(UnloadModule, f"/{ns}/agent_svc/unload_module")
     wait(ros, lambda: load.service_is_ready() and unload.service_is_ready(), 60, agent)
+    # A service is ready once its request reader matched this client; its response writer may match this client's
+    # reader later, and an answer sent before is lost (a clean clone's run lost one): ask something harmless until
+    # an answer comes.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        future = unload.call_async(UnloadModule.Request(module_id="warm_up"))
+        if ros.spin_until(future.done, 5.0):
+            break
+        unload.remove_pending_request(future)
     blocks = {"module_id": "blocks_0_2", "layers": (0, 2), "topics": ("chain/hidden_0", "chain/hidden_2")}
 
     refused = {
