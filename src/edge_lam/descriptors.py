@@ -156,12 +156,14 @@ def chain_specs(num_layers: int, cuts: list[int]) -> list[ModuleSpec]:
 
 @dataclass(frozen=True)
 class Host:
-    """A host as placement sees it: effective compute (already scaled by emulation and load) and free memory."""
+    """A host as placement sees it: effective compute and memory bandwidth (already scaled by emulation and load)
+    and free memory. ``bandwidth_gbps`` 0 means not measured: its modules are priced by FLOPs alone."""
 
     host_id: str
     gflops: float
     memory_free_bytes: int
     role: str = "edge"
+    bandwidth_gbps: float = 0.0
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -215,6 +217,7 @@ class Advert:
     links: tuple[Link, ...] = ()
     battery_fraction: float | None = None  # None: no battery
     modules_hosted: tuple[str, ...] = ()  # module ids
+    memory_bandwidth_gbps: float = 0.0  # measured GB/s of streaming weight reads; 0: not measured (an older agent)
 
     def __post_init__(self) -> None:
         if not self.host_id or len(self.host_id) > MAX_HOST_ID_CHARS:
@@ -225,15 +228,28 @@ class Advert:
                              f"{len(self.modules_hosted)} modules (at most {MAX_ADVERT_ITEMS} each)")
         if not (math.isfinite(self.compute_gflops) and self.compute_gflops >= 0):
             raise ValueError(f"host '{self.host_id}' advertises compute {self.compute_gflops} GFLOP/s")
+        if not (math.isfinite(self.memory_bandwidth_gbps) and self.memory_bandwidth_gbps >= 0):
+            raise ValueError(f"host '{self.host_id}' advertises memory bandwidth {self.memory_bandwidth_gbps} GB/s")
         if not math.isfinite(self.load):
             raise ValueError(f"host '{self.host_id}' advertises load {self.load}")
         if self.role not in ROLES:
             raise ValueError(f"host '{self.host_id}': role '{self.role}' is not one of {ROLES}")
 
     @property
+    def idle_share(self) -> float:
+        """The share of the host the load leaves to a new module (never below MIN_COMPUTE_SHARE)."""
+        return min(1.0, max(MIN_COMPUTE_SHARE, 1.0 - self.load))
+
+    @property
     def effective_gflops(self) -> float:
         """The compute a new module would get: the measured figure scaled by the share the load leaves."""
-        return self.compute_gflops * min(1.0, max(MIN_COMPUTE_SHARE, 1.0 - self.load))
+        return self.compute_gflops * self.idle_share
+
+    @property
+    def effective_bandwidth_gbps(self) -> float:
+        """The memory bandwidth a new module would get, scaled by the load as the compute is (others' work on the
+        cores streams memory too)."""
+        return self.memory_bandwidth_gbps * self.idle_share
 
 
 class Stage(NamedTuple):

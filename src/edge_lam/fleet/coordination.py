@@ -204,7 +204,7 @@ class Coordinator:
             for seg in (*self.plan.segments, *self.standbys):
                 held[seg.host_id] = held.get(seg.host_id, 0) + by_range.get((seg.start, seg.end), 0)
         return [Host(host_id, h.advert.effective_gflops, solver_memory(h.advert, held.get(host_id, 0)),
-                     h.advert.role)
+                     h.advert.role, h.advert.effective_bandwidth_gbps)
                 for host_id, h in sorted(self._heard.items())]
 
     def links(self) -> list[Link]:

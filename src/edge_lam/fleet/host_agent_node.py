@@ -1,7 +1,8 @@
 """The host agent: one per machine, the component container of edge_lam (rclpy has none of its own).
 
 It measures its
-host at start (reference GFLOP/s on one torch thread x ``compute_scale``, memory: ``fleet.host_measurement``), keeps
+host at start (reference GFLOP/s and memory bandwidth on one torch thread, both x ``compute_scale``, memory:
+``fleet.host_measurement``), keeps
 measuring the load others put on the CPU and its links to the agents it hears (``link.probing``), and publishes a
 ComputeAdvert with a liveliness QoS every ``advert_period_s`` (often: after a liveliness loss the coordinator takes
 the host silent for three periods for the lost one), and every ``diagnostics_period_s`` /diagnostics: its state and
@@ -41,6 +42,7 @@ from edge_lam.fleet.host_measurement import (
     load_between,
     read_cpu_sample,
     read_mem_available_bytes,
+    reference_bandwidth_gbps,
     reference_gflops,
     scaled,
 )
@@ -72,7 +74,8 @@ class HostAgentNode(Node):
         self._host_id = declare(self, "host_id", socket.gethostname(), "Name of this host in adverts and plans.")
         role = declare(self, "role", "edge", "What this host is: robot, edge or cloud.")
         compute_scale = declare(self, "compute_scale", 1.0,
-                                "Factor on the measured GFLOP/s; below 1 emulates a slower host (0.25: a robot).")
+                                "Factor on the measured GFLOP/s and memory bandwidth; below 1 emulates a slower host "
+                                "(0.25: a robot).")
         memory_limit = declare(self, "memory_limit_bytes", 0,
                                "Memory offered to modules; 0 for the machine's MemAvailable at start.")
         self._model = declare(self, "model", "smollm2-135m-instruct",
@@ -127,6 +130,7 @@ class HostAgentNode(Node):
         self._emulated = parse_emulated_links(emulated or [], self._host_id)
         # One thread, as a shard decodes: the figure ranks hosts the way their modules will run.
         self._gflops = scaled(reference_gflops(repeats=21, threads=1), compute_scale)
+        self._bandwidth_gbps = scaled(reference_bandwidth_gbps(threads=1), compute_scale)
         self._memory_total = memory_limit or read_mem_available_bytes()
         self._cpu = read_cpu_sample()
         self._load = 0.0  # over the last diagnostics period
@@ -158,7 +162,8 @@ class HostAgentNode(Node):
         container = f"on {self.get_fully_qualified_name()}/_container" if standard else \
             "off (trust is on: they cannot be signed)" if self._trust.on else "off (not installed)"
         self.get_logger().info(
-            f"host '{self._host_id}' ({role}): {self._gflops:.1f} GFLOP/s (x{compute_scale}), "
+            f"host '{self._host_id}' ({role}): {self._gflops:.1f} GFLOP/s and {self._bandwidth_gbps:.2f} GB/s of "
+            f"memory bandwidth (x{compute_scale}), "
             f"{self._memory_total / 2**30:.2f} GiB for modules; adverts on {self._adverts.topic_name}, "
             f"plans from {plan_topic}, emulated links {sorted(self._emulated) or 'none'}; standard container "
             f"services {container}"
@@ -180,7 +185,8 @@ class HostAgentNode(Node):
         return Advert(self._host_id, self._role, self._gflops, self._load,
                       max(0, self._memory_total - self._loader.held_memory_bytes()), self._memory_total,
                       (*self._emulated.values(), *self._prober.measures.values()),
-                      None if math.isnan(self._battery) else self._battery, tuple(self._loader.running_modules()))
+                      None if math.isnan(self._battery) else self._battery, tuple(self._loader.running_modules()),
+                      self._bandwidth_gbps)
 
     def diagnose(self) -> None:
         """Measure the load over the period since the last call, and publish /diagnostics."""
@@ -190,6 +196,7 @@ class HostAgentNode(Node):
         agent = Status(self.get_fully_qualified_name(), self._following.level,
                        f"{len(advert.modules_hosted)} modules running; {self._following.note}", self._host_id, {
                            "compute_gflops": f"{advert.compute_gflops:.3f}", "load": f"{advert.load:.3f}",
+                           "memory_bandwidth_gbps": f"{advert.memory_bandwidth_gbps:.3f}",
                            "memory_total_bytes": str(advert.memory_total_bytes),
                            "memory_free_bytes": str(advert.memory_free_bytes),
                            "modules_hosted": " ".join(advert.modules_hosted), "peers": " ".join(sorted(self._peers)),

@@ -1,17 +1,20 @@
-"""What a host agent measures of its own host, as plain functions: reference compute, compute left after load, CPU
-load net of its own work, and memory.
+"""What a host agent measures of its own host, as plain functions: reference compute, memory bandwidth, compute
+left after load, CPU load net of its own work, and memory.
 
 The parsers take the text of ``/proc/stat`` and ``/proc/meminfo`` so they can be tested on any text; the two
 ``read_*`` functions are the only ones that touch the files. The reference is a float32 matrix product in torch, the
 library the modules themselves run in, so that the advertised GFLOP/s rank hosts the way their modules will. It is a
 yardstick, not a prediction: a decoding step is a matrix-vector product and runs well below it, but by a similar
-factor on every host."""
+factor on every host. Decoding is bound by memory bandwidth instead (every weight is read once per token), so the
+agent measures that too: matrix-vector products, the kernel a decode step spends its time in, over matrices the
+size of a decoder layer's that together are far larger than the caches."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+import statistics
 import time
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "mem_available_bytes",
     "read_cpu_sample",
     "read_mem_available_bytes",
+    "reference_bandwidth_gbps",
     "reference_gflops",
     "scaled",
 ]
@@ -56,9 +60,43 @@ def reference_gflops(size: int = 512, repeats: int = 5, *, threads: int | None =
     return 2.0 * size**3 / min(times) / 1e9
 
 
+def reference_bandwidth_gbps(total_bytes: int = 128 * 2**20, matrix_bytes: int = 4 * 2**20, repeats: int = 5, *,
+                             threads: int | None = None) -> float:
+    """GB/s (1e9 bytes/s) that float32 matrix-vector products read weights at: one vector through ``total_bytes``
+    of ``matrix_bytes`` matrices, the median of ``repeats`` timed passes after one warm-up.
+
+    128 MiB is 4x the largest last-level cache of a desktop or edge CPU, so every pass streams from memory; matrices
+    of a decoder layer's size keep the per-call costs a real decode step pays. The median, not the fastest: a
+    lucky pass that finds part of the buffer still cached would overstate the memory. A pass is about 10-40 ms on
+    one core; the buffer is filled, not drawn at random, which would cost more than the measurement.
+    ``threads`` as for :func:`reference_gflops`.
+    """
+    import torch
+
+    if not (0 < matrix_bytes <= total_bytes and repeats >= 1):
+        raise ValueError(f"need 0 < matrix_bytes {matrix_bytes} <= total_bytes {total_bytes} and repeats >= 1")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        cols = 1024
+        rows = max(1, matrix_bytes // (4 * cols))
+        matrices = [torch.full((rows, cols), 0.5) for _ in range(max(1, total_bytes // (4 * rows * cols)))]
+        vector = torch.full((1, cols), 0.5)
+        times = []
+        for _ in range(repeats + 1):  # the first pass warms up: page faults, thread-pool start-up
+            start = time.perf_counter()
+            for matrix in matrices:
+                torch.nn.functional.linear(vector, matrix)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return len(matrices) * rows * cols * 4 / statistics.median(times[1:]) / 1e9
+
+
 def scaled(gflops: float, scale: float = 1.0, load: float = 0.0) -> float:
-    """Compute a host offers to new work: measured GFLOP/s x ``scale`` (emulates a slower host, e.g. 0.25 for a
-    robot beside an edge box) x the idle fraction (1 - ``load``, load clipped to [0, 1]).
+    """Compute (or memory bandwidth) a host offers to new work: measured GFLOP/s x ``scale`` (emulates a slower
+    host, e.g. 0.25 for a robot beside an edge box) x the idle fraction (1 - ``load``, load clipped to [0, 1]).
 
     ``load`` should leave out the host's own modules, or a busy host would look slower the more it is given.
     """

@@ -95,7 +95,7 @@ def to_advert_msg(advert: Advert, stamp_ns: int, link_measured_ns: Mapping[str, 
         battery_fraction=math.nan if advert.battery_fraction is None else advert.battery_fraction,
         links=[LinkEstimate(peer_host_id=link.dst, latency_s=link.latency_s, bandwidth_bps=link.bandwidth_bps,
                             measured_at=from_ns(measured.get(link.dst, stamp_ns))) for link in advert.links],
-        modules_hosted=list(advert.modules_hosted),
+        modules_hosted=list(advert.modules_hosted), memory_bandwidth_gbps=advert.memory_bandwidth_gbps,
     )
     msg.header.stamp = from_ns(stamp_ns)
     return msg
@@ -109,4 +109,5 @@ def from_advert_msg(msg: ComputeAdvert, use_load: bool = True) -> Advert:
                   if e.bandwidth_bps > 0 and math.isfinite(e.bandwidth_bps) and 0 <= e.latency_s < math.inf)
     battery = None if math.isnan(msg.battery_fraction) else float(msg.battery_fraction)
     return Advert(msg.host_id, role_name(msg.role), msg.compute_gflops, msg.load if use_load else 0.0,
-                  msg.memory_free_bytes, msg.memory_total_bytes, links, battery, tuple(msg.modules_hosted))
+                  msg.memory_free_bytes, msg.memory_total_bytes, links, battery, tuple(msg.modules_hosted),
+                  msg.memory_bandwidth_gbps)
