@@ -1,5 +1,6 @@
 """What each module of a cut model costs, for placement: parameters, weight and KV-cache bytes, FLOPs per token,
-and the units of a whole chain (from a model, or from a Llama-style model's sizes alone)."""
+and the units of a whole chain (from a model, or from a Llama-style model's sizes alone). A unit's weights are also
+the bytes a step reads (its matrices, at the weight dtype), but for the embedding, a lookup of one row per token."""
 
 from __future__ import annotations
 
@@ -103,11 +104,11 @@ def llama_units(
     attention = hidden_size * head_dim * (2 * num_heads + 2 * num_kv_heads)  # q, o; k, v
     matrices = attention + 3 * hidden_size * intermediate_size
     hidden = hidden_size * wire_dtype_bytes(wire_dtype)
+    block_bytes = (matrices + 2 * hidden_size) * dtype_bytes  # and two norms
     blocks = [
-        Unit(ModuleSpec("blocks", i, i + 1), flops_per_token=2 * matrices,
-             weight_bytes=(matrices + 2 * hidden_size) * dtype_bytes,  # and two norms
+        Unit(ModuleSpec("blocks", i, i + 1), flops_per_token=2 * matrices, weight_bytes=block_bytes,
              kv_bytes_per_token=2 * num_kv_heads * head_dim * dtype_bytes, out_bytes_per_token=hidden,
-             attention_flops_per_context_token=4 * num_heads * head_dim)
+             attention_flops_per_context_token=4 * num_heads * head_dim, read_bytes_per_step=block_bytes)
         for i in range(num_layers)
     ]
     head_params = vocab_size * hidden_size + hidden_size  # LM head and final norm
@@ -115,7 +116,8 @@ def llama_units(
         Unit(ModuleSpec("embedding"), 0, vocab_size * hidden_size * dtype_bytes, out_bytes_per_token=hidden),
         *blocks,
         Unit(ModuleSpec("head"), 0, head_params * dtype_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
-             flops_per_step=2 * head_params, tied_bytes=vocab_size * hidden_size * dtype_bytes if tied else 0),
+             flops_per_step=2 * head_params, tied_bytes=vocab_size * hidden_size * dtype_bytes if tied else 0,
+             read_bytes_per_step=head_params * dtype_bytes),
     ]
 
 
@@ -148,13 +150,15 @@ def chain_units(model: PreTrainedModel, wire_dtype: str = DEFAULT_WIRE_DTYPE,
     specs = [ModuleSpec("embedding"), *(ModuleSpec("blocks", i, i + 1) for i in range(arch.num_layers))]
     for spec in specs:
         cost = module_cost(arch, spec, weight_dtype=weight_dtype)
+        read = cost.weight_bytes if spec.kind == "blocks" else 0  # the embedding's lookup reads one row a token
         units.append(Unit(spec, cost.flops_per_token, cost.weight_bytes, cost.kv_bytes_per_token, hidden, 0,
-                          cost.attention_flops_per_context_token))
+                          cost.attention_flops_per_context_token, read_bytes_per_step=read))
     cost = module_cost(arch, ModuleSpec("head"), weight_dtype=weight_dtype)
     matrix = arch.model.get_output_embeddings().weight
     tied = 0
     if matrix is arch.model.get_input_embeddings().weight and weight_dtype != "int8":
         tied = int(matrix.numel() * weight_bytes_per_param(weight_dtype, True))
     units.append(Unit(ModuleSpec("head"), 0, cost.weight_bytes, out_bytes_per_step=TOKEN_ID_BYTES,
-                      flops_per_step=cost.flops_per_token, tied_bytes=tied))  # logits for the last token only
+                      flops_per_step=cost.flops_per_token, tied_bytes=tied,  # logits for the last token only
+                      read_bytes_per_step=cost.weight_bytes))
     return units

@@ -3,6 +3,8 @@
 A plan cuts the chain into segments and gives each to a different host. The latency of one step (``tokens_in_flight``
 tokens going through the chain together: 1 while decoding, the prompt length for prefill) is the compute time of
 every segment plus the transfer time of every hop: source -> first segment, between segments, last segment -> sink.
+A unit's compute time is a roofline (``placement.roofline``): its weights and KV cache read at the host's memory
+bandwidth or its FLOPs at the host's GFLOP/s, whichever is slower.
 A segment must fit its host's free memory with its weights and the KV cache of ``context_tokens`` tokens.
 
 ``solve`` is exact: dynamic programming over (units placed, last host, set of hosts used). The set is what keeps
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_lam.descriptors import Host, Link
+from edge_lam.placement.roofline import unit_s
 from edge_lam.placement.types import (
     TOKEN_ID_BYTES,
     PlacedModule,
@@ -38,25 +41,21 @@ MAX_EXACT_HOSTS = 12  # 2^12 host sets x 12 hosts x a few numpy calls each: well
 
 def placed_modules(plan: Plan, units: Sequence[Unit], hosts: Iterable[Host]) -> list[PlacedModule]:
     """The plan's modules in chain order, priced on their hosts, ready to become ModuleAssignment messages."""
-    gflops = {h.host_id: h.gflops for h in hosts}
+    by_id = {h.host_id: h for h in hosts}
     placed = []
     for segment in plan.segments:
+        host = by_id.get(segment.host_id, Host(segment.host_id, 0.0, 0))
         for module, members in merged_units(units, segment.start, segment.end):
-            flops = sum(u.flops(plan.tokens_in_flight, plan.context_tokens) for u in members)
             memory = sum(u.memory_bytes(plan.context_tokens) for u in members)
             if any(u.module.kind == "embedding" for u in units[segment.start:segment.end]):
                 memory -= sum(u.tied_bytes for u in members)  # the embedding's module holds the tied matrix
-            placed.append(PlacedModule(
-                module, segment.host_id, memory,
-                _compute_s(flops, gflops.get(segment.host_id, 0.0)),
-            ))
+            placed.append(PlacedModule(module, segment.host_id, memory,
+                                       _compute_s(members, host, plan.tokens_in_flight, plan.context_tokens)))
     return placed
 
 
-def _compute_s(flops: float, gflops: float) -> float:
-    if flops == 0:
-        return 0.0
-    return flops / (gflops * 1e9) if gflops > 0 else math.inf
+def _compute_s(units: Iterable[Unit], host: Host, tokens: int, context_tokens: int) -> float:
+    return math.fsum(unit_s(u, host, tokens, context_tokens) for u in units)
 
 
 def _link_table(links: Iterable[Link]) -> dict[tuple[str, str], Link]:
@@ -114,7 +113,7 @@ def evaluate(
             problems.append(f"host '{seg.host_id}' advertises no compute")
             compute.append(math.inf)
         else:
-            compute.append(_compute_s(sum(u.flops(tokens_in_flight, context_tokens) for u in members), host.gflops))
+            compute.append(_compute_s(members, host, tokens_in_flight, context_tokens))
         if host is not None and need > host.memory_free_bytes:
             problems.append(f"units {seg.start}..{seg.end - 1} need {need} bytes on '{seg.host_id}', "
                             f"which has {host.memory_free_bytes} free")
@@ -214,10 +213,8 @@ def _best_segments(
     every pair of hosts is linked for free (used to tell a memory problem from a link problem)."""
     n, k = len(units), len(hosts)
     tokens_in_flight, context_tokens = step.tokens_in_flight, step.context_tokens
-    cum_flops = np.concatenate([[0.0], np.cumsum([u.flops(tokens_in_flight, context_tokens) for u in units])])
     cum_mem = np.concatenate([[0.0], np.cumsum([float(u.memory_bytes(context_tokens)) for u in units])])
     upper = np.triu(np.ones((n + 1, n + 1), dtype=bool), 1)  # [i, j] with i < j: units i..j-1
-    span_flops = cum_flops[None, :] - cum_flops[:, None]
     span_mem = cum_mem[None, :] - cum_mem[:, None]
     for e in (i for i, u in enumerate(units) if u.module.kind == "embedding"):
         for t in (i for i, u in enumerate(units) if u.tied_bytes):  # spans holding both count the tie once
@@ -227,7 +224,9 @@ def _best_segments(
     for b, host in enumerate(hosts):
         ok = upper & (span_mem <= host.memory_free_bytes)
         if host.gflops > 0:
-            compute[b][ok] = span_flops[ok] / (host.gflops * 1e9)
+            cum_s = np.concatenate([[0.0], np.cumsum([unit_s(u, host, tokens_in_flight, context_tokens)
+                                                      for u in units])])
+            compute[b][ok] = (cum_s[None, :] - cum_s[:, None])[ok]
     boundary = [_boundary_bytes(units, i, tokens_in_flight, step.input_bytes_per_token) for i in range(n + 1)]
     def price(src: str, dst: str, nbytes: float) -> float:
         return 0.0 if table is None else _hop_s(table, src, dst, nbytes)

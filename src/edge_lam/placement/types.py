@@ -41,10 +41,17 @@ class Unit:
     attention_flops_per_context_token: float = 0.0
     flops_per_step: float = 0.0  # the head's logits: for the last token of a step only
     tied_bytes: int = 0  # of weight_bytes, those the embedding holds too (a head tied to it): counted once per host
+    read_bytes_per_step: int = 0  # weights a step reads whatever its tokens: every matrix (0: priced by FLOPs alone)
+    overhead_flops_per_step: float = 0.0  # a step's dispatch overhead, as the FLOPs that take as long (step_overhead)
 
     def flops(self, tokens: int, context_tokens: int) -> float:
         per_token = self.flops_per_token + self.attention_flops_per_context_token * context_tokens
         return tokens * per_token + self.flops_per_step
+
+    def bytes_read(self, context_tokens: int) -> int:
+        """Bytes a step reads from memory: its weights once, whatever the tokens in flight, and its KV cache of
+        ``context_tokens`` tokens (an embedding's lookup reads a row per token: nothing to speak of)."""
+        return self.read_bytes_per_step + self.kv_bytes_per_token * context_tokens
 
     def memory_bytes(self, context_tokens: int) -> int:
         return self.weight_bytes + self.kv_bytes_per_token * context_tokens
