@@ -1,5 +1,7 @@
 """What the coordinator places, priced from the model's shapes: the chain's units, its number of layers and the
-units of its trained early exits.
+units of its trained early exits. Each unit of the chain also carries the dispatch overhead of a decode step,
+measured on the model's architecture at a tiny width (``model.step_overhead``) and carried as the FLOPs that take
+as long at the reference GFLOP/s measured beside it (``fleet.host_measurement``).
 
 Pricing builds the model on torch's meta device, which needs torch and transformers; the coordinator needs neither
 for anything else, and importing them costs it seconds at start and 1-2 s of interpreter teardown at exit. So
@@ -10,6 +12,7 @@ torch (test/test_shutdown.py checks it).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import multiprocessing
 from dataclasses import dataclass
 
@@ -20,11 +23,14 @@ __all__ = ["PricedModel", "model_chain", "price_in_child", "price_model"]
 
 @dataclass(frozen=True)
 class PricedModel:
-    """The units of the chain, its number of layers, and the unit of each trained exit by layer."""
+    """The units of the chain, its number of layers, the unit of each trained exit by layer, and the overhead of a
+    decode step per unit in seconds (where the coordinator measured it) with its GFLOP/s yardstick."""
 
     units: tuple[Unit, ...]
     num_layers: int
     exits: dict[int, Unit]
+    step_overhead_s: float = 0.0
+    reference_gflops: float = 0.0
 
 
 def model_chain(model: str, wire_dtype: str, weight_dtype: str = "float32") -> tuple[list[Unit], int]:
@@ -49,11 +55,16 @@ def price_model(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from edge_lam.fleet.host_measurement import reference_gflops
     from edge_lam.model.costs import exit_unit
     from edge_lam.model.exits import available_exits
     from edge_lam.model.loading import model_path
+    from edge_lam.model.step_overhead import step_overhead_s
 
     units, num_layers = model_chain(model, wire_dtype, weight_dtype)
+    overhead_s = step_overhead_s(AutoConfig.from_pretrained(model_path(model)), weight_dtype)
+    gflops = reference_gflops(repeats=21, threads=1)  # as a host agent measures its own
+    units = [dataclasses.replace(u, overhead_flops_per_step=overhead_s * gflops * 1e9) for u in units]
     exits: dict[int, Unit] = {}
     if with_exits and (layers := available_exits(model)):
         config = AutoConfig.from_pretrained(model_path(model))
@@ -61,7 +72,7 @@ def price_model(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str
             shapes = AutoModelForCausalLM.from_config(config)
         shares_head = bool(getattr(config, "tie_word_embeddings", False))
         exits = {layer: exit_unit(shapes, layer, shares_head=shares_head) for layer in layers}
-    return PricedModel(tuple(units), num_layers, exits)
+    return PricedModel(tuple(units), num_layers, exits, overhead_s, gflops)
 
 
 def price_in_child(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str = "float32") -> PricedModel:
