@@ -22,6 +22,10 @@ streamed, chunk indices going on from the caller's.
 A cancelled request ends at once with finish reason ``cancelled`` and the tokens it had; its chain session is
 released, so the shards drop its caches, and packets still on their way for it are dropped.
 
+A request answered through the chain (policy ``chain``) whose decode took more than 25% longer or shorter per token
+than the plan in force expected (``expected_token_s``, set from each plan) is logged as a warning with both figures,
+at most once a minute (``latency_drift``).
+
 The gateway holds at most ``Limits.max_queued_requests`` requests (running or waiting): beyond that a request is
 refused at once as busy, so a burst gets a clear answer instead of waiting behind a backlog until its steps time out.
 ``limits``, ``timeouts`` and ``flows`` may be replaced between events (live parameters): requests already accepted
@@ -46,6 +50,7 @@ from edge_lam.chain import flow
 from edge_lam.chain.drafting import AnswerHistory, prompt_lookup
 from edge_lam.chain.flow import Flow, FlowSettings
 from edge_lam.chain.generation import Conversation, Limits, TextStream, check_request, prompt_ids
+from edge_lam.chain.latency_drift import DriftWatch, decode_s_per_token
 from edge_lam.chain.requests import (
     CANCELLED,
     ChainError,
@@ -150,6 +155,8 @@ class GatewayCore:
         self._probe_prefix = f"probe-{uuid.uuid4().hex[:8]}-"  # chain session ids of this gateway's probes
         self._probe_sent_at: float | None = None
         self._out: list[Action] = []
+        self.expected_token_s = 0.0  # the plan in force's expected per-token latency; 0: none known
+        self._drift = DriftWatch()
 
     @classmethod
     def for_model(cls, model: str, max_new_tokens: int, max_context_tokens: int,
@@ -509,6 +516,7 @@ class GatewayCore:
         if not error and reason != CANCELLED:
             self._log("info", f"request {job.request.request_id}: {len(job.stream.ids)} tokens in "
                       f"{now - job.started:.2f} s ({reason}), first after {result.time_to_first_token_s:.3f} s")
+            self._check_drift(job, result, now)
         del self._jobs[job.request.request_id]
         session.busy, session.last_used = False, now
         if session.pending:
@@ -529,6 +537,16 @@ class GatewayCore:
             timings=self._timings(job, now), reply_to=job.reply_to, policy=job.flow.policy, degraded=job.degraded,
             drafted=job.drafted, accepted=job.accepted, verify_passes=job.verify_passes,
         )
+
+    def _check_drift(self, job: Job, result: Result, now: float) -> None:
+        """Warn when the request's decode per token drifted from the plan's expected figure (chain steps only:
+        the other policies' steps are not what the plan prices)."""
+        if job.flow.policy != "chain" or job.degraded or job.replayed or job.retries:
+            return
+        measured = decode_s_per_token(now - job.started, result.time_to_first_token_s, len(job.stream.ids))
+        warning = None if measured is None else self._drift.check(self.expected_token_s, measured, now)
+        if warning:
+            self._log("warning", f"request {job.request.request_id}: {warning}")
 
     # -- failover -------------------------------------------------------------------------------------------------
 

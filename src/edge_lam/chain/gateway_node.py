@@ -270,6 +270,8 @@ class GatewayNode(Node):
         if not self._trust.accept(plan, self._plan_channel, max_age=False):
             return
         self._head_host = plan.modules[-1].host_id if plan.modules else ""
+        with self._lock:
+            self._core.expected_token_s = plan.expected_latency_s  # what a request's decode is checked against
         placement = [(m.module_id, m.host_id, m.input_topic, m.output_topic) for m in plan.modules]
         if placement == self._placement:
             return  # the same modules in the same places (new standby copies, say): nothing in flight moved
