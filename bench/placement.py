@@ -17,6 +17,12 @@ when the edge encodes it), the request to the gateway and the answer back, each 
 ``plan_vs_best_baseline`` is the measured (second) table's median report latency of the plan over the best
 baseline's.
 
+Last, whether the coordinator's own price is honest: the plan priced as the coordinator prices it (the roofline of
+``placement.roofline``: this machine's GFLOP/s and memory bandwidth measured as a host agent measures them, x0.25 on
+the robot; the decode step overhead as the coordinator measures it; context as long as a report's session) against
+the decode per token its run measured at the gateway (first token to last). ``expected_over_measured`` is the
+one over the other (goal 0.8-1.25; ``edge_lam.chain.latency_drift``, which the gateway's drift warning uses too).
+
     python bench/placement.py [--reports N] [--json PATH]
 """
 
@@ -41,9 +47,12 @@ import yaml
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import InferenceRequest, InferenceResult
 
+from edge_lam.chain.latency_drift import decode_s_per_token, expected_over_measured
 from edge_lam.chain.shard import ShardCore
 from edge_lam.descriptors import Advert, Host, Link, ModuleSpec
 from edge_lam.fleet.coordination import Chain, Coordinator, Policy
+from edge_lam.fleet.host_measurement import reference_bandwidth_gbps, reference_gflops
+from edge_lam.fleet.model_pricing import price_model
 from edge_lam.link.emulation import compute_delay_s
 from edge_lam.model.costs import chain_units
 from edge_lam.model.loading import load_model
@@ -134,6 +143,23 @@ def coordinators_plan(units: list[Unit], num_layers: int) -> list[Segment]:
     return list(coordinator.plan.segments)
 
 
+def roofline_expected_s(segments: list[Segment]) -> tuple[float, dict]:
+    """The plan's decode per token as the coordinator prices it: the roofline on this machine's GFLOP/s and memory
+    bandwidth measured as a host agent measures them (x0.25 on the robot, as its shards are slowed), with the step
+    overhead the coordinator measures, at a report's session length; and the figures it used."""
+    priced = price_model(MODEL, "float16", False)
+    gflops, bandwidth = reference_gflops(repeats=21, threads=1), reference_bandwidth_gbps(threads=1)
+    scale = {"robot": ROBOT_SCALE, "edge": 1.0}
+    measured = [Host(h.host_id, gflops * scale[h.host_id], h.memory_free_bytes, h.role, bandwidth * scale[h.host_id])
+                for h in hosts()]
+    plan = evaluate(priced.units, segments, measured, links(), source_host="edge", sink_host="edge",
+                    context_tokens=PROMPT_TOKENS + NEW_TOKENS)
+    return plan.expected_latency_s, {"gflops_1x": gflops, "bandwidth_gbps_1x": bandwidth,
+                                     "step_overhead_ms_per_unit": 1e3 * priced.step_overhead_s,
+                                     "compute_ms": [1e3 * c for c in plan.compute_s],
+                                     "transfer_ms": [1e3 * t for t in plan.transfer_s]}
+
+
 def hop_s(src: str, dst: str, nbytes: float) -> float:
     return 0.0 if src == dst else Link(src, dst, **LINK).transfer_s(nbytes)
 
@@ -218,9 +244,10 @@ class Placement:
         raise RuntimeError(f"the chain in {self.namespace} did not serve within {timeout_s:g} s (or a process "
                            f"ended)\n{tails}")
 
-    def report(self, classifier, frame: np.ndarray, token_ids: list[int]) -> tuple[float, int]:
+    def report(self, classifier, frame: np.ndarray, token_ids: list[int]) -> tuple[float, int, float | None]:
         """One report, timed: the frame encoded where this placement encodes it, the prompt to the gateway,
-        prefill and decode through the chain, the report back to the robot. Returns seconds and tokens."""
+        prefill and decode through the chain, the report back to the robot. Returns seconds, tokens and the
+        decode's seconds per token at the gateway."""
         start = time.perf_counter()
         if self.encoder_host != "robot":  # the raw frame crosses the link first
             time.sleep(hop_s("robot", self.encoder_host, FRAME_BYTES))
@@ -232,7 +259,10 @@ class Placement:
         if answer is None or answer.error_code:
             raise RuntimeError(f"a report failed in {self.namespace}: {answer and answer.error_message}")
         time.sleep(hop_s(self.gateway_host, "robot", 1024))
-        return time.perf_counter() - start, self.tokens[answer.request_id]
+        total = next(t.seconds for t in answer.timings if t.stage == "total")
+        tokens = self.tokens[answer.request_id]
+        return (time.perf_counter() - start, tokens,
+                decode_s_per_token(total, answer.time_to_first_token_s, tokens))
 
     def close(self) -> None:
         self.node.destroy_node()
@@ -263,10 +293,12 @@ def wall_clock(strategies: dict, units: list[Unit], reports: int) -> dict[str, d
                     runs = [placement.report(classifier, frame, token_ids) for _ in range(reports)]
                 finally:
                     placement.close()
-                seconds = [s for s, _ in runs]
+                seconds = [s for s, _, _ in runs]
+                decode = [d for _, _, d in runs if d is not None]
                 figures[name] = {"report_ms_p50": 1e3 * statistics.median(seconds),
                                  "report_ms_p99": 1e3 * float(np.percentile(seconds, 99)),
-                                 "reports": len(seconds), "tokens_per_report": [t for _, t in runs]}
+                                 "reports": len(seconds), "tokens_per_report": [t for _, t, _ in runs],
+                                 "decode_ms_per_token_p50": 1e3 * statistics.median(decode) if decode else None}
                 print(f"  ran {name}: median {figures[name]['report_ms_p50']:.0f} ms over {reports} reports",
                       flush=True)
     finally:
@@ -318,9 +350,19 @@ def main() -> int:
               f"{segments}")
     print(f"plan_vs_best_baseline = {ours / best:.3f} (measured median report latency of the plan / of the best "
           f"baseline); priced: {priced_ours / priced_best:.3f}")
+    expected_s, roofline = roofline_expected_s(strategies["coordinator's plan"][0])
+    decode_ms = measured["coordinator's plan"]["decode_ms_per_token_p50"]
+    ratio = expected_over_measured(expected_s, (decode_ms or 0.0) / 1e3)
+    print(f"coordinator's price of its plan: expected {1e3 * expected_s:.1f} ms/token (roofline on "
+          f"{roofline['gflops_1x']:.1f} GFLOP/s and {roofline['bandwidth_gbps_1x']:.2f} GB/s at 1x, step overhead "
+          f"{roofline['step_overhead_ms_per_unit']:.2f} ms per unit), measured "
+          f"{decode_ms or float('nan'):.1f} ms/token at the gateway: expected_over_measured = {ratio:.3f} "
+          "(goal 0.8-1.25)")
     if args.json:
         args.json.write_text(json.dumps({
             "plan_vs_best_baseline": ours / best, "plan_vs_best_baseline_priced": priced_ours / priced_best,
+            "expected_over_measured": ratio, "expected_ms_per_token": 1e3 * expected_s,
+            "measured_ms_per_token": decode_ms, "roofline": roofline,
             "strategies": {name: rows[name] | {"measured": measured[name]} for name in rows},
             "decode_s_per_unit": decode_s, "prefill_s_per_unit": prefill_s, "encoder_s": encode_s}, indent=2) + "\n")
     return 0
