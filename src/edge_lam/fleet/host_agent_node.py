@@ -75,7 +75,7 @@ class HostAgentNode(Node):
         role = declare(self, "role", "edge", "What this host is: robot, edge or cloud.")
         compute_scale = declare(self, "compute_scale", 1.0,
                                 "Factor on the measured GFLOP/s and memory bandwidth; below 1 emulates a slower host "
-                                "(0.25: a robot).")
+                                "(0.25: a robot), whose shards then run that much slower (compute_slowdown).")
         memory_limit = declare(self, "memory_limit_bytes", 0,
                                "Memory offered to modules; 0 for the machine's MemAvailable at start.")
         self._model = declare(self, "model", "smollm2-135m-instruct",
@@ -127,6 +127,8 @@ class HostAgentNode(Node):
         if not (math.isnan(self._battery) or 0.0 <= self._battery <= 1.0):
             raise ValueError(f"battery_fraction {self._battery} must be NaN or within [0, 1]")
         self._role = role
+        # An emulated slower host runs slower too, as it is priced: its shards take 1/scale of their compute.
+        self._slowdown = max(1.0, 1.0 / compute_scale)
         self._emulated = parse_emulated_links(emulated or [], self._host_id)
         # One thread, as a shard decodes: the figure ranks hosts the way their modules will run.
         self._gflops = scaled(reference_gflops(repeats=21, threads=1), compute_scale)
@@ -298,6 +300,8 @@ class HostAgentNode(Node):
     def _shard(self, shard: ShardLoad, extra: tuple[Parameter, ...] = ()) -> ComponentRequest:
         """A shard as a component; parameters of a load request may override the model, wire dtype and host."""
         defaults, identity = shard.parameters(self._host_id)
+        if self._slowdown > 1.0:
+            defaults["compute_slowdown"] = self._slowdown
         # The shard signs and checks its packets with this host's key and the fleet's store, against the plan.
         return ComponentRequest("shard", shard.name, parameters=(
             *parameter_overrides(defaults), *extra,
