@@ -23,7 +23,8 @@ from edge_lam.ros.qos import ADVERTS_READER, LATCHED
 
 
 def on_advert(msg: ComputeAdvert) -> None:
-    print(json.dumps({"advert": msg.host_id, "gflops": msg.compute_gflops, "memory_free": msg.memory_free_bytes,
+    print(json.dumps({"advert": msg.host_id, "gflops": msg.compute_gflops,
+                      "bandwidth_gbps": msg.memory_bandwidth_gbps, "memory_free": msg.memory_free_bytes,
                       "memory_total": msg.memory_total_bytes,
                       "links": {e.peer_host_id: [e.latency_s, e.bandwidth_bps] for e in msg.links},
                       "hosted": list(msg.modules_hosted)}), flush=True)

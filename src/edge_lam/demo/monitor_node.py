@@ -85,12 +85,13 @@ class DemoMonitor(Node):
         self.adverts[advert.host_id] = from_advert_msg(msg, use_load=False)
         known = advert.host_id in self.records.hosts
         self.records.hosts[advert.host_id] = {
-            "role": advert.role, "gflops": advert.compute_gflops,
+            "role": advert.role, "gflops": advert.compute_gflops, "bandwidth_gbps": advert.memory_bandwidth_gbps,
             "memory_total_mib": advert.memory_total_bytes / 2**20, "load": advert.load,
             "modules_hosted": list(advert.modules_hosted),
         }
         if not known:
             self._console(f"host {advert.host_id} ({advert.role}): {advert.compute_gflops:.1f} GFLOP/s, "
+                          f"{advert.memory_bandwidth_gbps:.1f} GB/s, "
                           f"{advert.memory_total_bytes / 2**20:.0f} MiB for modules")
 
     def on_tokens(self, msg: SemanticTokens) -> None:
