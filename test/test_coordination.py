@@ -111,11 +111,25 @@ def test_load_changes_move_modules_only_past_the_hysteresis_and_once_per_period(
     assert decision.current is not None and decision.current.expected_latency_s == pytest.approx(0.2)
 
 
+def test_the_plan_in_force_goes_out_again_re_priced_when_its_price_drifts_past_a_quarter():
+    coordinator = settled(advert("p", 40.0))
+    coordinator.advert(advert("p", 40.0, load=0.1), 1.5)  # 0.111 s against 0.1: 11 %, the plan's price stands
+    decision = coordinator.tick(2.0)
+    assert decision is not None and decision.plan is None
+    coordinator.advert(advert("p", 40.0, load=0.5), 2.5)  # 0.2 s: no other host, so nothing moves, but the price
+    decision = coordinator.tick(3.0)
+    assert decision is not None and decision.plan is not None and "re-priced" in decision.reason
+    assert decision.plan.segments == (Segment("p", 0, 4),) and decision.plan.solver == "exact_dp"
+    assert decision.plan.expected_latency_s == pytest.approx(0.2) == coordinator.plan.expected_latency_s
+
+
 def test_min_gain_s_holds_back_a_large_fraction_of_a_small_latency():
     coordinator = settled(advert("p", 40.0), advert("q", 38.0), policy=Policy(min_gain=0.0, min_gain_s=0.2))
     coordinator.advert(advert("p", 40.0, load=0.5), 1.5)  # 47 % faster on q, but only 95 ms
     decision = coordinator.tick(2.0)
-    assert decision is not None and decision.plan is None and decision.best is not None
+    assert decision is not None and decision.best is not None and decision.best.segments == (Segment("q", 0, 4),)
+    # nothing moves: the plan in force only goes out again at its new price (twice the old one)
+    assert decision.plan is not None and decision.plan.segments == (Segment("p", 0, 4),)
 
 
 def test_a_silent_host_is_gone_after_the_timeout_and_its_modules_move():

@@ -31,6 +31,9 @@ __all__ = ["Chain", "Coordinator", "Decision", "FleetFull", "Policy", "placement
 FREE_GATEWAY = "(gateway)"  # the chain's ends when no gateway host is named: every host reaches it for free
 MISSED_ADVERTS = 3.0  # after a liveliness loss, a host silent for this many of its advert intervals is the lost one
 INTERVALS_KEPT = 8  # a host's advert interval is the median of this many
+# The plan in force is published again, re-priced, when its price on the fleet as heard now is this far from the
+# one it went out with (a link probed again, a host's load): its expected latency is what gateways check against.
+REPRICE_DRIFT = 0.25
 
 
 def solver_memory(advert: Advert, held_bytes: int) -> int:
@@ -264,6 +267,13 @@ class Coordinator:
             self.plan = best
             return self._with_standbys(Decision(reason, tuple(hosts), plan=best, current=current, best=best,
                                                 routine=routine), hosts, links, ends)
+        if current is not None and current.feasible and self.plan is not None and \
+                self.plan.expected_latency_s > 0 and \
+                abs(current.expected_latency_s / self.plan.expected_latency_s - 1.0) > REPRICE_DRIFT:
+            self.plan = replace(current, solver=self.plan.solver)  # the same modules in the same places
+            return self._with_standbys(Decision(f"{reason}: the plan in force re-priced", tuple(hosts),
+                                                plan=self.plan, current=current, best=best, routine=routine),
+                                       hosts, links, ends)
         return self._with_standbys(Decision(reason, tuple(hosts), current=current, best=best, routine=routine),
                                    hosts, links, ends)
 
