@@ -31,6 +31,7 @@ class PricedModel:
     exits: dict[int, Unit]
     step_overhead_s: float = 0.0
     reference_gflops: float = 0.0
+    overhead_error: str = ""  # why the overhead could not be measured (then it is priced at none)
 
 
 def model_chain(model: str, wire_dtype: str, weight_dtype: str = "float32") -> tuple[list[Unit], int]:
@@ -62,7 +63,10 @@ def price_model(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str
     from edge_lam.model.step_overhead import step_overhead_s
 
     units, num_layers = model_chain(model, wire_dtype, weight_dtype)
-    overhead_s = step_overhead_s(AutoConfig.from_pretrained(model_path(model)), weight_dtype)
+    try:
+        overhead_s, why = step_overhead_s(AutoConfig.from_pretrained(model_path(model)), weight_dtype), ""
+    except Exception as error:  # a family whose config does not shrink: placed on the roofline alone, and said so
+        overhead_s, why = 0.0, f"{type(error).__name__}: {error}"
     gflops = reference_gflops(repeats=21, threads=1)  # as a host agent measures its own
     units = [dataclasses.replace(u, overhead_flops_per_step=overhead_s * gflops * 1e9) for u in units]
     exits: dict[int, Unit] = {}
@@ -72,7 +76,7 @@ def price_model(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str
             shapes = AutoModelForCausalLM.from_config(config)
         shares_head = bool(getattr(config, "tie_word_embeddings", False))
         exits = {layer: exit_unit(shapes, layer, shares_head=shares_head) for layer in layers}
-    return PricedModel(tuple(units), num_layers, exits, overhead_s, gflops)
+    return PricedModel(tuple(units), num_layers, exits, overhead_s, gflops, why)
 
 
 def price_in_child(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str = "float32") -> PricedModel:
