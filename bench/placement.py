@@ -156,6 +156,7 @@ def roofline_expected_s(segments: list[Segment]) -> tuple[float, dict]:
                     context_tokens=PROMPT_TOKENS + NEW_TOKENS)
     return plan.expected_latency_s, {"gflops_1x": gflops, "bandwidth_gbps_1x": bandwidth,
                                      "step_overhead_ms_per_unit": 1e3 * priced.step_overhead_s,
+                                     "read_efficiency": priced.read_efficiency,
                                      "compute_ms": [1e3 * c for c in plan.compute_s],
                                      "transfer_ms": [1e3 * t for t in plan.transfer_s]}
 

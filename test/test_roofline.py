@@ -74,11 +74,14 @@ def test_the_solver_puts_a_memory_bound_chain_on_the_host_with_more_bandwidth():
                  context_tokens=256).expected_latency_s)
 
 
-def test_a_steps_overhead_adds_to_the_roofline_at_the_hosts_gflops():
+def test_a_steps_overhead_adds_to_the_roofline_and_slow_matrices_stretch_it():
     block = llama_units(**SMOLLM2)[1]
     host = Host("h", gflops=50.0, memory_free_bytes=GIB, bandwidth_gbps=10.0)
     busy = dataclasses.replace(block, overhead_flops_per_step=50e9 * 0.001)  # 1 ms at 50 GFLOP/s
     assert unit_s(busy, host, 1, 0) == pytest.approx(unit_s(block, host, 1, 0) + 0.001)
+    # matrices that stream at half the advertised bandwidth take twice as long
+    assert unit_s(dataclasses.replace(block, read_efficiency=0.5), host, 1, 0) == \
+        pytest.approx(2 * unit_s(block, host, 1, 0))
 
 
 def test_drift_warns_beyond_25_percent_either_way_and_not_within():

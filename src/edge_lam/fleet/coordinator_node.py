@@ -122,7 +122,9 @@ class CoordinatorNode(Node):
         else:
             self.get_logger().info(
                 f"decode step overhead {priced.step_overhead_s * 1e3:.2f} ms per unit on this host "
-                f"({priced.reference_gflops:.1f} GFLOP/s), priced on each host at its GFLOP/s beside the roofline")
+                f"({priced.reference_gflops:.1f} GFLOP/s), priced on each host at its GFLOP/s beside the roofline; "
+                f"the model's {self._weight_dtype} matrices stream at {priced.read_efficiency:.2f} of a host's "
+                "advertised bandwidth")
         if robot_exit and not self._exits:
             self.get_logger().warning(f"robot_exit: no exits trained for {self._model} (run `edge-lam prepare`); "
                                       "plans carry none")

@@ -1,7 +1,8 @@
 """What the coordinator places, priced from the model's shapes: the chain's units, its number of layers and the
 units of its trained early exits. Each unit of the chain also carries the dispatch overhead of a decode step,
 measured on the model's architecture at a tiny width (``model.step_overhead``) and carried as the FLOPs that take
-as long at the reference GFLOP/s measured beside it (``fleet.host_measurement``).
+as long at the reference GFLOP/s measured beside it (``fleet.host_measurement``), and the share of the advertised
+bandwidth its own matrices stream at, at the plan's weight dtype (``read_efficiency``).
 
 Pricing builds the model on torch's meta device, which needs torch and transformers; the coordinator needs neither
 for anything else, and importing them costs it seconds at start and 1-2 s of interpreter teardown at exit. So
@@ -32,6 +33,7 @@ class PricedModel:
     step_overhead_s: float = 0.0
     reference_gflops: float = 0.0
     overhead_error: str = ""  # why the overhead could not be measured (then it is priced at none)
+    read_efficiency: float = 1.0  # the model's matrices stream at this share of the advertised bandwidth
 
 
 def model_chain(model: str, wire_dtype: str, weight_dtype: str = "float32") -> tuple[list[Unit], int]:
@@ -60,7 +62,7 @@ def price_model(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str
     from edge_lam.model.costs import exit_unit
     from edge_lam.model.exits import available_exits
     from edge_lam.model.loading import model_path
-    from edge_lam.model.step_overhead import step_overhead_s
+    from edge_lam.model.step_overhead import read_efficiency, step_overhead_s
 
     units, num_layers = model_chain(model, wire_dtype, weight_dtype)
     try:
@@ -68,7 +70,11 @@ def price_model(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str
     except Exception as error:  # a family whose config does not shrink: placed on the roofline alone, and said so
         overhead_s, why = 0.0, f"{type(error).__name__}: {error}"
     gflops = reference_gflops(repeats=21, threads=1)  # as a host agent measures its own
-    units = [dataclasses.replace(u, overhead_flops_per_step=overhead_s * gflops * 1e9) for u in units]
+    with torch.device("meta"):
+        efficiency = read_efficiency(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path(model))),
+                                     weight_dtype)
+    units = [dataclasses.replace(u, overhead_flops_per_step=overhead_s * gflops * 1e9, read_efficiency=efficiency)
+             for u in units]
     exits: dict[int, Unit] = {}
     if with_exits and (layers := available_exits(model)):
         config = AutoConfig.from_pretrained(model_path(model))
@@ -76,7 +82,7 @@ def price_model(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str
             shapes = AutoModelForCausalLM.from_config(config)
         shares_head = bool(getattr(config, "tie_word_embeddings", False))
         exits = {layer: exit_unit(shapes, layer, shares_head=shares_head) for layer in layers}
-    return PricedModel(tuple(units), num_layers, exits, overhead_s, gflops, why)
+    return PricedModel(tuple(units), num_layers, exits, overhead_s, gflops, why, efficiency)
 
 
 def price_in_child(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str = "float32") -> PricedModel:

@@ -8,7 +8,9 @@ both. A host that advertises no bandwidth (0) is priced by FLOPs alone, as befor
 On top of the roofline, a step pays its dispatch overhead (Python and kernel launches, ``model.step_overhead``),
 which the coordinator measures in seconds and carries as the FLOPs that take as long at its reference GFLOP/s: it
 runs on the same core as the arithmetic, so a host k times slower at the one is taken as k times slower at the
-other (exactly so for hosts emulated with ``compute_scale``).
+other (exactly so for hosts emulated with ``compute_scale``). And a unit's matrices stream at its
+``read_efficiency`` of the host's bandwidth: the advertised figure is measured on large fp32 matrices, a small
+model's layers (and bf16 or int8 kernels) read slower, by a share the coordinator measures too.
 """
 
 from __future__ import annotations
@@ -36,4 +38,4 @@ def unit_s(unit: Unit, host: Host, tokens: int, context_tokens: int) -> float:
     for prefill) with ``context_tokens`` already in the cache, and the step's overhead."""
     overhead = roofline_s(unit.overhead_flops_per_step, 0, host.gflops, 0.0)
     return roofline_s(unit.flops(tokens, context_tokens), unit.bytes_read(context_tokens), host.gflops,
-                      host.bandwidth_gbps) + overhead
+                      host.bandwidth_gbps * unit.read_efficiency) + overhead

@@ -43,6 +43,7 @@ class Unit:
     tied_bytes: int = 0  # of weight_bytes, those the embedding holds too (a head tied to it): counted once per host
     read_bytes_per_step: int = 0  # weights a step reads whatever its tokens: every matrix (0: priced by FLOPs alone)
     overhead_flops_per_step: float = 0.0  # a step's dispatch overhead, as the FLOPs that take as long (step_overhead)
+    read_efficiency: float = 1.0  # how fast its matrices stream, as a share of the host's advertised bandwidth
 
     def flops(self, tokens: int, context_tokens: int) -> float:
         per_token = self.flops_per_token + self.attention_flops_per_context_token * context_tokens
