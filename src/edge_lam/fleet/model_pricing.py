@@ -70,9 +70,9 @@ def price_model(model: str, wire_dtype: str, with_exits: bool, weight_dtype: str
     except Exception as error:  # a family whose config does not shrink: placed on the roofline alone, and said so
         overhead_s, why = 0.0, f"{type(error).__name__}: {error}"
     gflops = reference_gflops(repeats=21, threads=1)  # as a host agent measures its own
-    with torch.device("meta"):
-        efficiency = read_efficiency(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path(model))),
-                                     weight_dtype)
+    with torch.device("meta"):  # shapes only; the matrices it times are made on the CPU
+        shapes = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path(model)))
+    efficiency = read_efficiency(shapes, weight_dtype)
     units = [dataclasses.replace(u, overhead_flops_per_step=overhead_s * gflops * 1e9, read_efficiency=efficiency)
              for u in units]
     exits: dict[int, Unit] = {}
