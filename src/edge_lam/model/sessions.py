@@ -9,7 +9,7 @@ counted from the tokens held (``bytes_per_token``), which a dropped session give
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,13 +23,20 @@ def give_back_memory() -> bool:
 
     A released cache's tensors go back to glibc's heap, not to the system: 100 sessions of 128 tokens on a 10-layer
     SmolLM2 shard left 195 of 244 MB in the process after release, and ``malloc_trim`` gave it all back."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError, TypeError):
+    trim = _malloc_trim()
+    if trim is None:
         return False
     trim(0)
     return True
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` from the symbols the process already has (``find_library`` would run ldconfig)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class SessionLost(LookupError):
