@@ -54,7 +54,7 @@ def test_beyond_max_sessions_the_least_recently_used_is_dropped_and_lost_when_as
 
 def test_kv_bytes_are_bounded_counted_and_given_back_on_release():
     core = tiny_core(max_kv_bytes=10 * BYTES_PER_TOKEN)
-    assert core.kv_bytes_per_token == BYTES_PER_TOKEN
+    assert core.kv_bytes_for(1) == BYTES_PER_TOKEN
     prefill(core, "a")
     assert core.kv_bytes == 4 * BYTES_PER_TOKEN
     assert prefill(core, "b") == []
