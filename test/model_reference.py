@@ -3,19 +3,11 @@ match token for token."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from edge_lam.assets.cache import gemma3_skipped
 from edge_lam.model.loading import load_model, load_tokenizer
 
 MODEL = "smollm2-135m-instruct"
-GEMMA = "gemma3-270m"
-# Tests of Gemma run wherever setup prepared it (CI does, by default); a user who did not accept its terms of use
-# skipped it, and those tests say so. Not prepared without the switch is a failure, not a skip.
-requires_gemma = pytest.mark.skipif(
-    gemma3_skipped(), reason="Gemma 3 270M was skipped at setup (--skip-gemma or EDGE_LAM_SKIP_GEMMA: its terms of "
-    "use were not accepted)")
 
 
 def greedy_tokens(prompts: list[str], max_new_tokens: int, model_id: str = MODEL) -> dict[str, list[int]]:

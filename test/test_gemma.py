@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from conftest import GEMMA, requires_gemma
 from edge_lam.assets import AssetMissingError
 from edge_lam.chain.shard import ShardCore
 from edge_lam.descriptors import ModuleSpec, chain_specs
@@ -17,7 +18,6 @@ from edge_lam.model.decompose import BlockRange, build_module, describe
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.model.precision import Int8Linear
 from edge_lam.model.sampling import Sampling
-from model_reference import GEMMA, requires_gemma
 
 pytestmark = requires_gemma
 

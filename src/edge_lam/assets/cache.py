@@ -103,6 +103,7 @@ def evo_bags_dir() -> pathlib.Path:
 
 
 EXITS_VERSION = "v2"  # bumped when the exits' training recipe changes, so a cache made by an older setup is rebuilt
+EXIT_MODEL = "smollm2-135m-instruct"  # the model whose early exits setup trains (prepare/exits.py); no other has any
 
 
 def exits_folder(model: str) -> pathlib.Path:

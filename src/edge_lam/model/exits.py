@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from edge_lam.assets.cache import EXITS_VERSION, AssetMissingError, exits_folder, is_complete
+from edge_lam.assets.cache import EXIT_MODEL, EXITS_VERSION, AssetMissingError, exits_folder, is_complete
 from edge_lam.model.decompose import Architecture, Head
-from edge_lam.prepare.exits import EXIT_MODEL
 
 __all__ = [
     "EXITS_FILE",
