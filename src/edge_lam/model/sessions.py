@@ -83,7 +83,12 @@ class SessionStore:
                 raise SessionLost(f"session '{session_id}' is not cached here (asked for position {position})")
             session = self._sessions[session_id] = Session(self._new_cache())
         elif truncate and position < session.length:
-            session.cache.crop(position - session.length)
+            try:
+                session.cache.crop(position - session.length)
+            except RuntimeError as err:  # a sliding-window layer past its window no longer holds what went before
+                del self._sessions[session_id]
+                raise SessionLost(f"session '{session_id}' cannot be cut back to {position} tokens here: {err}") \
+                    from err
             session.length = position
         elif position != session.length:
             raise SessionLost(
