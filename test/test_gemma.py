@@ -10,6 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from conftest import GEMMA, requires_gemma
+from edge_lam import cli
 from edge_lam.assets import AssetMissingError
 from edge_lam.chain.shard import ShardCore
 from edge_lam.descriptors import ModuleSpec, chain_specs
@@ -112,10 +113,12 @@ def test_chain_units_price_gemmas_tied_embedding_once_and_its_blocks(gemma):
     assert sum(u.weight_bytes for u in blocks) == sum(p.numel() for p in gemma.model.layers.parameters()) * 4
 
 
-def test_asking_for_a_gemma_exit_says_none_are_trained(gemma):
+def test_asking_for_a_gemma_exit_says_none_are_trained(gemma, capsys):
     with pytest.raises(AssetMissingError, match="gemma3-270m has no early exits: they are trained only for "
                        "smollm2-135m-instruct"):
         build_module(describe(gemma), ModuleSpec.exit_at(9))
+    assert cli.main(["exits", "--model", GEMMA]) == 1
+    assert "`edge-lam prepare` trains exits only for smollm2-135m-instruct" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("weight_dtype", ["bfloat16", "int8"])

@@ -112,12 +112,14 @@ def exits(args: argparse.Namespace) -> int:
     confident tokens agree with the whole model at the target rate (0.95), with the share of tokens that confident.
     Pick the layer whose agreement and share suit the robot's blocks; the placement puts the deepest trained exit
     the robot's blocks reach."""
+    from edge_lam.assets.cache import EXIT_MODEL, exits_folder
     from edge_lam.model.exits import available_exits, exit_table, exits_dir
 
     found = available_exits(args.model)
     if not found:
-        print(f"edge-lam exits: no exits prepared in {exits_dir(args.model)}; run `edge-lam prepare`",
-              file=sys.stderr)
+        how = ("run `edge-lam prepare`" if exits_dir(args.model).name == exits_folder(EXIT_MODEL).name
+               else f"`edge-lam prepare` trains exits only for {EXIT_MODEL}")
+        print(f"edge-lam exits: no exits prepared in {exits_dir(args.model)}; {how}", file=sys.stderr)
         return 1
     print(exit_table(found))
     info = next(iter(found.values()))
