@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import GEMMA, requires_gemma
+from conftest import GEMMA, REPORTED, requires_gemma
 from edge_lam import cli
 from edge_lam.assets import AssetMissingError
 from edge_lam.chain.shard import ShardCore
@@ -76,7 +76,9 @@ def test_gemma_cut_in_five_modules_gives_the_whole_models_logits_and_tokens(gemm
     ids = load_tokenizer(GEMMA)(prompt, return_tensors="pt")["input_ids"]
     whole, split, diff, _ = split_and_whole(gemma, ids, DECODE_STEPS)
     assert split == whole
-    assert diff <= 1e-3, f"split and whole logits differ by up to {diff}"
+    assert diff <= 1e-4, f"split and whole logits differ by up to {diff}"
+    REPORTED.append(f"Gemma 3 270M in five modules vs whole, {prompt!r}: max abs logit difference {diff:.1e} over "
+                    f"{DECODE_STEPS + 1} steps")
 
 
 def test_past_the_sliding_window_the_split_equals_the_whole_model_and_kv_bytes_count_the_window(gemma):
@@ -86,7 +88,8 @@ def test_past_the_sliding_window_the_split_equals_the_whole_model_and_kv_bytes_c
     ids = load_tokenizer(GEMMA)(text, return_tensors="pt")["input_ids"][:, :530]
     whole, split, diff, caches = split_and_whole(gemma, ids, 2)
     assert split == whole
-    assert diff <= 1e-3, f"split and whole logits differ by up to {diff}"
+    assert diff <= 1e-4, f"split and whole logits differ by up to {diff}"
+    REPORTED.append(f"Gemma 3 270M in five modules vs whole, 530-token prompt: max abs logit difference {diff:.1e}")
     slot = 2 * 1 * 256 * 4  # one token of one layer: keys and values, 1 KV head of 256 dims, fp32
     for (start, end), cache in zip([(0, 4), (4, 11)], caches[1:3], strict=True):
         held = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers) * 4
