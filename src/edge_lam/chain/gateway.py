@@ -169,6 +169,11 @@ class GatewayCore:
     def vocab_size(self) -> int:
         return self.limits.vocab_size
 
+    @property
+    def has_chat_template(self) -> bool:
+        """Without one (a base model), prompts go in as plain text."""
+        return self._tokenizer.chat_template is not None
+
     def load(self) -> tuple[int, int]:
         """Requests held: (running, with a step in flight; queued, waiting for their session or the chain)."""
         running = sum(job.sent_at is not None for job in self._jobs.values())

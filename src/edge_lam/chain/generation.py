@@ -62,11 +62,12 @@ def prompt_ids(tokenizer, conversation: Conversation, prompt: str, input_token_i
     """Every token id the session holds once the new input is in, and the chat including the new turn.
 
     With the chat template, the whole chat is rendered again: its tokens usually extend what the caches hold, and
-    when they do not (a reply that tokenizes differently), the caller replays the whole chat.
+    when they do not (a reply that tokenizes differently), the caller replays the whole chat. A model without one
+    (a base model such as Gemma 3 270M) takes the prompt as plain text, as with ``apply_chat_template`` false.
     """
     if input_token_ids:
         return conversation.tokens + list(input_token_ids), conversation.messages
-    if apply_chat_template:
+    if apply_chat_template and tokenizer.chat_template is not None:
         messages = [*conversation.messages, {"role": "user", "content": prompt}]
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids), messages

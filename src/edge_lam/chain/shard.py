@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +26,7 @@ import torch
 from edge_lam.chain.requests import DRAFTS, Route
 from edge_lam.descriptors import ModuleSpec
 from edge_lam.model.costs import module_cost
-from edge_lam.model.decompose import BlockRange, Embedding, Head, build_module, describe
+from edge_lam.model.decompose import Architecture, BlockRange, Embedding, Head, build_module, describe
 from edge_lam.model.precision import Int8Linear
 from edge_lam.model.sampling import Sampling, choose_token, verify_tokens
 from edge_lam.model.sessions import SessionStore
@@ -64,7 +65,7 @@ class ShardCore:
         self.dtype = arch.dtype
         self.modules = [build_module(arch, spec, share_weights=True) for spec in specs]
         self.sessions = [
-            SessionStore(m.new_cache, idle_timeout_s, bytes_per_token=module_cost(arch, spec).kv_bytes_per_token)
+            SessionStore(m.new_cache, idle_timeout_s, kv_bytes_for=_kv_bytes_counter(m, arch, spec))
             if isinstance(m, BlockRange) else None for m, spec in zip(self.modules, specs, strict=True)
         ]
         self.max_context_tokens = max_context_tokens
@@ -89,9 +90,9 @@ class ShardCore:
         unique = {t.data_ptr(): t for t in tensors if t.device.type != "meta"}
         return sum(t.numel() * t.element_size() for t in unique.values())
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        return sum(store.bytes_per_token for store in self.sessions if store is not None)
+    def kv_bytes_for(self, tokens: int) -> int:
+        """KV-cache bytes one session of ``tokens`` holds here (a sliding-window layer holds its window at most)."""
+        return sum(store.kv_bytes_for(tokens) for store in self.sessions if store is not None)
 
     def set_idle_timeout(self, seconds: float) -> None:
         for store in self.sessions:
@@ -126,9 +127,9 @@ class ShardCore:
         if position + length > self.max_context_tokens:
             raise BadInput(f"{length} tokens at position {position} exceed the shard's max_context_tokens "
                            f"{self.max_context_tokens}")
-        if (position + length) * self.kv_bytes_per_token > self.max_kv_bytes:
+        if self.kv_bytes_for(position + length) > self.max_kv_bytes:
             raise BadInput(f"a session of {position + length} tokens would hold "
-                           f"{(position + length) * self.kv_bytes_per_token} KV bytes, more than max_kv_bytes "
+                           f"{self.kv_bytes_for(position + length)} KV bytes, more than max_kv_bytes "
                            f"{self.max_kv_bytes}")
         drafts = self._drafts(tensors, length) if verify else None
         position_ids = torch.arange(position, position + length).unsqueeze(0)
@@ -228,6 +229,13 @@ class ShardCore:
         if not bool(torch.isfinite(x).all()):  # NaN or inf would spread through every later position's attention
             raise BadInput("hidden_states hold NaN or infinite values")
         return x
+
+
+def _kv_bytes_counter(module: BlockRange, arch: Architecture, spec: ModuleSpec) -> Callable[[int], int]:
+    """The KV bytes a session of n tokens holds in ``module``: one token of one layer times the tokens its layers
+    hold (all of them, or a sliding window's)."""
+    per_layer_token = module_cost(arch, spec).kv_bytes_per_token // len(module.layers)
+    return lambda tokens: per_layer_token * module.held_tokens(tokens)
 
 
 def _check_contiguous(specs: list[ModuleSpec]) -> None:

@@ -154,9 +154,16 @@ class BlockRange(nn.Module):
         replace.update({name: _NoPositions(arch.hidden_size, arch.dtype) for name in arch.position_embeddings})
         self.base = _shell(arch, replace, self.config)
         self.layers = layers
+        # What each layer's cache keeps: all tokens, or a sliding window's (Gemma 3's local layers, Mistral)
+        self._windows = [getattr(layer, "sliding_window", None) for layer in self.new_cache().layers]
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.config)
+
+    def held_tokens(self, tokens: int) -> int:
+        """Tokens the range's caches hold for a session of ``tokens``, summed over its layers: a sliding-window
+        layer keeps only the last ``window - 1`` (transformers' DynamicSlidingWindowLayer)."""
+        return sum(min(tokens, window - 1) if window else tokens for window in self._windows)
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         return self.base(

@@ -4,7 +4,7 @@ and dropped so the gateway can rebuild them by replaying.
 
 The store keeps its sessions in the order they were last used, so the shard can drop the least recently used one
 when a bound on sessions or KV bytes is reached; the gateway replays such a session when it is asked again. Bytes are
-counted from the tokens held (``bytes_per_token``), which a dropped session gives back at once."""
+counted from the tokens held (``kv_bytes_for``), which a dropped session gives back at once."""
 
 from __future__ import annotations
 
@@ -55,17 +55,19 @@ class SessionStore:
     waiting; ``idle_timeout_s`` may be changed at any time."""
 
     def __init__(self, new_cache: Callable[[], Any], idle_timeout_s: float,
-                 clock: Callable[[], float] = time.monotonic, bytes_per_token: int = 0) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 kv_bytes_for: Callable[[int], int] = lambda tokens: 0) -> None:
+        """``kv_bytes_for``: the bytes a session of that many tokens holds."""
         self._new_cache = new_cache
         self.idle_timeout_s = idle_timeout_s
         self._clock = clock
-        self.bytes_per_token = bytes_per_token
+        self.kv_bytes_for = kv_bytes_for
         self._sessions: dict[str, Session] = {}
 
     @property
     def kv_bytes(self) -> int:
         """KV-cache bytes the sessions hold."""
-        return sum(s.length for s in self._sessions.values()) * self.bytes_per_token
+        return sum(self.kv_bytes_for(s.length) for s in self._sessions.values())
 
     def least_recent(self) -> list[str]:
         """Session ids, least recently used first."""
@@ -88,7 +90,12 @@ class SessionStore:
                 raise SessionLost(f"session '{session_id}' is not cached here (asked for position {position})")
             session = self._sessions[session_id] = Session(self._new_cache())
         elif truncate and position < session.length:
-            session.cache.crop(position - session.length)
+            try:
+                session.cache.crop(position - session.length)
+            except RuntimeError as err:  # a sliding-window layer past its window no longer holds what went before
+                del self._sessions[session_id]
+                raise SessionLost(f"session '{session_id}' cannot be cut back to {position} tokens here: {err}") \
+                    from err
             session.length = position
         elif position != session.length:
             raise SessionLost(
