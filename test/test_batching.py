@@ -134,7 +134,7 @@ def test_a_bad_packet_in_a_batch_fails_alone(smollm2_cores):
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_sliding_window_sessions_batched_across_the_window_get_what_they_would_alone(attention):
     """Gemma 3 with a window of 4 tokens and every third layer global: sessions shorter and longer than the window
-    step together, by one token and by two, and their hidden states are those each gets alone."""
+    (one still empty) step together, by one token and by more, and their hidden states are those each gets alone."""
     config = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                               num_key_value_heads=2, head_dim=16, num_hidden_layers=6, sliding_window=4,
                               sliding_window_pattern=3, max_position_embeddings=256)
@@ -144,11 +144,12 @@ def test_sliding_window_sessions_batched_across_the_window_get_what_they_would_a
     core = ShardCore(model, specs("embedding", "blocks:0:6"))
     assert core.batchable
     generator = torch.Generator().manual_seed(1)
-    lengths = [2, 3, 5, 9]
+    lengths = [0, 2, 3, 5, 9]  # the first a session that starts (at position 0, without a reset) in the batch
     for i, n in enumerate(lengths):
         ids = torch.randint(0, 300, (1, n), generator=generator)
         for session in (f"batch-{i}", f"alone-{i}"):
-            core.step({"input_ids": ids}, session, 0, True, Sampling(), 0)
+            if n:
+                core.step({"input_ids": ids}, session, 0, True, Sampling(), 0)
     positions = list(lengths)
     worst = 0.0
     for tokens in (1, 1, 2, 1, 1, 3, 1):  # crosses the window for every session

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 
@@ -56,9 +56,7 @@ def stack_caches(caches: Sequence[DynamicCache], lengths: Sequence[int], new_tok
         filled = [layer for layer in rows if _held(layer)]
         if not filled:
             continue  # every session is empty: the forward initialises the layer as for a single one
-        width = max(_held(layer) for layer in filled)
-        keys = torch.cat([_left_pad(layer.keys, filled[0].keys, width) for layer in rows])
-        values = torch.cat([_left_pad(layer.values, filled[0].values, width) for layer in rows])
+        keys, values = _left_padded(rows, "keys"), _left_padded(rows, "values")
         target.lazy_initialization(keys, values)
         target.keys, target.values = keys, values
         if isinstance(target, DynamicSlidingWindowLayer):
@@ -89,11 +87,14 @@ def unstack_caches(batched: DynamicCache, caches: Sequence[DynamicCache], length
                 layer.cumulative_length = length
 
 
-def _left_pad(states: torch.Tensor | None, like: torch.Tensor, width: int) -> torch.Tensor:
-    """``states`` [1, heads, n, dim] (None or empty: n = 0) with zeros before them up to ``width`` tokens."""
-    if states is None or not states.numel():
-        return like.new_zeros(1, like.shape[1], width, like.shape[3])
-    return F.pad(states, (0, 0, width - states.shape[-2], 0))
+def _left_padded(rows: Sequence[DynamicLayer], name: str) -> torch.Tensor:
+    """The rows' ``keys`` or ``values`` ([1, heads, n, dim] each) as one [rows, heads, longest n, dim] tensor, each
+    row after zeros (masked, but finite: a masked NaN would still poison attention's weighted sum)."""
+    like = next(getattr(layer, name) for layer in rows if _held(layer))
+    empty = like.new_zeros(0, like.shape[1], like.shape[3])
+    # [n, heads, dim] each, padded along n in one call
+    sequences = [getattr(layer, name)[0].transpose(0, 1) if _held(layer) else empty for layer in rows]
+    return pad_sequence(sequences, batch_first=True, padding_side="left").transpose(1, 2)
 
 
 def _held(layer: DynamicLayer) -> int:
