@@ -533,3 +533,44 @@ def test_a_burst_beyond_max_queued_requests_is_served_up_to_the_bound_and_the_re
     assert served >= 32 and busy >= 1 and served + busy == 100, codes
     REPORTED.append(f"burst of 100 requests (max_queued_requests 32): {served} served, {busy} refused as busy "
                     f"(those within {refused_after:.1f} s), all answered in {answered:.1f} s")
+
+
+SHARDS = ("embed_shard", "blocks_shard", "middle_shard", "head_shard")
+
+
+def shown(client: Client, node: str, key: str) -> list[int]:
+    """Every value of ``key`` that ``node`` of the chain showed on /diagnostics since they were last cleared."""
+    name = f"{client.node.get_namespace()}/{node}: bounds"
+    return [int(v.value) for array in client.diagnostics for status in array.status if status.name == name
+            for v in status.values if v.key == key]
+
+
+def test_concurrent_goals_run_in_batches_at_the_shards_and_get_the_answers_they_get_alone(chain, reference):
+    wire_dtype, client = chain
+    only_once(wire_dtype)
+    assert client.action_client.wait_for_server(timeout_sec=30)
+    client.diagnostics.clear()
+    assert client.spin_until(lambda: all(shown(client, node, "batched_steps") for node in SHARDS), 15)
+    before = {node: shown(client, node, "batched_steps")[-1] for node in SHARDS}
+    client.diagnostics.clear()  # what the shards show from now on is about these goals
+    prompts = PROMPTS * 2  # six sessions, their caches of three lengths
+    sent = [client.action_client.send_goal_async(GenerateAction.Goal(request=goal_request(p, max_new_tokens=10)))
+            for p in prompts]
+    assert client.spin_until(lambda: all(f.done() for f in sent), 30), "the gateway did not answer the goals"
+    results = [f.result().get_result_async() for f in sent]
+    assert client.spin_until(lambda: all(f.done() for f in results), 120), "the goals got no result"
+    for prompt, future in zip(prompts, results, strict=True):
+        result = future.result().result.result
+        assert result.error_code == InferenceResult.ERROR_NONE, result.error_message
+        assert list(result.token_ids) == reference[prompt][:10], prompt  # as the whole model answers it alone
+
+    # The shards ran several sessions' steps as one batch: what /diagnostics shows a user.
+    def batched() -> dict[str, int]:
+        return {node: max(shown(client, node, "batched_steps"), default=before[node]) - before[node] for node in SHARDS}
+    assert client.spin_until(lambda: sum(batched().values()) > 0, 15), batched()
+    largest = {node: max(shown(client, node, "batch_sessions_largest"), default=0) for node in SHARDS}
+    assert max(largest.values()) > 1, largest
+    REPORTED.append(f"6 concurrent goals, answers equal to the whole model's: steps run in batches {batched()}, "
+                    f"largest batch per shard {largest}")
+    accepted, reason = client.set_parameter("middle_shard", "max_batch_sessions", 0)
+    assert not accepted and "range" in reason

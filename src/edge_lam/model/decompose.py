@@ -21,6 +21,7 @@ from torch import nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
 from edge_lam.descriptors import ModuleSpec
+from edge_lam.model.batched_cache import batchable_config
 
 __all__ = [
     "Architecture",
@@ -165,9 +166,18 @@ class BlockRange(nn.Module):
         layer keeps only the last ``window - 1`` (transformers' DynamicSlidingWindowLayer)."""
         return sum(min(tokens, window - 1) if window else tokens for window in self._windows)
 
-    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    @property
+    def batchable(self) -> bool:
+        """Whether several sessions' caches can step together (``model.batched_cache``)."""
+        return batchable_config(self.config)
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attention_mask`` [batch, cached + new tokens], False on pads: for sessions batched with left-padded
+        caches (the library builds its causal and sliding-window masks from it)."""
         return self.base(
-            inputs_embeds=hidden_states, position_ids=position_ids, past_key_values=cache, use_cache=True
+            inputs_embeds=hidden_states, position_ids=position_ids, past_key_values=cache, use_cache=True,
+            attention_mask=attention_mask,
         ).last_hidden_state
 
 
