@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from edge_lam.chain.requests import Options
+from edge_lam.descriptors import adapter_name_problem
 from edge_lam.model.sampling import check_sampling
 
 __all__ = ["Conversation", "Limits", "TextStream", "check_request", "prompt_ids"]
@@ -54,7 +55,8 @@ def check_request(prompt: str, input_token_ids: Sequence[int], options: Options,
     longest = max((len(s) for s in options.stop), default=0)
     if longest > limits.max_stop_chars:
         return f"a stop string of {longest} characters, more than max_stop_chars {limits.max_stop_chars}"
-    return check_sampling(options.do_sample, options.temperature, options.top_p)
+    return adapter_name_problem(options.adapter) or check_sampling(options.do_sample, options.temperature,
+                                                                   options.top_p)
 
 
 def prompt_ids(tokenizer, conversation: Conversation, prompt: str, input_token_ids: list[int],

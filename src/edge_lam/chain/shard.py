@@ -19,13 +19,17 @@ step for all of them: their caches are stacked left-padded (``model.batched_cach
 values go back into its own cache once every module has run. Each packet is checked before, and fails alone; if the
 batched forward raises, its steps run again one by one (the sessions' caches are untouched until then).
 :func:`batches` groups packets waiting at a shard without reordering any session's own packets.
+
+LoRA adapters (:mod:`edge_lam.model.adapters`) given at construction are applied to the shard's own layers, each
+under its name; a step names the one it runs with (``adapter``, empty for the base weights; part of the batch key:
+a batch runs one adapter), and naming one the shard does not hold is BadInput.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -33,6 +37,7 @@ import torch
 
 from edge_lam.chain.requests import DRAFTS, Route
 from edge_lam.descriptors import ModuleSpec
+from edge_lam.model.adapters import Adapter, apply_adapters, select_adapter
 from edge_lam.model.batched_cache import stack_caches, unstack_caches
 from edge_lam.model.costs import module_cost
 from edge_lam.model.decompose import Architecture, BlockRange, Embedding, Head, build_module, describe
@@ -75,6 +80,7 @@ class Step:
     truncate: bool = False
     verify: bool = False
     route: int = Route.CHAIN
+    adapter: str = ""  # the LoRA adapter to run with; empty: none
 
 
 @dataclass
@@ -92,7 +98,8 @@ class ShardCore:
     """Runs modules ``specs`` (contiguous, in chain order) of ``model`` on one packet at a time."""
 
     def __init__(self, model: torch.nn.Module, specs: list[ModuleSpec], idle_timeout_s: float = 600.0, *,
-                 max_context_tokens: int = 2048, max_sessions: int = 64, max_kv_bytes: int = 512 * 2**20) -> None:
+                 max_context_tokens: int = 2048, max_sessions: int = 64, max_kv_bytes: int = 512 * 2**20,
+                 adapters: Mapping[str, Adapter] | None = None) -> None:
         _check_contiguous(specs)
         arch = describe(model)
         if specs[-1].kind == "blocks" and specs[-1].layer_end > arch.num_layers:
@@ -110,6 +117,13 @@ class ShardCore:
         self.max_sessions = max_sessions
         self.max_kv_bytes = max_kv_bytes
         self.batchable = all(m.batchable for m in self.modules if isinstance(m, BlockRange))
+        adapters = adapters or {}
+        for adapter in adapters.values():
+            adapter.check_fits(arch)  # the whole file, not only this shard's layers: a wrong model shows everywhere
+        self.adapters = tuple(sorted(adapters))
+        self.adapted_layers = sum(apply_adapters(m, spec.layer_start, adapters) for m, spec
+                                  in zip(self.modules, specs, strict=True) if isinstance(m, BlockRange))
+        self._adapter = ""  # the one the LoRA layers run with now
 
     @property
     def session_count(self) -> int:
@@ -157,10 +171,12 @@ class ShardCore:
     @torch.inference_mode()
     def step(self, tensors: dict[str, torch.Tensor], session_id: str, position: int, reset: bool,
              sampling: Sampling, step: int, truncate: bool = False, verify: bool = False,
-             route: int = Route.CHAIN) -> StepOutput:
-        """Run the modules on one packet (truncating the caches to ``position`` first if asked)."""
-        packet = Step(tensors, session_id, position, sampling, step, reset, truncate, verify, route)
+             route: int = Route.CHAIN, adapter: str = "") -> StepOutput:
+        """Run the modules on one packet (truncating the caches to ``position`` first if asked) with LoRA adapter
+        ``adapter`` (empty: none)."""
+        packet = Step(tensors, session_id, position, sampling, step, reset, truncate, verify, route, adapter)
         x, drafts = self._check(packet)
+        self._use_adapter(adapter)
         length = x.shape[1]
         position_ids = torch.arange(position, position + length).unsqueeze(0)
         timings, exit_answer = [], None
@@ -205,7 +221,8 @@ class ShardCore:
         if not self.batchable or packet.reset or packet.verify or packet.route != Route.CHAIN:
             return None
         x = packet.tensors.get(self.input_name)
-        return x.shape[1] if x is not None and x.dim() >= 2 else None  # tokens: every row of a batch has as many
+        # tokens: every row of a batch has as many; the adapter: the LoRA layers run one at a time
+        return (x.shape[1], packet.adapter) if x is not None and x.dim() >= 2 else None
 
     @torch.inference_mode()
     def step_batch(self, packets: Sequence[Step]) -> BatchResult:
@@ -242,6 +259,7 @@ class ShardCore:
     def _forward_batch(self, packets: list[Step], inputs: list[torch.Tensor], sessions: list[list[Session | None]]
                        ) -> list[StepOutput]:
         """The modules on the stacked inputs; the sessions' caches take their rows only once all have run."""
+        self._use_adapter(packets[0].adapter)  # one batch key: one adapter
         length = inputs[0].shape[1]
         x = torch.cat(inputs)
         position_ids = torch.tensor([[p.position] for p in packets]) + torch.arange(length)
@@ -270,7 +288,7 @@ class ShardCore:
     def _alone(self, packet: Step) -> StepOutput | Exception:
         try:
             return self.step(packet.tensors, packet.session_id, packet.position, packet.reset, packet.sampling,
-                             packet.step, packet.truncate, packet.verify, packet.route)
+                             packet.step, packet.truncate, packet.verify, packet.route, packet.adapter)
         except Exception as err:
             return err
 
@@ -279,6 +297,9 @@ class ShardCore:
         is malformed or would take its session past the shard's bounds."""
         if packet.route not in iter(Route):
             raise BadInput(f"route {packet.route} is not one of {[int(r) for r in Route]}")
+        if packet.adapter and packet.adapter not in self.adapters:
+            raise BadInput(f"adapter '{packet.adapter}' is not held here (held: {list(self.adapters) or 'none'}; a "
+                           "shard's `adapters` parameter names them)")
         x = self._input(packet.tensors)
         length, position = x.shape[1], packet.position
         if position + length > self.max_context_tokens:
@@ -289,6 +310,12 @@ class ShardCore:
                            f"{self.kv_bytes_for(position + length)} KV bytes, more than max_kv_bytes "
                            f"{self.max_kv_bytes}")
         return x, self._drafts(packet.tensors, length) if packet.verify else None
+
+    def _use_adapter(self, adapter: str) -> None:
+        """Run the LoRA layers with ``adapter`` (one the shard holds; empty: the base weights) from now on."""
+        if adapter != self._adapter:
+            select_adapter((m for m in self.modules if isinstance(m, BlockRange)), adapter)
+            self._adapter = adapter
 
     def _checkout(self, packet: Step) -> list[Session | None]:
         """The packet's session in every block range; a session lost in one is dropped in all."""

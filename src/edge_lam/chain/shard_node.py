@@ -36,6 +36,7 @@ from edge_lam.chain.shard import BadInput, BatchResult, ShardCore, Step, StepOut
 from edge_lam.descriptors import ModuleSpec, Stage, wire_dtype_bytes
 from edge_lam.link.delayed_release import DelayedRelease
 from edge_lam.link.emulation import DelayLine, link_parameter
+from edge_lam.model.adapters import load_adapter, parse_adapter_list
 from edge_lam.model.loading import load_model
 from edge_lam.model.sessions import SessionLost, give_back_memory
 from edge_lam.ros.bounds import Bounds
@@ -97,6 +98,9 @@ class ShardNode(Node):
                                   on_change=lambda v: setattr(self, "_max_batch", v), low=1)
         weight_dtype = declare(self, "weight_dtype", "float32", "Precision of the weights: float32, bfloat16, "
                                "float16 or int8 (weight-only, per channel, bfloat16 activations).")
+        adapter_files = declare(self, "adapters", Parameter.Type.STRING_ARRAY,
+                                "LoRA adapters to serve, NAME=PATH (the edge trainer's adapter_path): this shard "
+                                "applies the adapter's weights of its own layers; a request names one or none.")
         wire_dtype_bytes(wire_dtype)  # ValueError naming the choices
         line = DelayLine(slowdown, link_parameter(input_link or []), link_parameter(output_link or []))
         self._slowdown = slowdown
@@ -104,8 +108,10 @@ class ShardNode(Node):
         self._threads = threads
         specs = [ModuleSpec.parse(m) for m in modules]
         started = time.perf_counter()
+        adapters = {name: load_adapter(path) for name, path in parse_adapter_list(adapter_files or []).items()}
         self._core = ShardCore(load_model(model, specs, weight_dtype), specs, idle,
-                               max_context_tokens=max_context, max_sessions=max_sessions, max_kv_bytes=max_kv_bytes)
+                               max_context_tokens=max_context, max_sessions=max_sessions, max_kv_bytes=max_kv_bytes,
+                               adapters=adapters)
         load_s = time.perf_counter() - started
         self._bounds = Bounds(self)
         self._bounds.add("sessions", lambda: self._core.session_count, lambda: self._core.max_sessions)
@@ -134,6 +140,8 @@ class ShardNode(Node):
             f"{self._sub.topic_name} -> {self._pub.topic_name}, hidden states as {wire_dtype}"
             + (f"; early exit answers on {self._exit_pub.topic_name}" if self._exit_pub else "")
             + ("; a standby: packets dropped until it serves" if self._standby else "")
+            + (f"; adapters {list(self._core.adapters)} ({self._core.adapted_layers} linear layers here)"
+               if adapters else "")
             + f"; {self._core.weight_bytes / 2**20:.0f} MiB of {weight_dtype} weights read in {load_s:.2f} s, "
             f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB"
         )
@@ -224,7 +232,7 @@ class ShardNode(Node):
             self._failed(packet, err)
             return None
         return Step(tensors, packet.session_id, packet.position, sampling(packet.options), packet.step,
-                    packet.reset, packet.truncate, packet.verify, packet.route)
+                    packet.reset, packet.truncate, packet.verify, packet.route, packet.options.adapter)
 
     def _answer_exit(self, answer: ChainPacket, computed_s: float) -> None:
         """Publish an exit's answer once an emulated slower host would have computed it (at once on a real one)."""
@@ -243,7 +251,7 @@ class ShardNode(Node):
         self._use_threads()
         try:
             out = self._core.step(step.tensors, step.session_id, step.position, step.reset, step.sampling, step.step,
-                                  truncate=step.truncate, verify=step.verify, route=step.route)
+                                  truncate=step.truncate, verify=step.verify, route=step.route, adapter=step.adapter)
         except Exception as err:
             self._failed(packet, err)
         else:
