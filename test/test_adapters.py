@@ -13,17 +13,12 @@ from safetensors.torch import save_file
 from edge_lam.chain.shard import BadInput, ShardCore
 from edge_lam.descriptors import ModuleSpec
 from edge_lam.model.adapters import AdapterError, load_adapter, parse_adapter_list, save_adapter
-from edge_lam.model.decompose import describe
-from edge_lam.model.loading import load_model, load_tokenizer
+from edge_lam.model.loading import load_model
 from edge_lam.model.sampling import Sampling
-from edge_lam.training.adapters import LoraSettings
-from edge_lam.training.split import SplitBottom, SplitTop
 from edge_lam.training.split_parameters import ALL_LINEAR
+from model_reference import LORA, MODEL, TrainedAdapter, prompt_ids
 
-MODEL = "smollm2-135m-instruct"
 GREEDY = Sampling()
-LORA = LoraSettings(rank=8, alpha=16.0, target_modules=tuple(ALL_LINEAR))  # the trainers' defaults
-CUT = 4  # the trainers' default cut_layer
 PROMPTS = ["What does the robot do when its battery is low?", "How far did the robot drive?"]
 NEW_TOKENS = 6
 
@@ -33,41 +28,13 @@ def specs(*texts: str) -> list[ModuleSpec]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The base model, the training code's own model with adapters (bottom on a robot, top on the edge) and the
-    file the edge trainer writes of them. The adapters' B, zero at the start of training, are drawn at random
-    (large enough to change greedy answers): any trained adapter is some such pair, and this one costs no training
-    time."""
-    arch = describe(load_model(MODEL))
-    bottom, top = SplitBottom(arch, CUT, LORA, seed=0), SplitTop(arch, CUT, LORA, seed=1)
-    generator = torch.Generator().manual_seed(0)
-    for half in (bottom, top):
-        state = half.trainable_state()
-        half.load_trainable_state({name: torch.randn(t.shape, generator=generator) * 0.05 if "lora_B" in name else t
-                                   for name, t in state.items()})
-    path = tmp_path_factory.mktemp("adapters") / "fleet.safetensors"
-    save_adapter(path, {**bottom.trainable_state(), **top.trainable_state()}, LORA, MODEL)  # as the edge trainer
-    return arch.model, bottom, top, path
+def trained(tmp_path_factory) -> TrainedAdapter:
+    return TrainedAdapter(tmp_path_factory.mktemp("adapters") / "fleet.safetensors")
 
 
 @pytest.fixture(scope="module")
 def prompts() -> list[torch.Tensor]:
-    tokenizer = load_tokenizer(MODEL)
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)["input_ids"] for p in PROMPTS]
-
-
-@torch.no_grad()
-def training_model_argmax(bottom: SplitBottom, top: SplitTop, ids: torch.Tensor) -> list[int]:
-    """The training code's split model's most likely next token at every position of ``ids``: its greedy answer
-    to a prompt is ``tokens`` exactly when these are ``tokens`` on prompt + ``tokens`` (teacher forcing, one pass)."""
-    hidden = top.run_blocks(bottom.forward(ids), torch.arange(ids.shape[1]).unsqueeze(0))
-    return top.head(hidden[0]).argmax(-1).tolist()
-
-
-def answers_as(tokens: list[int], argmax: list[int]) -> bool:
-    """Whether a model whose argmax over prompt + ``tokens`` is ``argmax`` answers the prompt with ``tokens``."""
-    return argmax[-len(tokens) - 1:-1] == tokens
+    return [prompt_ids(p) for p in PROMPTS]
 
 
 def chain_greedy(shards: list[ShardCore], ids: torch.Tensor, adapter: str, session: str) -> list[int]:
@@ -83,25 +50,21 @@ def chain_greedy(shards: list[ShardCore], ids: torch.Tensor, adapter: str, sessi
 
 
 def test_the_chain_with_the_adapter_answers_as_the_training_model_and_without_as_the_base(trained, prompts):
-    base, bottom, top, path = trained
     layout = [specs("embedding", "blocks:0:10"), specs("blocks:10:20"), specs("blocks:20:30", "head")]
-    served = {"fleet": load_adapter(path)}
+    served = {"fleet": load_adapter(trained.path)}
     shards = [ShardCore(load_model(MODEL, modules), modules, adapters=served) for modules in layout]
     changed = 0
     for index, ids in enumerate(prompts):
         adapted = chain_greedy(shards, ids, "fleet", f"a{index}")
-        with_answer = torch.cat([ids, torch.tensor([adapted])], dim=1)
-        assert answers_as(adapted, training_model_argmax(bottom, top, with_answer)), PROMPTS[index]
+        assert trained.answers_as(ids[0].tolist(), adapted), PROMPTS[index]  # the training code's model
         plain = chain_greedy(shards, ids, "", f"b{index}")
-        with torch.no_grad():  # the model without adapters (the training's halves hold copies of its layers)
-            argmax = base(torch.cat([ids, torch.tensor([plain])], dim=1)).logits[0].argmax(-1).tolist()
-        assert answers_as(plain, argmax), PROMPTS[index]
+        assert trained.answers_as(ids[0].tolist(), plain, adapted=False), PROMPTS[index]
         changed += adapted != plain
     assert changed >= 1  # the adapter changes the greedy answer
 
 
 def test_a_shard_applies_the_adapter_of_its_own_layers_only(trained):
-    adapter = load_adapter(trained[-1])
+    adapter = load_adapter(trained.path)
     assert (adapter.settings, adapter.model, adapter.layers) == (LORA, MODEL, list(range(30)))
     middle = ShardCore(load_model(MODEL, specs("blocks:10:20")), specs("blocks:10:20"), adapters={"fleet": adapter})
     assert middle.adapted_layers == 10 * len(ALL_LINEAR)
@@ -120,7 +83,7 @@ def test_a_shard_applies_the_adapter_of_its_own_layers_only(trained):
 
 
 def test_an_int8_shard_applies_the_lora_over_its_quantized_layers(trained):
-    adapter = load_adapter(trained[-1])
+    adapter = load_adapter(trained.path)
     core = ShardCore(load_model(MODEL, specs("blocks:10:12"), "int8"), specs("blocks:10:12"),
                      adapters={"fleet": adapter})
     q_proj = core.modules[0].layers[0].self_attn.q_proj
@@ -138,7 +101,7 @@ def test_an_int8_shard_applies_the_lora_over_its_quantized_layers(trained):
 
 def test_a_step_naming_an_adapter_the_shard_does_not_hold_is_bad_input(trained):
     core = ShardCore(load_model(MODEL, specs("blocks:0:1")), specs("blocks:0:1"),
-                     adapters={"fleet": load_adapter(trained[-1])})
+                     adapters={"fleet": load_adapter(trained.path)})
     hidden = torch.zeros(1, 2, 576)
     with pytest.raises(BadInput, match=r"adapter 'kitchen' is not held here \(held: \['fleet'\]"):
         core.step({"hidden_states": hidden}, "s", 0, True, GREEDY, 0, adapter="kitchen")
