@@ -161,6 +161,12 @@ def add_demo(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--period", type=float, default=5.0, metavar="S", help="seconds between reports (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=40, metavar="N",
                         help="longest report, in tokens (default 40)")
+    parser.add_argument("--adapter", nargs="?", const="", metavar="FILE",
+                        help="serve the fleet's fine-tuned LoRA adapter: without FILE, first run the collaborative "
+                        "fine-tuning (an edge trainer and two robot trainers on the domain set, minutes) and serve "
+                        "what it writes (OUTPUT/fleet_adapter.safetensors); with FILE, serve that one. Every shard "
+                        "holds it, the reports ask with it, and questions held out of the fine-tuning are answered "
+                        "with and without it before the bags play")
     parser.add_argument("--output", "-o", default="demo_output", metavar="DIR",
                         help="folder for the summary, plots and logs (default demo_output)")
     parser.add_argument("--params-file", metavar="YAML",

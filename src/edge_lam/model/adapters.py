@@ -88,11 +88,14 @@ class Adapter:
 def save_adapter(path: str | pathlib.Path, weights: Mapping[str, torch.Tensor], settings: LoraSettings,
                  model: str) -> None:
     """Write LoRA weights named as the training names them (``layers.<layer>.<path>.lora_A.weight``) with the
-    settings they were trained with."""
+    settings they were trained with. Written aside and renamed: whoever waits for the file never reads half of it."""
     metadata = {"model": model, "rank": settings.rank, "alpha": settings.alpha,
                 "target_modules": list(settings.target_modules)}
-    save_file({name: t.detach().contiguous() for name, t in weights.items()}, str(path),
+    path = pathlib.Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    save_file({name: t.detach().contiguous() for name, t in weights.items()}, str(partial),
               metadata={_METADATA_KEY: json.dumps(metadata)})
+    partial.replace(path)
 
 
 def load_adapter(path: str | pathlib.Path) -> Adapter:
