@@ -5,12 +5,13 @@ a bad adapter file or an adapter a shard does not hold is a clear error. Real Sm
 from __future__ import annotations
 
 import pathlib
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from edge_lam.chain.shard import BadInput, ShardCore
+from edge_lam.chain.shard import BadInput, ShardCore, Step
 from edge_lam.descriptors import ModuleSpec
 from edge_lam.model.adapters import AdapterError, load_adapter, parse_adapter_list, save_adapter
 from edge_lam.model.loading import load_model
@@ -97,6 +98,30 @@ def test_an_int8_shard_applies_the_lora_over_its_quantized_layers(trained):
     expected = x.float() @ a.T @ b.T * (LORA.alpha / LORA.rank)
     # the outputs are bf16, rounded at their own magnitude (up to a few units): the LoRA term within that rounding
     assert expected.abs().mean() > 0.05 and (delta - expected).abs().mean() < 0.1 * expected.abs().mean()
+
+
+def test_steps_of_one_adapter_batch_as_they_run_alone_and_two_adapters_never_share_a_batch(trained):
+    core = ShardCore(load_model(MODEL, specs("blocks:10:20")), specs("blocks:10:20"),
+                     adapters={"fleet": load_adapter(trained.path)})
+    generator = torch.Generator().manual_seed(4)
+    prompts = [torch.randn(1, n, 576, generator=generator) for n in (3, 5)]
+    for i, x in enumerate(prompts):
+        for copy in ("alone", "batch"):
+            core.step({"hidden_states": x}, f"{copy}-{i}", 0, True, GREEDY, 0, adapter="fleet")
+    steps = [Step({"hidden_states": torch.randn(1, 1, 576, generator=generator)}, f"batch-{i}", x.shape[1],
+                  truncate=True, adapter="fleet") for i, x in enumerate(prompts)]
+    base = core.step(steps[0].tensors, "base", 0, True, GREEDY, 0).tensors["hidden_states"]  # the last step: none
+    result = core.step_batch(steps)
+    assert result.batched == 2 and result.error is None
+    for i, (step, out) in enumerate(zip(steps, result.outputs, strict=True)):
+        alone = core.step(step.tensors, f"alone-{i}", step.position, False, GREEDY, 0, adapter="fleet")
+        assert (out.tensors["hidden_states"] - alone.tensors["hidden_states"]).abs().max() <= 1e-3
+    assert (base - core.step(steps[0].tensors, "fleet", 0, True, GREEDY, 0, adapter="fleet")
+            .tensors["hidden_states"]).abs().max() > 0.01  # with a context of its own, the adapter shows
+    unadapted = replace(steps[1], adapter="")
+    assert core.batch_key(steps[0]) != core.batch_key(unadapted)
+    with pytest.raises(ValueError, match="one batch key"):
+        core.step_batch([steps[0], unadapted])
 
 
 def test_a_step_naming_an_adapter_the_shard_does_not_hold_is_bad_input(trained):

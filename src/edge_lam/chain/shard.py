@@ -176,7 +176,7 @@ class ShardCore:
         ``adapter`` (empty: none)."""
         packet = Step(tensors, session_id, position, sampling, step, reset, truncate, verify, route, adapter)
         x, drafts = self._check(packet)
-        self._use_adapter(adapter)
+        self.use_adapter(adapter)
         length = x.shape[1]
         position_ids = torch.arange(position, position + length).unsqueeze(0)
         timings, exit_answer = [], None
@@ -259,7 +259,7 @@ class ShardCore:
     def _forward_batch(self, packets: list[Step], inputs: list[torch.Tensor], sessions: list[list[Session | None]]
                        ) -> list[StepOutput]:
         """The modules on the stacked inputs; the sessions' caches take their rows only once all have run."""
-        self._use_adapter(packets[0].adapter)  # one batch key: one adapter
+        self.use_adapter(packets[0].adapter)  # one batch key: one adapter
         length = inputs[0].shape[1]
         x = torch.cat(inputs)
         position_ids = torch.tensor([[p.position] for p in packets]) + torch.arange(length)
@@ -311,7 +311,7 @@ class ShardCore:
                            f"{self.max_kv_bytes}")
         return x, self._drafts(packet.tensors, length) if packet.verify else None
 
-    def _use_adapter(self, adapter: str) -> None:
+    def use_adapter(self, adapter: str) -> None:
         """Run the LoRA layers with ``adapter`` (one the shard holds; empty: the base weights) from now on."""
         if adapter != self._adapter:
             select_adapter((m for m in self.modules if isinstance(m, BlockRange)), adapter)
