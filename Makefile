@@ -43,7 +43,7 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(MSG_SOURCES) $(PKG_SOURCES)
 	ln -sf ../../install/edge_lam/lib/edge_lam/edge-lam $(VENV)/bin/edge-lam  # `edge-lam` on the venv's PATH
 	touch $@
 
-prepare: $(BUILD_STAMP)
+prepare: $(BUILD_STAMP)  # EDGE_LAM_SKIP_GEMMA=1 leaves Gemma 3 270M out (its terms of use: README)
 	@echo "[setup 4/4] models and data in $${EDGE_LAM_CACHE:-.cache}"
 	$(ENV) && python -m edge_lam.cli prepare
 

@@ -24,6 +24,7 @@ paired baseline rather than against a run made minutes earlier.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 
 import rclpy
 import torch
@@ -257,20 +259,36 @@ class Driver:
         self.wait_for(lambda: any(r.final and r.request_id == request.request_id for _, r in self.chunks), timeout_s)
         return sent, [(t, r) for t, r in self.chunks if r.request_id == request.request_id]
 
+    def ask_all(self, prompts: list[str], max_new: int, timeout_s: float = 600) -> dict[str, list]:
+        """Send every prompt at once; each request's (arrival time, chunk) list, by request id."""
+        requests = [InferenceRequest(request_id=uuid.uuid4().hex, prompt=prompt) for prompt in prompts]
+        self.chunks.clear()
+        for request in requests:
+            request.options.max_new_tokens = max_new
+            self.requests.publish(request)
+        ids = {r.request_id for r in requests}
+        self.wait_for(lambda: len({r.request_id for _, r in self.chunks if r.final} & ids) == len(ids), timeout_s)
+        return {i: [(t, r) for t, r in self.chunks if r.request_id == i] for i in ids}
+
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
 
 
-def split(layout: list[list[str]], wire_dtype: str, max_new: int, rounds: int, gateway_apart: bool = False) -> dict:
+@contextlib.contextmanager
+def running_chain(layout: list[list[str]], shard_params: dict, gateway_apart: bool = False,
+                  gateway_params: dict | None = None) -> Iterator[tuple[Driver, list[str], list[subprocess.Popen]]]:
+    """Shard processes for ``layout`` (each with ``shard_params``) and a gateway, up and answering; yields the driver,
+    the chain's topics and the processes (the gateway composed into the first unless ``gateway_apart``). Their
+    logs are shown if the body fails."""
     namespace = f"bench_{uuid.uuid4().hex[:8]}"
     topics = ["chain/input", *(f"chain/hop_{i}" for i in range(1, len(layout))), "chain/output"]
     params = {f"/**/shard_{i}": {"ros__parameters": {
-        "model": MODEL, "modules": modules, "wire_dtype": wire_dtype, "input_topic": topics[i],
-        "output_topic": topics[i + 1]}} for i, modules in enumerate(layout)}
+        "model": MODEL, "modules": modules, "input_topic": topics[i], "output_topic": topics[i + 1], **shard_params,
+    }} for i, modules in enumerate(layout)}
     params["/**/gateway"] = {"ros__parameters": {"model": MODEL, "chain_input_topic": topics[0],
-                                                 "chain_output_topic": topics[-1]}}
+                                                 "chain_output_topic": topics[-1], **(gateway_params or {})}}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
         yaml.safe_dump(params, file)
     args = ["--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", file.name]
@@ -297,6 +315,19 @@ def split(layout: list[list[str]], wire_dtype: str, max_new: int, rounds: int, g
             if time.monotonic() > deadline:
                 raise TimeoutError("the chain did not come up")
             time.sleep(0.5)
+        yield driver, topics, processes
+    except Exception:
+        log.seek(0)
+        print(log.read()[-5000:], file=sys.stderr)
+        raise
+    finally:
+        driver.close()
+        stop_processes(processes)
+        os.unlink(file.name)
+
+
+def split(layout: list[list[str]], wire_dtype: str, max_new: int, rounds: int, gateway_apart: bool = False) -> dict:
+    with running_chain(layout, {"wire_dtype": wire_dtype}, gateway_apart) as (driver, topics, _):
         whole, figures, outside, total = WholeModel(), Figures(), 0.0, 0.0
         driver.ask(PROMPTS[0], max_new)  # warm-up, not counted
         whole.run(PROMPTS[0], max_new)
@@ -313,14 +344,6 @@ def split(layout: list[list[str]], wire_dtype: str, max_new: int, rounds: int, g
         _, chunks = driver.ask(PROMPTS[0], max_new)
         tokens = sum(1 for _, r in chunks if r.token_ids)
         return figures.result(bytes_per_token=driver.bytes / tokens, outside_modules=outside / total)
-    except Exception:
-        log.seek(0)
-        print(log.read()[-5000:], file=sys.stderr)
-        raise
-    finally:
-        driver.close()
-        stop_processes(processes)
-        os.unlink(file.name)
 
 
 def main() -> int:

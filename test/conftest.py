@@ -14,6 +14,7 @@ import types
 import pytest
 import rclpy.context
 
+from edge_lam.assets.cache import GEMMA3_ID, gemma3_skipped
 from edge_lam.processes import stop_processes
 from edge_lam.ros.fastdds_shm import SHM_DIR, clean_domain_ports, clean_zombies
 
@@ -27,6 +28,14 @@ os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
 TEST_DIR = pathlib.Path(__file__).resolve().parent
 REPO = TEST_DIR.parent
+
+
+GEMMA = GEMMA3_ID
+# Tests of Gemma run wherever setup prepared it (CI does, by default); a user who did not accept its terms of use
+# skipped it, and those tests say so. Not prepared without the switch is a failure, not a skip.
+requires_gemma = pytest.mark.skipif(
+    gemma3_skipped(), reason="Gemma 3 270M was skipped at setup (--skip-gemma or EDGE_LAM_SKIP_GEMMA: its terms of "
+    "use were not accepted)")
 
 
 class Processes:

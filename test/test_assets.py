@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from edge_lam.assets import AssetMissingError, efficientnet_lite0_onnx, evo_bags_dir, smollm2_dir
-from edge_lam.assets.cache import require
+from conftest import requires_gemma
+from edge_lam.assets import AssetMissingError, efficientnet_lite0_onnx, evo_bags_dir, gemma3_dir, smollm2_dir
+from edge_lam.assets.cache import gemma3_skipped, require
 
 
 def test_smollm2_folder_holds_the_30_layer_model_and_its_tokenizer():
@@ -47,3 +48,33 @@ def test_evo_bags_are_real_rosbags():
 def test_a_missing_asset_says_how_to_make_it(tmp_path):
     with pytest.raises(AssetMissingError, match="make setup"):
         require(tmp_path / "nothing", "Some model")
+
+
+@requires_gemma
+def test_gemma_folder_holds_the_18_layer_base_model_and_its_tokenizer():
+    folder = gemma3_dir()
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["model_type"], config["num_hidden_layers"], config["hidden_size"]) == ("gemma3_text", 18, 640)
+    assert (folder / "model.safetensors").stat().st_size > 1e9  # fp32 weights, dequantised from the GGUF
+    assert not list(folder.glob("*.gguf"))  # the joined GGUF was a temporary file
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.chat_template is None  # a base model: the gateway gives it plain text
+    assert tokenizer("Hello")["input_ids"][0] == tokenizer.bos_token_id
+
+
+def test_skipping_gemma_leaves_a_marker_and_asking_for_it_says_why(tmp_path, monkeypatch):
+    from edge_lam.prepare import steps
+
+    monkeypatch.setenv("EDGE_LAM_CACHE", str(tmp_path))
+    every_step = steps.steps
+    monkeypatch.setattr(steps, "steps", lambda: [s for s in every_step() if s.name == steps.GEMMA_STEP])
+    assert steps.prepare_all(skip_gemma=True) == 0
+    assert gemma3_skipped()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["gemma3-270m.skipped"]  # nothing built
+    with pytest.raises(AssetMissingError, match="skipped at setup"):
+        gemma3_dir()
+    for value, skip in (("1", True), ("yes", True), ("0", False), ("", False)):
+        monkeypatch.setenv("EDGE_LAM_SKIP_GEMMA", value)
+        assert steps.skip_gemma_by_default() is skip

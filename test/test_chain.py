@@ -13,7 +13,7 @@ from action_msgs.msg import GoalStatus
 from ament_index_python.packages import get_package_prefix
 from diagnostic_msgs.msg import DiagnosticArray
 from edge_lam_msgs.action import Generate as GenerateAction
-from edge_lam_msgs.msg import ChainPacket, InferenceRequest, InferenceResult
+from edge_lam_msgs.msg import ChainPacket, GenerationOptions, InferenceRequest, InferenceResult
 from edge_lam_msgs.srv import Generate
 from rclpy.action import ActionClient
 from rclpy.parameter import Parameter
@@ -23,7 +23,7 @@ from conftest import REPO, REPORTED, Processes, finish
 from edge_lam.chain.shard_node import TRIM_PERIOD_S
 from edge_lam.ros.qos import CONTROL, TENSORS
 from edge_lam.wire.tensors import to_msg
-from model_reference import greedy_tokens
+from model_reference import TrainedAdapter, greedy_tokens, prompt_ids
 from ros_client import RosClient
 
 LIB = pathlib.Path(get_package_prefix("edge_lam")) / "lib" / "edge_lam"
@@ -112,12 +112,13 @@ class Client(RosClient):
         self.publishers[topic].publish(packet)
 
 
-def start_chain(processes: Processes, namespace: str, wire_dtype: str) -> dict[str, int]:
-    """Start the chain; the process id of each of its nodes."""
+def start_chain(processes: Processes, namespace: str, wire_dtype: str, adapter: pathlib.Path) -> dict[str, int]:
+    """Start the chain, every shard serving ``adapter`` as "fleet"; the process id of each of its nodes."""
     args = ["--ros-args", "-r", f"__ns:=/{namespace}", "--params-file", PARAMS, "-p", f"wire_dtype:={wire_dtype}"]
-    front = processes.start(LIB / "compose", "shard:embed_shard", "shard:blocks_shard", *args)  # one process
-    middle = processes.start(LIB / "shard", *args, "-r", "__node:=middle_shard")
-    head = processes.start(LIB / "shard", *args, "-r", "__node:=head_shard")
+    shard_args = [*args, "-p", f"adapters:=[fleet={adapter}]"]
+    front = processes.start(LIB / "compose", "shard:embed_shard", "shard:blocks_shard", *shard_args)  # one process
+    middle = processes.start(LIB / "shard", *shard_args, "-r", "__node:=middle_shard")
+    head = processes.start(LIB / "shard", *shard_args, "-r", "__node:=head_shard")
     gateway = processes.start(LIB / "gateway", *args)
     return {"embed_shard": front.pid, "blocks_shard": front.pid, "middle_shard": middle.pid, "head_shard": head.pid,
             "gateway": gateway.pid}
@@ -135,14 +136,20 @@ def wait_until_serving(client: Client) -> None:
         time.sleep(0.5)
 
 
+@pytest.fixture(scope="module")
+def fleet_adapter(tmp_path_factory) -> TrainedAdapter:
+    """An adapter as the collaborative fine-tuning writes it, and the training code's model with it."""
+    return TrainedAdapter(tmp_path_factory.mktemp("adapter") / "fleet.safetensors")
+
+
 @pytest.fixture(scope="module", params=["float32", "float16"])
-def chain(request):
+def chain(request, fleet_adapter):
     wire_dtype = request.param
     namespace = f"chain_{wire_dtype}_{uuid.uuid4().hex[:6]}"
     processes = Processes()
     client = Client(namespace)
     try:
-        client.pids = start_chain(processes, namespace, wire_dtype)
+        client.pids = start_chain(processes, namespace, wire_dtype, fleet_adapter.path)
         wait_until_serving(client)
         yield wire_dtype, client
     finally:
@@ -378,6 +385,7 @@ def test_a_malformed_tensor_gets_an_error_and_the_chain_keeps_serving(chain, ref
     ("compute_slowdown:=0.5", "compute_slowdown must be >= 1"),
     ("input_link:=[0.02]", "an emulated link is [latency_s, bandwidth_bps]"),
     ("output_link:=[0.02,0.0]", "emulated link [0.02, 0.0]: link ?->? needs a finite latency >= 0 and a bandwidth > 0"),
+    ("adapters:=[fleet=/no/such/adapter.safetensors]", "/no/such/adapter.safetensors: not a readable adapter file"),
 ])
 def test_a_shard_with_a_bad_parameter_stops_with_a_clear_error(processes, parameter, message):
     shard = processes.start(LIB / "shard", "--ros-args", "-p", parameter)
@@ -390,6 +398,25 @@ def test_a_shard_with_a_bad_parameter_stops_with_a_clear_error(processes, parame
 def only_once(wire_dtype: str) -> None:
     if wire_dtype != "float32":
         pytest.skip("checked on the float32 chain: the wire dtype changes nothing here")
+
+
+def test_a_request_gets_the_adapter_it_names_or_none_and_an_adapter_not_held_is_an_error(chain, reference,
+                                                                                        fleet_adapter):
+    wire_dtype, client = chain
+    only_once(wire_dtype)
+    changed = 0
+    for prompt in PROMPTS[:2]:
+        tuned = client.generate(prompt, options=GenerationOptions(max_new_tokens=MAX_NEW, adapter="fleet"))
+        assert tuned.error_code == InferenceResult.ERROR_NONE, tuned.error_message
+        answer = list(tuned.token_ids)
+        assert fleet_adapter.answers_as(prompt_ids(prompt)[0].tolist(), answer), prompt  # the training's model
+        changed += answer != reference[prompt]
+    assert changed >= 1
+    unknown = client.generate(PROMPTS[0], options=GenerationOptions(max_new_tokens=MAX_NEW, adapter="kitchen"))
+    assert unknown.error_code == InferenceResult.ERROR_BAD_REQUEST and unknown.finish_reason == "error"
+    assert "adapter 'kitchen' is not held here (held: ['fleet']" in unknown.error_message
+    plain = client.generate(PROMPTS[1])  # none, after both: the base model's answer (every shard holds "fleet")
+    assert list(plain.token_ids) == reference[PROMPTS[1]]
 
 
 def test_forged_next_tokens_while_a_step_is_awaited_are_dropped_and_the_answer_comes(chain):
@@ -533,3 +560,44 @@ def test_a_burst_beyond_max_queued_requests_is_served_up_to_the_bound_and_the_re
     assert served >= 32 and busy >= 1 and served + busy == 100, codes
     REPORTED.append(f"burst of 100 requests (max_queued_requests 32): {served} served, {busy} refused as busy "
                     f"(those within {refused_after:.1f} s), all answered in {answered:.1f} s")
+
+
+SHARDS = ("embed_shard", "blocks_shard", "middle_shard", "head_shard")
+
+
+def shown(client: Client, node: str, key: str) -> list[int]:
+    """Every value of ``key`` that ``node`` of the chain showed on /diagnostics since they were last cleared."""
+    name = f"{client.node.get_namespace()}/{node}: bounds"
+    return [int(v.value) for array in client.diagnostics for status in array.status if status.name == name
+            for v in status.values if v.key == key]
+
+
+def test_concurrent_goals_run_in_batches_at_the_shards_and_get_the_answers_they_get_alone(chain, reference):
+    wire_dtype, client = chain
+    only_once(wire_dtype)
+    assert client.action_client.wait_for_server(timeout_sec=30)
+    client.diagnostics.clear()
+    assert client.spin_until(lambda: all(shown(client, node, "batched_steps") for node in SHARDS), 15)
+    before = {node: shown(client, node, "batched_steps")[-1] for node in SHARDS}
+    client.diagnostics.clear()  # what the shards show from now on is about these goals
+    prompts = PROMPTS * 2  # six sessions, their caches of three lengths
+    sent = [client.action_client.send_goal_async(GenerateAction.Goal(request=goal_request(p, max_new_tokens=10)))
+            for p in prompts]
+    assert client.spin_until(lambda: all(f.done() for f in sent), 30), "the gateway did not answer the goals"
+    results = [f.result().get_result_async() for f in sent]
+    assert client.spin_until(lambda: all(f.done() for f in results), 120), "the goals got no result"
+    for prompt, future in zip(prompts, results, strict=True):
+        result = future.result().result.result
+        assert result.error_code == InferenceResult.ERROR_NONE, result.error_message
+        assert list(result.token_ids) == reference[prompt][:10], prompt  # as the whole model answers it alone
+
+    # The shards ran several sessions' steps as one batch: what /diagnostics shows a user.
+    def batched() -> dict[str, int]:
+        return {node: max(shown(client, node, "batched_steps"), default=before[node]) - before[node] for node in SHARDS}
+    assert client.spin_until(lambda: sum(batched().values()) > 0, 15), batched()
+    largest = {node: max(shown(client, node, "batch_sessions_largest"), default=0) for node in SHARDS}
+    assert max(largest.values()) > 1, largest
+    REPORTED.append(f"6 concurrent goals, answers equal to the whole model's: steps run in batches {batched()}, "
+                    f"largest batch per shard {largest}")
+    accepted, reason = client.set_parameter("middle_shard", "max_batch_sessions", 0)
+    assert not accepted and "range" in reason

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pytest
 from edge_lam_msgs.msg import ComputeAdvert, LinkEstimate, ModuleAssignment, PlacementPlan
 
-from conftest import finish
+from conftest import finish, requires_gemma
 from edge_lam.ros.qos import ADVERTS, LATCHED
 from ros_client import RosClient
 
@@ -223,3 +223,23 @@ def test_robot_exit_puts_the_deepest_trained_exit_the_first_hosts_blocks_reach(s
     assert all(a.output_topic == b.input_topic for a, b in itertools.pairwise(plan.modules))
     blocks = [(m.layer_start, m.layer_end) for m in plan.modules if m.kind == ModuleAssignment.KIND_BLOCKS]
     assert blocks[0][0] == 0 and blocks[-1][1] == 30 and all(a[1] == b[0] for a, b in itertools.pairwise(blocks))
+
+
+@requires_gemma
+def test_the_model_parameter_places_gemma_and_asks_no_exit_of_it(start_fleet):
+    """Gemma 3 270M (18 layers, a 640 MiB fp32 embedding tied to the head): neither 1000 MB host holds its 1.15 GB
+    (weights and a 2048-token KV cache), so the plan splits it; robot_exit finds no exit trained for it and plans
+    none."""
+    fleet = start_fleet(model="gemma3-270m", robot_exit=True, standby_copies="false")
+    fleet.hosts.set("robot", 10.0, 1000 * MB, peers=("edge",))
+    fleet.hosts.set("edge", 30.0, 1000 * MB)
+    plan = fleet.wait_plan(1, 60)
+    assert plan.model_id == "gemma3-270m" and hosts_of(plan) == {"robot", "edge"}
+    kinds = [m.kind for m in plan.modules]
+    assert kinds[0] == ModuleAssignment.KIND_EMBEDDING and kinds[-1] == ModuleAssignment.KIND_HEAD
+    assert ModuleAssignment.KIND_EXIT not in kinds
+    blocks = [(m.layer_start, m.layer_end) for m in plan.modules[1:-1]]
+    assert blocks[0][0] == 0 and blocks[-1][1] == 18 and all(a[1] == b[0] for a, b in itertools.pairwise(blocks))
+    assert all(a.output_topic == b.input_topic for a, b in itertools.pairwise(plan.modules))
+    assert plan.modules[0].memory_bytes == 262144 * 640 * 4  # priced from Gemma's shapes
+    fleet.wait_log(re.compile(r"robot_exit: no exits trained for gemma3-270m"), 10)

@@ -7,11 +7,20 @@ import pathlib
 import pytest
 
 from edge_lam.cli import split_ros_args
-from edge_lam.demo.graph import DemoConfig, HostSpec, SensorTopic, demo_processes, replay_processes
+from edge_lam.demo.adapter import comparison_questions, comparison_requests
+from edge_lam.demo.graph import (
+    DemoConfig,
+    HostSpec,
+    SensorTopic,
+    demo_processes,
+    replay_processes,
+    training_processes,
+)
 from edge_lam.demo.network import network_env
 from edge_lam.demo.summary import DemoRecords, ReportRecord, summarise
 from edge_lam.descriptors import Stage
 from edge_lam.reporting.timings import report_timings, stages_sum_s
+from edge_lam.training.domain_data import DomainSet, QAPair
 
 LIB = pathlib.Path("/opt/lib/edge_lam")
 CAMERA = SensorTopic(pathlib.Path("cam.mcap"), "/camera/image_raw/compressed", "sensor_msgs/msg/CompressedImage", 6.0)
@@ -59,6 +68,36 @@ def test_with_keys_every_fleet_node_signs_with_its_hosts_key():
     for name, host in (("host_agent[robot]", "robot"), ("host_agent[edge]", "edge"), ("coordinator", "edge"),
                        ("gateway", "edge")):
         assert f"signing_key:=/k/{host}.key" in argv[name] and "trusted_keys:=/k" in argv[name], name
+
+
+def test_with_the_fleets_adapter_every_host_agent_serves_it_and_the_reporter_asks_with_it():
+    served = pathlib.Path("/out/fleet_adapter.safetensors")
+    argv = {spec.name: " ".join(spec.argv) for spec in demo_processes(config(adapter=served), LIB)}
+    assert all(f"adapters:=[fleet={served}]" in argv[f"host_agent[{h}]"] for h in ("robot", "edge"))
+    assert "adapter:=fleet" in argv["reporter"]
+    assert not any("adapter" in a for a in (" ".join(s.argv) for s in demo_processes(config(), LIB)))
+    training = {spec.name: (spec.host, " ".join(spec.argv)) for spec in
+                training_processes(config(), LIB, served, pathlib.Path("/out/training"))}
+    assert set(training) == {"edge_trainer", "robot_trainer[robot_0]", "robot_trainer[robot_1]"}
+    host, edge = training["edge_trainer"]
+    assert host == "edge" and f"adapter_path:={served}" in edge and "min_robots:=2" in edge
+    host, robot = training["robot_trainer[robot_1]"]
+    assert host == "robot" and "robots:=2" in robot and "robot_index:=1" in robot and "__node:=robot_1" in robot
+    assert all("__ns:=/fleet_training" in argv for _, argv in training.values())
+
+
+def test_the_adapter_comparison_asks_held_out_questions_as_trained_with_and_without_the_adapter():
+    manual = [QAPair(f"manual {i}?", "m", "manual") for i in range(3)]
+    odometry = [QAPair(f"odometry {i}?", "o", "odometry", start_s=float(i)) for i in range(3)]
+    domain = DomainSet(train=(), heldout=(*odometry, *manual), duration_s=10.0)
+    questions = comparison_questions(domain)
+    assert [q.question for q in questions] == ["manual 0?", "odometry 0?", "manual 1?", "odometry 1?"]
+    pairs = comparison_requests(questions)
+    assert [(b.options.adapter, a.options.adapter) for b, a in pairs] == [("", "fleet")] * 4
+    base, adapted = pairs[0]
+    assert base.prompt == adapted.prompt == "Question: manual 0?\nAnswer:"  # the fine-tuning's own prompt
+    assert not base.options.apply_chat_template and base.options.stop == ("\n",)
+    assert len({r.request_id for pair in pairs for r in pair}) == 8
 
 
 def test_each_process_belongs_to_its_host_robot_processes_to_the_robot_fleet_services_to_the_gateway_host():

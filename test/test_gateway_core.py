@@ -200,6 +200,7 @@ def test_a_request_is_prefilled_then_stepped_token_by_token_and_gets_one_final(g
     ({"prompt": "Hi", "options": Options(stop=("E" * 257,))}, ResultError.BAD_REQUEST, "max_stop_chars"),
     ({"prompt": "Hi", "model_id": "gpt-17"}, ResultError.BAD_REQUEST, "serves"),
     ({"prompt": "Hi", "session_id": "no-such-session"}, ResultError.UNKNOWN_SESSION, "no session"),
+    ({"prompt": "Hi", "options": Options(adapter="fleet.v1")}, ResultError.BAD_REQUEST, "adapter name"),
 ])
 def test_bad_requests_are_refused_at_once(gateway, fields, code, message):
     out = gateway.request(**fields)
@@ -254,6 +255,20 @@ def test_requests_of_a_busy_session_wait_their_turn_and_continue_its_caches(gate
     (unknown,) = results(gateway.request("Hi", session_id=session))
     assert unknown.error_code == ResultError.UNKNOWN_SESSION
     gateway.assert_one_final_each()
+
+
+def test_a_kept_session_asked_with_another_adapter_is_replayed_with_it(gateway):
+    (prefill,) = steps(gateway.request("My robot is called Rolf.", request_id="base", keep_session=True))
+    assert prefill.options.adapter == ""
+    session = results(gateway.generate(prefill, [EOS]))[-1].session_id
+    asked = Options(max_new_tokens=8, adapter="fleet")
+    (adapted,) = steps(gateway.request("What is it called?", request_id="adapted", session_id=session,
+                                       keep_session=True, options=asked))
+    # the caches hold the base model's states: the whole conversation goes again, with the adapter
+    assert (adapted.options.adapter, adapted.position, adapted.reset) == ("fleet", 0, True)
+    gateway.generate(adapted, [EOS])
+    (same,) = steps(gateway.request("And its colour?", request_id="same", session_id=session, options=asked))
+    assert (same.options.adapter, same.reset) == ("fleet", False) and same.position > 0  # the same: continued
 
 
 def test_a_lost_session_is_replayed_once_on_a_fresh_chain_session_then_fails(gateway):

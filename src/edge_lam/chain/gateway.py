@@ -98,6 +98,7 @@ class SessionState:
     last_used: float = 0.0
     pending: deque[Job] = field(default_factory=deque)
     behind: bool = False  # steps stopped at the exit: the modules after it lack positions the session holds
+    adapter: str = ""  # the LoRA adapter its caches were computed with
 
     def chain_session_id(self, session_id: str) -> str:
         return session_id if self.attempt == 0 else f"{session_id}~{self.attempt}"
@@ -175,6 +176,11 @@ class GatewayCore:
     @property
     def vocab_size(self) -> int:
         return self.limits.vocab_size
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Without one (a base model), prompts go in as plain text."""
+        return self._tokenizer.chat_template is not None
 
     def load(self) -> tuple[int, int]:
         """Requests held: (running, with a step in flight; queued, waiting for their session or the chain)."""
@@ -382,15 +388,17 @@ class GatewayCore:
             return
         ids += job.stream.ids  # a resumed request: what another gateway streamed goes in with the prompt
         held = conversation.tokens
-        # Replay from the start when the caches may be stale, when the new tokens do not extend what they hold, or
-        # when there is nothing new to feed (the last token's logits are not kept).
+        # Replay from the start when the caches may be stale or were computed with another adapter, when the new
+        # tokens do not extend what they hold, or when there is nothing new to feed (the last token's logits are not
+        # kept).
         route = self._route(job)
-        if session.needs_reset or ids[:len(held)] != held or len(ids) == len(held):
+        if session.needs_reset or ids[:len(held)] != held or len(ids) == len(held) \
+                or session.adapter != request.options.adapter:
             conversation.tokens = []
             self._send(job, now, ids, position=0, reset=True, route=route)
         else:
             self._send(job, now, ids[len(held):], position=len(held), route=route)
-        session.needs_reset = False
+        session.needs_reset, session.adapter = False, request.options.adapter
 
     @staticmethod
     def _route(job: Job) -> Route:

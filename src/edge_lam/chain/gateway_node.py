@@ -209,6 +209,7 @@ class GatewayNode(Node):
             f"requests on {self._requests.topic_name}, results on {self._results.topic_name}, "
             f"service and action {self._service.srv_name}; requests without a policy: {flows.policy}"
             + (f"; early exit on {self._exit_out.topic_name}" if exit_topic else "")
+            + ("" if self._core.has_chat_template else "; no chat template: prompts go in as plain text")
         )
 
     # -- events in ------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from edge_lam.chain.requests import Options
+from edge_lam.descriptors import adapter_name_problem
 from edge_lam.model.sampling import check_sampling
 
 __all__ = ["Conversation", "Limits", "TextStream", "check_request", "prompt_ids"]
@@ -54,7 +55,8 @@ def check_request(prompt: str, input_token_ids: Sequence[int], options: Options,
     longest = max((len(s) for s in options.stop), default=0)
     if longest > limits.max_stop_chars:
         return f"a stop string of {longest} characters, more than max_stop_chars {limits.max_stop_chars}"
-    return check_sampling(options.do_sample, options.temperature, options.top_p)
+    return adapter_name_problem(options.adapter) or check_sampling(options.do_sample, options.temperature,
+                                                                   options.top_p)
 
 
 def prompt_ids(tokenizer, conversation: Conversation, prompt: str, input_token_ids: list[int],
@@ -62,11 +64,12 @@ def prompt_ids(tokenizer, conversation: Conversation, prompt: str, input_token_i
     """Every token id the session holds once the new input is in, and the chat including the new turn.
 
     With the chat template, the whole chat is rendered again: its tokens usually extend what the caches hold, and
-    when they do not (a reply that tokenizes differently), the caller replays the whole chat.
+    when they do not (a reply that tokenizes differently), the caller replays the whole chat. A model without one
+    (a base model such as Gemma 3 270M) takes the prompt as plain text, as with ``apply_chat_template`` false.
     """
     if input_token_ids:
         return conversation.tokens + list(input_token_ids), conversation.messages
-    if apply_chat_template:
+    if apply_chat_template and tokenizer.chat_template is not None:
         messages = [*conversation.messages, {"role": "user", "content": prompt}]
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids), messages

@@ -74,6 +74,7 @@ class Options:
     cascade_threshold: float = 0.0  # 0: the gateway's
     draft_tokens: int = 0  # 0: the gateway's
     drafter: str = ""  # ngram or exit; empty: the gateway's
+    adapter: str = ""  # LoRA adapter the shards answer with, by name; empty: none (the base weights)
 
 
 @dataclass(frozen=True)

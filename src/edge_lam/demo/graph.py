@@ -9,6 +9,10 @@ Each sensor stream has a transport (``edge_lam.fleet.transport``): ``tokens`` ru
 on the gateway's host (still in the robot's namespace, reading the robot's sensor topic: the sensor messages cross
 the link, the tokens come back to the reporter), ``auto`` picks one of the two from the hosts' adverts once they are
 in (``resolve_transports``).
+
+With the fleet's fine-tuned adapter (``adapter``, ``edge-lam demo --adapter``), every host agent hands it to the
+shards it loads as ``fleet`` and the reporter asks with it; ``training_processes`` are the collaborative
+fine-tuning's that make it.
 """
 
 from __future__ import annotations
@@ -32,9 +36,13 @@ __all__ = [
     "fleet_processes",
     "replay_processes",
     "resolve_transports",
+    "training_processes",
 ]
 
 FLEET_NAMESPACE = "/edge_lam"
+FLEET_ADAPTER = "fleet"  # the shards' name of the fleet's fine-tuned adapter, which requests name
+TRAINING_NAMESPACE = "/fleet_training"  # where the fine-tuning's trainers meet
+TRAINING_ROBOTS = 2
 EMPTY = "''"  # an empty string parameter on the command line (`-p name:=` alone does not parse)
 # Bag message types an encoder of the demo turns into tokens: type -> (modality, encoder executable).
 SENSOR_TYPES = {
@@ -103,6 +111,8 @@ class DemoConfig:
     keys_dir: pathlib.Path | None = None
     # Per modality: auto, raw or tokens (edge_lam.fleet.transport); a modality not named keeps tokens.
     transports: Mapping[str, str] = field(default_factory=dict)
+    # The fleet's fine-tuned LoRA adapter every shard serves and the reports are asked with; None: the base model.
+    adapter: pathlib.Path | None = None
 
     def __post_init__(self) -> None:
         ids = [h.host_id for h in self.hosts]
@@ -191,12 +201,15 @@ def demo_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
 def fleet_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
     """Host agents, coordinator, gateway and the reporter: what runs whatever the transports."""
     ns, robot_ns = FLEET_NAMESPACE, f"/{config.robot_id}"
+    served = [f"adapters:=[{FLEET_ADAPTER}={config.adapter}]"] if config.adapter else []  # to every shard loaded
+    asked = [f"adapter:={FLEET_ADAPTER}"] if config.adapter else []
     specs = []
     for host in config.hosts:
         specs.append(ProcessSpec(f"host_agent[{host.host_id}]", (str(lib / "host_agent"), *_ros_args(
             "host_agent", f"/{host.host_id}", config.params_file, f"host_id:={host.host_id}", f"role:={host.role}",
             f"compute_scale:={host.compute_scale}", f"memory_limit_bytes:={host.memory_mib * 2**20}",
-            f"model:={config.model}", f"components_namespace:={ns}", *config.trust(host.host_id))), host.host_id))
+            f"model:={config.model}", f"components_namespace:={ns}", *config.trust(host.host_id),
+            *served)), host.host_id))
     gateway_trust = config.trust(config.gateway_host)
     specs.append(ProcessSpec("coordinator", (str(lib / "coordinator"), *_ros_args(
         "coordinator", ns, config.params_file, f"model:={config.model}", f"gateway_host:={config.gateway_host}",
@@ -206,7 +219,8 @@ def fleet_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]:
     specs.append(ProcessSpec("reporter", (str(lib / "reporter"), *_ros_args(
         "reporter", robot_ns, config.params_file, f"modalities:=[{','.join(config.modalities)}]",
         f"period_s:={config.period_s}", f"max_new_tokens:={config.max_new_tokens}",
-        f"requests_topic:={ns}/requests", f"results_topic:={ns}/results")), config.robot_host))
+        f"requests_topic:={ns}/requests", f"results_topic:={ns}/results", *asked)),
+        config.robot_host))
     return specs
 
 
@@ -273,4 +287,21 @@ def replay_processes(config: DemoConfig, lib: pathlib.Path) -> list[ProcessSpec]
         name = "_".join(dict.fromkeys(s.modality for s in sensors)) + "_replay"
         argv += ["--ros-args", "-r", f"__node:={name}"]
         specs.append(ProcessSpec(f"replay[{bag.name}]", tuple(argv), config.robot_host))
+    return specs
+
+
+def training_processes(config: DemoConfig, lib: pathlib.Path, adapter: pathlib.Path,
+                       ledger_dir: pathlib.Path) -> list[ProcessSpec]:
+    """The collaborative fine-tuning that makes the fleet's adapter: the edge trainer on the gateway's host (writing
+    the final adapter of both halves to ``adapter``) and robot trainers on the robot's, each training on its own
+    share of the domain set (doc/training.md)."""
+    specs = [ProcessSpec("edge_trainer", (str(lib / "edge_trainer"), *_ros_args(
+        "edge_trainer", TRAINING_NAMESPACE, config.params_file, f"model:={config.model}",
+        f"min_robots:={TRAINING_ROBOTS}", f"adapter_path:={adapter}", f"ledger_path:={ledger_dir / 'edge.json'}")),
+        config.gateway_host)]
+    for index in range(TRAINING_ROBOTS):
+        name = f"robot_{index}"
+        specs.append(ProcessSpec(f"robot_trainer[{name}]", (str(lib / "robot_trainer"), *_ros_args(
+            name, TRAINING_NAMESPACE, config.params_file, f"model:={config.model}", f"robots:={TRAINING_ROBOTS}",
+            f"robot_index:={index}", f"ledger_path:={ledger_dir / f'{name}.json'}")), config.robot_host))
     return specs

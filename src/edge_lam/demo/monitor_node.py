@@ -1,6 +1,7 @@
 """The demo's eyes: a node that watches the fleet's plan and adverts, the robot's tokens and reports, and prints them.
 
-It only listens, except for the warm-up requests that tell when the chain serves. What it sees goes into
+It only listens, except for the warm-up requests that tell when the chain serves and the questions ``ask`` sends
+(with and without the fleet's adapter). What it sees goes into
 ``DemoRecords`` as plain values; ``console`` gets one line (or a few) per event.
 """
 
@@ -58,6 +59,7 @@ class DemoMonitor(Node):
         self.bags_started_s: float | None = None  # since ``started``, once the bags play
         self._console = console
         self._warmups: dict[str, InferenceResult | None] = {}
+        self.asked: dict[str, list[InferenceResult]] = {}  # request id -> its result chunks so far
         self._last_warmup = -float("inf")
         robot = f"/{config.robot_id}"
         self.create_subscription(PlacementPlan, "plan", self.on_plan, LATCHED)
@@ -112,6 +114,21 @@ class DemoMonitor(Node):
     def on_result(self, msg: InferenceResult) -> None:
         if msg.final and msg.request_id in self._warmups:
             self._warmups[msg.request_id] = msg
+        if msg.request_id in self.asked:
+            self.asked[msg.request_id].append(msg)
+
+    def ask(self, request: Request) -> None:
+        """Send a request; its result chunks go into ``asked``."""
+        self.asked[request.request_id] = []
+        self._requests.publish(to_request_msg(request))
+
+    def answer(self, request_id: str) -> str | None:
+        """The whole answer to an asked request (its error, if it failed), or None until its final chunk came."""
+        chunks = self.asked[request_id]
+        if not chunks or not chunks[-1].final:
+            return None
+        final = chunks[-1]
+        return f"(error: {final.error_message})" if final.error_code else "".join(c.text for c in chunks)
 
     def chain_serves(self) -> bool:
         """True once a one-token request came back without error; until then, send one every few seconds."""

@@ -5,17 +5,24 @@ each as its own process (the installed executables, as ``ros2 run`` starts them;
 ``<output>/logs``), waits until the coordinator has placed the model and the chain answers, replays the bags under
 the robot's namespace for ``duration`` seconds, waits for the last report, stops everything and writes
 ``summary.json``, ``latency_per_stage.png`` and ``placement.png``. It exits 0 when every tick got its report.
+
+With ``--adapter`` the fleet's fine-tuned LoRA adapter is served: made first by the collaborative fine-tuning (an
+edge trainer and two robot trainers, their own processes) unless a file is named, handed by every host agent to the
+shards it loads, asked for by the reporter, and compared with the base model on questions held out of the
+fine-tuning before the bags play.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from edge_lam.demo.graph import DemoConfig, ProcessSpec
 from edge_lam.demo.network import DemoNetwork, demo_network
@@ -23,9 +30,14 @@ from edge_lam.demo.summary import DemoRecords
 from edge_lam.processes import stop_processes
 from edge_lam.ros.fastdds_shm import SHM_DIR, clean_zombies
 
+if TYPE_CHECKING:  # imported where used: `edge-lam` starts without torch or rclpy
+    from edge_lam.demo.adapter import AdapterAnswer
+    from edge_lam.demo.monitor_node import DemoMonitor
+
 __all__ = ["DemoError", "ProcessGroup", "run_demo"]
 
 STARTUP_TIMEOUT_S = 300.0  # import torch, measure, load the model in two agents, place, probe: ~1 min on 2 cores
+TRAINING_TIMEOUT_S = 1800.0  # 3 rounds of 4 steps on two robots' shares: minutes on 2 cores
 PROGRESS_PERIOD_S = 5.0
 
 
@@ -114,6 +126,12 @@ def run_demo(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, start_offset_s=args.start_offset, params_file=params, keys_dir=keys_dir,
         transports=parse_transports(args.transport, sorted({s.modality for s in sensors})),
     )
+    if args.adapter is not None:
+        adapter = pathlib.Path(args.adapter).resolve() if args.adapter else train_fleet_adapter(config, lib, output)
+        from edge_lam.model.adapters import load_adapter
+
+        load_adapter(adapter)  # a file that is no adapter stops the demo here, not in every shard
+        config = dataclasses.replace(config, adapter=adapter)
     print(f"edge_lam demo: {config.model} on {', '.join(h.host_id for h in config.hosts)}; bags "
           f"{', '.join(b.name for b in bags)} ({', '.join(s.topic for s in config.sensors)}) for {args.duration:g} s; "
           f"a report every {config.period_s:g} s; output in {output}/; control plane signed (keys in {keys_dir})")
@@ -128,6 +146,8 @@ def run_demo(args: argparse.Namespace) -> int:
             output / "logs", network.argv, network.env), network)
     summary = summarise(records, model=config.model, robot_id=config.robot_id, duration_s=args.duration,
                         period_s=config.period_s, bags_started_s=bags_started_s)
+    if config.adapter is not None:
+        summary["adapter"] = {"file": str(config.adapter), "answers": [a.as_dict() for a in records.adapter_answers]}
     write_summary(summary, output / "summary.json")
     plot_latency(records.reports, output / "latency_per_stage.png")
     plot_placement(records.plans, output / "placement.png")
@@ -142,6 +162,7 @@ def _run_graph(args: argparse.Namespace, config: DemoConfig, lib: pathlib.Path, 
     """Start the graph, play the bags, wait for the last report, stop everything: the monitor's records."""
     import rclpy
 
+    from edge_lam.demo.adapter import format_comparison
     from edge_lam.demo.graph import (
         demo_processes,
         encoder_processes,
@@ -164,7 +185,11 @@ def _run_graph(args: argparse.Namespace, config: DemoConfig, lib: pathlib.Path, 
         print(f"started {len(processes.running)} processes; waiting for the placement and the chain to answer")
         if not watch_until(monitor, monitor.chain_serves, STARTUP_TIMEOUT_S, processes):
             raise DemoError(f"the chain did not answer within {STARTUP_TIMEOUT_S:g} s; see {output}/logs")
-        print(f"the chain answers ({time.monotonic() - begun:.1f} s after start); playing the bags")
+        print(f"the chain answers ({time.monotonic() - begun:.1f} s after start)")
+        if config.adapter is not None:
+            monitor.records.adapter_answers = compare_adapter(monitor, processes)
+            print(format_comparison(monitor.records.adapter_answers))
+        print("playing the bags")
         decisions = resolve_transports(config, monitor.adverts)
         for modality, decision in decisions.items():
             print(f"transport of {modality}: {decision.choice} ({decision.reason})")
@@ -199,6 +224,54 @@ def _run_graph(args: argparse.Namespace, config: DemoConfig, lib: pathlib.Path, 
             print(f"removed {len(cleaned.removed)} Fast DDS files from {SHM_DIR} that stopped processes left "
                   f"({cleaned.freed_bytes / 2**20:.0f} MiB)")
     return monitor.records, monitor.bags_started_s
+
+
+def train_fleet_adapter(config: DemoConfig, lib: pathlib.Path, output: pathlib.Path) -> pathlib.Path:
+    """Run the collaborative fine-tuning to its end (doc/training.md); the adapter file the edge trainer wrote."""
+    from edge_lam.demo.graph import training_processes
+
+    adapter = (output / "fleet_adapter.safetensors").resolve()
+    adapter.unlink(missing_ok=True)
+    (output / "training").mkdir(exist_ok=True)
+    processes = ProcessGroup(output / "logs")
+    specs = training_processes(config, lib, adapter, output / "training")
+    print(f"fine-tuning the fleet's adapter on the domain set: {', '.join(s.name for s in specs)} (split LoRA, "
+          f"FedAvg of the robots' adapters; ledgers in {output}/training)")
+    begun = time.monotonic()
+    try:
+        for spec in specs:
+            processes.start(spec)
+        while not adapter.is_file():  # written (whole, by a rename) when the edge closes its last round
+            ended = [name for name, p in processes.running.items()
+                     if p.poll() is not None and (p.returncode != 0 or name == "edge_trainer")]
+            if ended or time.monotonic() - begun > TRAINING_TIMEOUT_S:
+                name = ended[0] if ended else "edge_trainer"
+                tail = "\n".join(processes.log_of(name).read_text(errors="replace").splitlines()[-15:])
+                raise DemoError(f"the fine-tuning did not write {adapter} ({name} "
+                                f"{'ended' if ended else f'still ran after {TRAINING_TIMEOUT_S:g} s'}); the end "
+                                f"of its log ({processes.log_of(name)}):\n{tail}")
+            time.sleep(1.0)
+    finally:
+        processes.stop()
+    print(f"the fleet's adapter: {adapter} ({time.monotonic() - begun:.0f} s of fine-tuning; `--adapter {adapter}` "
+          "serves it again without training)")
+    return adapter
+
+
+def compare_adapter(monitor: DemoMonitor, processes: ProcessGroup) -> list[AdapterAnswer]:
+    """Ask questions held out of the fine-tuning with and without the fleet's adapter; the answers side by side."""
+    from edge_lam.assets.cache import evo_bags_dir
+    from edge_lam.demo.adapter import AdapterAnswer, comparison_questions, comparison_requests
+    from edge_lam.training.domain_data import build_domain_set
+
+    questions = comparison_questions(build_domain_set(evo_bags_dir() / "nav2_turtlebot.mcap"))
+    pairs = comparison_requests(questions)
+    for request in (r for pair in pairs for r in pair):
+        monitor.ask(request)
+    if not watch_until(monitor, lambda: all(monitor.answer(r) is not None for r in monitor.asked), 300.0, processes):
+        raise DemoError("the questions with and without the adapter got no answer in 300 s")
+    return [AdapterAnswer(q.question, q.answer, monitor.answer(base.request_id), monitor.answer(adapted.request_id))
+            for q, (base, adapted) in zip(questions, pairs, strict=True)]
 
 
 class Progress:

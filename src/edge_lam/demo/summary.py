@@ -10,10 +10,14 @@ import dataclasses
 import json
 import pathlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_lam.reporting.timings import Stage, stages_sum_s
+
+if TYPE_CHECKING:
+    from edge_lam.demo.adapter import AdapterAnswer
 
 __all__ = [
     "TOLERANCE",
@@ -79,6 +83,7 @@ class DemoRecords:
     encode_s: dict[str, list[float]] = field(default_factory=dict)
     requests: dict[str, float] = field(default_factory=dict)
     reports: list[ReportRecord] = field(default_factory=list)
+    adapter_answers: list[AdapterAnswer] = field(default_factory=list)  # with --adapter
 
     def unanswered(self) -> list[str]:
         answered = {r.request_id for r in self.reports}

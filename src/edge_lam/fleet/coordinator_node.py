@@ -22,6 +22,7 @@ from rclpy.event_handler import QoSLivelinessChangedInfo, QoSRequestedIncompatib
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 
+from edge_lam.assets.cache import EXIT_MODEL
 from edge_lam.descriptors import check_weight_dtype, wire_dtype_bytes
 from edge_lam.fleet.coordination import Chain, Coordinator, Decision, FleetFull, Policy, placement_table
 from edge_lam.fleet.model_pricing import price_in_child
@@ -126,8 +127,8 @@ class CoordinatorNode(Node):
                 f"the model's {self._weight_dtype} matrices stream at {priced.read_efficiency:.2f} of a host's "
                 "advertised bandwidth")
         if robot_exit and not self._exits:
-            self.get_logger().warning(f"robot_exit: no exits trained for {self._model} (run `edge-lam prepare`); "
-                                      "plans carry none")
+            self.get_logger().warning(f"robot_exit: no exits trained for {self._model} (`edge-lam prepare` trains "
+                                      f"{EXIT_MODEL}'s); plans carry none")
         self._version = 0
         self._last_error = ""
         self._lease_s = lease_s

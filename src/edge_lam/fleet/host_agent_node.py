@@ -100,6 +100,9 @@ class HostAgentNode(Node):
         emulated = declare(self, "emulated_links", Parameter.Type.STRING_ARRAY,
                            "PEER:LATENCY_S:BANDWIDTH_BPS links advertised instead of measured ones (tests, "
                            "benchmarks), e.g. ['edge_0:0.02:100e6']; those peers are not probed.")
+        self._adapters = declare(self, "adapters", Parameter.Type.STRING_ARRAY,
+                                 "LoRA adapters NAME=PATH every shard it loads serves (the shard's `adapters`); a "
+                                 "load_module request's parameters_yaml may set its own.") or []
         self._battery = declare(self, "battery_fraction", math.nan,
                                 "Battery charge 0..1 to advertise; NaN for a host without a battery.")
         self._trust = declare_trust(self, "publish plans that make this host load or unload shards, and call its "
@@ -298,10 +301,13 @@ class HostAgentNode(Node):
         )
 
     def _shard(self, shard: ShardLoad, extra: tuple[Parameter, ...] = ()) -> ComponentRequest:
-        """A shard as a component; parameters of a load request may override the model, wire dtype and host."""
+        """A shard as a component; parameters of a load request may override the model, wire dtype, host and
+        adapters."""
         defaults, identity = shard.parameters(self._host_id)
         if self._slowdown > 1.0:
             defaults["compute_slowdown"] = self._slowdown
+        if self._adapters:
+            defaults["adapters"] = list(self._adapters)
         # The shard signs and checks its packets with this host's key and the fleet's store, against the plan.
         return ComponentRequest("shard", shard.name, parameters=(
             *parameter_overrides(defaults), *extra,

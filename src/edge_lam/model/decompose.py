@@ -21,6 +21,7 @@ from torch import nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
 from edge_lam.descriptors import ModuleSpec
+from edge_lam.model.batched_cache import batchable_config
 
 __all__ = [
     "Architecture",
@@ -154,13 +155,29 @@ class BlockRange(nn.Module):
         replace.update({name: _NoPositions(arch.hidden_size, arch.dtype) for name in arch.position_embeddings})
         self.base = _shell(arch, replace, self.config)
         self.layers = layers
+        # What each layer's cache keeps: all tokens, or a sliding window's (Gemma 3's local layers, Mistral)
+        self._windows = [getattr(layer, "sliding_window", None) for layer in self.new_cache().layers]
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.config)
 
-    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    def held_tokens(self, tokens: int) -> int:
+        """Tokens the range's caches hold for a session of ``tokens``, summed over its layers: a sliding-window
+        layer keeps only the last ``window - 1`` (transformers' DynamicSlidingWindowLayer)."""
+        return sum(min(tokens, window - 1) if window else tokens for window in self._windows)
+
+    @property
+    def batchable(self) -> bool:
+        """Whether several sessions' caches can step together (``model.batched_cache``)."""
+        return batchable_config(self.config)
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attention_mask`` [batch, cached + new tokens], False on pads: for sessions batched with left-padded
+        caches (the library builds its causal and sliding-window masks from it)."""
         return self.base(
-            inputs_embeds=hidden_states, position_ids=position_ids, past_key_values=cache, use_cache=True
+            inputs_embeds=hidden_states, position_ids=position_ids, past_key_values=cache, use_cache=True,
+            attention_mask=attention_mask,
         ).last_hidden_state
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from edge_lam.assets.cache import AssetMissingError, exits_folder, is_complete
+from edge_lam.assets.cache import EXIT_MODEL, EXITS_VERSION, AssetMissingError, exits_folder, is_complete
 from edge_lam.model.decompose import Architecture, Head
 
 __all__ = [
@@ -184,6 +184,10 @@ def load_exit(arch: Architecture, layer: int, folder: pathlib.Path | None = None
     """
     folder = folder or exits_dir(arch)
     path = exit_file(folder, layer)
+    if not is_complete(folder) and folder.name != exits_folder(EXIT_MODEL).name:
+        model = folder.name.removesuffix(f"-exits-{EXITS_VERSION}")
+        raise AssetMissingError(f"{model} has no early exits: they are trained only for {EXIT_MODEL} (by "
+                                "`edge-lam prepare`); serve it without an exit module (policy chain)")
     if not (is_complete(folder) and path.is_file()):
         trained = sorted(available_exits(arch, folder))
         raise AssetMissingError(

@@ -4,12 +4,12 @@ and dropped so the gateway can rebuild them by replaying.
 
 The store keeps its sessions in the order they were last used, so the shard can drop the least recently used one
 when a bound on sessions or KV bytes is reached; the gateway replays such a session when it is asked again. Bytes are
-counted from the tokens held (``bytes_per_token``), which a dropped session gives back at once."""
+counted from the tokens held (``kv_bytes_for``), which a dropped session gives back at once."""
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,13 +23,20 @@ def give_back_memory() -> bool:
 
     A released cache's tensors go back to glibc's heap, not to the system: 100 sessions of 128 tokens on a 10-layer
     SmolLM2 shard left 195 of 244 MB in the process after release, and ``malloc_trim`` gave it all back."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError, TypeError):
+    trim = _malloc_trim()
+    if trim is None:
         return False
     trim(0)
     return True
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` from the symbols the process already has (``find_library`` would run ldconfig)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class SessionLost(LookupError):
@@ -48,17 +55,19 @@ class SessionStore:
     waiting; ``idle_timeout_s`` may be changed at any time."""
 
     def __init__(self, new_cache: Callable[[], Any], idle_timeout_s: float,
-                 clock: Callable[[], float] = time.monotonic, bytes_per_token: int = 0) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 kv_bytes_for: Callable[[int], int] = lambda tokens: 0) -> None:
+        """``kv_bytes_for``: the bytes a session of that many tokens holds."""
         self._new_cache = new_cache
         self.idle_timeout_s = idle_timeout_s
         self._clock = clock
-        self.bytes_per_token = bytes_per_token
+        self.kv_bytes_for = kv_bytes_for
         self._sessions: dict[str, Session] = {}
 
     @property
     def kv_bytes(self) -> int:
         """KV-cache bytes the sessions hold."""
-        return sum(s.length for s in self._sessions.values()) * self.bytes_per_token
+        return sum(self.kv_bytes_for(s.length) for s in self._sessions.values())
 
     def least_recent(self) -> list[str]:
         """Session ids, least recently used first."""
@@ -81,7 +90,12 @@ class SessionStore:
                 raise SessionLost(f"session '{session_id}' is not cached here (asked for position {position})")
             session = self._sessions[session_id] = Session(self._new_cache())
         elif truncate and position < session.length:
-            session.cache.crop(position - session.length)
+            try:
+                session.cache.crop(position - session.length)
+            except RuntimeError as err:  # a sliding-window layer past its window no longer holds what went before
+                del self._sessions[session_id]
+                raise SessionLost(f"session '{session_id}' cannot be cut back to {position} tokens here: {err}") \
+                    from err
             session.length = position
         elif position != session.length:
             raise SessionLost(

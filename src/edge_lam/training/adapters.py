@@ -23,6 +23,7 @@ __all__ = [
     "add_lora",
     "fedavg",
     "load_trainable_state",
+    "lora_config",
     "trainable_state",
 ]
 
@@ -47,6 +48,12 @@ class LoraSettings:
             raise ValueError("LoRA needs at least one target module")
 
 
+def lora_config(settings: LoraSettings) -> LoraConfig:
+    """peft's config for ``settings``: what training injects, and what a shard serving the adapters injects again."""
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.target_modules),
+                      lora_dropout=0.0)
+
+
 def add_lora(layers: nn.ModuleList, settings: LoraSettings, seed: int = 0) -> None:
     """Inject LoRA into ``layers`` in place and leave only the adapters trainable.
 
@@ -54,8 +61,7 @@ def add_lora(layers: nn.ModuleList, settings: LoraSettings, seed: int = 0) -> No
     zero, so the model is unchanged until it trains; robots that are to be averaged must start from the same A,
     which is why the edge sends its state to each robot as it joins.
     """
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.target_modules),
-                        lora_dropout=0.0)
+    config = lora_config(settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_adapter_in_model(config, layers, adapter_name=_ADAPTER)

@@ -34,6 +34,7 @@ import torch
 from edge_lam_msgs.msg import TensorList
 from rclpy.node import Node
 
+from edge_lam.model.adapters import save_adapter
 from edge_lam.model.decompose import describe
 from edge_lam.model.loading import load_model
 from edge_lam.ros.bounds import Bounds
@@ -80,7 +81,8 @@ class EdgeTrainerNode(Node):
         self._ledger_path = declare(self, "ledger_path", "",
                                     "JSON file of the run's byte ledger, rewritten every round; empty: none.")
         self._adapter_path = declare(self, "adapter_path", "",
-                                     "File (torch.save) for the final adapters of both halves; empty: none.")
+                                     "File for the final adapters of both halves (safetensors, with the LoRA settings; "
+                                     "shards serve it: their `adapters`); empty: none.")
         if self._rounds_total < 1 or self._min_robots < 1 or self._round_timeout_s <= 0:
             raise ValueError("rounds and min_robots must be at least 1, round_timeout_s positive")
         torch.set_num_threads(split.num_threads)
@@ -269,7 +271,7 @@ class EdgeTrainerNode(Node):
                                f"{summary['per_kind']}")
         if self._adapter_path:
             top = self._top.trainable_state()
-            torch.save({**self._fed.state, **top}, pathlib.Path(self._adapter_path))
+            save_adapter(pathlib.Path(self._adapter_path), {**self._fed.state, **top}, self._lora, self._split.model)
             self.get_logger().info(f"adapters of both halves written to {self._adapter_path}")
 
     def write_ledger(self) -> None:

@@ -54,13 +54,13 @@ def to_options_msg(options: Options) -> GenerationOptions:
                              stop=list(options.stop), apply_chat_template=options.apply_chat_template,
                              policy=options.policy, allow_degraded=options.allow_degraded,
                              cascade_threshold=options.cascade_threshold, draft_tokens=options.draft_tokens,
-                             drafter=options.drafter)
+                             drafter=options.drafter, adapter=options.adapter)
 
 
 def from_options_msg(msg: GenerationOptions) -> Options:
     return Options(msg.max_new_tokens, msg.do_sample, msg.temperature, msg.top_p, msg.seed, tuple(msg.stop),
                    msg.apply_chat_template, msg.policy, msg.allow_degraded, msg.cascade_threshold, msg.draft_tokens,
-                   msg.drafter)
+                   msg.drafter, msg.adapter)
 
 
 def to_step_msg(step: ChainStep, stamp: Time) -> ChainPacket:
