@@ -13,8 +13,11 @@ then measures.
 (c) Concurrent sessions: the chain at the fastest dtype whose agreement is >= 0.98 answers 1, 2, 4, 8 and 16
     requests sent at once; aggregate decode tokens/s over the window where every session is decoding (after the
     last first token, before the first final one).
-(d) The plan's expected decode latency per token (edge_lam.fleet's pricing of these modules on this host) against
-    what the chain measured in (b) at the same dtype.
+(d) The plan's expected decode latency per token, priced as the coordinator prices it (the roofline of
+    ``placement.roofline`` on this machine's GFLOP/s and memory bandwidth measured as a host agent measures them, with
+    the step overhead and read efficiency the coordinator measures for the model at that dtype), against what the
+    chain measured in (b) at each dtype. The three processes share one machine: as the coordinator does for modules
+    on one host, the hops between them are priced free (each costs a few ms here).
 
     python bench/serving.py [--max-new-tokens 32] [--rounds 2] [--json PATH]
 """
@@ -35,12 +38,16 @@ import time
 import torch
 from split_inference import LAYOUTS, MODEL, PROMPTS, WholeModel, chat_ids, p99, running_chain
 
+from edge_lam.chain.latency_drift import expected_over_measured
 from edge_lam.chain.shard import ShardCore
-from edge_lam.descriptors import ModuleSpec
+from edge_lam.descriptors import Host, Link, ModuleSpec
+from edge_lam.fleet.host_measurement import reference_bandwidth_gbps, reference_gflops
+from edge_lam.fleet.model_pricing import price_model
 from edge_lam.model.loading import load_model, load_tokenizer
 from edge_lam.model.precision import WEIGHT_DTYPES
 from edge_lam.model.sampling import Sampling
 from edge_lam.model.sessions import give_back_memory
+from edge_lam.placement.solver import evaluate
 
 MIDDLE = [ModuleSpec.parse("blocks:10:20")]
 CONCURRENCY = (1, 2, 4, 8, 16)
@@ -109,6 +116,20 @@ def chain_speed(weight_dtype: str, max_new: int, rounds: int) -> dict:
                 "middle_shard": memory_mib(processes[1].pid)}
 
 
+def expected(weight_dtype: str, context_tokens: int) -> dict:
+    """(d) The 3-process layout's decode per token as the coordinator prices it on this machine."""
+    priced = price_model(MODEL, "float16", False, weight_dtype)
+    gflops, bandwidth = reference_gflops(repeats=21, threads=1), reference_bandwidth_gbps(threads=1)
+    hosts = [Host(f"shard_{i}", gflops, 8 * 2**30, "edge", bandwidth) for i in range(3)]
+    bounds = [0, 11, 21, len(priced.units)]  # embedding + blocks 0-9 | blocks 10-19 | blocks 20-29 + head
+    segments = [(f"shard_{i}", bounds[i], bounds[i + 1]) for i in range(3)]
+    free = [Link(a.host_id, b.host_id, latency_s=0.0, bandwidth_bps=1e15) for a in hosts for b in hosts if a != b]
+    plan = evaluate(priced.units, segments, hosts, free, source_host="shard_0", sink_host="shard_0",
+                    context_tokens=context_tokens)
+    return {"expected_s": plan.expected_latency_s, "gflops": gflops, "bandwidth_gbps": bandwidth,
+            "step_overhead_ms_per_unit": 1e3 * priced.step_overhead_s, "read_efficiency": priced.read_efficiency}
+
+
 def steady_rate(requests: dict[str, list]) -> float:
     """Tokens per second over the window where every request is decoding: after the last first token, up to the
     first final one."""
@@ -155,6 +176,8 @@ def one_run(name: str, args: argparse.Namespace) -> dict:
         return quality(rest, args.max_new_tokens)
     if kind == "speed":
         return chain_speed(rest, args.max_new_tokens, args.rounds)
+    if kind == "expected":
+        return expected(rest, 40 + args.max_new_tokens)  # the prompts' ~40 tokens and the answer
     if kind == "concurrency":
         return concurrency(rest, args.max_new_tokens, args.rounds)
     raise ValueError(name)
@@ -219,14 +242,27 @@ def main() -> int:
         print(f"{n:>8} | {rate:8.1f} | {rate / rates['1']:5.2f}")
     figures["concurrency"] = {"weight_dtype": served, "tokens_per_s": rates}
 
+    print("\n(d) the plan's expected decode per token (the coordinator's price) vs the chain's measured p50 in (b)")
+    print(f"{'dtype':>9} | {'expected ms':>11} | {'measured ms':>11} | {'expected/measured':>17}")
+    prices = {}
+    for weight_dtype in WEIGHT_DTYPES:
+        price = prices[weight_dtype] = run_apart(f"expected:{weight_dtype}", args, env)
+        measured_ms = dtypes[weight_dtype]["decode_p50_ms"]
+        price["measured_ms"], price["ratio"] = measured_ms, expected_over_measured(price["expected_s"],
+                                                                                  measured_ms / 1e3)
+        print(f"{weight_dtype:>9} | {1e3 * price['expected_s']:11.1f} | {measured_ms:11.1f} | {price['ratio']:17.2f}")
+    figures["expected"] = prices
+
     figures.update({
+        "expected_over_measured": prices[served]["ratio"],
         "shard_rss_ratio": memory[served]["rss_ratio"],
         "fastest_dtype": served,
         "fastest_dtype_vs_fp32_whole": dtypes[served]["ratio_vs_fp32_whole"],
         "batch8_vs_batch1": rates["8"] / rates["1"],
     })
     print(f"\nshard_rss_ratio ({served}) {figures['shard_rss_ratio']:.2f} | fastest_dtype_vs_fp32_whole "
-          f"{figures['fastest_dtype_vs_fp32_whole']:.2f} | batch8_vs_batch1 {figures['batch8_vs_batch1']:.2f}")
+          f"{figures['fastest_dtype_vs_fp32_whole']:.2f} | batch8_vs_batch1 {figures['batch8_vs_batch1']:.2f} | "
+          f"expected_over_measured ({served}) {figures['expected_over_measured']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
