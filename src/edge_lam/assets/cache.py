@@ -102,6 +102,18 @@ def evo_bags_dir() -> pathlib.Path:
     return require(asset_dir("data", "evo"), "evo's bags")
 
 
+def air_channels_folder() -> pathlib.Path:
+    """Where setup writes the air-interface example's channel set (versioned: a new recipe makes a new folder)."""
+    from edge_lam.air.channels import SET_VERSION  # numpy only; sionna is imported when a set is made
+
+    return asset_dir("data", f"air-channels-v{SET_VERSION}")
+
+
+def air_channels_dir() -> pathlib.Path:
+    """The CDL channel set of the air-interface example (:mod:`edge_lam.air.channels`): splits as .npz files."""
+    return require(air_channels_folder(), "the air-interface channel set")
+
+
 EXITS_VERSION = "v2"  # bumped when the exits' training recipe changes, so a cache made by an older setup is rebuilt
 EXIT_MODEL = "smollm2-135m-instruct"  # the model whose early exits setup trains (prepare/exits.py); no other has any
 

@@ -1,6 +1,7 @@
 """Prepare the cache once: SmolLM2 and Gemma 3 270M converted from their GGUF, EfficientNet-Lite0 exported to ONNX,
-evo's bags, scikit-image's photos, the patch codebook trained on them, a camera bag made from them, and SmolLM2's
-early exits. Gemma is skipped with ``--skip-gemma`` or ``EDGE_LAM_SKIP_GEMMA=1`` (its terms of use).
+evo's bags, scikit-image's photos, the patch codebook trained on them, a camera bag made from them, SmolLM2's early
+exits and the air-interface example's CDL channel set. Gemma is skipped with ``--skip-gemma`` or
+``EDGE_LAM_SKIP_GEMMA=1`` (its terms of use).
 
 Each step builds into a temporary folder and renames it when whole, so an interrupted run leaves nothing that
 looks finished. A step whose folder is complete is skipped, which keeps a second setup fast.
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 from edge_lam.assets.cache import (
     COMPLETE_MARKER,
     GEMMA_SKIPPED_MARKER,
+    air_channels_folder,
     asset_dir,
     exits_folder,
     gemma3_folder,
@@ -313,6 +315,13 @@ def build_camera_bag(out: pathlib.Path) -> str:
             f"on {CAMERA_BAG_TOPIC}, {size / 1e6:.1f} MB")
 
 
+def build_air_channels(out: pathlib.Path) -> str:
+    """The air-interface example's channel set, drawn with sionna's 38.901 CDL models (seeded)."""
+    from edge_lam.air.channels import generate_set
+
+    return generate_set(out, progress=lambda line: print(f"    {line}", flush=True))
+
+
 GEMMA_STEP = "Gemma 3 270M (GGUF -> safetensors)"
 
 
@@ -330,6 +339,7 @@ def steps() -> list[Step]:
         Step("camera bag (MCAP, from the photos)", asset_dir("data", "camera-bag"), build_camera_bag),
         # Trained on report prompts over the camera bag and on the domain set (evo's bags): after both.
         Step("SmolLM2 early exits (self-distillation)", exits_folder(EXIT_MODEL), build_exits),
+        Step("air-interface channels (sionna 3GPP 38.901 CDL)", air_channels_folder(), build_air_channels),
     ]
 
 
