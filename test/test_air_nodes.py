@@ -1,10 +1,12 @@
 """The air-interface nodes as users run them: a bag of CSI windows recorded with `edge-lam record` from the csi
 source, replayed into the channel predictor and the csi encoder, gets one prediction and one token message per
 window, in order, each answering its window; a malformed window gets a log line and nothing else, and the nodes go
-on; a predictor whose model file is missing ends with a log line and status 1."""
+on; a predictor whose model file is missing ends with a log line and status 1. The source's windows are the
+bench's (the test split's estimates at 20 dB), stamped with their newest slot's time."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import uuid
 
@@ -16,7 +18,10 @@ from rosbags.highlevel import AnyReader
 
 from conftest import REPORTED, finish
 from edge_lam.air.beams import beam_gains, dft_codebook
+from edge_lam.air.channels import estimate, load_split
+from edge_lam.air.channels import windows as cut
 from edge_lam.air.csi_tokens import CsiEncoder
+from edge_lam.assets.cache import air_channels_dir
 from edge_lam.ros.qos import PREDICTIONS, RELIABLE_SENSOR_DATA, TOKENS, VOCABULARIES
 from edge_lam.wire.csi import from_channel_state
 from edge_lam.wire.stamps import to_ns
@@ -59,9 +64,6 @@ def test_a_recorded_bag_of_csi_gets_one_prediction_and_one_token_message_per_win
         record_rc, record_out = finish(record, timeout_s=30)
         assert (source_rc, record_rc) == (0, 0), f"{source_out}\n{record_out}"
         assert f"recorded {WINDOWS} messages" in record_out, record_out
-        missing_rc, missing_out = finish(missing, timeout_s=60)
-        assert missing_rc == 1 and "cannot load the gru predictor" in missing_out, missing_out
-        assert "Traceback" not in missing_out, missing_out
 
         assert client.spin_until(lambda: vocabulary, 60), "the csi encoder did not come up"
         replay = processes.start(LIB / "edge-lam", "replay", bag, "--remap", f"{live}:={ns}/csi",
@@ -93,6 +95,11 @@ def test_a_recorded_bag_of_csi_gets_one_prediction_and_one_token_message_per_win
             assert list(token.embedding.shape) == [16, 2 * ANTENNAS * SUBCARRIERS]
         assert [p.seq for p in predictions] == [t.seq for t in tokens] == list(range(WINDOWS))
         assert windows[0].noise_variance > 0 and windows[0].link_id == "cell0/ue0"
+        test_set = load_split(air_channels_dir(), "test")  # estimated whole (the noise is scaled to its power)
+        bench = cut(dataclasses.replace(test_set, h=estimate(test_set.h, 20.0, 0)).subset(WINDOWS // 4))
+        assert all(np.array_equal(from_channel_state(w).h, past) for w, past in zip(windows, bench.past, strict=True))
+        steps_ms = np.diff([to_ns(w.header.stamp) for w in windows]) / 1e6  # newest slots: 4 apart in a draw, then
+        assert list(steps_ms) == ([2.0, 2.0, 2.0, 10.0] * 6)[:-1]         # 20 to the next draw's (0.5 ms slots)
 
         publisher = client.publisher(ChannelState, "csi", RELIABLE_SENSOR_DATA)
         malformed = windows[0]
@@ -108,5 +115,8 @@ def test_a_recorded_bag_of_csi_gets_one_prediction_and_one_token_message_per_win
         for node in ("channel_predictor", "csi_encoder"):
             rejected = [log.msg for log in logs if log.name.endswith(node) and "rejected CSI window" in log.msg]
             assert len(rejected) == 1 and "finite" in rejected[0], (node, rejected)
+        missing_rc, missing_out = finish(missing, timeout_s=30)
+        assert missing_rc == 1 and "cannot load the gru predictor" in missing_out, missing_out
+        assert "No such file" in missing_out and "Traceback" not in missing_out, missing_out
     finally:
         client.close()

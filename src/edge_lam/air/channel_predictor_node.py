@@ -19,7 +19,7 @@ from edge_lam_msgs.msg import ChannelPrediction, ChannelState
 from rclpy.node import Node
 from rclpy.timer import Timer
 
-from edge_lam.air.predictors import ChannelPredictor, load_predictor
+from edge_lam.air.predictors import ChannelPredictor, load_predictor, predictor_kind
 from edge_lam.air.window_prediction import codebook, predict_window
 from edge_lam.encoders.encoder_node import LATENCY_WINDOW, MAX_REASON_CHARS
 from edge_lam.encoders.tokens import EncoderInputError
@@ -47,10 +47,7 @@ class ChannelPredictorNode(Node):
         stats_period_s = declare(self, "stats_period_s", 10.0,
                                  "Seconds between log lines with window counts and latency; 0 turns them off.",
                                  on_change=self._start_stats, low=0.0)
-        import torch  # the ar, gru and lam predictors run on torch; set before any of them is built
-
-        torch.set_num_threads(threads)
-        self.predictor = self._load(kind, model_path)
+        self.predictor = self._load(kind, model_path, threads)
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.published = 0
         self.rejected = 0
@@ -62,12 +59,18 @@ class ChannelPredictorNode(Node):
             f"{self.predictor.name} predictor ({self.predictor.past} past -> {self.predictor.future} future slots): "
             f"windows on {self.resolve_topic_name('csi')}, predictions on {self._publisher.topic_name}")
 
-    def _load(self, kind: str, model_path: str) -> ChannelPredictor:
+    def _load(self, kind: str, model_path: str, threads: int) -> ChannelPredictor:
         """The predictor, or the process's end with a log line (a startup failure, not a bug: no traceback)."""
         try:
             if kind not in KINDS:
                 raise ValueError(f"unknown predictor; one of {', '.join(KINDS)}")
-            return load_predictor(kind, pathlib.Path(model_path) if model_path else None)
+            path = pathlib.Path(model_path) if model_path else None
+            if kind != "last" and path is not None:
+                predictor_kind(path)  # a missing or foreign file fails here, before torch's import (seconds)
+            import torch  # the ar, gru and lam predictors run on torch: its threads are set before one is built
+
+            torch.set_num_threads(threads)
+            return load_predictor(kind, path)
         except Exception as err:
             where = f" from '{model_path}'" if model_path else ""
             self.get_logger().fatal(f"cannot load the {kind} predictor{where}: {type(err).__name__}: {err}")
