@@ -77,7 +77,7 @@ def wave(tmp_path_factory):
         for name in ("tensor_echo", "odometry_encoder", "imu_encoder", "scan_encoder", "text_encoder", "reporter",
                      "csi_encoder", "channel_predictor"):
             processes.start(name, name, *own)
-        processes.start("csi_source", "csi_source", *own, "-p", "rate_hz:=20.0")  # every test window: 51 s
+        processes.start("csi_source", "csi_source", *own, "-p", "rate_hz:=2.0")  # busy, and 512 s of windows
         for name in ("edge_trainer", "robot_trainer"):  # they train each other: rounds that last past the interrupt
             processes.start(name, name, *own, "-p", "rounds:=100000")
         processes.start("coordinator", "coordinator", *own, "-p", f"adverts_topic:=/{ns}/idle/adverts",
