@@ -39,14 +39,17 @@ class CsiSourceNode(Node):
                         check=lambda v: None if v in SPLITS else f"one of {', '.join(SPLITS)}")
         snr_db = declare(self, "snr_db", 20.0, "SNR of the channel estimates, dB (.inf: the true channel).")
         rate_hz = declare(self, "rate_hz", 10.0, "Windows published per second.", low=1e-3, high=1e4)
-        self.count = declare(self, "count", 0, "Windows to publish, then end; 0: every window of the split.", low=0)
+        count = declare(self, "count", 0, "Windows to publish, then end; 0: every window of the split.", low=0)
         self.link_id = declare(self, "link_id", "cell0/ue0", "Link id written into every message.")
         window = declare(self, "window", 16, "Slots per window.", low=1)
         stride = declare(self, "stride", 4, "Slots between the starts of a draw's windows.", low=1)
         self.wait_subscribers = declare(self, "wait_subscribers", 0,
                                         "Publish only once csi has this many subscribers (then 0.5 s more).", low=0)
         seed = declare(self, "seed", 0, "Seed of the estimation noise.")
-        channel_set = load_split(air_channels_dir(), split)
+        try:
+            channel_set = load_split(air_channels_dir(), split)
+        except OSError as err:  # not prepared: the error says how to prepare it
+            raise SystemExit(str(err)) from None
         settings = channel_set.settings
         truth_power = float((abs(channel_set.h) ** 2).mean())
         channel_set = dataclasses.replace(channel_set, h=estimate(channel_set.h, snr_db, seed))
@@ -59,7 +62,7 @@ class CsiSourceNode(Node):
         self.newest_slot = [d * settings.steps + s + window - 1 for d in range(len(channel_set)) for s in starts]
         self.noise_variance = 0.0 if math.isinf(snr_db) else truth_power * 10 ** (-snr_db / 10)
         self.settings = settings
-        self.total = len(self.windows) if self.count == 0 else min(self.count, len(self.windows))
+        self.total = len(self.windows) if count == 0 else min(count, len(self.windows))
         self.sent = 0
         self.start_ns: int | None = None
         self._settled_ns: int | None = None
