@@ -79,6 +79,7 @@ def test_a_recorded_bag_of_csi_gets_one_prediction_and_one_token_message_per_win
         assert len({stamp(w.header) for w in windows}) == WINDOWS
         codebook = dft_codebook(ANTENNAS, 2)
         encoder = CsiEncoder()
+        assert (vocabulary[0].modality, tuple(vocabulary[0].words)) == ("csi", encoder.vocabulary.words)
         for window_msg, prediction, token in zip(windows, predictions, tokens, strict=True):
             window = from_channel_state(window_msg)
             assert prediction.header == window_msg.header and token.header == window_msg.header
