@@ -154,6 +154,8 @@ def test_the_vocabulary_names_every_beam_and_bucket_and_the_encoder_refuses_what
         "beam-0", "beam-1", "beam-2", "beam-3", "beam-4", "beam-5", "beam-6", "beam-7",
         "delay-spread-short", "delay-spread-medium", "delay-spread-long", "delay-spread-very-long",
         "ageing-static", "ageing-slow", "ageing-medium", "ageing-fast")
+    assert encoder.vocabulary.version == ("1; DFT codebook 4 antennas x2, delay spread edges 80,120,200 ns, Doppler "
+                                          "edges 30,100,200 Hz")
     with pytest.raises(EncoderInputError, match="16 antennas, the encoder's codebook 4"):
         encoder.encode(random_csi(), SPACING_HZ, PERIOD_S)
     with pytest.raises(EncoderInputError, match="all zeros"):

@@ -28,7 +28,6 @@ from edge_lam.encoders.tokens import Encoded, EncoderInputError, Vocabulary
 
 __all__ = ["CsiBins", "CsiEncoder", "CsiFeatures", "doppler_hz", "rms_delay_spread_s"]
 
-VERSION = "1.0.0"
 _J0_ZERO = 2.404825557695773  # first zero of J0: Jakes' correlation is monotone up to it
 _X = np.linspace(0.0, _J0_ZERO, 512)
 _THETA = np.linspace(0.0, np.pi, 257)
@@ -103,7 +102,11 @@ class CsiEncoder:
         words = [f"beam-{b:0{width}d}" for b in range(beams)]
         words += [f"delay-spread-{name}" for name in self.bins.delay_spread_names]
         words += [f"ageing-{name}" for name in self.bins.ageing_names]
-        self.vocabulary = Vocabulary("csi_tokens", VERSION, tuple(words))
+        delay_edges = ",".join(f"{e:g}" for e in self.bins.delay_spread_edges_ns)
+        doppler_edges = ",".join(f"{e:g}" for e in self.bins.doppler_edges_hz)
+        version = (f"1; DFT codebook {self.bins.antennas} antennas x{self.bins.oversample}, delay spread edges "
+                   f"{delay_edges} ns, Doppler edges {doppler_edges} Hz")  # a recording states what its words meant
+        self.vocabulary = Vocabulary("csi_tokens", version, tuple(words))
         self._delay_base = beams
         self._ageing_base = beams + len(self.bins.delay_spread_names)
 
