@@ -308,6 +308,36 @@ def probe_echo(bench: Bench) -> object:
     return bytes(replies[-1].tensors[0].data) if replies[-1].tensors else b""
 
 
+def csi_window() -> object:
+    """One valid ChannelState: a seeded random window of the air example's size."""
+    from edge_lam.wire.csi import CsiWindow, to_channel_state
+    rng = np.random.default_rng(0)
+    h = (rng.normal(size=(16, 16, 32)) + 1j * rng.normal(size=(16, 16, 32))).astype(np.complex64)
+    return to_channel_state(CsiWindow(h, "fuzz/ue0", 3.5e9, 360e3, 0.5e-3))
+
+
+def probe_csi(bench: Bench) -> object:
+    from edge_lam_msgs.msg import ChannelState
+    publisher = bench.publisher(ChannelState, "csi", TOKENS)
+    window = csi_window()
+    return tokens_after(bench, "csi", publisher.publish, lambda i: window)
+
+
+def probe_predictor(bench: Bench) -> object:
+    """The beams ranked for one window (published again until a prediction comes: the node may not have matched)."""
+    from edge_lam_msgs.msg import ChannelPrediction, ChannelState
+    predictions = bench.collect(ChannelPrediction, "csi/prediction", TOKENS)
+    publisher = bench.publisher(ChannelState, "csi", TOKENS)
+    window = csi_window()
+    deadline = time.monotonic() + 30.0
+    while not predictions:
+        if time.monotonic() > deadline:
+            raise ProbeFailed("no prediction on csi/prediction in 30 s")
+        publisher.publish(window)
+        bench.spin_until(lambda: bool(predictions), 5.0)
+    return tuple(predictions[-1].top_beams), bytes(predictions[-1].predicted.real)
+
+
 def probe_host_agent(bench: Bench) -> object:
     module = ModuleAssignment(module_id="blocks_0_1", kind=ModuleAssignment.KIND_BLOCKS, layer_start=0, layer_end=1,
                               input_topic="chain/probe_in", output_topic="chain/probe_out", memory_bytes=1000)
@@ -416,6 +446,8 @@ def targets(work: pathlib.Path) -> list[Target]:
         Target("scan_encoder", [executable("scan_encoder")], ["scan_encoder"], probe_scan),
         Target("text_encoder", [executable("text_encoder")], ["text_encoder"], probe_text),
         Target("tensor_echo", [executable("tensor_echo")], ["tensor_echo"], probe_echo),
+        Target("csi_encoder", [executable("csi_encoder")], ["csi_encoder"], probe_csi),
+        Target("channel_predictor", [executable("channel_predictor")], ["channel_predictor"], probe_predictor),
         Target("reporter", [executable("reporter", "modalities:=[odometry]", "period_s:=0.5",
                                        "answer_timeout_s:=2.0", "max_age_s:=30.0")], ["reporter"], probe_reporter),
         Target("host_agent", [[*executable("host_agent", "host_id:=fuzzhost", f"model:={MODEL}",

@@ -74,8 +74,10 @@ def wave(tmp_path_factory):
                         f"/camera/image_raw/compressed:=/{ns}/camera/image_raw/compressed")
         processes.start("camera_encoder", "camera_encoder", "--ros-args", "-r", f"__ns:=/{ns}/camera")
         own = ["--ros-args", "-r", f"__ns:=/{ns}/idle"]
-        for name in ("tensor_echo", "odometry_encoder", "imu_encoder", "scan_encoder", "text_encoder", "reporter"):
+        for name in ("tensor_echo", "odometry_encoder", "imu_encoder", "scan_encoder", "text_encoder", "reporter",
+                     "csi_encoder", "channel_predictor"):
             processes.start(name, name, *own)
+        processes.start("csi_source", "csi_source", *own, "-p", "rate_hz:=2.0")  # busy, and 512 s of windows
         for name in ("edge_trainer", "robot_trainer"):  # they train each other: rounds that last past the interrupt
             processes.start(name, name, *own, "-p", "rounds:=100000")
         processes.start("coordinator", "coordinator", *own, "-p", f"adverts_topic:=/{ns}/idle/adverts",
@@ -147,7 +149,8 @@ def test_the_wave_runs_every_executable_of_the_package(wave):
 
 @pytest.mark.parametrize("name", ["compose", "shard", "head_shard", "gateway", "host_agent", "edge-lam",
                                   "camera_encoder", "tensor_echo", "odometry_encoder", "imu_encoder", "scan_encoder",
-                                  "text_encoder", "reporter", "edge_trainer", "robot_trainer", "coordinator"])
+                                  "text_encoder", "reporter", "edge_trainer", "robot_trainer", "coordinator",
+                                  "csi_encoder", "channel_predictor", "csi_source"])
 def test_sigint_ends_it_with_status_0_soon(wave, name):
     exits, processes = wave
     rc, seconds = exits[name]
@@ -159,7 +162,7 @@ def test_processes_that_need_no_torch_do_not_import_it():
     with numpy or OpenCV never touch torch (its import costs seconds at start and its teardown 1-2 s at exit)."""
     modules = ["edge_lam.fleet.coordinator_node", "edge_lam.bags.replay", "edge_lam.bags.record", "edge_lam.cli",
                "edge_lam.encoders.motion_node", "edge_lam.encoders.scan_node", "edge_lam.encoders.camera_node",
-               "edge_lam.link.tensor_echo_node"]
+               "edge_lam.link.tensor_echo_node", "edge_lam.air.csi_encoder_node", "edge_lam.air.csi_source_node"]
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + \
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code],

@@ -20,6 +20,8 @@ COMPONENTS = {
     "imu_encoder": "edge_lam.encoders.motion_node:ImuEncoderNode",
     "scan_encoder": "edge_lam.encoders.scan_node:ScanEncoderNode",
     "text_encoder": "edge_lam.encoders.text_node:TextEncoderNode",
+    "csi_encoder": "edge_lam.air.csi_encoder_node:CsiEncoderNode",
+    "channel_predictor": "edge_lam.air.channel_predictor_node:ChannelPredictorNode",
     "reporter": "edge_lam.reporting.reporter_node:ReporterNode",
     "host_agent": "edge_lam.fleet.host_agent_node:HostAgentNode",
     "coordinator": "edge_lam.fleet.coordinator_node:CoordinatorNode",

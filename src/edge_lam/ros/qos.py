@@ -6,6 +6,8 @@
   queue silently dropped most of a fast burst of 512 KB messages here, so keep-all.
 - TOKENS: semantic tokens from the encoders; reliable, keep-last 100: small messages that a slow subscriber
   should still get, but a subscriber a hundred messages behind loses the oldest rather than growing the queue.
+- PREDICTIONS: channel predictions (``csi/prediction``); reliable, keep-last 100, as TOKENS: one per CSI window,
+  none lost to a slow subscriber short of a hundred behind.
 - CONTROL: requests, results and commands; reliable, keep-all, for the same reason.
 - LATCHED: placement plans; reliable and transient-local, so a late joiner gets the last one.
 - ADVERTS: host agents' ComputeAdverts; reliable, keep-last 1 (only the newest advert of a host matters), volatile
@@ -35,6 +37,7 @@ __all__ = [
     "ADVERT_LEASE_S",
     "CONTROL",
     "LATCHED",
+    "PREDICTIONS",
     "RELIABLE_SENSOR_DATA",
     "SENSOR_DATA",
     "TENSORS",
@@ -72,6 +75,7 @@ def with_lease(profile: QoSProfile, lease_s: float) -> QoSProfile:
 # For sensor input that must not be dropped (bag replay in CI); it matches only reliable publishers.
 RELIABLE_SENSOR_DATA = _reliable(100)
 TOKENS = _reliable(100)
+PREDICTIONS = _reliable(100)
 TENSORS = _reliable()
 CONTROL = _reliable()
 LATCHED = _reliable(1, latched=True)
