@@ -3,13 +3,16 @@
 In the spirit of LLM4CP: each past slot's channel estimate ``[antennas, subcarriers]`` becomes one token (its
 ``2 * A * S`` real features through a linear patch embedding, plus a learned position embedding; SmolLM2's own
 rotary positions run inside its layers), SmolLM2's decoder layers ``[0, layers)`` read the tokens (frozen, with
-LoRA on their projections and their RMSNorms trainable), and a head turns the last token's hidden state into the
-next ``future`` slots. The head predicts the change from the newest estimate (``residual``), which trains faster
-than the channel itself. Each window is divided by the RMS of its past estimates first and scaled back at the end,
-so one model serves every path loss.
+LoRA on their projections and their RMSNorms trainable), and a head turns the last token's hidden state into a
+correction of a base prediction: the window's own least-squares AR fit (``base="ar"``) or its newest estimate
+(``"last"``). The correction is a linear filter over the past slots whose taps the head chooses per window, one set
+per beam of the array (``head="beams"``) or one for all streams (``"filter"``), or the future slots themselves
+(``"slots"``). The head starts at zero, so the untrained model is its base, and training keeps the weights that
+score best on val (the base included). Each window is divided by the RMS of its past estimates first and scaled
+back at the end, so one model serves every path loss.
 
-Only the new weights are trained and saved (LoRA, norms, patch embedding, head): a saved predictor is one small
-safetensors file, and SmolLM2's frozen weights are read again from the prepared model when it is loaded.
+Only the new weights are trained and saved (LoRA, norms, patch and position embeddings, head): a saved predictor
+is one small safetensors file, and SmolLM2's frozen weights are read again from the prepared model when loaded.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = ["CsiLam", "LamPredictor", "LamReport", "LamSettings", "load_lam", "tr
 
 MODEL = "smollm2-135m-instruct"
 HEADS = ("filter", "beams", "slots")
+BASES = ("ar", "last")
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -45,8 +49,10 @@ class LamSettings:
 
     layers: int = 2  # SmolLM2's lower decoder layers [0, layers)
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(rank=8, alpha=16.0, target_modules=_PROJECTIONS))
-    head: str = "filter"  # taps over the past slots per window ("filter") or per beam ("beams"), or "slots" direct
-    residual: bool = True  # "slots": predict the change from the newest estimate, not the channel itself
+    base: str = "ar"  # what the head corrects: the window's own least-squares AR prediction, or the newest estimate
+    ar_order: int = 8  # of the window's own AR fit (pooled over its streams, one per horizon)
+    ar_ridge: float = 1e-3  # relative to the mean regressor power
+    head: str = "beams"  # correction taps over the past slots per beam ("beams") or per window ("filter"), or "slots"
     lr: float = 1e-3
     weight_decay: float = 0.01
     steps: int = 400
@@ -60,6 +66,10 @@ class LamSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.layers <= 30:
             raise ValueError(f"layers must be within SmolLM2's 30, got {self.layers}")
+        if self.base not in BASES:
+            raise ValueError(f"base must be one of {BASES}, got {self.base!r}")
+        if not 1 <= self.ar_order < self.past:
+            raise ValueError(f"ar_order must be in 1..{self.past - 1}, got {self.ar_order}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.past < 1 or self.future < 1 or self.steps < 1 or self.batch < 1 or self.eval_every < 1:
@@ -106,12 +116,10 @@ class CsiLam(nn.Module):
             self.position = nn.Parameter(torch.randn(settings.past, hidden) * 0.02)
             self.norm = nn.LayerNorm(hidden)
             self.head = nn.Linear(hidden, self._head_outputs(features))
-        # Zero weights: every window starts at the newest estimate repeated, the no-prediction reference.
+        self.head_scale = hidden ** -0.5
+        # Zero: the model starts at its base prediction, and training can only improve on it.
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        if settings.head != "slots":
-            with torch.no_grad():
-                self._taps(self.head.bias[None])[..., -1] = 1.0  # in every group, the newest slot alone
 
     def _groups(self) -> int:
         """How many sets of taps the head chooses: one for the window, or one per beam (angle) of the array."""
@@ -132,23 +140,51 @@ class CsiLam(nn.Module):
         tokens = self.patch(torch.view_as_real(past).permute(0, 1, 4, 2, 3).reshape(n, steps, -1)) + self.position
         positions = torch.arange(steps).expand(n, steps)
         hidden = self.blocks(tokens, positions, self.blocks.new_cache())  # a fresh cache: one pass, no decoding
-        out = self.head(self.norm(hidden[:, -1]))
+        # Scaled down: Adam moves every weight by about lr at first, so an unscaled head would move each output by
+        # lr times its 576 inputs (a tap by ~0.5 at lr 1e-3) on its first step and spoil the base it corrects.
+        out = self.head(self.norm(hidden[:, -1])) * self.head_scale
+        base = self._base(past)
         if self.settings.head == "slots":
             slots = out.reshape(n, self.settings.future, 2, self.antennas, self.subcarriers).permute(0, 1, 3, 4, 2)
-            change = torch.view_as_complex(slots.contiguous())
-            return change + past[:, -1:] if self.settings.residual else change
-        # The window's own linear predictor, with taps the layers chose from what they read in the window (its
-        # Doppler, its noise): one set for every stream ("filter"), or one per beam ("beams"), since each angle
-        # of departure is its own group of paths with its own Doppler.
+            return base + torch.view_as_complex(slots.contiguous())
+        # A correction that is the window's own linear filter, with taps the layers chose from what they read in
+        # the window (its Doppler, its noise): one set for every stream ("filter"), or one per beam ("beams"),
+        # since each angle of departure is its own group of paths with its own Doppler.
         taps = self._taps(out).permute(0, 2, 3, 1)[..., None]  # [n, future, past, groups, 1]
         if self.settings.head == "filter":
-            return (taps * past[:, None]).sum(dim=2)
+            return base + (taps * past[:, None]).sum(dim=2)
         beams = torch.fft.fft(past, dim=2, norm="ortho")
-        return torch.fft.ifft((taps * beams[:, None]).sum(dim=2), dim=2, norm="ortho")
+        return base + torch.fft.ifft((taps * beams[:, None]).sum(dim=2), dim=2, norm="ortho")
+
+    def _base(self, past: torch.Tensor) -> torch.Tensor:
+        future = self.settings.future
+        if self.settings.base == "last":
+            return past[:, -1:].expand(-1, future, -1, -1)
+        with torch.no_grad():
+            return window_ar(past, future, self.settings.ar_order, self.settings.ar_ridge)
 
     def trainable(self) -> dict[str, nn.Parameter]:
         """What trains and what is saved: LoRA, the layers' norms, the patch and position embeddings, the head."""
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+
+def window_ar(past: torch.Tensor, future: int, order: int, ridge: float) -> torch.Tensor:
+    """Each window's own AR prediction ``[n, future, A, S]``: for each horizon, one set of ``order`` coefficients
+    fitted by ridge least squares on the window's past alone, pooled over its ``A * S`` streams (they share one
+    Doppler spectrum), applied to its newest ``order`` estimates (direct, not fed its own outputs)."""
+    n, steps, antennas, subcarriers = past.shape
+    streams = past.permute(0, 2, 3, 1).reshape(n, -1, steps)  # [n, A * S, past]
+    runs = streams.unfold(2, order, 1)  # [n, A * S, starts, order]: every run of ``order`` slots, oldest first
+    eye = torch.eye(order, dtype=past.dtype)
+    predicted = []
+    for horizon in range(1, future + 1):
+        x = runs[:, :, :steps - order + 1 - horizon].reshape(n, -1, order)
+        y = streams[:, :, order - 1 + horizon:].reshape(n, -1, 1)  # the slot ``horizon`` after each run
+        gram = x.mH @ x
+        load = ridge * gram.diagonal(dim1=1, dim2=2).real.mean(dim=1)
+        coefficients = torch.linalg.solve(gram + load[:, None, None] * eye, x.mH @ y)  # [n, order, 1]
+        predicted.append((runs[:, :, -1] @ coefficients)[..., 0])
+    return torch.stack(predicted, dim=1).reshape(n, future, antennas, subcarriers)
 
 
 def _normalise(past: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,6 +263,11 @@ class LamReport:
     history: list[tuple[int, float, float]]  # (step, mean training loss since the last check, val NMSE dB)
 
 
+def _nmse(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Per window, as :func:`edge_lam.air.predictors.nmse` scores it: training minimises what is reported."""
+    return (predicted - true).abs().pow(2).sum(dim=(1, 2, 3)) / true.abs().pow(2).sum(dim=(1, 2, 3))
+
+
 def _val_nmse_db(model: CsiLam, past: torch.Tensor, scale: torch.Tensor, future: np.ndarray) -> float:
     model.eval()
     with torch.no_grad():
@@ -238,7 +279,7 @@ def _val_nmse_db(model: CsiLam, past: torch.Tensor, scale: torch.Tensor, future:
 def train_lam(train: Windows, val: Windows, settings: LamSettings | None = None,
               progress: Callable[[str], None] | None = None) -> tuple[LamPredictor, LamReport]:
     """Train on noisy estimates of ``train``'s past (fresh noise and a random common phase every step) against its
-    true future, with AdamW on the MSE of the normalised future; keep the weights that scored best on ``val``."""
+    true future, with AdamW on the windows' NMSE; keep the weights that scored best on ``val``."""
     settings = settings or LamSettings()
     if train.past.shape[1] != settings.past or train.future.shape[1] != settings.future:
         raise ValueError(f"windows of {train.past.shape[1]} + {train.future.shape[1]} slots, the settings ask for "
@@ -253,8 +294,10 @@ def train_lam(train: Windows, val: Windows, settings: LamSettings | None = None,
         0.55 + 0.45 * math.cos(math.pi * min(step, settings.steps) / settings.steps)))
     val_past, val_scale = _normalise(estimate(val.past, settings.snr_db, settings.seed + 1))
     rng = np.random.default_rng(settings.seed)
-    best = (math.inf, 0, {name: p.detach().clone() for name, p in trainable.items()})
-    history: list[tuple[int, float, float]] = []
+    # Step 0 is scored too: the untrained model is its base prediction, which training must beat to be kept.
+    best = (_val_nmse_db(model, val_past, val_scale, val.future), 0,
+            {name: p.detach().clone() for name, p in trainable.items()})
+    history: list[tuple[int, float, float]] = [(0, math.nan, best[0])]
     losses: list[float] = []
     for step in range(1, settings.steps + 1):
         rows = rng.choice(len(train), size=min(settings.batch, len(train)), replace=False)
@@ -263,7 +306,7 @@ def train_lam(train: Windows, val: Windows, settings: LamSettings | None = None,
         noisy = estimate(train.past[rows] * turn, settings.snr_db, int(rng.integers(2**31)))
         past, scale = _normalise(noisy)
         target = torch.from_numpy(train.future[rows] * turn) / scale
-        loss = torch.view_as_real(model(past) - target).pow(2).mean()
+        loss = _nmse(model(past), target).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
