@@ -55,7 +55,7 @@ class LamSettings:
     head: str = "beams"  # correction taps over the past slots per beam ("beams") or per window ("filter"), or "slots"
     lr: float = 1e-3
     weight_decay: float = 0.01
-    steps: int = 400
+    steps: int = 300
     batch: int = 32
     eval_every: int = 50  # steps between checks on val (the best one is kept)
     seed: int = 0
