@@ -42,11 +42,11 @@ def test_training_lowers_the_error_on_its_windows(tiny):
     before = nmse_db(LastCsi().predict(past), train.future)  # the untrained LAM: its head starts at zero
     after = nmse_db(predictor.predict(past), train.future)
     assert after < before - 1.0, (before, after)
-    assert [step for step, _, _ in report.history] == [0, 4, 8]
-    assert report.history[0][2] == pytest.approx(nmse_db(LastCsi().predict(channels.estimate(
+    assert [step for step, _, _ in report["history"]] == [0, 4, 8]
+    assert report["history"][0][2] == pytest.approx(nmse_db(LastCsi().predict(channels.estimate(
         train.past, SNR_DB, 3 + 1)), train.future), abs=1e-3)  # step 0 scored the base
-    assert report.val_nmse_db == min(score for _, _, score in report.history) < report.history[0][2]
-    assert report.train_seconds > 0
+    assert report["val_nmse_db"] == min(score for _, _, score in report["history"]) < report["history"][0][2]
+    assert report["train_s"] > 0
 
 
 def test_window_ar_extrapolates_a_sum_of_dopplers():
@@ -71,8 +71,8 @@ def test_only_the_new_weights_train_and_smollm2_is_unchanged(tiny):
     norms = 2 * hidden  # the layer's input and post-attention RMSNorms
     taps = 2 * settings.future * settings.past  # the head's complex taps over the past slots, per future slot
     new = (features + 1) * hidden + settings.past * hidden + 2 * hidden + (hidden + 1) * taps
-    assert report.trainable_parameters == lora + norms + new
-    assert report.total_parameters > report.trainable_parameters
+    assert report["trainable_parameters"] == lora + norms + new
+    assert report["total_parameters"] > report["trainable_parameters"]
     for name in model.trainable():
         assert "lora_" in name or name.endswith("norm.weight") or name.split(".")[0] in (
             "patch", "position", "norm", "head"), name

@@ -35,7 +35,7 @@ from edge_lam.descriptors import ModuleSpec
 from edge_lam.model.decompose import BlockRange, describe
 from edge_lam.training.adapters import LoraSettings, add_lora
 
-__all__ = ["CsiLam", "LamPredictor", "LamReport", "LamSettings", "load_lam", "train_lam"]
+__all__ = ["CsiLam", "LamPredictor", "LamSettings", "load_lam", "train_lam", "window_ar"]
 
 MODEL = "smollm2-135m-instruct"
 HEADS = ("filter", "beams", "slots")
@@ -251,18 +251,6 @@ def load_lam(path: pathlib.Path) -> LamPredictor:
     return LamPredictor(model)
 
 
-@dataclass
-class LamReport:
-    """What training cost and reached: parameters, seconds, the best val NMSE and the step it was reached at."""
-
-    trainable_parameters: int
-    total_parameters: int
-    train_seconds: float
-    val_nmse_db: float
-    best_step: int
-    history: list[tuple[int, float, float]]  # (step, mean training loss since the last check, val NMSE dB)
-
-
 def _nmse(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """Per window, as :func:`edge_lam.air.predictors.nmse` scores it: training minimises what is reported."""
     return (predicted - true).abs().pow(2).sum(dim=(1, 2, 3)) / true.abs().pow(2).sum(dim=(1, 2, 3))
@@ -277,9 +265,13 @@ def _val_nmse_db(model: CsiLam, past: torch.Tensor, scale: torch.Tensor, future:
 
 
 def train_lam(train: Windows, val: Windows, settings: LamSettings | None = None,
-              progress: Callable[[str], None] | None = None) -> tuple[LamPredictor, LamReport]:
+              progress: Callable[[str], None] | None = None) -> tuple[LamPredictor, dict]:
     """Train on noisy estimates of ``train``'s past (fresh noise and a random common phase every step) against its
-    true future, with AdamW on the windows' NMSE; keep the weights that scored best on ``val``."""
+    true future, with AdamW on the windows' NMSE; keep the weights that scored best on ``val``.
+
+    The report (a dict, as the baselines'): ``trainable_parameters``, ``total_parameters`` (with SmolLM2's frozen
+    layers), ``train_s``, ``val_nmse_db`` and ``best_step`` of the kept weights (0: the untrained base was not
+    beaten), ``history`` ``[(step, mean training loss since the last check, val NMSE dB)]`` and ``settings``."""
     settings = settings or LamSettings()
     if train.past.shape[1] != settings.past or train.future.shape[1] != settings.future:
         raise ValueError(f"windows of {train.past.shape[1]} + {train.future.shape[1]} slots, the settings ask for "
@@ -325,9 +317,10 @@ def train_lam(train: Windows, val: Windows, settings: LamSettings | None = None,
     with torch.no_grad():
         for name, parameter in trainable.items():
             parameter.copy_(best[2][name])
-    report = LamReport(
-        trainable_parameters=sum(p.numel() for p in trainable.values()),
-        total_parameters=sum(p.numel() for p in model.parameters()),
-        train_seconds=time.monotonic() - started, val_nmse_db=best[0], best_step=best[1], history=history,
-    )
+    report = {
+        "trainable_parameters": sum(p.numel() for p in trainable.values()),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "train_s": time.monotonic() - started, "val_nmse_db": best[0], "best_step": best[1], "history": history,
+        "settings": dataclasses.asdict(settings),
+    }
     return LamPredictor(model), report
