@@ -125,7 +125,8 @@ def train_all(splits: dict[str, Split], args: argparse.Namespace) -> dict[str, d
         seconds = time.perf_counter() - start
         trained[name] = {"predictor": predictor, "train_s": seconds, "report": report,
                          "trainable": int(report.get("trainable_parameters", 0))}
-        print(f"  {name}: {seconds:.0f} s, {report}", flush=True)
+        brief = {k: v for k, v in report.items() if k not in ("history", "losses", "settings")}
+        print(f"  {name}: {seconds:.0f} s, {brief}", flush=True)
         if args.save_dir is not None:
             args.save_dir.mkdir(parents=True, exist_ok=True)
             predictor.save(args.save_dir / f"{name}.safetensors")
@@ -133,18 +134,30 @@ def train_all(splits: dict[str, Split], args: argparse.Namespace) -> dict[str, d
 
 
 def fit_ar(train: Split, val: Split, args: argparse.Namespace):
-    return baselines.fit_ar(train.estimates, train.windows.future, val.estimates, val.windows.future)
+    log: list[dict] = []
+    predictor = baselines.fit_ar(train.windows, val.windows, snr_db=args.snr_db, log=log)
+    chosen = dataclasses.asdict(predictor.settings)
+    return predictor, {"trainable_parameters": int(predictor.coefficients.size * 2), "chosen": chosen,
+                       "val_nmse_db": min(c["val_nmse_db"] for c in log), "candidates": len(log)}
 
 
 def train_gru(train: Split, val: Split, args: argparse.Namespace):
-    return baselines.train_gru(train.estimates, train.windows.future, val.estimates, val.windows.future,
-                               baselines.GruSettings())
+    predictor, report = baselines.train_gru(train.windows, val.windows,
+                                            dataclasses.replace(default_gru(train), snr_db=args.snr_db))
+    return predictor, {**report, "trainable_parameters": report["parameters"]}
+
+
+def default_gru(train: Split) -> baselines.GruSettings:
+    past, future = train.windows.past, train.windows.future
+    return baselines.GruSettings(antennas=past.shape[2], subcarriers=past.shape[3], past=past.shape[1],
+                                 future=future.shape[1])
 
 
 def train_lam(train: Split, val: Split, args: argparse.Namespace):
-    settings = lam.LamSettings() if args.lam_steps is None else dataclasses.replace(lam.LamSettings(),
-                                                                                    steps=args.lam_steps)
-    return lam.train_lam(train.estimates, train.windows.future, val.estimates, val.windows.future, settings)
+    settings = dataclasses.replace(lam.LamSettings(), snr_db=args.snr_db)
+    if args.lam_steps is not None:
+        settings = dataclasses.replace(settings, steps=args.lam_steps)
+    return lam.train_lam(train.windows, val.windows, settings)
 
 
 def evaluate(trained: dict[str, dict], splits: dict[str, Split], args: argparse.Namespace) -> dict:
