@@ -24,6 +24,7 @@ import dataclasses
 import json
 import pathlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,8 @@ class ArSettings:
             raise ValueError(f"AR mode must be one of {', '.join(AR_MODES)}, not {self.mode!r}")
         if not 1 <= self.order < self.past:
             raise ValueError(f"AR order must be in 1..{self.past - 1} for a past of {self.past}, got {self.order}")
+        if self.mode == "adaptive" and self.order + (self.future if self.direct else 1) > self.past:
+            raise ValueError(f"an adaptive AR of order {self.order} leaves nothing to fit in a past of {self.past}")
 
 
 def _regressors(streams: np.ndarray, order: int, ends: np.ndarray) -> np.ndarray:
@@ -81,17 +84,18 @@ def _ridge_solve(gram: np.ndarray, cross: np.ndarray, ridge: float, prior: np.nd
     return np.linalg.solve(lhs, rhs)
 
 
-def _fit(past: np.ndarray, future: np.ndarray | None, settings: ArSettings, per_window: bool,
-         prior: np.ndarray | None = None) -> np.ndarray:
-    """Least-squares coefficients ``[(n,) horizons, order]`` from windows ``past`` [n, P, A, S].
+def _normal_equations(past: np.ndarray, future: np.ndarray | None, order: int, horizons: int,
+                      per_window: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares normal equations ``G`` [(n,) horizons, order, order] and ``b`` [(n,) horizons, order, 1] of
+    predicting each stream ``1..horizons`` slots ahead from its last ``order`` samples, in windows ``past``
+    [n, P, A, S].
 
-    With ``future`` (the true next slots) the targets are those; without, the targets are later slots of the past
-    itself (a window fitting itself). ``per_window`` keeps one fit per window; else one over all windows.
+    With ``future`` (the true next slots) the targets are those, from the end of the past; without, the targets are
+    later slots of the past itself (a window fitting itself). ``per_window`` keeps one fit per window, else one
+    over all windows.
     """
     n, length = past.shape[:2]
     streams = past.reshape(n, length, -1).astype(np.complex64)
-    horizons = settings.future if settings.direct else 1
-    order = settings.order
     grams, crosses = [], []
     for step in range(1, horizons + 1):
         if future is None:
@@ -100,22 +104,20 @@ def _fit(past: np.ndarray, future: np.ndarray | None, settings: ArSettings, per_
         else:
             ends = np.array([length - 1])
             targets = future.reshape(n, future.shape[1], -1)[:, step - 1:step].astype(np.complex64)
-        x = _regressors(streams, order, ends).reshape(n, -1, order)
-        y = targets.reshape(n, -1)
-        gram = np.einsum("ntp,ntq->npq", x.conj(), x)
-        cross = np.einsum("ntp,nt->np", x.conj(), y)[..., None]
-        if not per_window:
-            gram, cross = gram.sum(0), cross.sum(0)
-        grams.append(gram)
-        crosses.append(cross)
-    axis = 1 if per_window else 0
-    gram, cross = np.stack(grams, axis), np.stack(crosses, axis)
-    return _ridge_solve(gram, cross, settings.ridge, prior)[..., 0]
+        x = _regressors(streams, order, ends).reshape(n if per_window else 1, -1, order)
+        y = targets.reshape(n if per_window else 1, -1, 1)
+        xh = x.conj().swapaxes(-1, -2)
+        grams.append(xh @ x)
+        crosses.append(xh @ y)
+    gram, cross = np.stack(grams, 1), np.stack(crosses, 1)
+    return (gram, cross) if per_window else (gram[0], cross[0])
 
 
 def fit_ar_coefficients(past: np.ndarray, future: np.ndarray, settings: ArSettings) -> np.ndarray:
     """Global coefficients ``[horizons, order]`` fitted over training windows: estimates ``past``, true ``future``."""
-    return _fit(past, future, settings, per_window=False)
+    horizons = settings.future if settings.direct else 1
+    gram, cross = _normal_equations(past, future, settings.order, horizons, per_window=False)
+    return _ridge_solve(gram, cross, settings.ridge, None)[..., 0]
 
 
 class ArPredictor:
@@ -134,12 +136,13 @@ class ArPredictor:
     def _window_coefficients(self, past: np.ndarray) -> np.ndarray:
         if self.settings.mode == "global":
             return np.broadcast_to(self.coefficients, (past.shape[0], *self.coefficients.shape))
-        return _fit(past, None, self.settings, per_window=True, prior=self.coefficients[None, ..., None])
+        gram, cross = _normal_equations(past, None, self.settings.order, self.coefficients.shape[0], per_window=True)
+        return _ridge_solve(gram, cross, self.settings.ridge, self.coefficients[None, ..., None])[..., 0]
 
     def predict(self, past: np.ndarray) -> np.ndarray:
         n, length, antennas, subcarriers = past.shape
-        if length < self.settings.order + (self.future if self.settings.direct else 1):
-            raise ValueError(f"an AR predictor of order {self.settings.order} needs a longer past than {length}")
+        if length != self.past:
+            raise ValueError(f"this AR predictor reads windows of {self.past} past slots, got {length}")
         weights = self._window_coefficients(past)  # [n, horizons, order]
         streams = past.reshape(n, length, -1).astype(np.complex64)
         history = _regressors(streams, self.settings.order, np.array([length - 1]))[:, 0]  # [n, N, order]
@@ -177,27 +180,33 @@ def load_ar(path: pathlib.Path) -> ArPredictor:
 
 def fit_ar(train: Windows, val: Windows, orders: tuple[int, ...] = (4, 8, 12, 14),
            ridges: tuple[float, ...] = (1e-4, 1e-3, 1e-2), modes: tuple[str, ...] = AR_MODES,
-           snr_db: float = 20.0, seed: int = 0, past: int = 16, future: int = 4,
-           log: list[dict] | None = None) -> ArPredictor:
-    """Fit global coefficients on ``train`` for every candidate, keep the candidate with the lowest NMSE on ``val``
-    (both read as estimates at ``snr_db``). ``log``, if given, receives every candidate's val NMSE (dB)."""
+           snr_db: float = 20.0, seed: int = 0, log: list[dict] | None = None) -> ArPredictor:
+    """Fit global coefficients on ``train`` for every candidate (direct or recursive, order, ridge, mode), keep the
+    one with the lowest NMSE on ``val``; both are read as estimates at ``snr_db``. ``log``, if given, receives
+    every candidate's settings and val NMSE (dB). An adaptive candidate whose order leaves no samples to fit in a
+    window is skipped."""
+    past, future = train.past.shape[1], train.future.shape[1]
     train_past = estimate(train.past, snr_db, seed)
     val_past = estimate(val.past, snr_db, seed + 1)
     best: tuple[float, ArPredictor] | None = None
     for direct in (True, False):
+        horizons = future if direct else 1
         for order in orders:
+            gram, cross = _normal_equations(train_past, train.future, order, horizons, per_window=False)
             for ridge in ridges:
-                base = ArSettings(order=order, direct=direct, mode="global", ridge=ridge, past=past, future=future)
-                coefficients = fit_ar_coefficients(train_past, train.future, base)
+                coefficients = _ridge_solve(gram, cross, ridge, None)[..., 0]
                 for mode in modes:
-                    predictor = ArPredictor(dataclasses.replace(base, mode=mode), coefficients)
+                    if mode == "adaptive" and order + horizons > past:
+                        continue
+                    settings = ArSettings(order=order, direct=direct, mode=mode, ridge=ridge, past=past, future=future)
+                    predictor = ArPredictor(settings, coefficients)
                     score = nmse_db(predictor.predict(val_past), val.future)
                     if log is not None:
-                        log.append({**dataclasses.asdict(predictor.settings), "val_nmse_db": score})
+                        log.append({**dataclasses.asdict(settings), "val_nmse_db": score})
                     if best is None or score < best[0]:
                         best = (score, predictor)
     if best is None:
-        raise ValueError("fit_ar needs at least one order, ridge and mode")
+        raise ValueError("fit_ar found no candidate: give at least one order, ridge and mode that fit the window")
     return best[1]
 
 
@@ -214,6 +223,7 @@ class GruSettings:
     snr_db: float = 20.0
     eval_every: int = 100
     residual: bool = True  # predict the change from the newest estimate
+    augment: bool = True  # a random common phase and timing offset per training window (the channel's symmetries)
     antennas: int = 16
     subcarriers: int = 32
     past: int = 16
@@ -288,7 +298,18 @@ def load_gru(path: pathlib.Path) -> GruPredictor:
     return predictor
 
 
-def train_gru(train: Windows, val: Windows, settings: GruSettings | None = None) -> tuple[GruPredictor, dict]:
+def _augment(past: np.ndarray, future: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The same windows seen with another carrier phase and another timing offset (a phase ramp over the
+    subcarriers): both leave the channel's statistics as they are, and keep a small network from memorising."""
+    n, subcarriers = past.shape[0], past.shape[-1]
+    phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1, 1))
+    delay = rng.uniform(-0.5, 0.5, size=(n, 1, 1, 1)) / subcarriers  # up to half the window's delay span
+    turn = np.exp(1j * (phase + 2 * np.pi * delay * np.arange(subcarriers))).astype(np.complex64)
+    return past * turn, future * turn
+
+
+def train_gru(train: Windows, val: Windows, settings: GruSettings | None = None,
+              progress: Callable[[str], None] | None = None) -> tuple[GruPredictor, dict]:
     """Train on ``train`` (fresh estimate noise every batch), keep the state with the lowest val NMSE.
 
     Returns the predictor and a report: trainable parameters, training seconds, the loss curve, the best val NMSE
@@ -305,27 +326,31 @@ def train_gru(train: Windows, val: Windows, settings: GruSettings | None = None)
     optimiser = torch.optim.AdamW(predictor.net.parameters(), lr=s.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=s.lr, total_steps=s.steps, pct_start=0.1)
     val_past = estimate(val.past, s.snr_db, s.seed + 1)
-    future = _to_real(train.future)
     best_score, best_step, best_state = float("inf"), 0, None
     losses: list[float] = []
     started = time.monotonic()
     for step in range(1, s.steps + 1):
         predictor.net.train()
         rows = rng.choice(len(train), size=min(s.batch, len(train)), replace=False)
-        past = _to_real(estimate(train.past[rows], s.snr_db, int(rng.integers(2**31))))
-        out, scale = predictor._forward(past)
-        loss = torch.mean((out - future[rows] / scale) ** 2)
+        past, future = train.past[rows], train.future[rows]
+        if s.augment:
+            past, future = _augment(past, future, rng)
+        out, scale = predictor._forward(_to_real(estimate(past, s.snr_db, int(rng.integers(2**31)))))
+        loss = torch.mean((out - _to_real(future) / scale) ** 2)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(predictor.net.parameters(), 1.0)
         optimiser.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % s.eval_every == 0 or step == s.steps:
             score = nmse_db(predictor.predict(val_past), val.future)
             if score < best_score:
                 best_score, best_step = score, step
                 best_state = {k: v.detach().clone() for k, v in predictor.net.state_dict().items()}
+            if progress is not None:
+                progress(f"gru step {step}/{s.steps}: loss {np.mean(losses[-s.eval_every:]):.4f}, "
+                         f"val {score:.2f} dB ({time.monotonic() - started:.0f} s)")
     if best_state is not None:
         predictor.net.load_state_dict(best_state)
     predictor.net.eval()
