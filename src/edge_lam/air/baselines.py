@@ -217,11 +217,11 @@ class GruSettings:
     hidden: int = 256
     layers: int = 1
     lr: float = 2e-3
-    steps: int = 1500
+    steps: int = 1200
     batch: int = 64
     seed: int = 0
     snr_db: float = 20.0
-    eval_every: int = 100
+    eval_every: int = 200
     residual: bool = True  # predict the change from the newest estimate
     augment: bool = True  # a random common phase and timing offset per training window (the channel's symmetries)
     antennas: int = 16
