@@ -12,7 +12,8 @@ are tuned on the validation split only, never told a window's speed:
   (one-step coefficients fed their own outputs). :func:`fit_ar` picks mode, order, ridge and direct/recursive on val.
 - :class:`GruPredictor`: a small GRU over the slots, each slot's CSI flattened to ``2 * A * S`` real features after
   dividing the window by the RMS of its past, predicting the next slots' change from the newest estimate from its
-  last hidden state. :func:`train_gru` trains it on fresh noise every batch and keeps the best state on val.
+  last hidden state. :func:`train_gru` trains it on fresh noise, carrier phases and timing offsets every batch
+  (a few thousand windows would otherwise be memorised) and keeps the best state on val.
 
 Each saves to one safetensors file with ``kind`` (``ar`` / ``gru``) and its settings JSON in the metadata;
 :func:`load_ar` / :func:`load_gru` (through :func:`edge_lam.air.predictors.load_predictor`) read it back.
