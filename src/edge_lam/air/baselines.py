@@ -180,7 +180,7 @@ def load_ar(path: pathlib.Path) -> ArPredictor:
 
 
 def fit_ar(train: Windows, val: Windows, orders: tuple[int, ...] = (4, 8, 12, 14),
-           ridges: tuple[float, ...] = (1e-4, 1e-3, 1e-2), modes: tuple[str, ...] = AR_MODES,
+           ridges: tuple[float, ...] = (1e-3, 1e-2), modes: tuple[str, ...] = AR_MODES,
            snr_db: float = 20.0, seed: int = 0, log: list[dict] | None = None) -> ArPredictor:
     """Fit global coefficients on ``train`` for every candidate (direct or recursive, order, ridge, mode), keep the
     one with the lowest NMSE on ``val``; both are read as estimates at ``snr_db``. ``log``, if given, receives
