@@ -78,6 +78,12 @@ def greedy(prompt: str) -> str:
 
 def test_sensor_tokens_become_a_prompt_and_the_model_reports_on_them(graph):
     client = graph
+    logs = client.collect_logs()
+    # Sensors only once the chain serves: the reporter asks as soon as it has tokens and sees a reader of its
+    # requests, and this client's own reader below counts as one; a request sent before the gateway reads them is
+    # lost, and only given up after the reporter's answer_timeout_s (60 s).
+    assert client.spin_until(lambda: any(log.name.endswith("gateway") and "connected end to end" in log.msg
+                                         for log in logs), 180), "the gateway never served"
     requests = client.collect(InferenceRequest, "requests", CONTROL)
     results = client.collect(InferenceResult, "results", CONTROL)
     reports = client.collect(Report, "reports", CONTROL)
