@@ -13,6 +13,7 @@ import types
 
 import pytest
 import rclpy.context
+import torch
 
 from edge_lam.assets.cache import GEMMA3_ID, gemma3_skipped
 from edge_lam.processes import stop_processes
@@ -133,7 +134,15 @@ def _in_test_dir(found) -> bool:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     if item.get_closest_marker("processes") is not None:
-        return (yield)
+        # The test's own reference computations share the cores with the processes it started: torch's second
+        # thread only makes both wait on each other (the whole model's 24 greedy tokens took 3x as long with two
+        # threads as with one, next to a busy shard, on 2 cores). Pure-core tests keep torch's default.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return (yield)
+        finally:
+            torch.set_num_threads(threads)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(subprocess.Popen, "__init__", _refused(item, "a process"))
         patch.setattr(rclpy.context.Context, "init", _refused(item, "an rclpy context"))

@@ -150,6 +150,7 @@ def chain(request, fleet_adapter):
     client = Client(namespace)
     try:
         client.pids = start_chain(processes, namespace, wire_dtype, fleet_adapter.path)
+        request.getfixturevalue("reference")  # while the chain starts (once: the fixture is the module's)
         wait_until_serving(client)
         yield wire_dtype, client
     finally:

@@ -104,12 +104,14 @@ def exit_reference() -> dict[str, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def split():
+def split(request):
     namespace = f"flow_{uuid.uuid4().hex[:6]}"
     processes = Processes()
     client = Client(namespace)
     try:
         start_split(processes, namespace, FRONT)
+        for reference in ("reference", "exit_reference"):  # while the chain starts
+            request.getfixturevalue(reference)
         client.wait_until_serving()
         yield client
     finally:

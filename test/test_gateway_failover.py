@@ -7,7 +7,6 @@ import pathlib
 import signal
 import uuid
 
-import pytest
 from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import InferenceRequest, InferenceResult
 
@@ -23,12 +22,7 @@ PROMPTS = ["Name three things a delivery robot checks before leaving.", "Why do 
            "Describe a forklift in one sentence."]
 
 
-@pytest.fixture(scope="module")
-def reference() -> dict[str, list[int]]:
-    return greedy_tokens(PROMPTS, MAX_NEW)
-
-
-def test_requests_in_flight_survive_a_killed_shard(processes, reference):
+def test_requests_in_flight_survive_a_killed_shard(processes):
     namespace = f"failover_{uuid.uuid4().hex[:8]}"
     ns = ["--ros-args", "-r", f"__ns:=/{namespace}", "-p", f"model:={MODEL}"]
     front = ["-p", "modules:=[embedding, 'blocks:0:15']", "-p", "output_topic:=chain/hidden_15"]
@@ -39,7 +33,8 @@ def test_requests_in_flight_survive_a_killed_shard(processes, reference):
     client = RosClient("failover_client", namespace)
     results = client.collect(InferenceResult, "results", CONTROL)
     try:
-        requests = client.publisher(InferenceRequest, "requests", CONTROL, timeout_s=60)
+        reference = greedy_tokens(PROMPTS, MAX_NEW)  # while the shards and the gateway start
+        requests = client.publisher(InferenceRequest, "requests", CONTROL, timeout_s=120)
         ready = client.spin_until(lambda: _probe(client, requests, results), 120)
         assert ready, "the chain did not come up"
         results.clear()

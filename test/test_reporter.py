@@ -78,7 +78,6 @@ def greedy(prompt: str) -> str:
 
 def test_sensor_tokens_become_a_prompt_and_the_model_reports_on_them(graph):
     client = graph
-    requests = client.collect(InferenceRequest, "requests", CONTROL)
     results = client.collect(InferenceResult, "results", CONTROL)
     reports = client.collect(Report, "reports", CONTROL)
     odometry = client.publisher(Odometry, "odom", TOKENS, timeout_s=60)
@@ -98,15 +97,28 @@ def test_sensor_tokens_become_a_prompt_and_the_model_reports_on_them(graph):
             client.spin_for(0.05)
         return True
 
+    # A first report (answered, or refused while the chain still loads) says the reporter reaches the gateway. Only
+    # then does this client read the requests: a reader of them is all the reporter waits for before it asks, so
+    # this one, there first, would have the reporter's first request go to nobody, given up after 60 s.
     assert sensors_until(lambda: reports, 180), "no report came back"
-    answered = next(r.request_id for r in results if r.final and not r.error_code)
-    prompt = next(r.prompt for r in requests if r.request_id == answered)
+    requests = client.collect(InferenceRequest, "requests", CONTROL)
+    both = ["odometry/odometry", "scan/scan"]
+
+    def checked() -> list[Report]:
+        """Reports on both sensors of requests this client read (the first tick may find one sensor's tokens)."""
+        seen = {r.request_id for r in requests}
+        return [r for r in reports if r.request_id in seen and r.sources == both]
+
+    assert sensors_until(checked, 180), f"no report on both sensors: {[(r.sources, r.error_code) for r in reports]}"
+    report = checked()[0]
+    finals = lambda: [r for r in results if r.final and r.request_id == report.request_id]  # noqa: E731
+    assert client.spin_until(finals, 30) and not finals()[0].error_code, "the gateway did not answer the request"
+    prompt = next(r.prompt for r in requests if r.request_id == report.request_id)
     assert "- odometry (odometry): forward-fast none" in prompt, prompt
     assert "- scan (scan): front 0.3-0.6m" in prompt, prompt
-    report = reports[0]
-    assert report.request_id == answered and report.prompt == prompt and not report.error_code
+    assert report.prompt == prompt and not report.error_code, report.error_message
     assert report.text and report.text == greedy(prompt), (report.text, prompt)
-    assert report.sources == ["odometry/odometry", "scan/scan"] and report.robot_id == "robot"
+    assert report.sources == both and report.robot_id == "robot"
 
     # Where the time went: the encoders' own time, every module of the chain, and stages that add up to the total.
     stages = {t.stage: t for t in report.timings}
