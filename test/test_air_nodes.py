@@ -1,6 +1,7 @@
 """The air-interface nodes as users run them: a bag of CSI windows recorded with `edge-lam record` from the csi
 source, replayed into the channel predictor and the csi encoder, gets one prediction and one token message per
-window, in order, each answering its window; a malformed window gets a log line and nothing else, and the nodes go
+window, in order, each answering its window (a second predictor serves a LAM trained for a few steps here, and
+answers as the LAM does in this process); a malformed window gets a log line and nothing else, and the nodes go
 on; a predictor whose model file is missing ends with a log line and status 1. The source's windows are the
 bench's (the test split's estimates at 20 dB), stamped with their newest slot's time."""
 
@@ -41,8 +42,23 @@ def stamp(header) -> tuple[int, int]:
     return header.stamp.sec, header.stamp.nanosec
 
 
+def tiny_lam(path: pathlib.Path):
+    """A one-layer LAM trained for two steps on two draws: the node must load and run what train_lam saves."""
+    from edge_lam.air.lam import LamSettings, load_lam, train_lam
+
+    folder = air_channels_dir()
+    train = cut(load_split(folder, "train").subset(2))
+    val = cut(load_split(folder, "val").subset(1))
+    predictor, _ = train_lam(train, val, LamSettings(layers=1, steps=2, batch=4, eval_every=1))
+    predictor.save(path)
+    return load_lam(path)
+
+
 def test_a_recorded_bag_of_csi_gets_one_prediction_and_one_token_message_per_window(processes, tmp_path):
     ns = f"/air_{uuid.uuid4().hex[:8]}"
+    lam = tiny_lam(tmp_path / "lam.safetensors")
+    processes.start(LIB / "channel_predictor", "--ros-args", "-r", f"__ns:={ns}/lam", "-r", f"csi:={ns}/csi",
+                    "-p", "predictor:=lam", "-p", f"model_path:={tmp_path / 'lam.safetensors'}")
     missing = processes.start(LIB / "channel_predictor", "--ros-args", "-r", f"__ns:={ns}/broken",
                               "-p", "predictor:=gru", "-p", f"model_path:={tmp_path / 'no_such.safetensors'}")
     processes.start(LIB / "channel_predictor", "--ros-args", "-r", f"__ns:={ns}", "-p", "top_k:=3")
@@ -59,6 +75,7 @@ def test_a_recorded_bag_of_csi_gets_one_prediction_and_one_token_message_per_win
         logs = client.collect_logs()
         predictions = client.collect(ChannelPrediction, "csi/prediction", PREDICTIONS)
         tokens = client.collect(SemanticTokens, "tokens/csi", TOKENS)
+        lam_predictions = client.collect(ChannelPrediction, "lam/csi/prediction", PREDICTIONS)
         vocabulary = client.collect(Vocabulary, "tokens/csi/vocabulary", VOCABULARIES)
         source_rc, source_out = finish(source, timeout_s=60)
         record_rc, record_out = finish(record, timeout_s=30)
@@ -67,15 +84,20 @@ def test_a_recorded_bag_of_csi_gets_one_prediction_and_one_token_message_per_win
 
         assert client.spin_until(lambda: vocabulary, 60), "the csi encoder did not come up"
         replay = processes.start(LIB / "edge-lam", "replay", bag, "--remap", f"{live}:={ns}/csi",
-                                 "--wait-subscribers", "2", "--wait-timeout", "30")
+                                 "--wait-subscribers", "3", "--wait-timeout", "60")
         client.spin_until(lambda: replay.poll() is not None, 60)
-        client.spin_until(lambda: len(predictions) >= WINDOWS and len(tokens) >= WINDOWS, 30)
+        client.spin_until(lambda: min(len(predictions), len(tokens), len(lam_predictions)) >= WINDOWS, 30)
         replay_rc, replay_out = finish(replay, timeout_s=15)
         assert replay_rc == 0, replay_out
         REPORTED.append("CSI bag replayed into the predictor and the encoder: " + replay_out.strip().splitlines()[-1])
 
         windows = bag_windows(bag)
         assert len(windows) == WINDOWS and len(predictions) == WINDOWS and len(tokens) == WINDOWS
+        assert len(lam_predictions) == WINDOWS
+        for window_msg, prediction in zip(windows, lam_predictions, strict=True):
+            assert prediction.header == window_msg.header and prediction.predictor == "lam"
+            expected = lam.predict(from_channel_state(window_msg).h[None])[0]
+            assert np.allclose(from_channel_state(prediction.predicted).h, expected, rtol=1e-3, atol=1e-4)
         assert len({stamp(w.header) for w in windows}) == WINDOWS
         codebook = dft_codebook(ANTENNAS, 2)
         encoder = CsiEncoder()
@@ -113,8 +135,8 @@ def test_a_recorded_bag_of_csi_gets_one_prediction_and_one_token_message_per_win
         client.spin_for(0.5)
         assert [stamp(m.header) for m in predictions[WINDOWS:]] == [stamp(good.header)]
         assert [stamp(m.header) for m in tokens[WINDOWS:]] == [stamp(good.header)]
-        for node in ("channel_predictor", "csi_encoder"):
-            rejected = [log.msg for log in logs if log.name.endswith(node) and "rejected CSI window" in log.msg]
+        for node in ("channel_predictor", "lam.channel_predictor", "csi_encoder"):
+            rejected = [log.msg for log in logs if log.name == f"{ns[1:]}.{node}" and "rejected CSI window" in log.msg]
             assert len(rejected) == 1 and "finite" in rejected[0], (node, rejected)
         missing_rc, missing_out = finish(missing, timeout_s=30)
         assert missing_rc == 1 and "cannot load the gru predictor" in missing_out, missing_out
