@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"a set {LARGE_FACTOR}x the prepared one (made into the cache on first use)")
     parser.add_argument("--set", type=pathlib.Path, dest="channel_set",
                         help="your own channel set: a folder laid out as edge_lam.air.channels writes one "
-                        "(settings.json and train/val/test/zero_shot .npz; doc/air_interface.md)")
+                        "(settings.json and train/val/test/zero_shot .npz; doc/air.md)")
     parser.add_argument("--snr-db", type=float, default=20.0, help="SNR of the CSI estimates (default %(default)s)")
     parser.add_argument("--link-snr-db", type=float, default=10.0,
                         help="SNR of the spectral-efficiency figures (default %(default)s)")

@@ -36,6 +36,7 @@ __all__ = [
     "generate_set",
     "generate_split",
     "load_split",
+    "save_split",
     "windows",
 ]
 
