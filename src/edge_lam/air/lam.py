@@ -38,7 +38,7 @@ from edge_lam.training.adapters import LoraSettings, add_lora
 __all__ = ["CsiLam", "LamPredictor", "LamSettings", "load_lam", "train_lam", "window_ar"]
 
 MODEL = "smollm2-135m-instruct"
-HEADS = ("filter", "beams", "slots")
+HEADS = ("filter", "beams", "slots", "mask")
 BASES = ("ar", "last")
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -112,11 +112,15 @@ class CsiLam(nn.Module):
         features = 2 * antennas * subcarriers
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
-            self.patch = nn.Linear(features, hidden)
+            self.patch = nn.Linear(antennas * subcarriers if settings.head == "mask" else features, hidden)
             self.position = nn.Parameter(torch.randn(settings.past, hidden) * 0.02)
             self.norm = nn.LayerNorm(hidden)
             self.head = nn.Linear(hidden, self._head_outputs(features))
         self.head_scale = hidden ** -0.5
+        if settings.head == "mask":
+            # The mask's slope and offset over a bin's log power above the noise floor: at first a fixed soft
+            # threshold (half gain at 16 times the noise), which the head then adjusts bin by bin.
+            self.mask_shape = nn.Parameter(torch.tensor([2.0, -2.0 * math.log(16.0)]))
         # Zero: the model starts at its base prediction, and training can only improve on it.
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -128,6 +132,8 @@ class CsiLam(nn.Module):
     def _head_outputs(self, features: int) -> int:
         if self.settings.head == "slots":
             return self.settings.future * features
+        if self.settings.head == "mask":
+            return self.antennas * self.subcarriers
         return 2 * self._groups() * self.settings.future * self.settings.past
 
     def _taps(self, out: torch.Tensor) -> torch.Tensor:
@@ -137,6 +143,8 @@ class CsiLam(nn.Module):
 
     def forward(self, past: torch.Tensor) -> torch.Tensor:
         n, steps = past.shape[:2]
+        if self.settings.head == "mask":
+            return self._masked_ar(past)
         tokens = self.patch(torch.view_as_real(past).permute(0, 1, 4, 2, 3).reshape(n, steps, -1)) + self.position
         positions = torch.arange(steps).expand(n, steps)
         hidden = self.blocks(tokens, positions, self.blocks.new_cache())  # a fresh cache: one pass, no decoding
@@ -155,6 +163,24 @@ class CsiLam(nn.Module):
             return base + (taps * past[:, None]).sum(dim=2)
         beams = torch.fft.fft(past, dim=2, norm="ortho")
         return base + torch.fft.ifft((taps * beams[:, None]).sum(dim=2), dim=2, norm="ortho")
+
+    def _masked_ar(self, past: torch.Tensor) -> torch.Tensor:
+        """The window AR on the past denoised in the angle-delay domain (a 2D DFT over antennas and subcarriers,
+        where the channel is a few paths and the noise is white): each bin kept by a gain the layers choose from
+        every slot's angle-delay power, starting from a soft threshold over the window's noise floor."""
+        n, steps = past.shape[:2]
+        bins = torch.fft.fft2(past, dim=(2, 3), norm="ortho")
+        power = bins.abs().pow(2)
+        floor = power.flatten(1).median(dim=1).values.clamp_min(1e-12)[:, None, None, None]  # mostly noise bins
+        level = torch.log(power / floor).clamp(-10.0, 20.0)  # [n, past, A, S]
+        tokens = self.patch(level.reshape(n, steps, -1)) + self.position
+        positions = torch.arange(steps).expand(n, steps)
+        hidden = self.blocks(tokens, positions, self.blocks.new_cache())
+        adjust = (self.head(self.norm(hidden[:, -1])) * self.head_scale).view(n, 1, self.antennas, self.subcarriers)
+        mean_level = torch.log(power.mean(dim=1, keepdim=True) / floor).clamp(-10.0, 20.0)
+        gain = torch.sigmoid(self.mask_shape[0] * mean_level + self.mask_shape[1] + adjust)
+        denoised = torch.fft.ifft2(bins * gain, dim=(2, 3), norm="ortho")
+        return window_ar(denoised, self.settings.future, self.settings.ar_order, self.settings.ar_ridge)
 
     def _base(self, past: torch.Tensor) -> torch.Tensor:
         future = self.settings.future
