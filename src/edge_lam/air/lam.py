@@ -1,15 +1,23 @@
 """The LAM channel predictor: a pretrained language model's lower layers as a general sequence model for CSI.
 
-In the spirit of LLM4CP: each past slot's channel estimate ``[antennas, subcarriers]`` becomes one token (its
-``2 * A * S`` real features through a linear patch embedding, plus a learned position embedding; SmolLM2's own
-rotary positions run inside its layers), SmolLM2's decoder layers ``[0, layers)`` read the tokens (frozen, with
-LoRA on their projections and their RMSNorms trainable), and a head turns the last token's hidden state into a
-correction of a base prediction: the window's own least-squares AR fit (``base="ar"``) or its newest estimate
-(``"last"``). The correction is a linear filter over the past slots whose taps the head chooses per window, one set
-per beam of the array (``head="beams"``) or one for all streams (``"filter"``), or the future slots themselves
-(``"slots"``). The head starts at zero, so the untrained model is its base, and training keeps the weights that
-score best on val (the base included). Each window is divided by the RMS of its past estimates first and scaled
-back at the end, so one model serves every path loss.
+In the spirit of LLM4CP: each past slot's channel estimate ``[antennas, subcarriers]`` becomes one token (a linear
+patch embedding of its features, plus a learned position embedding; SmolLM2's own rotary positions run inside its
+layers), SmolLM2's decoder layers ``[0, layers)`` read the tokens (frozen, with LoRA on their projections and their
+RMSNorms trainable), and a head turns the last token's hidden state into the prediction. Two heads:
+
+- ``"angle_delay"`` (the default): the slots are seen in the angle-delay domain (a 2D DFT over antennas and
+  subcarriers, where the channel is a few paths and the estimation noise is white); each token is every bin's log
+  power over the window's noise floor and its phase advance since the slot before (its Doppler). The head chooses a
+  gain per bin (which bins are paths, which are noise) and, per beam, how much to trust that beam's own AR fit
+  (order 2: its few paths, its own Doppler) against the window's pooled AR fit (``ar_order``, over all streams);
+  both fits are made on the denoised past. It starts from a fixed soft threshold and an even mix.
+- ``"filter"`` (the LAM alone, from the raw slots): a correction of a base prediction, the window's newest
+  estimate (``base="last"``) or its own AR fit (``"ar"``), by a linear filter over the past slots whose taps the
+  head chooses per window.
+
+The head starts at zero, so the untrained model is its starting point, and training keeps the weights that score
+best on val (step 0 included). Each window is divided by the RMS of its past estimates first and scaled back at the
+end, so one model serves every path loss.
 
 Only the new weights are trained and saved (LoRA, norms, patch and position embeddings, head): a saved predictor
 is one small safetensors file, and SmolLM2's frozen weights are read again from the prepared model when loaded.
@@ -38,7 +46,7 @@ from edge_lam.training.adapters import LoraSettings, add_lora
 __all__ = ["CsiLam", "LamPredictor", "LamSettings", "load_lam", "train_lam", "window_ar"]
 
 MODEL = "smollm2-135m-instruct"
-HEADS = ("filter", "beams", "slots")
+HEADS = ("angle_delay", "filter")
 BASES = ("ar", "last")
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -49,13 +57,13 @@ class LamSettings:
 
     layers: int = 2  # SmolLM2's lower decoder layers [0, layers)
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(rank=8, alpha=16.0, target_modules=_PROJECTIONS))
-    base: str = "ar"  # what the head corrects: the window's own least-squares AR prediction, or the newest estimate
+    base: str = "ar"  # what the "filter" head corrects: the window's own AR prediction, or the newest estimate
     ar_order: int = 8  # of the window's own AR fit (pooled over its streams, one per horizon)
     ar_ridge: float = 1e-3  # relative to the mean regressor power
-    head: str = "beams"  # correction taps over the past slots per beam ("beams") or per window ("filter"), or "slots"
-    lr: float = 1e-3
+    head: str = "angle_delay"  # angle-delay denoising and per-beam AR mix, or "filter": taps over the raw past
+    lr: float = 3e-3
     weight_decay: float = 0.01
-    steps: int = 300
+    steps: int = 200
     batch: int = 32
     eval_every: int = 50  # steps between checks on val (the best one is kept)
     seed: int = 0
@@ -112,49 +120,73 @@ class CsiLam(nn.Module):
         features = 2 * antennas * subcarriers
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
-            self.patch = nn.Linear(features, hidden)
+            # "angle_delay" reads three features per bin (log power, phase advance), "filter" the raw slots.
+            tokens = 3 * antennas * subcarriers if settings.head == "angle_delay" else features
+            self.patch = nn.Linear(tokens, hidden)
             self.position = nn.Parameter(torch.randn(settings.past, hidden) * 0.02)
             self.norm = nn.LayerNorm(hidden)
             self.head = nn.Linear(hidden, self._head_outputs(features))
         self.head_scale = hidden ** -0.5
+        if settings.head == "angle_delay":
+            # The mask's slope and offset over a bin's log power above the noise floor: at first a fixed soft
+            # threshold (half gain at 16 times the noise), which the head then adjusts bin by bin.
+            self.mask_shape = nn.Parameter(torch.tensor([2.0, -2.0 * math.log(16.0)]))
         # Zero: the model starts at its base prediction, and training can only improve on it.
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def _groups(self) -> int:
-        """How many sets of taps the head chooses: one for the window, or one per beam (angle) of the array."""
-        return self.antennas if self.settings.head == "beams" else 1
-
     def _head_outputs(self, features: int) -> int:
-        if self.settings.head == "slots":
-            return self.settings.future * features
-        return 2 * self._groups() * self.settings.future * self.settings.past
-
-    def _taps(self, out: torch.Tensor) -> torch.Tensor:
-        """The head's output as complex taps ``[n, groups, future, past]`` (a view: writing to it writes ``out``)."""
-        shape = (out.shape[0], self._groups(), self.settings.future, self.settings.past, 2)
-        return torch.view_as_complex(out.view(shape))
+        if self.settings.head == "angle_delay":
+            return self.antennas * self.subcarriers + self.antennas  # a gain per bin, a mix per beam
+        return 2 * self.settings.future * self.settings.past  # complex taps [future, past]
 
     def forward(self, past: torch.Tensor) -> torch.Tensor:
         n, steps = past.shape[:2]
+        if self.settings.head == "angle_delay":
+            return self._angle_delay(past)
         tokens = self.patch(torch.view_as_real(past).permute(0, 1, 4, 2, 3).reshape(n, steps, -1)) + self.position
         positions = torch.arange(steps).expand(n, steps)
         hidden = self.blocks(tokens, positions, self.blocks.new_cache())  # a fresh cache: one pass, no decoding
         # Scaled down: Adam moves every weight by about lr at first, so an unscaled head would move each output by
         # lr times its 576 inputs (a tap by ~0.5 at lr 1e-3) on its first step and spoil the base it corrects.
         out = self.head(self.norm(hidden[:, -1])) * self.head_scale
-        base = self._base(past)
-        if self.settings.head == "slots":
-            slots = out.reshape(n, self.settings.future, 2, self.antennas, self.subcarriers).permute(0, 1, 3, 4, 2)
-            return base + torch.view_as_complex(slots.contiguous())
         # A correction that is the window's own linear filter, with taps the layers chose from what they read in
-        # the window (its Doppler, its noise): one set for every stream ("filter"), or one per beam ("beams"),
-        # since each angle of departure is its own group of paths with its own Doppler.
-        taps = self._taps(out).permute(0, 2, 3, 1)[..., None]  # [n, future, past, groups, 1]
-        if self.settings.head == "filter":
-            return base + (taps * past[:, None]).sum(dim=2)
-        beams = torch.fft.fft(past, dim=2, norm="ortho")
-        return base + torch.fft.ifft((taps * beams[:, None]).sum(dim=2), dim=2, norm="ortho")
+        # the window (its Doppler, its noise).
+        taps = torch.view_as_complex(out.view(n, self.settings.future, self.settings.past, 1, 1, 2))
+        return self._base(past) + (taps * past[:, None]).sum(dim=2)
+
+    def _angle_delay(self, past: torch.Tensor) -> torch.Tensor:
+        """The head "angle_delay" (see the module's docstring): the past denoised by a gain per angle-delay bin,
+        then a per-beam mix of each beam's own AR fit and the window's pooled one, both chosen by the layers."""
+        n, steps = past.shape[:2]
+        bins = torch.fft.fft2(past, dim=(2, 3), norm="ortho")
+        power = bins.abs().pow(2)
+        floor = power.flatten(1).median(dim=1).values.clamp_min(1e-12)[:, None, None, None]  # mostly noise bins
+        level = torch.log(power / floor).clamp(-10.0, 20.0)  # [n, past, A, S]
+        # Each bin's phase advance since the slot before (its Doppler; blind to the window's common phase).
+        advance = bins[:, 1:] * bins[:, :-1].conj()
+        advance = torch.cat([torch.zeros_like(advance[:, :1]), advance / advance.abs().clamp_min(1e-12)], dim=1)
+        features = torch.cat([level[..., None], torch.view_as_real(advance)], dim=-1).reshape(n, steps, -1)
+        tokens = self.patch(features) + self.position
+        positions = torch.arange(steps).expand(n, steps)
+        hidden = self.blocks(tokens, positions, self.blocks.new_cache())
+        out = self.head(self.norm(hidden[:, -1])) * self.head_scale
+        antennas, subcarriers = self.antennas, self.subcarriers
+        adjust = out[:, :antennas * subcarriers].view(n, 1, antennas, subcarriers)  # per bin
+        mix = out[:, antennas * subcarriers:].view(n, 1, antennas, 1)  # per beam
+        mean_level = torch.log(power.mean(dim=1, keepdim=True) / floor).clamp(-10.0, 20.0)
+        gain = torch.sigmoid(self.mask_shape[0] * mean_level + self.mask_shape[1] + adjust)
+        denoised = torch.fft.ifft2(bins * gain, dim=(2, 3), norm="ortho")
+        pooled = torch.fft.fft(window_ar(denoised, self.settings.future, self.settings.ar_order,
+                                         self.settings.ar_ridge), dim=2, norm="ortho")
+        # Each beam's own AR of order 2 (its few paths, its own Doppler) beside the window's pooled one; the
+        # layers weigh the two per beam, starting from their mean.
+        beams = torch.fft.fft(denoised, dim=2, norm="ortho")
+        per_beam = window_ar(beams.permute(0, 2, 1, 3).reshape(n * antennas, steps, 1, subcarriers),
+                             self.settings.future, 2, 1e-2)
+        per_beam = per_beam.reshape(n, antennas, self.settings.future, subcarriers).permute(0, 2, 1, 3)
+        weight = torch.sigmoid(mix)
+        return torch.fft.ifft(weight * per_beam + (1 - weight) * pooled, dim=2, norm="ortho")
 
     def _base(self, past: torch.Tensor) -> torch.Tensor:
         future = self.settings.future
