@@ -9,7 +9,10 @@ and, zero-shot, on a profile none of them saw (CDL-A). In the same run:
 - ``ar``: a linear (AR / Wiener) predictor per antenna and subcarrier, order and regularisation chosen on val;
 - ``gru``: a small GRU over the slots, trained on the same windows;
 - ``lam``: SmolLM2's lower decoder layers (frozen, LoRA and norms trained) between a CSI patch embedding and a
-  prediction head (``edge_lam.air.lam``).
+  prediction head (``edge_lam.air.lam``, its default: the slots in the angle-delay domain, the head choosing a
+  denoising gain per bin and how to mix a per-beam and a pooled AR fit of the window);
+- ``lam_alone``: the same layers reading the raw slots, the head a correction filter over the newest estimate: what
+  the language model's layers learn with no signal processing given to them.
 
 Beams: the best beam of a 2x oversampled DFT codebook (32 beams) for each prediction, against the best beam of
 the true future channel (the upper bound); ``last beam`` is the best beam of the newest estimate. Spectral
@@ -116,7 +119,7 @@ def train_all(splits: dict[str, Split], args: argparse.Namespace) -> dict[str, d
     """Fit or train every predictor on the same windows; each with its training seconds and trainable parameters."""
     train, val = splits["train"], splits["val"]
     trained = {"last": {"predictor": LastCsi(), "train_s": 0.0, "trainable": 0}}
-    for name, fit in (("ar", fit_ar), ("gru", train_gru), ("lam", train_lam)):
+    for name, fit in (("ar", fit_ar), ("gru", train_gru), ("lam", train_lam), ("lam_alone", train_lam_alone)):
         if name not in args.methods:
             continue
         print(f"training {name} ...", flush=True)
@@ -153,11 +156,15 @@ def default_gru(train: Split) -> baselines.GruSettings:
                                  future=future.shape[1])
 
 
-def train_lam(train: Split, val: Split, args: argparse.Namespace):
-    settings = dataclasses.replace(lam.LamSettings(), snr_db=args.snr_db)
+def train_lam(train: Split, val: Split, args: argparse.Namespace, **changes):
+    settings = dataclasses.replace(lam.LamSettings(), snr_db=args.snr_db, **changes)
     if args.lam_steps is not None:
         settings = dataclasses.replace(settings, steps=args.lam_steps)
     return lam.train_lam(train.windows, val.windows, settings)
+
+
+def train_lam_alone(train: Split, val: Split, args: argparse.Namespace):
+    return train_lam(train, val, args, head="filter", base="last", lr=1e-3, steps=300)
 
 
 def evaluate(trained: dict[str, dict], splits: dict[str, Split], args: argparse.Namespace) -> dict:
@@ -186,7 +193,7 @@ def evaluate(trained: dict[str, dict], splits: dict[str, Split], args: argparse.
 
 def figures(results: dict) -> dict:
     methods = results["methods"]
-    baselines_ = [m for m in methods if m != "lam"]
+    baselines_ = [m for m in methods if not m.startswith("lam")]
     best = min(baselines_, key=lambda m: methods[m]["nmse_db_test"]["all"])
     beam_rows = {m: methods[m]["beams_test"]["top1"] for m in baselines_}
     beam_rows["last beam"] = results["beams"]["test"]["last beam"]["top1"]
@@ -197,7 +204,10 @@ def figures(results: dict) -> dict:
         out.update(lam_nmse_db=methods["lam"]["nmse_db_test"]["all"],
                    lam_minus_best_baseline_db=methods["lam"]["nmse_db_test"]["all"] - out["best_baseline_nmse_db"],
                    beam_top1_lam=methods["lam"]["beams_test"]["top1"],
-                   zero_shot_nmse_db=methods["lam"]["nmse_db_zero_shot"]["all"])
+                   zero_shot_nmse_db=methods["lam"]["nmse_db_zero_shot"]["all"],
+                   zero_shot_best_baseline_nmse_db=min(methods[m]["nmse_db_zero_shot"]["all"] for m in baselines_))
+    if "lam_alone" in methods:
+        out["lam_alone_nmse_db"] = methods["lam_alone"]["nmse_db_test"]["all"]
     return out
 
 
@@ -207,10 +217,10 @@ def print_tables(results: dict, summary: dict, args: argparse.Namespace) -> None
     for split_name, title in (("test", "test, CDL-C (the training profile)"),
                               ("zero_shot", "zero-shot, CDL-A (never trained on)")):
         print(f"\nNMSE dB of the next 4 slots, {title}; estimates at {args.snr_db:g} dB SNR (lower is better)")
-        print(f"{'method':<8} | {'all':>6} | " + " | ".join(f"{b:>6}" for b in bins) + " km/h")
+        print(f"{'method':<9} | {'all':>6} | " + " | ".join(f"{b:>6}" for b in bins) + " km/h")
         for name, row in methods.items():
             values = row[f"nmse_db_{split_name}"]
-            print(f"{name:<8} | {values['all']:>6.2f} | " + " | ".join(f"{values[b]:>6.2f}" for b in bins))
+            print(f"{name:<9} | {values['all']:>6.2f} | " + " | ".join(f"{values[b]:>6.2f}" for b in bins))
     for split_name in EVAL_SPLITS:
         print(f"\nbeams ({split_name}): best of a 32-beam DFT codebook for the next 4 slots; "
               f"SE at {args.link_snr_db:g} dB")
@@ -220,10 +230,10 @@ def print_tables(results: dict, summary: dict, args: argparse.Namespace) -> None
                 "true future (upper bound)": results["beams"][split_name]["true future (upper bound)"]}
         for name, row in rows.items():
             print(f"{name:<26} | {row['top1']:.3f} | {row['top3']:.3f} | {row['se_loss_bps_hz']:.3f}")
-    print(f"\n{'method':<8} | trainable params | train s | predict ms p50 | p99 (one window, "
+    print(f"\n{'method':<9} | trainable params | train s | predict ms p50 | p99 (one window, "
           f"{args.threads} thread{'s' if args.threads > 1 else ''})")
     for name, row in methods.items():
-        print(f"{name:<8} | {row['trainable_parameters']:>16,} | {row['train_s']:>7.0f} | "
+        print(f"{name:<9} | {row['trainable_parameters']:>16,} | {row['train_s']:>7.0f} | "
               f"{row['latency_ms']['p50']:>14.2f} | {row['latency_ms']['p99']:.2f}")
     print("\n" + " | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
 
@@ -265,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-snr-db", type=float, default=10.0,
                         help="SNR of the spectral-efficiency figures (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default %(default)s)")
-    parser.add_argument("--methods", nargs="+", default=["ar", "gru", "lam"], choices=["ar", "gru", "lam"],
+    parser.add_argument("--methods", nargs="+", default=["ar", "gru", "lam", "lam_alone"],
+                        choices=["ar", "gru", "lam", "lam_alone"],
                         help="trained predictors to include beside `last` (default all)")
     parser.add_argument("--lam-steps", type=int, help="LAM training steps (default: LamSettings')")
     parser.add_argument("--latency-windows", type=int, default=200, help="windows timed one at a time")
