@@ -33,6 +33,7 @@ GOAL_PROMPT = "Why do robots need maps?"
 
 
 def test_a_standby_gateway_serves_alone_and_takes_over_a_killed_one_mid_stream(processes):
+    reference = greedy_tokens([TOPIC_PROMPT, CALL_PROMPT, GOAL_PROMPT], MAX_NEW)
     tokenizer = load_tokenizer(MODEL)
     namespace = f"standby_{uuid.uuid4().hex[:8]}"
     ns = ["--ros-args", "-r", f"__ns:=/{namespace}", "-p", f"model:={MODEL}"]
@@ -53,8 +54,6 @@ def test_a_standby_gateway_serves_alone_and_takes_over_a_killed_one_mid_stream(p
         requests.publish(early)  # no gateway serves yet, and no chain runs
         processes.start(LIB / "shard", *ns, "-r", "__node:=front", *front)
         processes.start(LIB / "shard", *ns, "-r", "__node:=back", *back)
-        # The reference while the shards start (their results wait in this client's keep-all reader meanwhile).
-        reference = greedy_tokens([TOPIC_PROMPT, CALL_PROMPT, GOAL_PROMPT], MAX_NEW)
         assert client.spin_until(lambda: _finals(arrivals, "early"), 120), "the lone standby did not serve"
         (answer,) = _finals(arrivals, "early")
         assert not answer.error_code, answer.error_message
