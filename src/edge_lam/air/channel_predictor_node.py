@@ -14,15 +14,13 @@ import collections
 import pathlib
 import time
 
-import numpy as np
 from edge_lam_msgs.msg import ChannelPrediction, ChannelState
 from rclpy.node import Node
 from rclpy.timer import Timer
 
 from edge_lam.air.predictors import ChannelPredictor, load_predictor, predictor_kind
 from edge_lam.air.window_prediction import codebook, predict_window
-from edge_lam.encoders.encoder_node import LATENCY_WINDOW, MAX_REASON_CHARS
-from edge_lam.encoders.tokens import EncoderInputError
+from edge_lam.encoders.encoder_node import LATENCY_WINDOW, latency_summary, rejection_reason
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import PREDICTIONS, RELIABLE_SENSOR_DATA
@@ -109,21 +107,16 @@ class ChannelPredictorNode(Node):
 
     def reject(self, error: Exception, msg: ChannelState) -> None:
         self.rejected += 1
-        why = str(error) if isinstance(error, EncoderInputError) else f"{type(error).__name__}: {error}"
-        if len(why) > MAX_REASON_CHARS:
-            why = f"{why[:MAX_REASON_CHARS]}... ({len(why)} characters)"
         self.get_logger().error(f"rejected CSI window stamped {to_seconds(msg.header.stamp):.9f} "
-                                f"({self.rejected} so far): {why}")
+                                f"({self.rejected} so far): {rejection_reason(error)}")
 
     def log_stats(self) -> None:
         if not self.latencies_s:
             self.get_logger().info(f"no predictions yet ({self.rejected} windows rejected)")
             return
-        latencies_ms = np.asarray(self.latencies_s) * 1e3
         self.get_logger().info(
             f"{self.published + self.rejected} CSI windows, {self.published} predictions, {self.rejected} rejected; "
-            f"latency over the last {latencies_ms.size}: p50 {np.percentile(latencies_ms, 50):.2f} ms, "
-            f"p99 {np.percentile(latencies_ms, 99):.2f} ms"
+            f"{latency_summary(self.latencies_s)}"
         )
 
 

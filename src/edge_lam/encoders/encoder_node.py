@@ -29,6 +29,20 @@ LATENCY_WINDOW = 10_000  # per-message latencies kept for the stats line and the
 MAX_REASON_CHARS = 300  # of a rejection's reason in the log
 
 
+def rejection_reason(error: Exception) -> str:
+    """Why an input was refused, for the log: an EncoderInputError's own words, else the exception's type too; cut
+    short, since the reason may quote the input (a 1 MB field must not make a 1 MB line)."""
+    why = str(error) if isinstance(error, EncoderInputError) else f"{type(error).__name__}: {error}"
+    return f"{why[:MAX_REASON_CHARS]}... ({len(why)} characters)" if len(why) > MAX_REASON_CHARS else why
+
+
+def latency_summary(latencies_s: collections.deque[float]) -> str:
+    """The stats line's latency part: p50 and p99 of the kept latencies, ms."""
+    latencies_ms = np.asarray(latencies_s) * 1e3
+    return (f"latency over the last {latencies_ms.size}: p50 {np.percentile(latencies_ms, 50):.2f} ms, "
+            f"p99 {np.percentile(latencies_ms, 99):.2f} ms")
+
+
 class EncoderNode(Node):
     """Publishes ``tokens/<modality>`` and, latched, ``tokens/<modality>/vocabulary`` (relative to the namespace)."""
 
@@ -102,18 +116,13 @@ class EncoderNode(Node):
         self.rejected += 1
         self.handled += 1
         when = f" stamped {to_seconds(stamp):.9f}" if stamp is not None else ""
-        why = str(error) if isinstance(error, EncoderInputError) else f"{type(error).__name__}: {error}"
-        if len(why) > MAX_REASON_CHARS:  # the reason may quote the input: a 1 MB field must not make a 1 MB line
-            why = f"{why[:MAX_REASON_CHARS]}... ({len(why)} characters)"
-        self.get_logger().error(f"rejected {what}{when} ({self.rejected} so far): {why}")
+        self.get_logger().error(f"rejected {what}{when} ({self.rejected} so far): {rejection_reason(error)}")
 
     def log_stats(self) -> None:
         if not self.latencies_s:
             self.get_logger().info(f"no {self.modality} tokens yet ({self.rejected} inputs rejected)")
             return
-        latencies_ms = np.asarray(self.latencies_s) * 1e3
         self.get_logger().info(
             f"{self.handled} {self.modality} inputs, {self.published} token messages, {self.rejected} rejected; "
-            f"latency over the last {latencies_ms.size}: p50 {np.percentile(latencies_ms, 50):.2f} ms, "
-            f"p99 {np.percentile(latencies_ms, 99):.2f} ms"
+            f"{latency_summary(self.latencies_s)}"
         )
