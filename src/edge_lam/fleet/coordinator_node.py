@@ -21,6 +21,7 @@ from edge_lam_msgs.msg import ComputeAdvert, PlacementPlan
 from rclpy.event_handler import QoSLivelinessChangedInfo, QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.publisher import Publisher
+from rclpy.subscription import MessageInfo
 
 from edge_lam.assets.cache import EXIT_MODEL
 from edge_lam.descriptors import check_weight_dtype, wire_dtype_bytes
@@ -33,6 +34,7 @@ from edge_lam.placement.standbys import copies
 from edge_lam.ros.main import spin_node
 from edge_lam.ros.parameters import declare
 from edge_lam.ros.qos import ADVERT_LEASE_S, ADVERTS_READER, LATCHED, with_lease
+from edge_lam.ros.received import received_at
 from edge_lam.ros.trust import declare_trust
 from edge_lam.wire.fleet import from_advert_msg, plan_assignments, plan_standbys, to_plan_msg
 
@@ -228,7 +230,7 @@ class CoordinatorNode(Node):
                             msg.solver)
         self._core.adopt(plan, adopted_standbys(plan_standbys(msg), plan, chain.units))
 
-    def on_advert(self, msg: ComputeAdvert) -> None:
+    def on_advert(self, msg: ComputeAdvert, info: MessageInfo) -> None:
         # An advert counts only when signed by the host it describes: a key holder cannot speak for another host.
         if not self._trust.accept(msg, self._adverts.topic_name, identity=msg.host_id):
             return
@@ -238,7 +240,7 @@ class CoordinatorNode(Node):
             self.get_logger().warning(f"rejected advert: {error}", throttle_duration_sec=10.0)
             return
         try:
-            decision = self._core.advert(advert, time.monotonic())
+            decision = self._core.advert(advert, received_at(info))
             if self.active:
                 self.act(decision)
         except FleetFull as full:
