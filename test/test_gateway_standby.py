@@ -1,8 +1,9 @@
 """A standby gateway, over real DDS between real processes: alone, it serves after its grace (a request sent while no
 gateway served is answered); watching an active one, it leaves the active one's action clients alone; when the
 active one is killed (-9) mid-stream, it answers the topic request and the service call in flight exactly once,
-chunks going on where the killed one stopped, with the whole model's greedy tokens; it adopts the action goal in
-flight, whose client gets the rest as feedback and the whole answer as its result."""
+chunks going on where the killed one stopped (the one on its way at the kill may come twice, with its index), with
+the whole model's greedy tokens; it adopts the action goal in flight, whose client gets the rest as feedback and
+the whole answer as its result."""
 
 from __future__ import annotations
 
@@ -105,11 +106,18 @@ def test_a_standby_gateway_serves_alone_and_takes_over_a_killed_one_mid_stream(p
     finally:
         client.close()
 
-    chunks = _chunks(arrivals, "streamed")
-    assert [c.chunk_index for c in chunks] == list(range(len(chunks))), "a chunk missing or repeated"
-    assert [c.final for c in chunks].count(True) == 1 and chunks[-1].final
+    # The chunk on its way when the active one died may come again from the standby, with its index and the same
+    # tokens (a subscriber keys chunks on their index): only that one, and none is missing.
+    streamed = _chunks(arrivals, "streamed")
+    by_index = {c.chunk_index: c for c in streamed}
+    repeated = [c for i, c in enumerate(streamed) if c.chunk_index in {p.chunk_index for p in streamed[:i]}]
+    assert sorted(by_index) == list(range(len(by_index))), "a chunk missing"
+    assert len(repeated) <= 1, f"chunks repeated: {[c.chunk_index for c in repeated]}"
+    assert all(list(c.token_ids) == list(by_index[c.chunk_index].token_ids) for c in repeated), "a repeat differs"
+    chunks = [by_index[i] for i in sorted(by_index)]
+    assert [c.final for c in streamed].count(True) == 1 and chunks[-1].final
     assert not chunks[-1].error_code, chunks[-1].error_message
-    tokens = _tokens(arrivals, "streamed")
+    tokens = [t for c in chunks for t in c.token_ids]
     assert tokens == reference[TOPIC_PROMPT]
     assert "".join(c.text for c in chunks) == tokenizer.decode(tokens, skip_special_tokens=True)
     result = call.result().result

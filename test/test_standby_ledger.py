@@ -76,3 +76,22 @@ def test_the_chunks_kept_per_request_are_bounded_but_its_final_still_counts():
     assert len(ledger._unclaimed["unknown"]) == 3
     ((whom, answer),) = ledger.progress(chunk("r", 10, final=True))
     assert whom is waiter and answer.token_ids == (0, 1, 2)
+
+
+def test_a_chunk_seen_on_both_the_results_and_the_progress_topic_counts_once():
+    ledger = StandbyLedger()
+    first, second = object(), object()
+    ledger.hold(Request("streamed"))
+    ledger.hold(Request(""), first)
+    ledger.hold(Request(""), second)
+    # The results topic runs ahead of the progress topic: the killed gateway's last chunk reached only its caller.
+    for index in range(3):
+        ledger.progress(chunk("streamed", index, index))
+    for index in range(2):
+        ledger.progress(chunk("streamed", index, index))
+    # An anonymous request's final on both topics releases one anonymous call, not two.
+    assert len(ledger.progress(chunk(ANONYMOUS + "x", 0, 1, final=True))) == 1
+    assert ledger.progress(chunk(ANONYMOUS + "x", 0, 1, final=True)) == []
+    held = ledger.take_over()
+    assert [(h.request.request_id, h.streamed) for h in held] == [("streamed", (0, 1, 2)), ("", ())]
+    assert held[1].waiter is second

@@ -54,8 +54,11 @@ TICK_S = 0.1  # how often the core's clock advances: probes go again after PROBE
 # that never becomes alive is a killed gateway's, left in the graph until its participant lease ends.
 STARTUP_GRACE_S = 3.0
 # A standby takes over only when the active gateway's writer is still not alive this long after its liveliness was
-# lost: a participant starved of CPU for a moment misses a lease and is alive again at its next assertion, and two
-# active gateways would answer every request twice.
+# lost, and still at the tick after the one that first saw it so: a participant starved of CPU for a moment misses a
+# lease and is alive again at its next assertion, and two active gateways would answer every request twice. A
+# standby starved itself may run its tick before its middleware threads, starved too, have delivered the assertions
+# that came meanwhile: the second tick gives them a tick's time (with one tick, false takeovers on 2 loaded cores
+# made two active gateways and failed a test).
 CONFIRM_LOSS_S = 0.1
 DISCOVERY_S = 5.0
 
@@ -190,9 +193,12 @@ class GatewayNode(Node):
             self._started_at: float | None = None  # the first tick: when it spins
             self._active_seen = False
             self._lost_at: float | None = None  # when the active gateway's writer lost liveliness, until confirmed
+            self._loss_ticked = False  # a tick saw that loss past CONFIRM_LOSS_S: the next one takes over
             self._mirror = self.create_subscription(
                 InferenceResult, self._progress_topic, self.on_progress, with_lease(CONTROL, self._lease_s),
                 event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_liveliness))
+            # What the caller of a topic request got: the active one's last chunk may be there and not in progress.
+            self._mirror_results = self.create_subscription(InferenceResult, results, self.on_progress, CONTROL)
         else:
             self._become_active()
         # Feedback is every chunk of an answer: reliable and keep-all (CONTROL), or a slow client would lose some.
@@ -248,7 +254,7 @@ class GatewayNode(Node):
             elif self._lost_at is not None:
                 self.get_logger().warning("standby: the active gateway's progress writer is alive again (it missed its "
                                           f"{self._lease_s} s lease, starved of CPU?): not taking over")
-            self._active_seen, self._lost_at = True, None
+            self._active_seen, self._lost_at, self._loss_ticked = True, None, False
         elif self._active_seen and self._lost_at is None:
             self._lost_at = time.monotonic()  # the next tick past CONFIRM_LOSS_S takes over
 
@@ -291,6 +297,9 @@ class GatewayNode(Node):
         if self._started_at is None:
             self._started_at = now
         if self._lost_at is not None and now - self._lost_at >= CONFIRM_LOSS_S:
+            if not self._loss_ticked:  # an assertion that came meanwhile has until the next tick
+                self._loss_ticked = True
+                return
             self._take_over(f"the active gateway's progress writer lost its liveliness ({self._lease_s} s lease) and "
                             f"stayed lost for {now - self._lost_at:.2f} s")
             return
@@ -384,6 +393,7 @@ class GatewayNode(Node):
             if self._ledger is None:
                 return
             held, self._ledger = self._ledger.take_over(), None
+            self.destroy_subscription(self._mirror_results)  # from now on, its own results
             plan_key = self._plan_key
         self.get_logger().warning(f"taking over as the active gateway: {why}; resuming {len(held)} requests")
         self._become_active()
@@ -459,8 +469,9 @@ class GatewayNode(Node):
                     self._chain_in.publish(self._trust.sign(to_step_msg(action, self.get_clock().now().to_msg())))
                 elif isinstance(action, Result):
                     (action.reply_to or self._publish_result)(action)
-                    # After the caller's copy: a standby that resumes from here repeats a chunk at worst, never
-                    # skips one.
+                    # After the caller's copy: a standby that resumes from here never skips a chunk. It reads the
+                    # results topic too, so a topic request's chunk never comes twice; an action goal's feedback
+                    # chunk can (the standby cannot read what one client got).
                     self._progress.publish(self._result_msg(action))
                 elif isinstance(action, Log):
                     self._log(action)

@@ -3,7 +3,9 @@
 A standby gets every request the active one gets (the same topic, the same service) but starts none. It mirrors the
 active one's progress (every chunk it sends, on its progress topic): a request whose final chunk it saw is forgotten,
 for the others it keeps the chunks already streamed, so that after a takeover it resumes each from where the caller
-is (``GatewayCore.resume``) instead of answering it again.
+is (``GatewayCore.resume``) instead of answering it again. The active gateway sends a chunk to its caller before its
+progress, so a chunk on the results topic can be the last a killed gateway sent: a standby reads that topic too, and a
+chunk that comes twice (once on each) counts once, by its index.
 
 Requests without a request_id cannot be matched to the active one's chunks (it names them itself): the active gateway
 names them ``anon-...``, and each final of such a request that the standby does not know releases the oldest
@@ -78,10 +80,13 @@ class StandbyLedger:
 
     def progress(self, chunk: Result) -> list[tuple[object, Result]]:
         """A chunk the active gateway sent: the waiters it answers (theirs is the active one's whole answer, or an
-        error for an anonymous call it released)."""
+        error for an anonymous call it released). A chunk already seen (by its index, or the request's final) is
+        nothing new."""
+        if chunk.request_id in self._finished:
+            return []
         held = self._held.get(chunk.request_id)
         chunks = held.chunks if held is not None else self._unclaimed.get(chunk.request_id, [])
-        if len(chunks) >= self._max_chunks and not chunk.final:
+        if chunk.chunk_index < len(chunks) or (len(chunks) >= self._max_chunks and not chunk.final):
             return []
         if held is None:
             chunks = self._unclaimed.setdefault(chunk.request_id, [])

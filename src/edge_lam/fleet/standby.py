@@ -22,12 +22,14 @@ __all__ = ["TakeOver", "adopted_plan", "adopted_standbys", "unit_ranges"]
 
 @dataclasses.dataclass
 class TakeOver:
-    """When a standby becomes active: no live plan writer ``confirm_s`` after a loss of liveliness (a coordinator
-    starved of CPU for a moment misses its lease and is alive again at its next assertion; two active coordinators
-    would publish plans in turn), or none seen ``wait_s`` after it started and none in the ROS graph (it is the first
-    coordinator, or the active one died before it started; a writer the graph lists but whose liveliness is not
-    heard yet, late on a loaded host, is a live active coordinator). Times are seconds on one clock. An active
-    coordinator never steps down (``active`` only turns true)."""
+    """When a standby becomes active: no live plan writer ``confirm_s`` after a loss of liveliness and still none at
+    the tick after the first that saw it so (a coordinator starved of CPU for a moment misses its lease and is alive
+    again at its next assertion; two active coordinators would publish plans in turn; a standby starved itself may
+    tick before its middleware threads have delivered the assertions that came meanwhile), or none seen ``wait_s``
+    after it started and none in the ROS graph (it is the first coordinator, or the active one died before it
+    started; a writer the graph lists but whose liveliness is not heard yet, late on a loaded host, is a live active
+    coordinator). Times are seconds on one clock. An active coordinator never steps down (``active`` only turns
+    true)."""
 
     started_at: float
     wait_s: float
@@ -36,6 +38,7 @@ class TakeOver:
     writers_alive: int = 0
     seen_writer: bool = False
     lost_at: float | None = None  # when the live plan writers dropped to none, until confirmed or alive again
+    loss_ticked: bool = False  # a tick saw that loss last confirm_s: with confirm_s, the next one takes over
 
     def writers(self, alive: int, now: float) -> str | None:
         """The live plan writers changed to ``alive``; the reason to take over, or None to stay a standby."""
@@ -44,7 +47,7 @@ class TakeOver:
         if self.active:
             return None
         if alive > 0:
-            self.lost_at = None
+            self.lost_at, self.loss_ticked = None, False
             return None
         if self.lost_at is None:
             self.lost_at = now
@@ -57,6 +60,9 @@ class TakeOver:
             return None
         if self.lost_at is not None:
             if now - self.lost_at < self.confirm_s:
+                return None
+            if self.confirm_s > 0 and not self.loss_ticked:  # an assertion that came meanwhile has a tick more
+                self.loss_ticked = True
                 return None
             return self._take(f"the active coordinator's plan writer lost liveliness and stayed lost for "
                               f"{now - self.lost_at:.2f} s")
