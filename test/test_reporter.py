@@ -97,11 +97,13 @@ def test_sensor_tokens_become_a_prompt_and_the_model_reports_on_them(graph):
             client.spin_for(0.05)
         return True
 
-    # A first report (answered, or refused while the chain still loads) says the reporter reaches the gateway. Only
-    # then does this client read the requests: a reader of them is all the reporter waits for before it asks, so
-    # this one, there first, would have the reporter's first request go to nobody, given up after 60 s.
-    assert sensors_until(lambda: reports, 180), "no report came back"
+    # This client reads the requests from the start, likely before the gateway does: the reporter waits for a node
+    # that reads them and writes results, so its first request is answered (or refused while the chain still
+    # loads), not sent to this reader alone and given up after answer_timeout_s.
     requests = client.collect(InferenceRequest, "requests", CONTROL)
+    assert sensors_until(lambda: requests, 180), "the reporter sent no request"
+    first = lambda: [r for r in results if r.final and r.request_id == requests[0].request_id]  # noqa: E731
+    assert sensors_until(first, 120), "the reporter's first request went to no gateway"
     both = ["odometry/odometry", "scan/scan"]
 
     def checked() -> list[Report]:

@@ -72,7 +72,7 @@ class ReporterNode(Node):
             self.create_subscription(VocabularyMsg, f"tokens/{modality}/vocabulary", self.learn, VOCABULARIES)
         self._requests = self.create_publisher(InferenceRequest, requests, CONTROL)
         self._reports = self.create_publisher(Report, "reports", CONTROL)
-        self.create_subscription(InferenceResult, results, self.collect, CONTROL)
+        self._results = self.create_subscription(InferenceResult, results, self.collect, CONTROL)
         self.create_timer(period_s, self.ask)
         self.get_logger().info(f"reporting on {', '.join(modalities)} every {period_s:g} s via {requests}")
 
@@ -120,7 +120,7 @@ class ReporterNode(Node):
         found = self.observations()
         if not found:
             return
-        if self._requests.get_subscription_count() == 0:  # a request now would be lost: nobody reads it yet
+        if not self.gateway_listening():  # a request now would be lost, or given up only after answer_timeout_s
             self.get_logger().warning(f"no gateway on {self._requests.topic_name} yet; waiting",
                                       throttle_duration_sec=30.0)
             return
@@ -134,6 +134,15 @@ class ReporterNode(Node):
                                 sorted(f"{o.modality}/{o.sensor}" for o, _ in found), encode_s)
         self._reported_up_to = newest
         self._requests.publish(to_request_msg(request, self.get_clock().now().to_msg()))
+
+    def gateway_listening(self) -> bool:
+        """A node that reads the requests topic and writes the results topic is there: a gateway. Any reader of the
+        requests alone (``ros2 topic echo``, a recorder) answers nothing."""
+        readers = {(i.node_namespace, i.node_name) for i in
+                   self.get_subscriptions_info_by_topic(self._requests.topic_name)}
+        writers = {(i.node_namespace, i.node_name) for i in
+                   self.get_publishers_info_by_topic(self._results.topic_name)}
+        return bool(readers & writers)
 
     def collect(self, msg: InferenceResult) -> None:
         pending = self._pending
