@@ -38,6 +38,7 @@ from ament_index_python.packages import get_package_prefix
 from edge_lam_msgs.msg import (
     ComputeAdvert,
     InferenceRequest,
+    InferenceResult,
     ModuleAssignment,
     PlacementPlan,
     SemanticTokens,
@@ -373,7 +374,9 @@ def probe_coordinator(bench: Bench) -> object:
 
 
 def probe_reporter(bench: Bench) -> object:
+    """The probe stands in for a gateway: it reads the requests and writes results, which the reporter waits for."""
     requests = bench.collect(InferenceRequest, "requests", CONTROL)
+    bench.node.create_publisher(InferenceResult, "results", CONTROL)  # lives with the node: the reporter may look
     vocabulary = bench.node.create_publisher(Vocabulary, "tokens/odometry/vocabulary", VOCABULARIES)
     tokens = bench.publisher(SemanticTokens, "tokens/odometry", TOKENS)
     vocabulary.publish(Vocabulary(modality="odometry", encoder="probe", encoder_version="1",
