@@ -470,8 +470,8 @@ class GatewayNode(Node):
                 elif isinstance(action, Result):
                     (action.reply_to or self._publish_result)(action)
                     # After the caller's copy: a standby that resumes from here never skips a chunk. It reads the
-                    # results topic too, so a topic request's chunk never comes twice; an action goal's feedback
-                    # chunk can (the standby cannot read what one client got).
+                    # results topic too, so a topic request's chunk comes twice only when it was on its way at the
+                    # kill; an action goal's feedback chunk also when killed between the two sends.
                     self._progress.publish(self._result_msg(action))
                 elif isinstance(action, Log):
                     self._log(action)
